@@ -1,0 +1,266 @@
+"""``backupd backup``: dump each database (and the roles) into the repository.
+
+Given the settings and optionally the databases, a label and the scheduled time;
+returns a ``BackupResult`` with one outcome per database. A database that fails
+does not stop the others; the caller decides the exit code from ``result.ok``.
+Raises ``ConnectionFailed`` when the server cannot be reached at all.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from backupd import __version__
+from backupd.archive import inspect_archive, pg_dump_argv, pg_dumpall_globals_argv, tool_major
+from backupd.errors import Aborted, BackupdError, DumpError
+from backupd.logging import get_logger
+from backupd.postgres import (ExportedSnapshot, Server, TableCount, count_rows, database_info, list_databases,
+                              server_version)
+from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, utc_now
+from backupd.stream import COMPRESSIONS, Compression, Pipeline, stream_to_file
+
+log = get_logger("backupd.backup")
+
+ProgressFactory = Callable[[str], Callable[[int], None] | None]
+
+
+@dataclass
+class Outcome:
+    database: str
+    ok: bool
+    backup_id: str | None = None
+    error: str | None = None
+    size: int = 0
+    seconds: float = 0.0
+    path: Path | None = None
+
+
+@dataclass
+class BackupResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    globals: Outcome | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes) and (self.globals is None or self.globals.ok)
+
+
+@dataclass
+class _Run:
+    """What every database's backup in one run shares."""
+
+    settings: object
+    server: Server
+    repo: Repository
+    compression: Compression
+    server_version: str
+    pg_dump_version: str
+    deadline: float
+    progress: ProgressFactory | None
+
+    def compressor(self) -> list[tuple[str, list[str]]]:
+        argv = self.compression.compress_argv(self.settings.backup_compression_level,
+                                              self.settings.backup_compression_threads)
+        return [(argv[0], argv)] if argv else []
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Aborted(f"backup exceeded BACKUP_TIMEOUT ({self.settings.backup_timeout:g}s)")
+        return left
+
+    def progress_for(self, name: str):
+        return self.progress(name) if self.progress else None
+
+
+def run_backup(settings, databases: list[str] | None = None, label: str | None = None,
+               scheduled_for: datetime | None = None, progress: ProgressFactory | None = None) -> BackupResult:
+    server = Server.from_settings(settings)
+    repo = Repository(settings.backup_dir)
+    with server.wait_connect("postgres") as conn:
+        server_num, server_text = server_version(conn)
+        names = list(databases or settings.databases or list_databases(conn, settings.db_exclude))
+        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+    dump_major, dump_text = tool_major("pg_dump")
+    if dump_major < server_num // 10000:
+        log.warning("pg_dump is older than the server", pg_dump=dump_text, server=server_text)
+        raise DumpError(
+            f"pg_dump {dump_major} cannot dump a PostgreSQL {server_num // 10000} server ({server_text}): "
+            f"install the client tools of major {server_num // 10000} or newer (the image's PG_MAJOR build arg)"
+        )
+    run = _Run(settings, server, repo, COMPRESSIONS[settings.backup_compression], server_text, dump_text,
+               time.monotonic() + settings.backup_timeout, progress)
+    result = BackupResult()
+    if settings.backup_globals:
+        result.globals = _guarded(GLOBALS, lambda: _backup_globals(run, superuser, label, scheduled_for))
+    globals_id = result.globals.backup_id if result.globals and result.globals.ok else None
+    with ThreadPoolExecutor(max_workers=settings.backup_concurrency, thread_name_prefix="backup") as pool:
+        result.outcomes = list(pool.map(
+            lambda name: _guarded(name, lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
+            names))
+    return result
+
+
+def _guarded(name: str, work: Callable[[], Outcome]) -> Outcome:
+    """Turn one backup's failure into an outcome, so the others go on."""
+    started = time.monotonic()
+    try:
+        outcome = work()
+    except BackupdError as err:
+        log.error("backup failed", database=name, error=str(err), duration_seconds=round(time.monotonic() - started, 3))
+        return Outcome(database=name, ok=False, error=str(err), seconds=time.monotonic() - started)
+    log.info("backup finished", database=name, id=outcome.backup_id, duration_seconds=round(outcome.seconds, 3),
+             size_bytes=outcome.size)
+    return outcome
+
+
+class _RowCounter(threading.Thread):
+    """Counts rows on the snapshot's own connection while pg_dump streams, so the
+    counts cost no extra wall time and see exactly the dumped rows."""
+
+    def __init__(self, snapshot: ExportedSnapshot, mode: str):
+        super().__init__(name="row-counts", daemon=True)
+        self.snapshot, self.mode = snapshot, mode
+        self.counts: list[TableCount] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.counts = list(count_rows(self.snapshot.conn, self.mode))
+        except BaseException as err:  # reported by result()
+            self.error = err
+
+    def result(self, timeout: float) -> list[TableCount]:
+        self.join(timeout)
+        if self.is_alive():
+            self.snapshot.conn.cancel_safe()
+            self.join(10)
+            raise Aborted("row counts did not finish within BACKUP_TIMEOUT")
+        if self.error:
+            raise DumpError(f"counting rows failed: {str(self.error).strip()}") from None
+        return self.counts
+
+
+def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: datetime | None,
+                     globals_id: str | None) -> Outcome:
+    settings, repo, server = run.settings, run.repo, run.server
+    folder = repo.folder_for(name)
+    started, clock = utc_now(), time.monotonic()
+    with repo.lock(folder, "backup"):
+        with server.wait_connect("postgres") as admin:
+            info = database_info(admin, name)
+        backup_id, _ = repo.reserve_id(name)
+        fmt = settings.backup_format
+        final = folder / repo.file_name(backup_id, FORMAT_SUFFIXES[fmt] + run.compression.suffix)
+        try:
+            with ExportedSnapshot(server, name) as snapshot:
+                counter = _RowCounter(snapshot, settings.backup_row_counts)
+                counter.start()
+                try:
+                    stream, contents = _dump(run, name, fmt, snapshot.snapshot_id, final, backup_id)
+                finally:
+                    counts = counter.result(max(run.remaining(), 1.0))
+            if contents is None:
+                contents = inspect_archive(final, fmt, run.compression)
+            tables = [c.to_json() for c in counts if contents.holds(c.schema, c.name, c.oid)]
+            finished = utc_now()
+            manifest = {
+                "kind": "database", "id": backup_id, "database": name, "label": label,
+                "scheduled_for": iso(scheduled_for), "started": iso(started), "finished": iso(finished),
+                "duration_seconds": round(time.monotonic() - clock, 3),
+                "format": fmt, "compression": run.compression.name,
+                "compression_level": settings.backup_compression_level or run.compression.default_level,
+                "encryption": None,
+                "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
+                "server": {"host": settings.db_host, "port": settings.db_port, "version": run.server_version},
+                "pg_dump_version": run.pg_dump_version, "backupd_version": __version__,
+                "database_info": info.to_json(),
+                "row_counts": settings.backup_row_counts, "tables": tables,
+                "globals_id": globals_id,
+            }
+            repo.write_manifest(folder, manifest)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    return Outcome(database=name, ok=True, backup_id=backup_id, size=stream.size,
+                   seconds=time.monotonic() - clock, path=final)
+
+
+def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_id: str):
+    """Dump into ``final``; returns the stream result, and the archive's contents when
+    they were read on the way (directory format) or None."""
+    settings, env, secrets = run.settings, run.server.libpq_env(name), run.server.secrets
+    dump_argv = lambda **kw: pg_dump_argv(fmt, snapshot_id, settings.backup_lock_wait_timeout,  # noqa: E731
+                                          settings.extra_dump_args, **kw)
+    progress = run.progress_for(name)
+    if fmt != "directory":
+        pipeline = Pipeline([("pg_dump", dump_argv()), *run.compressor()], env=env, secrets=secrets)
+        return stream_to_file(pipeline, final, progress, timeout=run.remaining()), None
+    # pg_dump -j writes a folder; it is staged beside the backup, then packed into one file.
+    staging = final.with_name(f".{final.name}.staging")
+    _check_room_to_stage(run, name, final.parent)
+    try:
+        dumper = Pipeline([("pg_dump", dump_argv(jobs=settings.backup_jobs, directory=staging))],
+                          env=env, secrets=secrets, stdout=None)
+        timer = threading.Timer(run.remaining(), dumper.abort, args=("backup exceeded BACKUP_TIMEOUT",))
+        timer.start()
+        try:
+            dumper.finish()
+        finally:
+            timer.cancel()
+        contents = inspect_archive(staging, "directory", run.compression)
+        packer = Pipeline([("tar", ["tar", "-c", "-f", "-", "-C", str(staging), "."]), *run.compressor()])
+        return stream_to_file(packer, final, progress, timeout=run.remaining()), contents
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_room_to_stage(run: _Run, name: str, folder: Path) -> None:
+    from psycopg import sql
+
+    with run.server.wait_connect("postgres") as conn:
+        (size,) = conn.execute(sql.SQL("SELECT pg_database_size({})").format(sql.Literal(name))).fetchone()
+    free = shutil.disk_usage(folder).free
+    if free < size:
+        raise DumpError(f"not enough free space in {folder} to stage a directory-format dump of {name!r}: "
+                        f"the database takes {size} bytes, {free} are free")
+
+
+def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for: datetime | None) -> Outcome:
+    repo = run.repo
+    folder = repo.folder_for(GLOBALS, "globals")
+    started, clock = utc_now(), time.monotonic()
+    with repo.lock(folder, "globals backup"):
+        backup_id, _ = repo.reserve_id(GLOBALS, "globals")
+        final = folder / repo.file_name(backup_id, ".sql" + run.compression.suffix)
+        argv = pg_dumpall_globals_argv()
+        if not superuser:
+            argv.append("--no-role-passwords")  # pg_authid is readable by superusers only
+        pipeline = Pipeline([("pg_dumpall", argv), *run.compressor()], env=run.server.libpq_env(),
+                            secrets=run.server.secrets)
+        stream = stream_to_file(pipeline, final, timeout=run.remaining(), what="globals backup")
+        try:
+            manifest = {
+                "kind": "globals", "id": backup_id, "database": None, "label": label,
+                "scheduled_for": iso(scheduled_for), "started": iso(started), "finished": iso(utc_now()),
+                "duration_seconds": round(time.monotonic() - clock, 3),
+                "format": "plain", "compression": run.compression.name, "encryption": None,
+                "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
+                "server": {"host": run.settings.db_host, "port": run.settings.db_port, "version": run.server_version},
+                "pg_dump_version": run.pg_dump_version, "backupd_version": __version__,
+                "role_passwords": superuser,
+            }
+            repo.write_manifest(folder, manifest)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    return Outcome(database=GLOBALS, ok=True, backup_id=backup_id, size=stream.size,
+                   seconds=time.monotonic() - clock, path=final)
+

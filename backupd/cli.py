@@ -1,0 +1,119 @@
+"""The command line: argparse verbs -> actions. The only place that exits.
+
+Results (ids, tables, JSON) go to stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from backupd import __version__
+from backupd.errors import BackupdError, ConfigError
+from backupd.logging import configure_logging, get_logger
+from backupd.progress import TerminalProgress, human_bytes
+from backupd.settings import load_settings
+
+log = get_logger("backupd.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backupd", description="PostgreSQL backups for docker compose stacks.")
+    parser.add_argument("--version", action="version", version=f"backupd {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    backup = verbs.add_parser("backup", help="back up now; prints the new backup ids")
+    backup.add_argument("--database", action="append", metavar="NAME", help="only this database (repeatable)")
+    backup.add_argument("--label", metavar="TEXT", help="stored in the manifest, e.g. pre-deploy")
+
+    listing = verbs.add_parser("list", help="list backups, newest first")
+    listing.add_argument("--database", metavar="NAME")
+    listing.add_argument("--json", action="store_true", help="a JSON document on stdout")
+
+    restore = verbs.add_parser("restore", help="restore a backup into a new database")
+    restore.add_argument("source", metavar="ID|latest|PATH")
+    restore.add_argument("--database", metavar="NAME", help="whose backup 'latest' means")
+    restore.add_argument("--into", metavar="NEWDB", help="create this new database and restore into it")
+    restore.add_argument("--jobs", type=_positive, default=1, metavar="N", help="pg_restore workers")
+
+    verbs.add_parser("config", help="print the effective configuration, secrets masked")
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.umask(0o077)  # every file backupd writes is private
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"backupd: configuration error: {problem}", file=sys.stderr)
+        return err.exit_code
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return COMMANDS[args.verb](settings, args)
+    except BackupdError as err:
+        log.error(f"{args.verb} failed", error=str(err))
+        return err.exit_code
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+
+
+def cmd_backup(settings, args) -> int:
+    from backupd.actions.backup import run_backup
+
+    progress = lambda name: TerminalProgress(f"backing up {name}")  # noqa: E731
+    result = run_backup(settings, databases=args.database, label=args.label, progress=progress)
+    for outcome in result.outcomes:
+        if outcome.ok:
+            print(outcome.backup_id, flush=True)
+    return 0 if result.ok else 1
+
+
+def cmd_list(settings, args) -> int:
+    from backupd.repository import Repository
+
+    backups = [b.summary() for b in Repository(settings.backup_dir).backups(args.database)]
+    if args.json:
+        json.dump(backups, sys.stdout, indent=2)
+        print()
+        return 0
+    rows = [("ID", "DATABASE", "TIME", "SIZE", "FORMAT", "LABEL")]
+    for b in backups:
+        fmt = b["format"] + ("" if b["compression"] == "none" else f"+{b['compression']}")
+        rows.append((b["id"], b["database"], b["time"], human_bytes(b["size_bytes"]), fmt, b["label"] or ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_restore(settings, args) -> int:
+    from backupd.actions.restore import run_restore
+
+    result = run_restore(settings, args.source, database=args.database, into=args.into, jobs=args.jobs)
+    print(f"restored {result.backup_id} into {result.database} in {result.seconds:.1f}s "
+          f"({human_bytes(result.throughput)}/s of stored backup)")
+    return 0
+
+
+def cmd_config(settings, args) -> int:
+    for name, value in settings.effective().items():
+        print(f"{name}={value}")
+    return 0
+
+
+COMMANDS = {"backup": cmd_backup, "list": cmd_list, "restore": cmd_restore, "config": cmd_config}

@@ -1,0 +1,283 @@
+"""Talking to PostgreSQL: connection settings for psycopg and libpq tools, waiting for
+the server, listing databases, what a database looks like, and creating one like it.
+
+Identifiers are always quoted with ``psycopg.sql``; no SQL is built from strings.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import psycopg
+from psycopg import sql
+
+from backupd.errors import ConnectionFailed, NotFoundError
+from backupd.logging import get_logger
+
+log = get_logger("backupd.postgres")
+
+# Databases that backupd creates itself: never backed up, never listed under "all".
+SCRATCH_PATTERNS = (re.compile(r"^backupd_verify_"), re.compile(r"__restoring_"), re.compile(r"__before_restore_"))
+
+# Connection failures that waiting will not cure: fail at once instead of retrying.
+_PERMANENT = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
+              "authentication failed", "permission denied", "certificate", "SSL is not enabled")
+
+# Settings whose value is a list: each element must be quoted on its own (as pg_dumpall does).
+_LIST_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries",
+                  "shared_preload_libraries", "local_preload_libraries", "unix_socket_directories"}
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where to connect; the password never leaves this object except through env or kwargs."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None
+    sslmode: str = "prefer"
+    wait_timeout: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings) -> "Server":
+        return cls(settings.db_host, settings.db_port, settings.db_user, settings.password,
+                   settings.db_sslmode, settings.db_wait_timeout)
+
+    def libpq_env(self, dbname: str | None = None) -> dict[str, str]:
+        """Environment for pg_dump, pg_restore and psql. The database name goes through
+        PGDATABASE too, so a name containing ``=`` is never read as a connection string."""
+        env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
+               "PGSSLMODE": self.sslmode, "PGCONNECT_TIMEOUT": "10", "PGAPPNAME": "backupd"}
+        env["PGPASSWORD"] = self.password or ""
+        if dbname is not None:
+            env["PGDATABASE"] = dbname
+        return env
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.password,) if self.password else ()
+
+    def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+        """Connect once; raises psycopg.OperationalError."""
+        return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                               dbname=dbname, sslmode=self.sslmode, connect_timeout=10,
+                               application_name="backupd", autocommit=autocommit)
+
+    def wait_connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+        """Connect, retrying with backoff up to ``wait_timeout`` while the server is unreachable
+        or not yet ready. Permanent failures (bad password, missing database) fail at once."""
+        deadline = time.monotonic() + self.wait_timeout
+        delay = 0.25
+        while True:
+            try:
+                return self.connect(dbname, autocommit)
+            except psycopg.OperationalError as err:
+                message = _first_line(err)
+                if any(p in message for p in _PERMANENT):
+                    if "does not exist" in message and f'"{dbname}"' in message:
+                        raise NotFoundError(f"database {dbname!r} does not exist on {self.host}:{self.port}") from None
+                    raise ConnectionFailed(f"cannot connect to {self.host}:{self.port} as {self.user!r}: {message}") from None
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionFailed(
+                        f"server {self.host}:{self.port} not reachable within {self.wait_timeout:g}s: {message}"
+                    ) from None
+                log.info("waiting for server", host=self.host, port=self.port, retry_in=delay, reason=message)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1].strip() if text else type(err).__name__
+
+
+def is_scratch_database(name: str) -> bool:
+    return any(p.search(name) for p in SCRATCH_PATTERNS)
+
+
+def list_databases(conn: psycopg.Connection, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Every database that accepts connections, templates and backupd's own scratch databases excluded."""
+    rows = conn.execute(
+        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname"
+    ).fetchall()
+    return [name for (name,) in rows if name not in exclude and not is_scratch_database(name)]
+
+
+def database_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def server_version(conn: psycopg.Connection) -> tuple[int, str]:
+    """(server_version_num, human version)"""
+    num = int(conn.execute("SHOW server_version_num").fetchone()[0])
+    text = conn.execute("SHOW server_version").fetchone()[0]
+    return num, text
+
+
+@dataclass
+class DatabaseInfo:
+    """What CREATE DATABASE needs to recreate a database as it was."""
+
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    locale_provider: str = "libc"
+    icu_locale: str | None = None
+    settings: list[str] = field(default_factory=list)  # "name=value", as in pg_db_role_setting
+    acl: list[str] = field(default_factory=list)
+    connection_limit: int = -1
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "DatabaseInfo":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def database_info(conn: psycopg.Connection, name: str) -> DatabaseInfo:
+    version = conn.info.server_version
+    provider = "d.datlocprovider::text" if version >= 150000 else "'c'"
+    icu = "d.datlocale" if version >= 170000 else ("d.daticulocale" if version >= 150000 else "NULL")
+    query = sql.SQL(
+        "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, "
+        "{provider}, {icu}, COALESCE(d.datacl::text[], '{{}}'), d.datconnlimit, "
+        "COALESCE((SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0), '{{}}') "
+        "FROM pg_database d WHERE d.datname = %s"
+    ).format(provider=sql.SQL(provider), icu=sql.SQL(icu))
+    row = conn.execute(query, (name,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"database {name!r} does not exist")
+    owner, encoding, collate, ctype, prov, icu_locale, acl, connlimit, settings = row
+    return DatabaseInfo(owner=owner, encoding=encoding, collate=collate, ctype=ctype,
+                        locale_provider="icu" if prov == "i" else "libc", icu_locale=icu_locale,
+                        settings=list(settings), acl=list(acl), connection_limit=connlimit)
+
+
+def role_exists(conn: psycopg.Connection, role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+
+def split_setting(entry: str) -> tuple[str, list[str]]:
+    """``search_path="$user", public`` -> ("search_path", ['$user', 'public']); other settings keep one value."""
+    name, _, value = entry.partition("=")
+    if name.lower() not in _LIST_SETTINGS:
+        return name, [value]
+    items, current, quoted, i = [], [], False, 0
+    while i < len(value):
+        ch = value[i]
+        if ch == '"':
+            if quoted and i + 1 < len(value) and value[i + 1] == '"':
+                current.append('"')
+                i += 1
+            else:
+                quoted = not quoted
+        elif ch == "," and not quoted:
+            items.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    items.append("".join(current).strip())
+    return name, [item for item in items if item != ""]
+
+
+def create_database_like(conn: psycopg.Connection, name: str, info: DatabaseInfo, owner: str | None = None) -> None:
+    """CREATE DATABASE ``name`` with the encoding, locale, owner and settings of ``info``."""
+    options = [
+        sql.SQL("TEMPLATE template0"),
+        sql.SQL("OWNER {}").format(sql.Identifier(owner or info.owner)),
+        sql.SQL("ENCODING {}").format(sql.Literal(info.encoding)),
+        sql.SQL("LC_COLLATE {}").format(sql.Literal(info.collate)),
+        sql.SQL("LC_CTYPE {}").format(sql.Literal(info.ctype)),
+    ]
+    if info.locale_provider == "icu" and info.icu_locale:
+        keyword = "LOCALE" if conn.info.server_version >= 170000 else "ICU_LOCALE"
+        options.append(sql.SQL("LOCALE_PROVIDER icu {} {}").format(sql.SQL(keyword), sql.Literal(info.icu_locale)))
+    conn.execute(sql.SQL("CREATE DATABASE {} ").format(sql.Identifier(name)) + sql.SQL(" ").join(options))
+    for entry in info.settings:
+        setting, values = split_setting(entry)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+            sql.Identifier(name), sql.Identifier(setting), sql.SQL(", ").join(sql.Literal(v) for v in values)))
+
+
+def drop_database(conn: psycopg.Connection, name: str) -> None:
+    """DROP DATABASE ... WITH (FORCE): ends the sessions still inside it."""
+    force = sql.SQL(" WITH (FORCE)") if conn.info.server_version >= 130000 else sql.SQL("")
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)) + force)
+
+
+@dataclass(frozen=True)
+class TableCount:
+    schema: str
+    name: str
+    oid: int
+    rows: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.schema, "name": self.name, "rows": self.rows}
+
+
+# Tables whose rows a dump can hold: ordinary tables and leaf partitions (relkind 'r'),
+# not partitioned parents (no storage), views, foreign tables, temporary tables or
+# tables that belong to an extension (pg_dump leaves their data out).
+_TABLES_WITH_DATA = """
+SELECT n.nspname, c.relname, c.oid::bigint, c.reltuples::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname
+"""
+
+
+def tables_with_data(conn: psycopg.Connection) -> list[tuple[str, str, int, int]]:
+    return [tuple(row) for row in conn.execute(_TABLES_WITH_DATA).fetchall()]
+
+
+def count_rows(conn: psycopg.Connection, mode: str) -> Iterator[TableCount]:
+    """Row counts per table: ``exact`` counts in the connection's current snapshot,
+    ``estimate`` reads the planner's figure, ``off`` yields nothing."""
+    if mode == "off":
+        return
+    for schema, name, oid, estimate in tables_with_data(conn):
+        if mode == "exact":
+            (rows,) = conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(name))).fetchone()
+        else:
+            rows = max(estimate, 0)
+        yield TableCount(schema, name, oid, rows)
+
+
+class ExportedSnapshot:
+    """A REPEATABLE READ transaction that exports its snapshot for ``pg_dump --snapshot``.
+
+    The transaction must stay open until pg_dump has finished importing it, so the
+    caller keeps this open for the whole dump; the row counts run inside it and so
+    see exactly the rows that pg_dump dumps.
+    """
+
+    def __init__(self, server: Server, dbname: str):
+        self.conn = server.wait_connect(dbname, autocommit=False)
+        self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        (self.snapshot_id,) = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
+
+    def close(self) -> None:
+        try:
+            self.conn.rollback()
+        finally:
+            self.conn.close()
+
+    def __enter__(self) -> "ExportedSnapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,42 @@
+"""Which values are secret, and how to show them without revealing them.
+
+Names follow the interface: *PASSWORD*, *PASS, *SECRET*, *IDENTITY*, *TOKEN*,
+NOTIFY_WEBHOOK_URL, and credentials inside any URL.
+"""
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "********"
+
+_SECRET_NAME = re.compile(r"PASSWORD|PASS$|SECRET|IDENTITY|TOKEN|^NOTIFY_WEBHOOK_URL$", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a variable name whose value must never be shown."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def strip_url_credentials(url: str) -> str:
+    """``s3://key:secret@bucket/x`` -> ``s3://bucket/x``; a password in userinfo is dropped,
+    a bare user name (``ssh://backup@host``) is kept because it is not a secret."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
+    """Remove known secret values and URL credentials from free text (error messages, stderr)."""
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, MASK)
+    return _URL_CREDENTIALS.sub(lambda m: m.group("scheme") + MASK + "@", text)

@@ -1,0 +1,272 @@
+"""Configuration from environment variables only (interface §1).
+
+Every field is read from the upper-cased field name, then from the libpq
+fallbacks in ``FALLBACKS``. Every variable ``X`` may be given as ``X_FILE``
+instead (Docker secrets); giving both is an error. ``load_settings`` reports
+every problem at once, one line each, naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from backupd.errors import ConfigError
+from backupd.redact import MASK, is_secret_name
+
+# Older names that existing setups use; the first one set wins.
+FALLBACKS: dict[str, tuple[str, ...]] = {
+    "db_host": ("PGHOST",),
+    "db_port": ("PGPORT",),
+    "db_user": ("PGUSER",),
+    "db_password": ("PGPASSWORD",),
+    "db_name": ("PGDATABASE",),
+    "db_sslmode": ("PGSSLMODE",),
+    "backup_timezone": ("TZ",),
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> float:
+    """``90`` / ``90s`` / ``15m`` / ``26h`` / ``7d`` -> seconds."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("must be seconds or a number with a unit s, m, h, d or w (e.g. 90, 15m, 7d)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _split_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return tuple(part.strip() for part in str(value).split(",") if part.strip())
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("must be an IANA time zone such as UTC or Europe/Berlin") from None
+    return value
+
+
+def _check_cron(value: str) -> str:
+    from apscheduler.triggers.cron import CronTrigger
+
+    if len(value.split()) != 5:
+        raise ValueError("must be a 5-field cron expression such as '0 2 * * *'")
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as err:
+        raise ValueError(f"is not a valid cron expression ({err})") from None
+    return value
+
+
+# pg_dump options that would change where or how the output is written, or the
+# connection: backupd owns those.
+_FORBIDDEN_DUMP_OPTIONS = (
+    "-f", "--file", "-F", "--format", "-Z", "--compress", "-j", "--jobs", "--snapshot",
+    "-d", "--dbname", "-h", "--host", "-p", "--port", "-U", "--username", "-w", "--no-password",
+    "-W", "--password", "-v", "--verbose", "-V", "--version", "-?", "--help", "--lock-wait-timeout",
+)
+
+
+def _check_extra_opts(value: str) -> str:
+    try:
+        args = shlex.split(value)
+    except ValueError as err:
+        raise ValueError(f"cannot be split into arguments ({err})") from None
+    for arg in args:
+        if not arg.startswith("-"):
+            continue
+        name = arg.split("=", 1)[0]
+        short = arg[:2] if not arg.startswith("--") else name
+        if name in _FORBIDDEN_DUMP_OPTIONS or short in _FORBIDDEN_DUMP_OPTIONS:
+            raise ValueError(f"may not contain {name}: backupd sets the output, format and connection itself")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_list)]
+Timezone = Annotated[str, AfterValidator(_check_timezone)]
+Cron = Annotated[str, AfterValidator(_check_cron)]
+
+COMPRESSION_LEVELS = {"zstd": (1, 19), "gzip": (1, 9), "bzip2": (1, 9), "xz": (0, 9), "none": (0, 0)}
+
+
+class EnvWithFilesSource(PydanticBaseSettingsSource):
+    """Reads ``NAME`` or ``NAME_FILE`` (never both) for each field and its fallbacks."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self.environ = environ
+        self.problems: list[str] = []
+        self.origin: dict[str, str] = {}  # field name -> the variable that supplied it
+
+    def _read(self, name: str) -> str | None:
+        direct = self.environ.get(name)
+        file_name = self.environ.get(f"{name}_FILE")
+        if direct is not None and file_name is not None:
+            self.problems.append(f"{name}: both {name} and {name}_FILE are set; give only one")
+            return None
+        if file_name is not None:
+            try:
+                return Path(file_name).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as err:
+                self.problems.append(f"{name}_FILE={file_name!r}: cannot be read ({err.strerror})")
+                return None
+        return direct
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        for name in (field_name.upper(), *FALLBACKS.get(field_name, ())):
+            value = self._read(name)
+            if value is not None:
+                self.origin[field_name] = name
+                return value, field_name, False
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[field_name] = value
+        return values
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Field ``x_y`` is the variable ``X_Y``."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Connection
+    db_host: str = "localhost"
+    db_port: int = Field(5432, ge=1, le=65535)
+    db_user: str = "postgres"
+    db_password: SecretStr | None = None
+    db_name: str = "all"
+    db_exclude: CommaList = ()
+    db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    db_wait_timeout: Duration = 60.0
+
+    # Database backups
+    backup_schedule: Cron = "0 2 * * *"
+    backup_timezone: Timezone = "UTC"
+    backup_on_start: bool = False
+    backup_dir: Path = Path("/backups")
+    backup_format: Literal["custom", "directory", "tar", "plain"] = "custom"
+    backup_compression: Literal["zstd", "gzip", "bzip2", "xz", "none"] = "zstd"
+    backup_compression_level: int | None = None
+    backup_compression_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    backup_jobs: int = Field(1, ge=1, le=64)
+    backup_concurrency: int = Field(1, ge=1, le=64)
+    backup_globals: bool = True
+    backup_row_counts: Literal["exact", "estimate", "off"] = "exact"
+    backup_lock_wait_timeout: Duration = 300.0
+    backup_timeout: Duration = 6 * 3600.0
+    backup_extra_opts: Annotated[str, AfterValidator(_check_extra_opts)] = ""
+
+    # Restore
+    force_restore: bool = False
+
+    # Logs
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @model_validator(mode="after")
+    def _compression_level_fits(self) -> "Settings":
+        if self.backup_compression_level is not None:
+            low, high = COMPRESSION_LEVELS[self.backup_compression]
+            if not low <= self.backup_compression_level <= high:
+                raise ValueError(
+                    f"BACKUP_COMPRESSION_LEVEL={self.backup_compression_level}: {self.backup_compression} "
+                    f"takes a level from {low} to {high}"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # Only explicit values: load_settings hands the environment in itself.
+        return (init_settings,)
+
+    # Derived views -----------------------------------------------------------------
+    @property
+    def databases(self) -> tuple[str, ...] | None:
+        """The named databases, or None for ``all``."""
+        names = _split_list(self.db_name)
+        return None if names == ("all",) else names
+
+    @property
+    def extra_dump_args(self) -> list[str]:
+        return shlex.split(self.backup_extra_opts)
+
+    @property
+    def password(self) -> str | None:
+        return self.db_password.get_secret_value() if self.db_password else None
+
+    def effective(self) -> dict[str, str]:
+        """Every variable and its value as shown by ``backupd config``; secrets masked."""
+        shown = {}
+        for field_name in type(self).model_fields:
+            value = getattr(self, field_name)
+            name = field_name.upper()
+            if value is None:
+                text = ""
+            elif isinstance(value, SecretStr) or is_secret_name(name):
+                text = MASK
+            elif isinstance(value, tuple):
+                text = ",".join(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            shown[name] = text
+        return shown
+
+
+def _describe(error: dict[str, Any], origin: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    field = str(error["loc"][0]) if error.get("loc") else ""
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if not field:  # a model-level check already names its variables
+        return message
+    name = origin.get(field, field.upper())
+    raw = environ.get(name)
+    if raw is None and f"{name}_FILE" in environ:
+        raw = "(from file)"
+    shown = MASK if is_secret_name(name) else raw
+    return f"{name}={shown!r}: {message}" if shown is not None else f"{name}: {message}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``); raise ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    source = EnvWithFilesSource(Settings, environ)
+    values = source()
+    problems = list(source.problems)
+    try:
+        settings = Settings(**values)
+    except ValidationError as err:
+        problems += [_describe(e, source.origin, environ) for e in err.errors()]
+        settings = None
+    if problems:
+        raise ConfigError(problems)
+    assert settings is not None
+    return settings

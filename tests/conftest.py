@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pg import Cluster, remove_cluster, start_cluster
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    cluster = start_cluster()
+    yield cluster
+    remove_cluster(cluster)
+
+
+@pytest.fixture
+def backup_dir(tmp_path) -> Path:
+    return tmp_path / "backups"
+
+
+@pytest.fixture
+def env(cluster: Cluster, backup_dir: Path) -> dict[str, str]:
+    """A complete environment for one backupd process against the session's cluster."""
+    return {**cluster.env(), "BACKUP_DIR": str(backup_dir), "LOG_FORMAT": "json", "DB_WAIT_TIMEOUT": "5s"}
+
+
+class Backupd:
+    """Runs ``python -m backupd`` as a user would, with exactly the given environment."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+    def __call__(self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 300,
+                 input: str | None = None) -> subprocess.CompletedProcess:
+        full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+                **self.env, **(extra_env or {})}
+        return subprocess.run([sys.executable, "-m", "backupd", *args], env=full, capture_output=True,
+                              text=True, timeout=timeout, cwd=REPO, input=input)
+
+    def ok(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        result = self(*args, **kwargs)
+        assert result.returncode == 0, f"backupd {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        return result
+
+    def listing(self, *args: str) -> list[dict]:
+        return json.loads(self.ok("list", "--json", *args).stdout)
+
+
+@pytest.fixture
+def backupd(env) -> Backupd:
+    return Backupd(env)
+
+
+def log_lines(stderr: str) -> list[dict]:
+    """Every stderr line must be a JSON object (docker logs)."""
+    return [json.loads(line) for line in stderr.splitlines() if line.strip()]
