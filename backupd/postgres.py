@@ -265,9 +265,12 @@ class ExportedSnapshot:
     see exactly the rows that pg_dump dumps.
     """
 
-    def __init__(self, server: Server, dbname: str):
+    def __init__(self, server: Server, dbname: str, lock_wait_seconds: float | None = None):
         self.conn = server.wait_connect(dbname, autocommit=False)
         self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if lock_wait_seconds:
+            # Counting rows takes the same locks as pg_dump: it must not queue longer either.
+            self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_wait_seconds * 1000)}ms")))
         (self.snapshot_id,) = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
 
     def close(self) -> None:

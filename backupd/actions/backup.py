@@ -137,11 +137,15 @@ class _RowCounter(threading.Thread):
         except BaseException as err:  # reported by result()
             self.error = err
 
-    def result(self, timeout: float) -> list[TableCount]:
-        self.join(timeout)
+    def cancel(self) -> None:
         if self.is_alive():
             self.snapshot.conn.cancel_safe()
             self.join(10)
+
+    def result(self, timeout: float) -> list[TableCount]:
+        self.join(timeout)
+        if self.is_alive():
+            self.cancel()
             raise Aborted("row counts did not finish within BACKUP_TIMEOUT")
         if self.error:
             raise DumpError(f"counting rows failed: {str(self.error).strip()}") from None
@@ -160,13 +164,15 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
         fmt = settings.backup_format
         final = folder / repo.file_name(backup_id, FORMAT_SUFFIXES[fmt] + run.compression.suffix)
         try:
-            with ExportedSnapshot(server, name) as snapshot:
+            with ExportedSnapshot(server, name, settings.backup_lock_wait_timeout) as snapshot:
                 counter = _RowCounter(snapshot, settings.backup_row_counts)
                 counter.start()
                 try:
                     stream, contents = _dump(run, name, fmt, snapshot.snapshot_id, final, backup_id)
-                finally:
-                    counts = counter.result(max(run.remaining(), 1.0))
+                except BaseException:
+                    counter.cancel()
+                    raise
+                counts = counter.result(max(run.remaining(), 1.0))
             if contents is None:
                 contents = inspect_archive(final, fmt, run.compression)
             tables = [c.to_json() for c in counts if contents.holds(c.schema, c.name, c.oid)]

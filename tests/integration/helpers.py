@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from psycopg import sql
+
+from tests.conftest import REPO
+from tests.pg import Cluster
+
+
+def make_database(cluster: Cluster, name: str, rows: int = 1000, payload: int = 32) -> None:
+    with cluster.connect() as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with cluster.connect(name) as conn:
+        conn.execute("CREATE TABLE items (id bigserial PRIMARY KEY, payload text)")
+        conn.execute("INSERT INTO items (payload) SELECT string_agg(md5(random()::text || g || i), '') "
+                     "FROM generate_series(1, %s) g, generate_series(1, %s) i GROUP BY g", (rows, payload // 32 or 1))
+
+
+@contextmanager
+def table_locked(cluster: Cluster, dbname: str, table: str = "items"):
+    """Holds an ACCESS EXCLUSIVE lock, so pg_dump blocks on it until released."""
+    conn = cluster.connect(dbname, autocommit=False)
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+    try:
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def start_backupd(env: dict[str, str], *args: str) -> subprocess.Popen:
+    full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8", **env}
+    return subprocess.Popen([sys.executable, "-m", "backupd", *args], env=full, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            children.append(int(entry.name))
+    result = list(children)
+    for child in children:
+        result += descendants(child)
+    return result
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return []
+
+
+def wait_for_child(parent: subprocess.Popen, name: str, timeout: float = 30, with_arg: str = "--format") -> int:
+    """The pid of ``parent``'s descendant ``name`` whose argv has an argument starting with ``with_arg``
+    (so ``pg_dump --version`` checks are passed over)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in descendants(parent.pid):
+            argv = cmdline(pid)
+            if argv and Path(argv[0]).name == name and any(a.startswith(with_arg) for a in argv):
+                return pid
+        if parent.poll() is not None:
+            raise AssertionError(f"backupd exited before {name} started: {parent.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"{name} did not start within {timeout}s")
+
+
+def leftovers(backup_dir: Path) -> list[Path]:
+    """Anything that could look like a backup but is not one: partials, staging folders."""
+    if not backup_dir.exists():
+        return []
+    return [p for p in backup_dir.rglob("*") if p.name.endswith((".partial", ".staging"))]
