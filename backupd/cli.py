@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--into", metavar="NEWDB", help="create this new database and restore into it")
     restore.add_argument("--jobs", type=_positive, default=1, metavar="N", help="pg_restore workers")
 
+    verbs.add_parser("run", help="the daemon: scheduled jobs, /metrics, /healthz and /status")
+    verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
     verbs.add_parser("config", help="print the effective configuration, secrets masked")
     return parser
 
@@ -78,7 +80,7 @@ def cmd_backup(settings, args) -> int:
     progress = lambda name: TerminalProgress(f"backing up {name}")  # noqa: E731
     result = run_backup(settings, databases=args.database, label=args.label, progress=progress)
     for outcome in result.outcomes:
-        if outcome.ok:
+        if outcome.ok and outcome.backup_id:
             print(outcome.backup_id, flush=True)
     return 0 if result.ok else 1
 
@@ -110,10 +112,37 @@ def cmd_restore(settings, args) -> int:
     return 0
 
 
+def cmd_run(settings, args) -> int:
+    from backupd.daemon import Daemon
+
+    return Daemon(settings).run()
+
+
+def cmd_health(settings, args) -> int:
+    """Asks the running daemon, so the answer includes whether its scheduler runs."""
+    import urllib.error
+    import urllib.request
+
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+    url = f"http://{host}:{settings.http_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body, healthy = response.read().decode(), True
+    except urllib.error.HTTPError as err:
+        body, healthy = err.read().decode(), False
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        body = json.dumps({"status": "unhealthy", "reasons": [f"the daemon does not answer at {url}: {reason}"]})
+        healthy = False
+    print(body.strip())
+    return 0 if healthy else 1
+
+
 def cmd_config(settings, args) -> int:
     for name, value in settings.effective().items():
         print(f"{name}={value}")
     return 0
 
 
-COMMANDS = {"backup": cmd_backup, "list": cmd_list, "restore": cmd_restore, "config": cmd_config}
+COMMANDS = {"backup": cmd_backup, "list": cmd_list, "restore": cmd_restore, "run": cmd_run, "health": cmd_health,
+            "config": cmd_config}

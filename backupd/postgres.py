@@ -6,15 +6,18 @@ Identifiers are always quoted with ``psycopg.sql``; no SQL is built from strings
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import psycopg
 from psycopg import sql
 
-from backupd.errors import ConnectionFailed, NotFoundError
+from backupd import cancel
+from backupd.errors import Aborted, ConnectionFailed, NotFoundError
 from backupd.logging import get_logger
 
 log = get_logger("backupd.postgres")
@@ -87,6 +90,8 @@ class Server:
                     ) from None
                 log.info("waiting for server", host=self.host, port=self.port, retry_in=delay, reason=message)
                 time.sleep(delay)
+                if reason := cancel.requested():
+                    raise Aborted(reason) from None
                 delay = min(delay * 2, 5.0)
 
 
@@ -284,3 +289,28 @@ class ExportedSnapshot:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _lock_key(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big", signed=True)
+
+
+@contextmanager
+def advisory_lock(server: Server, job: str, name: str, wait_seconds: float = 0.0) -> Iterator[bool]:
+    """Hold a session-level advisory lock keyed by (job, database) on the server itself,
+    so two daemons pointed at one PostgreSQL never run the same job on the same
+    database at once. Yields whether the lock was taken (waiting up to ``wait_seconds``)."""
+    conn = server.wait_connect("postgres")
+    try:
+        keys = (_lock_key(f"backupd:{job}"), _lock_key(name))
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            (taken,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", keys).fetchone()
+            if taken or time.monotonic() >= deadline:
+                break
+            if reason := cancel.requested():
+                raise Aborted(reason)
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.05)))
+        yield taken
+    finally:
+        conn.close()  # ending the session releases the lock

@@ -185,6 +185,35 @@ class Repository:
             log.warning("removing staging folder left by an earlier run", folder=str(staging))
             _remove(staging)
 
+    # Failures ------------------------------------------------------------------------
+    # The newest failure of each database is kept beside its backups until the next
+    # success, so health sees failures of CLI runs and of runs before a restart.
+    FAILURE_FILE = ".last-failure.json"
+
+    def _failure_folder(self, name: str | None, kind: str) -> Path:
+        return self.root if name is None else self.folder_for(name, kind)
+
+    def record_failure(self, name: str | None, error: str, kind: str = "database") -> None:
+        """``name`` None records a failure of a whole run (the server was unreachable)."""
+        folder = self.ensure_folder(self._failure_folder(name, kind))
+        record = {"database": name, "kind": kind, "time": iso(utc_now()), "error": error}
+        write_json_atomically(folder / self.FAILURE_FILE, json.dumps(record, sort_keys=True) + "\n")
+
+    def clear_failure(self, name: str | None, kind: str = "database") -> None:
+        (self._failure_folder(name, kind) / self.FAILURE_FILE).unlink(missing_ok=True)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every remembered failure: {"database" (None for a whole run), "kind", "time", "error"}"""
+        found: list[dict[str, Any]] = []
+        if not self.root.is_dir():
+            return found
+        for path in [self.root / self.FAILURE_FILE, *self.root.glob(f"*/{self.FAILURE_FILE}")]:
+            try:
+                found.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
+        return found
+
     # Manifests -----------------------------------------------------------------------
     def write_manifest(self, folder: Path, manifest: dict[str, Any]) -> Path:
         path = folder / f"{encode_name(manifest['id'])}.json"

@@ -187,6 +187,13 @@ class Settings(BaseSettings):
     # Restore
     force_restore: bool = False
 
+    # Daemon: HTTP, health, shutdown
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(9188, ge=1, le=65535)
+    http_auth_token: SecretStr | None = None
+    health_max_age: Duration | None = None
+    shutdown_grace: Duration = 30.0
+
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -219,6 +226,10 @@ class Settings(BaseSettings):
         return shlex.split(self.backup_extra_opts)
 
     @property
+    def auth_token(self) -> str | None:
+        return self.http_auth_token.get_secret_value() if self.http_auth_token else None
+
+    @property
     def password(self) -> str | None:
         return self.db_password.get_secret_value() if self.db_password else None
 
@@ -236,10 +247,16 @@ class Settings(BaseSettings):
                 text = ",".join(value)
             elif isinstance(value, bool):
                 text = "true" if value else "false"
+            elif field_name in _DURATION_FIELDS:
+                text = f"{value:g}s"
             else:
                 text = str(value)
             shown[name] = text
         return shown
+
+
+_DURATION_FIELDS = {name for name, field in Settings.model_fields.items() if parse_duration in
+                    [getattr(m, "func", None) for m in field.metadata]}
 
 
 def _describe(error: dict[str, Any], origin: Mapping[str, str], environ: Mapping[str, str]) -> str:

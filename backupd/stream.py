@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from backupd import cancel
 from backupd.errors import Aborted, DumpError
 from backupd.process import Child, spawn
 
@@ -171,6 +172,7 @@ class Pipeline:
         except BaseException:
             self.kill()
             raise
+        cancel.register(self)
 
     @property
     def output(self):
@@ -179,6 +181,7 @@ class Pipeline:
     def kill(self) -> None:
         for child in self.children:
             child.kill()
+        cancel.unregister(self)
 
     def abort(self, reason: str, error: type[Exception] = Aborted) -> None:
         """Stop every stage; ``finish`` then raises ``error(reason)`` (the first reason wins)."""
@@ -193,6 +196,7 @@ class Pipeline:
             self.output.close()
         for child in self.children:
             child.popen.wait()
+        cancel.unregister(self)
         try:
             if self.abort_reason:
                 raise self.abort_error(self.abort_reason)

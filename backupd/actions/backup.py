@@ -17,12 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from backupd import __version__
+from backupd import __version__, cancel
 from backupd.archive import inspect_archive, pg_dump_argv, pg_dumpall_globals_argv, tool_major
 from backupd.errors import Aborted, BackupdError, DumpError
 from backupd.logging import get_logger
-from backupd.postgres import (ExportedSnapshot, Server, TableCount, count_rows, database_info, list_databases,
-                              server_version)
+from backupd.postgres import (ExportedSnapshot, Server, TableCount, advisory_lock, count_rows, database_info,
+                              list_databases, server_version)
 from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, utc_now
 from backupd.stream import COMPRESSIONS, Compression, Pipeline, stream_to_file
 
@@ -40,6 +40,7 @@ class Outcome:
     size: int = 0
     seconds: float = 0.0
     path: Path | None = None
+    skipped: str | None = None  # why nothing was done (another daemon has it, or it exists)
 
 
 @dataclass
@@ -82,12 +83,19 @@ class _Run:
 
 def run_backup(settings, databases: list[str] | None = None, label: str | None = None,
                scheduled_for: datetime | None = None, progress: ProgressFactory | None = None) -> BackupResult:
+    """A scheduled run (``scheduled_for`` set) skips a database whose backup for that time
+    exists or is running in another daemon; a manual run waits for the other one instead."""
     server = Server.from_settings(settings)
     repo = Repository(settings.backup_dir)
-    with server.wait_connect("postgres") as conn:
-        server_num, server_text = server_version(conn)
-        names = list(databases or settings.databases or list_databases(conn, settings.db_exclude))
-        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+    try:
+        with server.wait_connect("postgres") as conn:
+            server_num, server_text = server_version(conn)
+            names = list(databases or settings.databases or list_databases(conn, settings.db_exclude))
+            superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+    except BackupdError as err:
+        if not cancel.requested():
+            _record_run_failure(repo, databases or settings.databases, str(err))
+        raise
     dump_major, dump_text = tool_major("pg_dump")
     if dump_major < server_num // 10000:
         log.warning("pg_dump is older than the server", pg_dump=dump_text, server=server_text)
@@ -99,23 +107,39 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
                time.monotonic() + settings.backup_timeout, progress)
     result = BackupResult()
     if settings.backup_globals:
-        result.globals = _guarded(GLOBALS, lambda: _backup_globals(run, superuser, label, scheduled_for))
+        result.globals = _guarded(repo, GLOBALS, "globals", lambda: _backup_globals(run, superuser, label, scheduled_for))
     globals_id = result.globals.backup_id if result.globals and result.globals.ok else None
     with ThreadPoolExecutor(max_workers=settings.backup_concurrency, thread_name_prefix="backup") as pool:
         result.outcomes = list(pool.map(
-            lambda name: _guarded(name, lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
+            lambda name: _guarded(repo, name, "database",
+                                  lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
             names))
+    repo.clear_failure(None)  # the server answered: a run-level failure is over
     return result
 
 
-def _guarded(name: str, work: Callable[[], Outcome]) -> Outcome:
-    """Turn one backup's failure into an outcome, so the others go on."""
+def _record_run_failure(repo: Repository, names, error: str) -> None:
+    """The server could not be reached: every database this run was for failed."""
+    for name in names or sorted({b.database for b in repo.backups()}) or [None]:
+        repo.record_failure(name, error)
+
+
+def _guarded(repo: Repository, name: str, kind: str, work: Callable[[], Outcome]) -> Outcome:
+    """Turn one backup's failure into an outcome, so the others go on; remember the
+    failure beside the database's backups until its next success."""
     started = time.monotonic()
     try:
         outcome = work()
     except BackupdError as err:
-        log.error("backup failed", database=name, error=str(err), duration_seconds=round(time.monotonic() - started, 3))
-        return Outcome(database=name, ok=False, error=str(err), seconds=time.monotonic() - started)
+        seconds = time.monotonic() - started
+        log.error("backup failed", database=name, error=str(err), duration_seconds=round(seconds, 3))
+        if not cancel.requested():  # an abort at shutdown is not the database's failure
+            repo.record_failure(name, str(err), kind)
+        return Outcome(database=name, ok=False, error=str(err), seconds=seconds)
+    if outcome.skipped:
+        log.info("backup skipped", database=name, reason=outcome.skipped)
+        return outcome
+    repo.clear_failure(name, kind)
     log.info("backup finished", database=name, id=outcome.backup_id, duration_seconds=round(outcome.seconds, 3),
              size_bytes=outcome.size)
     return outcome
@@ -157,7 +181,13 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
     settings, repo, server = run.settings, run.repo, run.server
     folder = repo.folder_for(name)
     started, clock = utc_now(), time.monotonic()
-    with repo.lock(folder, "backup"):
+    # A scheduled run gives way to another daemon; a manual one waits its turn.
+    wait = 0.0 if scheduled_for else max(run.remaining(), 0.0)
+    with advisory_lock(server, "backup", name, wait) as taken, repo.lock(folder, "backup"):
+        if not taken:
+            return Outcome(database=name, ok=True, skipped="another backupd is backing up this database")
+        if scheduled_for and any(b.manifest.get("scheduled_for") == iso(scheduled_for) for b in repo.backups(name)):
+            return Outcome(database=name, ok=True, skipped=f"the backup scheduled for {iso(scheduled_for)} exists")
         with server.wait_connect("postgres") as admin:
             info = database_info(admin, name)
         backup_id, _ = repo.reserve_id(name)

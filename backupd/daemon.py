@@ -1,0 +1,196 @@
+"""``backupd run``: the scheduler, the job wrapper, the HTTP endpoints and a clean stop.
+
+Each job runs inside one wrapper that logs, counts and reports its result; a
+failing job never stops the daemon. Adding a job is one ``add_job`` line.
+On SIGTERM or SIGINT scheduling stops, a running job gets SHUTDOWN_GRACE to
+finish, and is then aborted: its children are killed and its partial files
+removed. The process exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from backupd import cancel
+from backupd.actions.backup import run_backup
+from backupd.errors import BackupdError
+from backupd.health import evaluate
+from backupd.httpserver import Endpoints, serve
+from backupd.logging import get_logger
+from backupd.metrics import Metrics
+from backupd.repository import Repository, iso, utc_now
+from backupd.schedule import previous_run, trigger
+
+log = get_logger("backupd.daemon")
+
+MISFIRE_GRACE = timedelta(hours=1)
+JobFunction = Callable[[datetime | None], Any]
+
+
+@dataclass
+class JobState:
+    name: str
+    cron: str | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last: dict[str, Any] | None = None
+
+
+class Daemon:
+    def __init__(self, settings):
+        self.settings = settings
+        self.repo = Repository(settings.backup_dir)
+        self.metrics = Metrics(self.repo)
+        self.started_at = utc_now()
+        self.stopping = threading.Event()
+        self.jobs: dict[str, JobState] = {}
+        self._busy = 0
+        self._idle = threading.Condition()
+        self.scheduler = BackgroundScheduler(
+            timezone=settings.backup_timezone,
+            job_defaults={"max_instances": 1, "coalesce": True,
+                          "misfire_grace_time": int(MISFIRE_GRACE.total_seconds())})
+        self.add_job("backup", settings.backup_schedule, self._backup, run_on_start=settings.backup_on_start)
+
+    # Jobs ------------------------------------------------------------------------------
+    def add_job(self, name: str, cron: str, function: JobFunction, run_on_start: bool = False) -> None:
+        state = self.jobs[name] = JobState(name, cron)
+        self.scheduler.add_job(self._wrap(state, function, scheduled=True), trigger(cron, self.settings.backup_timezone),
+                               id=name, name=name)
+        if run_on_start:
+            self.scheduler.add_job(self._wrap(state, function, scheduled=False), id=f"{name}-on-start",
+                                   name=f"{name} (on start)", next_run_time=datetime.now(timezone.utc))
+
+    def _wrap(self, state: JobState, function: JobFunction, scheduled: bool) -> Callable[[], None]:
+        def job() -> None:
+            if self.stopping.is_set():
+                return
+            if not state.lock.acquire(blocking=False):
+                log.info("job is still running; this run is skipped", job=state.name)
+                return
+            started, clock = utc_now(), time.monotonic()
+            scheduled_for = (previous_run(state.cron, self.settings.backup_timezone, datetime.now(timezone.utc),
+                                          MISFIRE_GRACE) if scheduled and state.cron else None)
+            with self._idle:
+                self._busy += 1
+            self.metrics.job_running.labels(state.name).set(1)
+            log.info("job started", job=state.name, scheduled_for=iso(scheduled_for))
+            result, error = "success", None
+            try:
+                outcome = function(scheduled_for)
+                if outcome is False:
+                    result = "failure"
+            except BackupdError as err:
+                result, error = "failure", str(err)
+            except Exception as err:  # a bug in one job must not stop the daemon
+                log.exception("job crashed", job=state.name)
+                result, error = "failure", f"{type(err).__name__}: {err}"
+            finally:
+                self.metrics.job_running.labels(state.name).set(0)
+                self.metrics.repository.invalidate()
+                state.last = {"started": iso(started), "finished": iso(utc_now()), "result": result, "error": error}
+                state.lock.release()
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+                self._publish_next_runs()
+            log.info("job finished", job=state.name, result=result, error=error,
+                     duration_seconds=round(time.monotonic() - clock, 3))
+        return job
+
+    def _backup(self, scheduled_for: datetime | None) -> bool:
+        try:
+            result = run_backup(self.settings, scheduled_for=scheduled_for)
+        except BackupdError:
+            for name in self.settings.databases or ["all"]:
+                self.metrics.backups_total.labels(name, "failure").inc()
+            raise
+        for outcome in [*result.outcomes, *([result.globals] if result.globals else [])]:
+            if not outcome.skipped:
+                self.metrics.backups_total.labels(outcome.database, "success" if outcome.ok else "failure").inc()
+        return result.ok
+
+    def _publish_next_runs(self) -> None:
+        for job in self.scheduler.get_jobs():
+            if job.id in self.jobs and job.next_run_time:
+                self.metrics.next_run.labels(job.id).set(job.next_run_time.timestamp())
+
+    # Views -----------------------------------------------------------------------------
+    def scheduler_running(self) -> bool:
+        thread = getattr(self.scheduler, "_thread", None)
+        return bool(self.scheduler.running and thread is not None and thread.is_alive())
+
+    def health(self) -> tuple[bool, dict]:
+        health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running())
+        return health.healthy, health.to_json()
+
+    def status(self) -> dict:
+        databases: dict[str, dict] = {}
+        for backup in self.repo.backups():
+            entry = databases.setdefault(backup.database, {"backups": 0, "newest_backup": None, "last_error": None})
+            entry["backups"] += 1
+            if entry["newest_backup"] is None:
+                entry["newest_backup"] = {"id": backup.id, "time": iso(backup.time), "size_bytes": backup.size,
+                                          "duration_seconds": backup.manifest.get("duration_seconds"),
+                                          "label": backup.manifest.get("label")}
+        for failure in self.repo.failures():
+            name = failure.get("database") or "all"
+            databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})["last_error"] = {
+                "time": failure["time"], "error": failure["error"]}
+        jobs = {}
+        for job in self.scheduler.get_jobs():
+            state = self.jobs.get(job.id)
+            if state:
+                jobs[job.id] = {"schedule": state.cron, "next_run": iso(job.next_run_time),
+                                "running": state.lock.locked(), "last_run": state.last}
+        healthy, health = self.health()
+        return {"started": iso(self.started_at), "health": health, "databases": databases, "jobs": jobs,
+                "targets": {}}
+
+    # Life ------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        self.stopping.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        endpoints = Endpoints(self.health, self.status, self.metrics.render, self.settings.auth_token)
+        http = serve(self.settings.http_host, self.settings.http_port, endpoints)
+        self.scheduler.start()
+        self._publish_next_runs()
+        log.info("backupd is running", http=f"{self.settings.http_host}:{self.settings.http_port}",
+                 jobs={name: state.cron for name, state in self.jobs.items()},
+                 next_backup=iso(self.scheduler.get_job("backup").next_run_time))
+        while not self.stopping.wait(1.0):
+            if not self.scheduler_running():
+                log.error("the scheduler stopped; /healthz reports it")
+        self.scheduler.shutdown(wait=False)
+        self._finish_running_jobs()
+        http.shutdown()
+        log.info("stopped")
+        return 0
+
+    def _finish_running_jobs(self) -> None:
+        grace = self.settings.shutdown_grace
+        deadline = time.monotonic() + grace
+        with self._idle:
+            if self._busy:
+                log.info("waiting for running jobs to finish", grace_seconds=grace)
+            while self._busy and time.monotonic() < deadline:
+                self._idle.wait(min(1.0, max(deadline - time.monotonic(), 0.01)))
+            if not self._busy:
+                return
+        log.warning("running jobs did not finish within SHUTDOWN_GRACE; aborting them", grace_seconds=grace)
+        cancel.abort_all("backupd is shutting down")
+        with self._idle:
+            # Aborted work cleans up quickly (children killed, partials removed); wait for that.
+            end = time.monotonic() + 30
+            while self._busy and time.monotonic() < end:
+                self._idle.wait(1.0)

@@ -1,0 +1,89 @@
+"""Prometheus metrics (interface §5).
+
+Facts about stored backups are read from the repository at scrape time (cached
+for a few seconds), so neither a restart nor a backup made with the CLI leaves
+them wrong. Counters and job gauges belong to this process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from backupd import __version__
+from backupd.repository import Repository, parse_iso
+
+LOCAL = "local"
+
+disable_created_metrics()  # *_created series only confuse dashboards here
+
+
+class RepositoryCollector:
+    """Gauges computed from the manifests in BACKUP_DIR."""
+
+    def __init__(self, repo: Repository, ttl: float = 5.0):
+        self.repo, self.ttl = repo, ttl
+        self._cache: tuple[float, list] | None = None
+        self._lock = threading.Lock()
+
+    def _backups(self) -> list:
+        with self._lock:
+            if self._cache and time.monotonic() - self._cache[0] < self.ttl:
+                return self._cache[1]
+            backups = self.repo.backups(kind=None)
+            self._cache = (time.monotonic(), backups)
+            return backups
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cache = None
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        backups = self._backups()
+        last_success = GaugeMetricFamily("backupd_backup_last_success_timestamp_seconds",
+                                         "Finish time of the newest good backup", labels=["database"])
+        last_duration = GaugeMetricFamily("backupd_backup_last_duration_seconds",
+                                          "Duration of the newest good backup", labels=["database"])
+        last_size = GaugeMetricFamily("backupd_backup_last_size_bytes", "Size of the newest good backup",
+                                      labels=["database"])
+        stored = GaugeMetricFamily("backupd_stored_backups", "Backups kept", labels=["target", "database"])
+        stored_bytes = GaugeMetricFamily("backupd_stored_bytes", "Bytes kept", labels=["target"])
+        counts: dict[str, int] = {}
+        seen: set[str] = set()
+        for backup in backups:  # newest first
+            name = backup.database
+            counts[name] = counts.get(name, 0) + 1
+            if name in seen or backup.kind != "database":
+                continue
+            seen.add(name)
+            finished = parse_iso(backup.manifest.get("finished")) or backup.time
+            last_success.add_metric([name], finished.timestamp())
+            last_duration.add_metric([name], float(backup.manifest.get("duration_seconds", 0)))
+            last_size.add_metric([name], float(backup.size))
+        for name, count in sorted(counts.items()):
+            stored.add_metric([LOCAL, name], count)
+        stored_bytes.add_metric([LOCAL], float(sum(b.size for b in backups)))
+        yield from (last_success, last_duration, last_size, stored, stored_bytes)
+
+
+class Metrics:
+    def __init__(self, repo: Repository):
+        self.registry = CollectorRegistry()
+        self.repository = RepositoryCollector(repo)
+        self.registry.register(self.repository)
+        self.backups_total = Counter("backupd_backups", "Backups attempted by this process",
+                                     ["database", "result"], registry=self.registry)
+        self.job_running = Gauge("backupd_job_running", "1 while the job runs", ["job"], registry=self.registry)
+        self.next_run = Gauge("backupd_next_run_timestamp_seconds", "When the job runs next", ["job"],
+                              registry=self.registry)
+        build = Gauge("backupd_build_info", "backupd's version", ["version"], registry=self.registry)
+        build.labels(__version__).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
