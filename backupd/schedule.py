@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
+from itertools import islice
+from typing import Iterator
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -11,30 +14,31 @@ def trigger(expression: str, timezone: str) -> CronTrigger:
     return CronTrigger.from_crontab(expression, timezone=timezone)
 
 
-def next_runs(expression: str, timezone: str, after: datetime, count: int) -> list[datetime]:
+def iter_runs(expression: str, timezone: str, after: datetime) -> Iterator[datetime]:
+    """The scheduled times from ``after`` on, lazily."""
     cron = trigger(expression, timezone)
-    runs, previous, now = [], None, after
-    for _ in range(count):
-        upcoming = cron.get_next_fire_time(previous, now)
-        if upcoming is None:
-            break
-        runs.append(upcoming)
+    previous, now = None, after
+    while (upcoming := cron.get_next_fire_time(previous, now)) is not None:
+        yield upcoming
         previous = now = upcoming
-    return runs
+
+
+def next_runs(expression: str, timezone: str, after: datetime, count: int) -> list[datetime]:
+    return list(islice(iter_runs(expression, timezone, after), count))
 
 
 def longest_gap(expression: str, timezone: str, after: datetime) -> timedelta:
-    """The longest gap between two runs over the next few weeks (schedules can be uneven,
-    e.g. weekdays only)."""
-    runs = next_runs(expression, timezone, after, 60)
+    """The longest gap between two runs over the next five weeks or 500 runs (schedules
+    can be uneven, e.g. weekdays only). Cached per day: health asks on every request."""
+    return _longest_gap(expression, timezone, after.replace(hour=0, minute=0, second=0, microsecond=0))
+
+
+@lru_cache(maxsize=32)
+def _longest_gap(expression: str, timezone: str, day: datetime) -> timedelta:
+    runs = next_runs(expression, timezone, day, 500)
+    horizon = day + timedelta(days=35)
+    runs = [run for run in runs if run <= horizon] or runs[:2]
     gaps = [b - a for a, b in zip(runs, runs[1:])]
-    horizon = after + timedelta(days=35)
-    while runs and runs[-1] < horizon and len(runs) < 2000:
-        more = next_runs(expression, timezone, runs[-1], 60)[1:]
-        if not more:
-            break
-        gaps += [b - a for a, b in zip([runs[-1], *more], more)]
-        runs += more
     return max(gaps) if gaps else timedelta(days=1)
 
 
@@ -43,7 +47,7 @@ def previous_run(expression: str, timezone: str, now: datetime, within: timedelt
     was scheduled for. The same for every daemon with the same schedule, whatever
     seconds their clocks differ by."""
     latest = None
-    for run in next_runs(expression, timezone, now - within, 100000):
+    for run in iter_runs(expression, timezone, now - within):
         if run > now:
             break
         latest = run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ def main() -> int:
     if os.environ.get("DB_HOST"):
         backupd("backup", env=env)
         backupd("list", env=env)
+        if "--once" not in sys.argv:
+            run_daemon(env)
         return 0
     print("No DB_HOST configured: starting a throwaway PostgreSQL with sample data.", flush=True)
     cluster = start_cluster()
@@ -39,9 +42,24 @@ def main() -> int:
         with cluster.connect("demo_restored") as conn:
             tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')").fetchone()[0]
         print(f"\nRestored database demo_restored holds {tables} tables. Backups are in {env['BACKUP_DIR']}.")
+        if "--once" not in sys.argv:
+            run_daemon(env)
     finally:
         remove_cluster(cluster)
     return 0
+
+
+def run_daemon(env: dict[str, str]) -> None:
+    env = {**env, "HTTP_HOST": "127.0.0.1", "BACKUP_SCHEDULE": env.get("BACKUP_SCHEDULE", "*/5 * * * *")}
+    port = env.get("HTTP_PORT", "9188")
+    print(f"\n$ backupd run      (a backup every 5 minutes; Ctrl-C stops it)\n"
+          f"  try: curl localhost:{port}/healthz  /status  /metrics\n", flush=True)
+    daemon = subprocess.Popen([sys.executable, "-m", "backupd", "run"], env=env, cwd=ROOT)
+    try:
+        daemon.wait()
+    except KeyboardInterrupt:
+        daemon.send_signal(signal.SIGINT)
+        daemon.wait()
 
 
 if __name__ == "__main__":
