@@ -113,13 +113,17 @@ def dbname_conninfo(name: str) -> str:
     return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def restore_consumer(fmt: str, dbname: str, jobs: int = 1, source: Path | None = None) -> tuple[str, list[str]]:
+def restore_consumer(fmt: str, dbname: str, jobs: int = 1, source: Path | None = None,
+                     no_owner: bool = False) -> tuple[str, list[str]]:
     """The command that restores ``fmt`` into ``dbname`` (psql reads it from PGDATABASE).
-    ``source`` is a file or folder; without it the archive comes on stdin."""
+    ``source`` is a file or folder; without it the archive comes on stdin. ``no_owner``
+    leaves ownership and grants out (verification needs no roles)."""
     if fmt == "plain":
         return "psql", ["psql", "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
                         "--single-transaction", "--output=/dev/null", "--file=-"]
     argv = ["pg_restore", "--exit-on-error", "--no-password", f"--format={fmt}", f"--dbname={dbname_conninfo(dbname)}"]
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
     if jobs > 1 and source is not None:
         argv.append(f"--jobs={jobs}")
     elif jobs <= 1:

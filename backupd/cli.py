@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--database", metavar="NAME", help="whose backup 'latest' means")
     restore.add_argument("--into", metavar="NEWDB", help="create this new database and restore into it")
     restore.add_argument("--jobs", type=_positive, default=1, metavar="N", help="pg_restore workers")
+    restore.add_argument("--yes", action="store_true", help="restore over an existing database (FORCE_RESTORE=true)")
+    restore.add_argument("--drop-old", action="store_true", help="drop the replaced database after the swap")
+    restore.add_argument("--in-place", action="store_true",
+                         help="drop, recreate, restore: for disks without room for two copies")
 
     verbs.add_parser("run", help="the daemon: scheduled jobs, /metrics, /healthz and /status")
     verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
@@ -106,10 +110,26 @@ def cmd_list(settings, args) -> int:
 def cmd_restore(settings, args) -> int:
     from backupd.actions.restore import run_restore
 
-    result = run_restore(settings, args.source, database=args.database, into=args.into, jobs=args.jobs)
+    result = run_restore(settings, args.source, database=args.database, into=args.into, jobs=args.jobs,
+                         yes=args.yes, drop_old=args.drop_old, in_place=args.in_place, confirm=_ask_at_terminal)
     print(f"restored {result.backup_id} into {result.database} in {result.seconds:.1f}s "
           f"({human_bytes(result.throughput)}/s of stored backup)")
+    if result.previous:
+        print(f"the database it replaced is kept as {result.previous}; when you no longer need it:\n"
+              f"  psql -d postgres -c 'DROP DATABASE \"{result.previous}\"'")
     return 0
+
+
+def _ask_at_terminal(backup, target: str) -> bool:
+    """Only a person at a terminal can say yes; anything else is a no."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    print(f"Restore {backup.id} over the live database {target!r}? The current one is kept aside "
+          f"unless --drop-old. Type the database name to confirm: ", end="", file=sys.stderr, flush=True)
+    try:
+        return input().strip() == target
+    except EOFError:
+        return False
 
 
 def cmd_run(settings, args) -> int:

@@ -255,8 +255,7 @@ def count_rows(conn: psycopg.Connection, mode: str) -> Iterator[TableCount]:
         return
     for schema, name, oid, estimate in tables_with_data(conn):
         if mode == "exact":
-            (rows,) = conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(name))).fetchone()
+            rows = count_table_rows(conn, schema, name)
         else:
             rows = max(estimate, 0)
         yield TableCount(schema, name, oid, rows)
@@ -314,3 +313,72 @@ def advisory_lock(server: Server, job: str, name: str, wait_seconds: float = 0.0
         yield taken
     finally:
         conn.close()  # ending the session releases the lock
+
+
+def database_grants(conn: psycopg.Connection, name: str) -> list[tuple[str | None, str, bool]] | None:
+    """The database-level grants (CONNECT, CREATE, TEMPORARY) of ``name``; None for the defaults.
+    A grantee of None is PUBLIC."""
+    (has_acl,) = conn.execute("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if not has_acl:
+        return None
+    return [tuple(row) for row in conn.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable "
+        "FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s", (name,)).fetchall()]
+
+
+def apply_database_grants(conn: psycopg.Connection, name: str, grants: list[tuple[str | None, str, bool]] | None) -> None:
+    if grants is None:
+        return  # the defaults, which a new database has already
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+    for grantee, privilege, grantable in grants:
+        conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+            sql.SQL(privilege), sql.Identifier(name),
+            sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+            sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")))
+
+
+def end_sessions(conn: psycopg.Connection, name: str) -> int:
+    rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall()
+    return len(rows)
+
+
+def set_allow_connections(conn: psycopg.Connection, name: str, allowed: bool) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(name), sql.SQL("true" if allowed else "false")))
+
+
+def rename_database(conn: psycopg.Connection, name: str, new_name: str, attempts: int = 20) -> None:
+    """Rename, ending the sessions that still hold the database (they may reconnect in between)."""
+    for attempt in range(attempts):
+        end_sessions(conn, name)
+        try:
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new_name)))
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
+
+
+def count_table_rows(conn: psycopg.Connection, schema: str, name: str) -> int:
+    (rows,) = conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))).fetchone()
+    return rows
+
+
+def compare_with_manifest(conn: psycopg.Connection, manifest: dict) -> list[str]:
+    """What differs between a restored database and the manifest of its backup: tables
+    whose data the dump holds must exist, and with exact counts, hold as many rows."""
+    present = {(schema, name) for schema, name, _, _ in tables_with_data(conn)}
+    exact = manifest.get("row_counts") == "exact"
+    problems = []
+    for table in manifest.get("tables", []):
+        key = (table["schema"], table["name"])
+        label = f"{table['schema']}.{table['name']}"
+        if key not in present:
+            problems.append(f"table {label} is missing")
+        elif exact and table.get("rows") is not None:
+            rows = count_table_rows(conn, *key)
+            if rows != table["rows"]:
+                problems.append(f"table {label} has {rows} rows, the manifest says {table['rows']}")
+    return problems

@@ -200,14 +200,14 @@ class Pipeline:
         try:
             if self.abort_reason:
                 raise self.abort_error(self.abort_reason)
-            for index, child in enumerate(self.children):
-                code = child.popen.returncode
-                if code == 0:
-                    continue
-                last = index == len(self.children) - 1
-                if ignore_sigpipe_upstream and not last and code in (-13, 141, 1):
-                    continue  # the consumer stopped reading early on purpose
-                raise DumpError(child.describe_failure())
+            failed = [(index, child) for index, child in enumerate(self.children) if child.popen.returncode != 0]
+            last = len(self.children) - 1
+            if ignore_sigpipe_upstream:  # the consumer stopped reading early on purpose
+                failed = [(i, c) for i, c in failed if i == last or c.popen.returncode not in (-13, 141, 1)]
+            # A stage killed by SIGPIPE is a symptom: the stage after it stopped reading.
+            causes = [c for i, c in failed if c.popen.returncode != -13] or [c for _, c in failed]
+            if causes:
+                raise DumpError(causes[0].describe_failure())
         finally:
             for child in self.children:
                 child.close()

@@ -1,11 +1,16 @@
-"""``backupd restore``: restore a backup into a new database.
+"""``backupd restore``: restore a backup into a new database, or over a live one.
 
 Given the settings and the source (an id, ``latest`` or a path), returns a
 ``RestoreResult``. The checksum is checked before anything is touched; missing
 roles are created from the matching globals dump (existing roles are never
 altered); the new database gets the original's owner, encoding, locale and
 settings. A failed restore drops the database it created, so nothing is left
-half-restored. Restoring over an existing database is refused (exit 2).
+half-restored.
+
+Over an existing database, the default is a safe swap: restore into a side
+database, check it against the manifest, end the live database's sessions, rename
+it aside and rename the restored one into place. Anything failing before the
+swap leaves the live database untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psycopg
 from psycopg import sql
@@ -22,7 +28,10 @@ from psycopg import sql
 from backupd.archive import (decompress_to, restore_consumer, run_consumer_on_stdin, unpack_directory_archive)
 from backupd.errors import BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
-from backupd.postgres import DatabaseInfo, Server, create_database_like, database_exists, drop_database, role_exists
+from backupd.dbnames import old_name, side_name
+from backupd.postgres import (DatabaseInfo, Server, apply_database_grants, compare_with_manifest, create_database_like,
+                              database_exists, database_grants, database_info, drop_database, rename_database,
+                              role_exists, set_allow_connections)
 from backupd.progress import TerminalProgress
 from backupd.repository import FORMAT_SUFFIXES, Backup, Repository, looks_like_id
 from backupd.roles import create_missing_roles
@@ -38,6 +47,8 @@ class RestoreResult:
     seconds: float
     size: int
     roles_created: list[str]
+    previous: str | None = None  # where the replaced database was kept
+    mode: str = "new"
 
     @property
     def throughput(self) -> float:
@@ -96,8 +107,16 @@ def check_checksum(backup: Backup, progress=None) -> None:
                              f"the manifest says {expected}; the file is damaged, nothing was restored")
 
 
-def run_restore(settings, source: str, database: str | None = None, into: str | None = None,
-                jobs: int = 1, show_progress: bool | None = None) -> RestoreResult:
+Confirm = Callable[[Backup, str], bool]
+
+
+def run_restore(settings, source: str, database: str | None = None, into: str | None = None, jobs: int = 1,
+                yes: bool = False, drop_old: bool = False, in_place: bool = False,
+                confirm: Confirm | None = None, show_progress: bool | None = None) -> RestoreResult:
+    """Restore ``source`` into a new database (``into``, or the original name when it is
+    gone), or over the existing one: with ``yes`` (or FORCE_RESTORE, or ``confirm``
+    answering yes) by a safe swap, or ``in_place``. Raises RefusedError (exit 2) when
+    an existing database would be touched without consent."""
     repo = Repository(settings.backup_dir)
     backup = resolve_source(repo, source, database)
     if backup.kind != "database":
@@ -107,32 +126,123 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
         raise UsageError("the file has no manifest naming its database: give --into NEWDB")
     server = Server.from_settings(settings)
     with server.wait_connect("postgres") as admin:
-        if database_exists(admin, target):
-            raise RefusedError(
-                f"database {target!r} exists; restoring over an existing database is not supported yet: "
-                f"restore into a new one with --into NEWDB"
-            )
+        exists = database_exists(admin, target)
+    if exists and into:
+        raise RefusedError(f"--into creates a new database, and {target!r} exists; to restore over it, "
+                           f"use --database {target} --yes")
+    if exists and not (yes or settings.force_restore or (confirm and confirm(backup, target))):
+        raise RefusedError(f"database {target!r} exists: restoring over it needs --yes (or FORCE_RESTORE=true); "
+                           f"nothing was touched")
     check_checksum(backup, TerminalProgress(f"checking {backup.id}", enabled=show_progress))
     started = time.monotonic()
     roles_created = _restore_roles(repo, backup, server)
-    with server.wait_connect("postgres") as admin:
-        _create_target(admin, target, backup)
-    try:
-        _restore_data(settings, repo, backup, server, target, jobs, show_progress)
-    except BaseException as err:
-        log.error("restore failed; dropping the database it created", database=target, error=str(err))
-        try:
-            with server.wait_connect("postgres") as admin:
-                drop_database(admin, target)
-        except (psycopg.Error, BackupdError) as drop_err:
-            log.error("could not drop the half-restored database", database=target, error=str(drop_err))
-        if isinstance(err, BackupdError) and not isinstance(err, RestoreError):
-            raise RestoreError(f"restore of {backup.id} into {target!r} failed: {err}") from None
-        raise
+    builder = DatabaseBuilder(settings, repo, backup, server, jobs)
+    previous, mode = None, "new"
+    if not exists:
+        builder.build(target, _manifest_info(backup))
+    elif in_place:
+        mode = "in-place"
+        _restore_in_place(builder, server, target)
+    else:
+        mode = "swap"
+        previous = _restore_by_swap(builder, server, target, drop_old)
     seconds = time.monotonic() - started
-    log.info("restore finished", id=backup.id, database=target, duration_seconds=round(seconds, 3),
-             size_bytes=backup.size, roles_created=roles_created)
-    return RestoreResult(backup.id, target, seconds, backup.size, roles_created)
+    log.info("restore finished", id=backup.id, database=target, mode=mode, previous=previous,
+             duration_seconds=round(seconds, 3), size_bytes=backup.size, roles_created=roles_created)
+    return RestoreResult(backup.id, target, seconds, backup.size, roles_created, previous, mode)
+
+
+class DatabaseBuilder:
+    """Creates a database and restores one backup into it; on any failure the database
+    it created is dropped again, so nothing half-restored remains."""
+
+    def __init__(self, settings, repo: Repository, backup: Backup, server: Server, jobs: int = 1,
+                 no_owner: bool = False):
+        self.settings, self.repo, self.backup, self.server = settings, repo, backup, server
+        self.jobs, self.no_owner = jobs, no_owner
+
+    def build(self, name: str, info: DatabaseInfo | None, grants=None) -> None:
+        with self.server.wait_connect("postgres") as admin:
+            _create_database(admin, name, info)
+            try:
+                apply_database_grants(admin, name, grants)
+            except psycopg.Error as err:
+                drop_database(admin, name)
+                raise RestoreError(f"granting on database {name!r} failed: {str(err).strip()}") from None
+        try:
+            _restore_data(self.settings, self.repo, self.backup, self.server, name, self.jobs, self.no_owner)
+        except BaseException as err:
+            log.error("restore failed; dropping the database it created", database=name, error=str(err))
+            self.drop(name)
+            if isinstance(err, BackupdError) and not isinstance(err, RestoreError):
+                raise RestoreError(f"restore of {self.backup.id} into {name!r} failed: {err}") from None
+            raise
+
+    def check(self, name: str) -> None:
+        """The restored database must hold the manifest's tables and row counts."""
+        with self.server.wait_connect(name) as conn:
+            problems = compare_with_manifest(conn, self.backup.manifest)
+        if problems:
+            raise RestoreError(f"{name!r} does not match the manifest of {self.backup.id}: " + "; ".join(problems))
+
+    def drop(self, name: str) -> None:
+        try:
+            with self.server.wait_connect("postgres") as admin:
+                drop_database(admin, name)
+        except (psycopg.Error, BackupdError) as err:
+            log.error("could not drop a database backupd created", database=name, error=str(err))
+
+
+def _manifest_info(backup: Backup) -> DatabaseInfo | None:
+    info = backup.manifest.get("database_info")
+    return DatabaseInfo.from_json(info) if info else None
+
+
+def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop_old: bool) -> str | None:
+    """Build the restored database beside the live one, check it, then swap names.
+    Anything failing before the swap leaves the live database untouched."""
+    side, old = side_name(target), old_name(target)
+    with server.wait_connect("postgres") as admin:
+        live_info, grants = database_info(admin, target), database_grants(admin, target)
+    builder.build(side, live_info, grants)
+    try:
+        builder.check(side)
+        with server.wait_connect("postgres") as admin:
+            _swap(admin, target, side, old)
+    except BaseException:
+        builder.drop(side)
+        raise
+    if drop_old:
+        builder.drop(old)
+        return None
+    return old
+
+
+def _swap(admin: psycopg.Connection, live: str, side: str, old: str) -> None:
+    set_allow_connections(admin, live, False)
+    try:
+        rename_database(admin, live, old)
+    except psycopg.Error as err:
+        set_allow_connections(admin, live, True)
+        raise RestoreError(f"could not move {live!r} aside: {str(err).strip()}; it is untouched") from None
+    try:
+        rename_database(admin, side, live)
+    except psycopg.Error as err:
+        rename_database(admin, old, live)
+        set_allow_connections(admin, live, True)
+        raise RestoreError(f"could not move the restored database into place: {str(err).strip()}; "
+                           f"{live!r} is back as it was") from None
+    set_allow_connections(admin, old, True)  # so it can be inspected before it is dropped
+
+
+def _restore_in_place(builder: DatabaseBuilder, server: Server, target: str) -> None:
+    """End sessions, drop, recreate, restore: for disks without room for two copies.
+    If this restore fails, the database is gone; the backup is still there."""
+    with server.wait_connect("postgres") as admin:
+        info, grants = database_info(admin, target), database_grants(admin, target)
+        set_allow_connections(admin, target, False)
+        drop_database(admin, target)
+    builder.build(target, info, grants)
 
 
 def _restore_roles(repo: Repository, backup: Backup, server: Server) -> list[str]:
@@ -166,32 +276,30 @@ def read_decompressed(backup: Backup) -> str:
     return data.decode("utf-8")
 
 
-def _create_target(admin: psycopg.Connection, target: str, backup: Backup) -> None:
-    info_json = backup.manifest.get("database_info")
-    if not info_json:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
+def _create_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | None) -> None:
+    if info is None:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return
-    info = DatabaseInfo.from_json(info_json)
     owner = info.owner
     if not role_exists(admin, owner):
         log.warning("the database's owner does not exist here; the restoring user owns it", owner=owner)
         owner = admin.info.user
     try:
-        create_database_like(admin, target, info, owner=owner)
+        create_database_like(admin, name, info, owner=owner)
     except psycopg.Error as err:
-        drop_database(admin, target)
-        raise RestoreError(f"creating database {target!r} failed: {str(err).strip()}") from None
+        drop_database(admin, name)
+        raise RestoreError(f"creating database {name!r} failed: {str(err).strip()}") from None
 
 
 def _restore_data(settings, repo: Repository, backup: Backup, server: Server, target: str, jobs: int,
-                  show_progress: bool | None) -> None:
+                  no_owner: bool = False) -> None:
     fmt = backup.manifest["format"]
     compression = compression_for_suffix(backup.path.name)
     env, secrets = server.libpq_env(target), server.secrets
     staged = fmt == "directory" or (fmt == "custom" and jobs > 1 and compression.name != "none")
     if not staged:
         source = backup.path if (fmt == "custom" and jobs > 1) else None
-        consumer = restore_consumer(fmt, target, jobs, source)
+        consumer = restore_consumer(fmt, target, jobs, source, no_owner)
         if source is not None:
             Pipeline([consumer], env=env, secrets=secrets, stdout=None).finish()
         else:
@@ -208,7 +316,7 @@ def _restore_data(settings, repo: Repository, backup: Backup, server: Server, ta
             staging.mkdir(mode=0o700)
             source = staging / "archive.dump"
             decompress_to(backup.path, compression, source)
-        Pipeline([restore_consumer(fmt, target, jobs, source)], env=env, secrets=secrets, stdout=None).finish()
+        Pipeline([restore_consumer(fmt, target, jobs, source, no_owner)], env=env, secrets=secrets, stdout=None).finish()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
