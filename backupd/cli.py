@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from backupd import __version__
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--in-place", action="store_true",
                          help="drop, recreate, restore: for disks without room for two copies")
 
+    verify = verbs.add_parser("verify", help="restore backups into a scratch database and compare them")
+    verify.add_argument("source", nargs="?", metavar="ID|latest|PATH", help="default: the newest of each database")
+    verify.add_argument("--database", metavar="NAME")
+
     verbs.add_parser("run", help="the daemon: scheduled jobs, /metrics, /healthz and /status")
     verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
     verbs.add_parser("config", help="print the effective configuration, secrets masked")
@@ -68,14 +73,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"backupd: configuration error: {problem}", file=sys.stderr)
         return err.exit_code
     configure_logging(settings.log_level, settings.log_format)
+    if args.verb != "run":  # the daemon has its own graceful stop
+        signal.signal(signal.SIGTERM, _interrupted)
     try:
         return COMMANDS[args.verb](settings, args)
     except BackupdError as err:
         log.error(f"{args.verb} failed", error=str(err))
         return err.exit_code
     except KeyboardInterrupt:
-        log.warning("interrupted")
+        log.warning("interrupted; what was started has been cleaned up")
         return 130
+
+
+def _interrupted(signum, frame):
+    """SIGTERM unwinds like Ctrl-C, so cleanup in ``finally`` blocks runs."""
+    raise KeyboardInterrupt
 
 
 def cmd_backup(settings, args) -> int:
@@ -97,10 +109,11 @@ def cmd_list(settings, args) -> int:
         json.dump(backups, sys.stdout, indent=2)
         print()
         return 0
-    rows = [("ID", "DATABASE", "TIME", "SIZE", "FORMAT", "LABEL")]
+    rows = [("ID", "DATABASE", "TIME", "SIZE", "FORMAT", "VERIFIED", "LABEL")]
     for b in backups:
         fmt = b["format"] + ("" if b["compression"] == "none" else f"+{b['compression']}")
-        rows.append((b["id"], b["database"], b["time"], human_bytes(b["size_bytes"]), fmt, b["label"] or ""))
+        rows.append((b["id"], b["database"], b["time"], human_bytes(b["size_bytes"]), fmt, b["verified"] or "-",
+                     b["label"] or ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -130,6 +143,16 @@ def _ask_at_terminal(backup, target: str) -> bool:
         return input().strip() == target
     except EOFError:
         return False
+
+
+def cmd_verify(settings, args) -> int:
+    from backupd.actions.verify import run_verify
+
+    outcomes = run_verify(settings, args.source, database=args.database)
+    for outcome in outcomes:
+        line = f"{outcome.backup_id}: {outcome.result} in {outcome.seconds:.1f}s"
+        print(line + (f": {outcome.reason}" if outcome.reason else ""), flush=True)
+    return 1 if any(o.failed for o in outcomes) else 0
 
 
 def cmd_run(settings, args) -> int:
@@ -164,5 +187,5 @@ def cmd_config(settings, args) -> int:
     return 0
 
 
-COMMANDS = {"backup": cmd_backup, "list": cmd_list, "restore": cmd_restore, "run": cmd_run, "health": cmd_health,
-            "config": cmd_config}
+COMMANDS = {"backup": cmd_backup, "list": cmd_list, "restore": cmd_restore, "verify": cmd_verify, "run": cmd_run,
+            "health": cmd_health, "config": cmd_config}

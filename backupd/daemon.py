@@ -20,8 +20,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from backupd import cancel
 from backupd.actions.backup import run_backup
-from backupd.errors import BackupdError
-from backupd.health import evaluate
+from backupd.actions.verify import run_verify
+from backupd.errors import BackupdError, NotFoundError
+from backupd.health import evaluate, newest_verifications
 from backupd.httpserver import Endpoints, serve
 from backupd.logging import get_logger
 from backupd.metrics import Metrics
@@ -57,6 +58,8 @@ class Daemon:
             job_defaults={"max_instances": 1, "coalesce": True,
                           "misfire_grace_time": int(MISFIRE_GRACE.total_seconds())})
         self.add_job("backup", settings.backup_schedule, self._backup, run_on_start=settings.backup_on_start)
+        if settings.verify_enabled:
+            self.add_job("verify", settings.verify_schedule, self._verify)
 
     # Jobs ------------------------------------------------------------------------------
     def add_job(self, name: str, cron: str, function: JobFunction, run_on_start: bool = False) -> None:
@@ -116,6 +119,17 @@ class Daemon:
                 self.metrics.backups_total.labels(outcome.database, "success" if outcome.ok else "failure").inc()
         return result.ok
 
+    def _verify(self, scheduled_for: datetime | None) -> bool:
+        try:
+            outcomes = run_verify(self.settings)
+        except NotFoundError:
+            log.info("nothing to verify yet")
+            return True
+        for outcome in outcomes:
+            if outcome.result != "skipped":
+                self.metrics.verify_total.labels(outcome.database, outcome.result).inc()
+        return not any(o.failed for o in outcomes)
+
     def _publish_next_runs(self) -> None:
         for job in self.scheduler.get_jobs():
             if job.id in self.jobs and job.next_run_time:
@@ -139,6 +153,9 @@ class Daemon:
                 entry["newest_backup"] = {"id": backup.id, "time": iso(backup.time), "size_bytes": backup.size,
                                           "duration_seconds": backup.manifest.get("duration_seconds"),
                                           "label": backup.manifest.get("label")}
+        for name, verification in newest_verifications(self.repo).items():
+            entry = databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})
+            entry["newest_verification"] = verification
         for failure in self.repo.failures():
             name = failure.get("database") or "all"
             databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})["last_error"] = {

@@ -64,6 +64,12 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
         if age > limit:
             health.reasons.append(f"the newest backup of {name!r} is {describe_age(age)} old "
                                   f"(more than HEALTH_MAX_AGE, {describe_age(limit)})")
+    for name, verification in sorted(newest_verifications(repo).items()):
+        if verification["result"] == "failed":
+            health.reasons.append(f"the newest verification of {name!r} ({verification['id']}) failed: "
+                                  f"{verification['reason']}")
+        elif verification["result"] == "unverifiable":
+            health.warnings.append(f"the newest backup of {name!r} is unverifiable: {verification['reason']}")
     failures = repo.failures()
     for failure in sorted(failures, key=lambda f: (f.get("database") or "", f.get("time") or "")):
         name, kind = failure.get("database"), failure.get("kind", "database")
@@ -79,3 +85,16 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
             health.reasons.append(f"no backup yet, although the first was due at {first_due[0].isoformat()}")
     return health
 
+
+
+def newest_verifications(repo: Repository) -> dict[str, dict[str, Any]]:
+    """database -> the most recent verification of any of its backups, with the backup's id."""
+    newest: dict[str, dict[str, Any]] = {}
+    for backup in repo.backups(kind=None):
+        verification = backup.state.get("verification")
+        if not verification:
+            continue
+        current = newest.get(backup.database)
+        if current is None or verification["time"] > current["time"]:
+            newest[backup.database] = {**verification, "id": backup.id}
+    return newest

@@ -54,6 +54,16 @@ class RepositoryCollector:
                                       labels=["database"])
         stored = GaugeMetricFamily("backupd_stored_backups", "Backups kept", labels=["target", "database"])
         stored_bytes = GaugeMetricFamily("backupd_stored_bytes", "Bytes kept", labels=["target"])
+        verified = GaugeMetricFamily("backupd_verify_last_success_timestamp_seconds",
+                                     "Time of the newest verification that passed", labels=["database"])
+        verified_at: dict[str, float] = {}
+        for backup in backups:
+            verification = backup.state.get("verification") or {}
+            if verification.get("result") == "passed":
+                at = parse_iso(verification["time"]).timestamp()
+                verified_at[backup.database] = max(at, verified_at.get(backup.database, 0.0))
+        for name, at in sorted(verified_at.items()):
+            verified.add_metric([name], at)
         counts: dict[str, int] = {}
         seen: set[str] = set()
         for backup in backups:  # newest first
@@ -69,7 +79,7 @@ class RepositoryCollector:
         for name, count in sorted(counts.items()):
             stored.add_metric([LOCAL, name], count)
         stored_bytes.add_metric([LOCAL], float(sum(b.size for b in backups)))
-        yield from (last_success, last_duration, last_size, stored, stored_bytes)
+        yield from (last_success, last_duration, last_size, stored, stored_bytes, verified)
 
 
 class Metrics:
@@ -79,6 +89,8 @@ class Metrics:
         self.registry.register(self.repository)
         self.backups_total = Counter("backupd_backups", "Backups attempted by this process",
                                      ["database", "result"], registry=self.registry)
+        self.verify_total = Counter("backupd_verify", "Verifications run by this process",
+                                    ["database", "result"], registry=self.registry)
         self.job_running = Gauge("backupd_job_running", "1 while the job runs", ["job"], registry=self.registry)
         self.next_run = Gauge("backupd_next_run_timestamp_seconds", "When the job runs next", ["job"],
                               registry=self.registry)

@@ -50,6 +50,13 @@ class Server:
         return cls(settings.db_host, settings.db_port, settings.db_user, settings.password,
                    settings.db_sslmode, settings.db_wait_timeout)
 
+    @classmethod
+    def for_verification(cls, settings) -> "Server":
+        """VERIFY_DB_* where set (restore drills away from production), else DB_*."""
+        password = settings.verify_db_password.get_secret_value() if settings.verify_db_password else settings.password
+        return cls(settings.verify_db_host or settings.db_host, settings.verify_db_port or settings.db_port,
+                   settings.verify_db_user or settings.db_user, password, settings.db_sslmode, settings.db_wait_timeout)
+
     def libpq_env(self, dbname: str | None = None) -> dict[str, str]:
         """Environment for pg_dump, pg_restore and psql. The database name goes through
         PGDATABASE too, so a name containing ``=`` is never read as a connection string."""

@@ -159,18 +159,21 @@ class Repository:
             when += timedelta(seconds=1)
 
     @contextmanager
-    def lock(self, folder: Path, what: str) -> Iterator[None]:
+    def lock(self, folder: Path, what: str, lock_name: str = ".lock") -> Iterator[None]:
         """An exclusive lock on one folder for one operation (never for a daemon's life),
-        so two processes on this host never write the same database's files at once."""
+        so two processes on this host never write the same database's files at once.
+        State files have a lock of their own, so recording a verification never waits
+        for a long backup."""
         self.ensure_folder(folder)
-        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(folder / lock_name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 log.info("waiting for another backupd operation on the same files", folder=folder.name, operation=what)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            self._remove_stale_partials(folder)
+            if lock_name == ".lock":
+                self._remove_stale_partials(folder)
             yield
         finally:
             os.close(fd)
@@ -222,9 +225,22 @@ class Repository:
         write_json_atomically(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return path
 
-    def write_state(self, backup: Backup) -> None:
+    def update_state(self, backup: Backup, key: str, value: Any) -> None:
+        """Set one later fact (verification, replicas, pin) in ``<id>.state.json``;
+        the manifest is never rewritten."""
         path = backup.folder / f"{encode_name(backup.id)}.state.json"
-        write_json_atomically(path, json.dumps(backup.state, indent=2, sort_keys=True) + "\n")
+        with self.lock(backup.folder, "state", lock_name=".state.lock"):
+            state = {}
+            if path.exists():
+                try:
+                    state = json.loads(path.read_text(encoding="utf-8"))
+                except ValueError:
+                    log.warning("replacing an unreadable state file", file=str(path))
+            state[key] = value
+            partial = path.with_name(f".{path.name}.partial")
+            partial.unlink(missing_ok=True)
+            write_json_atomically(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        backup.state = state
 
     def _load(self, manifest_path: Path) -> Backup | None:
         try:

@@ -187,6 +187,15 @@ class Settings(BaseSettings):
     # Restore
     force_restore: bool = False
 
+    # Verification
+    verify_schedule: Cron = "0 3 * * 0"
+    verify_enabled: bool = True
+    verify_sql: str | None = None
+    verify_db_host: str | None = None
+    verify_db_port: int | None = Field(None, ge=1, le=65535)
+    verify_db_user: str | None = None
+    verify_db_password: SecretStr | None = None
+
     # Daemon: HTTP, health, shutdown
     http_host: str = "0.0.0.0"
     http_port: int = Field(9188, ge=1, le=65535)

@@ -194,8 +194,12 @@ class Pipeline:
         """Wait for every stage; raise on the first one that failed (upstream first)."""
         if self.output is not None:
             self.output.close()
-        for child in self.children:
-            child.popen.wait()
+        try:
+            for child in self.children:
+                child.popen.wait()
+        except BaseException:  # interrupted while waiting: the children must not outlive this
+            self.kill()
+            raise
         cancel.unregister(self)
         try:
             if self.abort_reason:

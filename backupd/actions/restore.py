@@ -135,11 +135,11 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
                            f"nothing was touched")
     check_checksum(backup, TerminalProgress(f"checking {backup.id}", enabled=show_progress))
     started = time.monotonic()
-    roles_created = _restore_roles(repo, backup, server)
+    roles_created = restore_roles(repo, backup, server)
     builder = DatabaseBuilder(settings, repo, backup, server, jobs)
     previous, mode = None, "new"
     if not exists:
-        builder.build(target, _manifest_info(backup))
+        builder.build(target, manifest_info(backup))
     elif in_place:
         mode = "in-place"
         _restore_in_place(builder, server, target)
@@ -193,7 +193,7 @@ class DatabaseBuilder:
             log.error("could not drop a database backupd created", database=name, error=str(err))
 
 
-def _manifest_info(backup: Backup) -> DatabaseInfo | None:
+def manifest_info(backup: Backup) -> DatabaseInfo | None:
     info = backup.manifest.get("database_info")
     return DatabaseInfo.from_json(info) if info else None
 
@@ -245,7 +245,7 @@ def _restore_in_place(builder: DatabaseBuilder, server: Server, target: str) -> 
     builder.build(target, info, grants)
 
 
-def _restore_roles(repo: Repository, backup: Backup, server: Server) -> list[str]:
+def restore_roles(repo: Repository, backup: Backup, server: Server) -> list[str]:
     globals_id = backup.manifest.get("globals_id")
     if not globals_id:
         return []

@@ -1,0 +1,148 @@
+"""``backupd verify``: prove that backups restore.
+
+Given the settings and optionally a source (an id, ``latest`` or a path) and a
+database; without a source, the newest backup of each database. For each one:
+check the stored file's sha256 against the manifest, restore it into a scratch
+database (on the VERIFY_DB_* server when one is set), compare its tables and row
+counts with the manifest, optionally run VERIFY_SQL, and always drop the scratch
+database. The result is recorded in ``<id>.state.json``. The globals dump that
+goes with a backup is verified too: it parses and its missing roles could be
+created (in a transaction that is rolled back).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from backupd.actions.restore import (DatabaseBuilder, manifest_info, restore_roles, check_checksum,
+                                     read_decompressed, resolve_source)
+from backupd.dbnames import scratch_name, scratch_prefix
+from backupd.errors import BackupdError, NotFoundError, RestoreError
+from backupd.logging import get_logger
+from backupd.postgres import Server, advisory_lock, drop_database
+from backupd.repository import Backup, Repository, iso, utc_now
+from backupd.roles import create_missing_roles
+
+log = get_logger("backupd.verify")
+
+PASSED, FAILED, UNVERIFIABLE, SKIPPED = "passed", "failed", "unverifiable", "skipped"
+
+
+@dataclass
+class VerifyOutcome:
+    backup_id: str
+    database: str
+    result: str
+    reason: str | None
+    seconds: float
+
+    @property
+    def failed(self) -> bool:
+        return self.result == FAILED
+
+
+def run_verify(settings, source: str | None = None, database: str | None = None) -> list[VerifyOutcome]:
+    repo = Repository(settings.backup_dir)
+    if source:
+        backups = [resolve_source(repo, source, database)]
+    else:
+        newest: dict[str, Backup] = {}
+        for backup in repo.backups(database):
+            newest.setdefault(backup.database, backup)
+        backups = list(newest.values())
+        if not backups:
+            raise NotFoundError(f"no backups to verify in {repo.root}" + (f" for {database!r}" if database else ""))
+    outcomes = [verify_backup(settings, repo, backup) for backup in backups]
+    for globals_id in sorted({b.manifest.get("globals_id") for b in backups} - {None}):
+        try:
+            outcomes.append(verify_globals(settings, repo, repo.find(globals_id)))
+        except NotFoundError:
+            log.warning("the globals dump of a verified backup is gone", globals_id=globals_id)
+    return outcomes
+
+
+def verify_backup(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
+    started = time.monotonic()
+    try:
+        result, reason = _verify(settings, repo, backup)
+    except BackupdError as err:
+        result, reason = FAILED, str(err)
+    return _record(repo, backup, result, reason, started)
+
+
+def _verify(settings, repo: Repository, backup: Backup) -> tuple[str, str | None]:
+    check_checksum(backup)
+    if backup.manifest.get("encryption") and not getattr(settings, "backup_encryption_identity", None):
+        return UNVERIFIABLE, "encrypted, and BACKUP_ENCRYPTION_IDENTITY is not set: only the checksum was checked"
+    server = Server.for_verification(settings)
+    with advisory_lock(server, "verify", backup.database) as taken:
+        if not taken:
+            return SKIPPED, "another backupd is verifying this database"
+        drop_stale_scratch_databases(server, backup.database)
+        scratch = scratch_name(backup.database)
+        builder = DatabaseBuilder(settings, repo, backup, server, no_owner=True)
+        try:
+            if backup.manifest.get("format") == "plain":
+                restore_roles(repo, backup, server)  # a plain dump sets owners itself
+            builder.build(scratch, manifest_info(backup))
+            builder.check(scratch)
+            if settings.verify_sql:
+                _run_verify_sql(server, scratch, settings.verify_sql)
+        finally:
+            builder.drop(scratch)
+    return PASSED, None
+
+
+def drop_stale_scratch_databases(server: Server, database: str) -> None:
+    """Scratch databases of this database left by a verify that was killed. Only called
+    under the verify lock of this database, so none of them is in use."""
+    with server.wait_connect("postgres") as admin:
+        stale = admin.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                              (scratch_prefix(database),)).fetchall()
+        for (name,) in stale:
+            log.warning("dropping a scratch database left by an earlier verify", database=name)
+            drop_database(admin, name)
+
+
+def _run_verify_sql(server: Server, scratch: str, query: str) -> None:
+    try:
+        with server.wait_connect(scratch) as conn:
+            row = conn.execute(query.encode("utf-8")).fetchone()
+    except psycopg.Error as err:
+        raise RestoreError(f"VERIFY_SQL failed: {str(err).strip()}") from None
+    if not row or row[0] is not True:
+        raise RestoreError(f"VERIFY_SQL returned {row[0] if row else 'no row'!r}, not true")
+
+
+def verify_globals(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
+    """The roles dump parses, and the roles it has that the server lacks could be created."""
+    started = time.monotonic()
+    try:
+        check_checksum(backup)
+        script = read_decompressed(backup)
+        if "PostgreSQL database cluster dump complete" not in script:
+            raise RestoreError("the roles dump is incomplete: its end marker is missing")
+        with Server.for_verification(settings).wait_connect("postgres") as admin:
+            try:
+                create_missing_roles(admin, script, dry_run=True)
+            except psycopg.Error as err:
+                raise RestoreError(f"its roles could not be created: {str(err).strip()}") from None
+        result, reason = PASSED, None
+    except BackupdError as err:
+        result, reason = FAILED, str(err)
+    return _record(repo, backup, result, reason, started)
+
+
+def _record(repo: Repository, backup: Backup, result: str, reason: str | None, started: float) -> VerifyOutcome:
+    seconds = time.monotonic() - started
+    if result != SKIPPED:
+        repo.update_state(backup, "verification", {"time": iso(utc_now()), "result": result, "reason": reason,
+                                                   "duration_seconds": round(seconds, 3)})
+    log_call = log.error if result == FAILED else (log.warning if result == UNVERIFIABLE else log.info)
+    log_call("verification finished", id=backup.id, database=backup.database, result=result, reason=reason,
+             duration_seconds=round(seconds, 3))
+    return VerifyOutcome(backup.id, backup.database, result, reason, seconds)
+
