@@ -28,6 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     backup = verbs.add_parser("backup", help="back up now; prints the new backup ids")
     backup.add_argument("--database", action="append", metavar="NAME", help="only this database (repeatable)")
     backup.add_argument("--label", metavar="TEXT", help="stored in the manifest, e.g. pre-deploy")
+    backup.add_argument("--pin", action="store_true", help="keep the new backups whatever retention says")
+
+    for verb, text in (("pin", "keep a backup whatever retention says"), ("unpin", "let retention decide again")):
+        pinning = verbs.add_parser(verb, help=text)
+        pinning.add_argument("id", metavar="ID")
+
+    prune = verbs.add_parser("prune", help="apply retention now; prints every backup with its decision")
+    prune.add_argument("--dry-run", action="store_true", help="delete nothing, say what would go and why")
+    prune.add_argument("--database", metavar="NAME")
 
     listing = verbs.add_parser("list", help="list backups, newest first")
     listing.add_argument("--database", metavar="NAME")
@@ -94,7 +103,7 @@ def cmd_backup(settings, args) -> int:
     from backupd.actions.backup import run_backup
 
     progress = lambda name: TerminalProgress(f"backing up {name}")  # noqa: E731
-    result = run_backup(settings, databases=args.database, label=args.label, progress=progress)
+    result = run_backup(settings, databases=args.database, label=args.label, progress=progress, pin=args.pin)
     for outcome in result.outcomes:
         if outcome.ok and outcome.backup_id:
             print(outcome.backup_id, flush=True)
@@ -145,6 +154,29 @@ def _ask_at_terminal(backup, target: str) -> bool:
         return False
 
 
+def cmd_pin(settings, args) -> int:
+    from backupd.repository import Repository
+
+    repo = Repository(settings.backup_dir)
+    repo.update_state(repo.find(args.id), "pinned", args.verb == "pin")
+    print(f"{args.id} {'pinned' if args.verb == 'pin' else 'unpinned'}")
+    return 0
+
+
+def cmd_prune(settings, args) -> int:
+    from backupd.actions.prune import run_prune
+
+    result = run_prune(settings, dry_run=args.dry_run, database=args.database)
+    rows = [("ID", "DATABASE", "DECISION", "WHY")]
+    for backup, decision in result.decisions:
+        verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
+        rows.append((backup.id, backup.database, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+    return 0
+
+
 def cmd_verify(settings, args) -> int:
     from backupd.actions.verify import run_verify
 
@@ -187,5 +219,5 @@ def cmd_config(settings, args) -> int:
     return 0
 
 
-COMMANDS = {"backup": cmd_backup, "list": cmd_list, "restore": cmd_restore, "verify": cmd_verify, "run": cmd_run,
+COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune, "restore": cmd_restore, "verify": cmd_verify, "run": cmd_run,
             "health": cmd_health, "config": cmd_config}

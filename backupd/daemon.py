@@ -20,18 +20,20 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from backupd import cancel
 from backupd.actions.backup import run_backup
+from backupd.actions.prune import run_prune
 from backupd.actions.verify import run_verify
 from backupd.errors import BackupdError, NotFoundError
 from backupd.health import evaluate, newest_verifications
 from backupd.httpserver import Endpoints, serve
 from backupd.logging import get_logger
-from backupd.metrics import Metrics
+from backupd.metrics import LOCAL, Metrics
 from backupd.repository import Repository, iso, utc_now
 from backupd.schedule import previous_run, trigger
 
 log = get_logger("backupd.daemon")
 
 MISFIRE_GRACE = timedelta(hours=1)
+PRUNE_SCHEDULE = "45 4 * * *"  # daily; retention also runs after every backup
 JobFunction = Callable[[datetime | None], Any]
 
 
@@ -60,6 +62,7 @@ class Daemon:
         self.add_job("backup", settings.backup_schedule, self._backup, run_on_start=settings.backup_on_start)
         if settings.verify_enabled:
             self.add_job("verify", settings.verify_schedule, self._verify)
+        self.add_job("prune", PRUNE_SCHEDULE, self._prune)
 
     # Jobs ------------------------------------------------------------------------------
     def add_job(self, name: str, cron: str, function: JobFunction, run_on_start: bool = False) -> None:
@@ -114,10 +117,16 @@ class Daemon:
             for name in self.settings.databases or ["all"]:
                 self.metrics.backups_total.labels(name, "failure").inc()
             raise
+        self.metrics.retention_deleted_total.labels(LOCAL).inc(result.pruned)
         for outcome in [*result.outcomes, *([result.globals] if result.globals else [])]:
             if not outcome.skipped:
                 self.metrics.backups_total.labels(outcome.database, "success" if outcome.ok else "failure").inc()
         return result.ok
+
+    def _prune(self, scheduled_for: datetime | None) -> bool:
+        deleted = run_prune(self.settings).deleted
+        self.metrics.retention_deleted_total.labels(LOCAL).inc(len(deleted))
+        return True
 
     def _verify(self, scheduled_for: datetime | None) -> bool:
         try:

@@ -91,6 +91,8 @@ class Metrics:
                                      ["database", "result"], registry=self.registry)
         self.verify_total = Counter("backupd_verify", "Verifications run by this process",
                                     ["database", "result"], registry=self.registry)
+        self.retention_deleted_total = Counter("backupd_retention_deleted", "Backups deleted by retention",
+                                               ["target"], registry=self.registry)
         self.job_running = Gauge("backupd_job_running", "1 while the job runs", ["job"], registry=self.registry)
         self.next_run = Gauge("backupd_next_run_timestamp_seconds", "When the job runs next", ["job"],
                               registry=self.registry)

@@ -184,6 +184,15 @@ class Settings(BaseSettings):
     backup_timeout: Duration = 6 * 3600.0
     backup_extra_opts: Annotated[str, AfterValidator(_check_extra_opts)] = ""
 
+    # Retention
+    backup_retention_days: int = Field(7, ge=0)
+    backup_keep_last: int = Field(0, ge=0)
+    backup_keep_daily: int = Field(0, ge=0)
+    backup_keep_weekly: int = Field(0, ge=0)
+    backup_keep_monthly: int = Field(0, ge=0)
+    backup_keep_yearly: int = Field(0, ge=0)
+    backup_min_keep: int = Field(1, ge=1)
+
     # Restore
     force_restore: bool = False
 

@@ -37,12 +37,22 @@ class Backupd:
     def __init__(self, env: dict[str, str]):
         self.env = env
 
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "backupd", *args]
+
     def __call__(self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 300,
                  input: str | None = None) -> subprocess.CompletedProcess:
+        return self.run_argv(self.argv(*args), extra_env=extra_env, timeout=timeout, input=input)
+
+    def run_argv(self, argv: list[str], extra_env: dict[str, str] | None = None, timeout: float = 300,
+                 input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """Any command line (e.g. under faketime) with this environment."""
         full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
                 **self.env, **(extra_env or {})}
-        return subprocess.run([sys.executable, "-m", "backupd", *args], env=full, capture_output=True,
-                              text=True, timeout=timeout, cwd=REPO, input=input)
+        result = subprocess.run(argv, env=full, capture_output=True, text=True, timeout=timeout, cwd=REPO, input=input)
+        if check and argv[0] == "faketime":
+            assert result.returncode == 0, f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}"
+        return result
 
     def ok(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         result = self(*args, **kwargs)

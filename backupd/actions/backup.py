@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from backupd import __version__, cancel
+from backupd.actions.prune import run_prune
 from backupd.archive import inspect_archive, pg_dump_argv, pg_dumpall_globals_argv, tool_major
 from backupd.errors import Aborted, BackupdError, DumpError
 from backupd.logging import get_logger
@@ -47,6 +48,7 @@ class Outcome:
 class BackupResult:
     outcomes: list[Outcome] = field(default_factory=list)
     globals: Outcome | None = None
+    pruned: int = 0  # backups deleted by the retention that follows each successful backup
 
     @property
     def ok(self) -> bool:
@@ -82,9 +84,11 @@ class _Run:
 
 
 def run_backup(settings, databases: list[str] | None = None, label: str | None = None,
-               scheduled_for: datetime | None = None, progress: ProgressFactory | None = None) -> BackupResult:
+               scheduled_for: datetime | None = None, progress: ProgressFactory | None = None,
+               pin: bool = False) -> BackupResult:
     """A scheduled run (``scheduled_for`` set) skips a database whose backup for that time
-    exists or is running in another daemon; a manual run waits for the other one instead."""
+    exists or is running in another daemon; a manual run waits for the other one instead.
+    ``pin`` pins the new backups. Retention runs for each database backed up."""
     server = Server.from_settings(settings)
     repo = Repository(settings.backup_dir)
     try:
@@ -115,6 +119,11 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
                                   lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
             names))
     repo.clear_failure(None)  # the server answered: a run-level failure is over
+    for outcome in result.outcomes:
+        if outcome.ok and outcome.backup_id:
+            if pin:
+                repo.update_state(repo.find(outcome.backup_id), "pinned", True)
+            result.pruned += len(run_prune(settings, database=outcome.database).deleted)
     return result
 
 
