@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = verbs.add_parser("list", help="list backups, newest first")
     listing.add_argument("--database", metavar="NAME")
+    listing.add_argument("--target", metavar="URL", help="the backups on a replication target")
     listing.add_argument("--json", action="store_true", help="a JSON document on stdout")
 
     restore = verbs.add_parser("restore", help="restore a backup into a new database")
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = verbs.add_parser("verify", help="restore backups into a scratch database and compare them")
     verify.add_argument("source", nargs="?", metavar="ID|latest|PATH", help="default: the newest of each database")
     verify.add_argument("--database", metavar="NAME")
+
+    replicate = verbs.add_parser("replicate", help="copy backups to the replication targets now")
+    replicate.add_argument("--target", metavar="URL", help="only this target")
 
     verbs.add_parser("run", help="the daemon: scheduled jobs, /metrics, /healthz and /status")
     verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
@@ -113,7 +117,14 @@ def cmd_backup(settings, args) -> int:
 def cmd_list(settings, args) -> int:
     from backupd.repository import Repository
 
-    backups = [b.summary() for b in Repository(settings.backup_dir).backups(args.database)]
+    if args.target:
+        from backupd.actions.replicate import list_remote
+
+        found = [b for b in list_remote(settings, args.target) if b.kind == "database"]
+        backups = [{**b.summary(), "file": f"{args.target.rstrip('/')}/{b.folder.as_posix()}/{b.manifest['file']}"}
+                   for b in found if args.database is None or b.database == args.database]
+    else:
+        backups = [b.summary() for b in Repository(settings.backup_dir).backups(args.database)]
     if args.json:
         json.dump(backups, sys.stdout, indent=2)
         print()
@@ -187,6 +198,17 @@ def cmd_verify(settings, args) -> int:
     return 1 if any(o.failed for o in outcomes) else 0
 
 
+def cmd_replicate(settings, args) -> int:
+    from backupd.actions.replicate import run_replicate
+
+    outcomes = run_replicate(settings, url=args.target)
+    for outcome in outcomes:
+        state = "ok" if outcome.ok else f"FAILED: {outcome.error}"
+        note = "" if outcome.confirmed else " (unconfirmed: a custom command's copies cannot be checked)"
+        print(f"{outcome.url}: {state}; sent {len(outcome.sent)}, deleted {len(outcome.deleted)}{note}", flush=True)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
 def cmd_run(settings, args) -> int:
     from backupd.daemon import Daemon
 
@@ -219,5 +241,5 @@ def cmd_config(settings, args) -> int:
     return 0
 
 
-COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune, "restore": cmd_restore, "verify": cmd_verify, "run": cmd_run,
+COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune, "restore": cmd_restore, "verify": cmd_verify, "replicate": cmd_replicate, "run": cmd_run,
             "health": cmd_health, "config": cmd_config}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import unquote
 
 from backupd.errors import NotFoundError, UsageError
 from backupd.logging import get_logger
@@ -45,6 +46,11 @@ def encode_name(name: str) -> str:
     elif encoded[:1] == "_":
         encoded = "%5F" + encoded[1:]
     return encoded
+
+
+def decode_name(encoded: str) -> str:
+    """The inverse of ``encode_name``: every ``%`` in an encoded name starts an escape."""
+    return unquote(encoded)
 
 
 def make_id(name: str, when: datetime) -> str:

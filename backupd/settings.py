@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from backupd.errors import ConfigError
-from backupd.redact import MASK, is_secret_name
+from backupd.redact import MASK, is_secret_name, redact_text
 
 # Older names that existing setups use; the first one set wins.
 FALLBACKS: dict[str, tuple[str, ...]] = {
@@ -102,6 +102,14 @@ def _check_extra_opts(value: str) -> str:
         if name in _FORBIDDEN_DUMP_OPTIONS or short in _FORBIDDEN_DUMP_OPTIONS:
             raise ValueError(f"may not contain {name}: backupd sets the output, format and connection itself")
     return value
+
+
+def _check_targets(urls: tuple[str, ...]) -> tuple[str, ...]:
+    from backupd.targets import check_target_url
+
+    for url in urls:
+        check_target_url(url)
+    return urls
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -193,6 +201,26 @@ class Settings(BaseSettings):
     backup_keep_yearly: int = Field(0, ge=0)
     backup_min_keep: int = Field(1, ge=1)
 
+    # Replication
+    replication_targets: Annotated[tuple[str, ...], BeforeValidator(_split_list), AfterValidator(_check_targets)] = ()
+    replication_interval: Duration = 3600.0
+    replication_retention_days: int | None = Field(None, ge=0)
+    replication_enabled: bool = False
+    replication_type: Literal["local", "rsync", "s3", "custom"] | None = None
+    replication_target: str | None = None
+    replication_command: str | None = None
+    aws_s3_bucket: str | None = None
+    aws_s3_prefix: str = "database-backups"
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_s3_storage_class: str | None = None
+    aws_s3_sse: Literal["AES256", "aws:kms"] | None = None
+    aws_s3_sse_kms_key_id: str | None = None
+    ssh_key_file: Path | None = None
+    ssh_known_hosts_file: Path | None = None
+
     # Restore
     force_restore: bool = False
 
@@ -215,6 +243,15 @@ class Settings(BaseSettings):
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @model_validator(mode="after")
+    def _legacy_replication_is_complete(self) -> "Settings":
+        if self.replication_enabled and self.replication_type:
+            if not self.replication_target:
+                raise ValueError(f"REPLICATION_TARGET: REPLICATION_TYPE={self.replication_type} needs a target")
+            if self.replication_type == "custom" and not self.replication_command:
+                raise ValueError("REPLICATION_COMMAND: REPLICATION_TYPE=custom needs a command")
+        return self
 
     @model_validator(mode="after")
     def _compression_level_fits(self) -> "Settings":
@@ -269,7 +306,7 @@ class Settings(BaseSettings):
                 text = f"{value:g}s"
             else:
                 text = str(value)
-            shown[name] = text
+            shown[name] = redact_text(text)  # credentials inside URLs
         return shown
 
 

@@ -16,6 +16,7 @@ swap leaves the live database untouched.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -55,12 +56,29 @@ class RestoreResult:
         return self.size / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_source(repo: Repository, source: str, database: str | None) -> Backup:
-    """``latest``, an id (looked up only inside the repository) or a path to a backup file."""
+def resolve_source(repo: Repository, source: str, database: str | None, settings=None) -> Backup:
+    """``latest``, an id (looked up inside the repository, then on the replication targets,
+    never anywhere else), a URL of a file on a target, or a path to a backup file."""
+    from backupd.actions import replicate
+
     if source == "latest":
-        return repo.latest(database)
+        try:
+            return repo.latest(database)
+        except NotFoundError:
+            if settings is None or not replicate.configured_targets(settings):
+                raise
+            return replicate.fetch(settings, repo, replicate.newest_remote_id(settings, database))
     if looks_like_id(source):
-        return repo.find(source)
+        try:
+            return repo.find(source)
+        except NotFoundError:
+            if settings is None or not replicate.configured_targets(settings):
+                raise
+            return replicate.fetch(settings, repo, source)
+    if re.match(r"^(s3|ssh|file)://", source):
+        if settings is None:
+            raise UsageError("a URL needs the replication settings")
+        return replicate.fetch_url(settings, repo, source)
     path = Path(source)
     if "/" not in source and not path.exists():
         raise NotFoundError(f"{source!r} is neither 'latest', a backup id, nor an existing file")
@@ -118,7 +136,7 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
     answering yes) by a safe swap, or ``in_place``. Raises RefusedError (exit 2) when
     an existing database would be touched without consent."""
     repo = Repository(settings.backup_dir)
-    backup = resolve_source(repo, source, database)
+    backup = resolve_source(repo, source, database, settings)
     if backup.kind != "database":
         raise UsageError(f"{backup.id} is a {backup.kind} backup, not a database backup")
     target = into or database or backup.manifest.get("database")

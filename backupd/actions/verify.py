@@ -47,7 +47,7 @@ class VerifyOutcome:
 def run_verify(settings, source: str | None = None, database: str | None = None) -> list[VerifyOutcome]:
     repo = Repository(settings.backup_dir)
     if source:
-        backups = [resolve_source(repo, source, database)]
+        backups = [resolve_source(repo, source, database, settings)]
     else:
         newest: dict[str, Backup] = {}
         for backup in repo.backups(database):

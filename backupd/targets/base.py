@@ -1,0 +1,85 @@
+"""What every replication target offers: list, put (confirmed), get and delete of files
+named by their path relative to the repository root (the same layout everywhere)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from backupd import cancel
+from backupd.errors import Aborted, BackupdError
+from backupd.logging import get_logger
+
+log = get_logger("backupd.targets")
+
+T = TypeVar("T")
+
+
+class TargetError(BackupdError):
+    """A target could not be reached, refused us, or holds a copy that does not match."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # relative, with "/" separators
+    size: int
+    mtime: float | None = None
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to send, with what the copy must match."""
+
+    path: Path
+    relative: str
+    sha256: str
+    size: int
+
+
+class Target:
+    """Base class; ``url`` is shown to people and labels metrics (credentials removed)."""
+
+    url: str
+    confirms = True  # False: copies cannot be checked (a custom command)
+
+    def list(self) -> dict[str, RemoteFile]:
+        raise NotImplementedError
+
+    def put(self, file: LocalFile) -> dict:
+        """Send and confirm the copy by checksum; TargetError when it does not match.
+        Returns what to remember to recognise the copy later (e.g. its ETag)."""
+        raise NotImplementedError
+
+    def is_intact(self, file: LocalFile, remote: RemoteFile, record: dict) -> bool:
+        """Is a copy confirmed earlier unchanged? ``record`` is what ``put`` returned then.
+        A copy modified after it was confirmed counts as damaged and is sent again."""
+        if remote.size != file.size:
+            return False
+        confirmed = record.get("mtime")
+        return remote.mtime is None or confirmed is None or remote.mtime <= confirmed + 1.0
+
+    def get(self, relative: str, destination: Path) -> None:
+        raise NotImplementedError
+
+    def delete(self, relative: str) -> None:
+        raise NotImplementedError
+
+
+def with_retries(what: str, action: Callable[[], T], attempts: int = 3, first_delay: float = 1.0) -> T:
+    """Retry a target operation with bounded backoff (1 s, 2 s, ...); the last error is raised."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except TargetError as err:
+            if attempt == attempts or getattr(err, "permanent", False):
+                raise
+            log.warning("target operation failed; retrying", operation=what, attempt=attempt, error=str(err))
+            time.sleep(delay)
+            delay *= 2
+            if reason := cancel.requested():
+                raise Aborted(reason) from None
+    raise AssertionError("unreachable")

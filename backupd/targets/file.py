@@ -1,0 +1,73 @@
+"""``file:///mnt/offsite``: another folder (a second disk, an NFS or SMB mount)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from backupd.stream import AtomicFile, fsync_dir, pump
+from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError
+
+
+class FileTarget(Target):
+    def __init__(self, url: str, root: Path):
+        self.url, self.root = url, root
+
+    def _path(self, relative: str) -> Path:
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise TargetError(f"{relative!r} is outside {self.url}")
+        return path
+
+    def list(self) -> dict[str, RemoteFile]:
+        if not self.root.is_dir():
+            raise TargetError(f"{self.url} is not a folder (is the disk mounted?)")
+        found = {}
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):
+                relative = path.relative_to(self.root).as_posix()
+                stat = path.stat()
+                found[relative] = RemoteFile(relative, stat.st_size, stat.st_mtime)
+        return found
+
+    def put(self, file: LocalFile) -> dict:
+        destination = self._path(file.relative)
+        try:
+            destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(file.path, "rb", buffering=0) as source, AtomicFile(destination) as out:
+                size, sha = pump(source, out)
+                if sha != file.sha256:
+                    raise TargetError(f"{file.relative} changed while it was copied")
+                out.commit()
+        except OSError as err:
+            raise TargetError(f"copying {file.relative} to {self.url} failed: {err.strerror or err}") from None
+        # Confirm by reading the copy back, as the target's disk has it.
+        if self._sha256(destination) != file.sha256:
+            raise TargetError(f"the copy of {file.relative} at {self.url} does not match its checksum")
+        return {"mtime": destination.stat().st_mtime}
+
+    def _sha256(self, path: Path) -> str:
+        try:
+            # Drop the copy from the page cache first, so the re-read comes from the disk.
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            with open(path, "rb", buffering=0) as copy:
+                return pump(copy, None)[1]
+        except OSError as err:
+            raise TargetError(f"reading back {path} failed: {err.strerror or err}") from None
+
+    def get(self, relative: str, destination: Path) -> None:
+        try:
+            shutil.copyfile(self._path(relative), destination)
+        except OSError as err:
+            raise TargetError(f"fetching {relative} from {self.url} failed: {err.strerror or err}") from None
+
+    def delete(self, relative: str) -> None:
+        path = self._path(relative)
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)

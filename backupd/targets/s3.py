@@ -1,0 +1,160 @@
+"""``s3://bucket/prefix``: AWS S3 and S3-compatible stores (MinIO, R2, Ceph, SeaweedFS).
+
+How a copy is confirmed: before uploading, one pass over the local file computes
+its sha256 (it must match the manifest, or nothing is sent) and the ETag the store
+will report: the MD5 of the file for a single PUT, or for a multipart upload the
+MD5 of the parts' MD5s with ``-<parts>``, using the same part size we give boto3.
+After the upload, the store's ETag must equal it. With ``AWS_S3_SSE=aws:kms`` the
+ETag is not an MD5, so the object is read back and hashed instead. The sha256 is
+also stored as object metadata (``x-amz-meta-sha256``).
+
+boto3 >= 1.36 computes request checksums by default, which some S3-compatible
+stores reject; backupd asks for them only where S3 requires them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+
+from backupd.stream import BLOCK
+from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError
+
+MIN_PART = 16 * 1024 * 1024
+MAX_PARTS = 10000
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
+_PERMANENT_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
+                    "AuthorizationHeaderMalformed", "InvalidBucketName", "AllAccessDisabled"}
+
+
+def part_size(size: int) -> int:
+    """Parts of at least 16 MiB, and never more than S3's 10,000 of them."""
+    part = MIN_PART
+    while size > part * MAX_PARTS:
+        part *= 2
+    return part
+
+
+def sha256_and_etag(path: Path, part: int) -> tuple[str, str]:
+    """One pass: the file's sha256 and the ETag an upload with ``part``-sized parts gets."""
+    sha = hashlib.sha256()
+    part_digests: list[bytes] = []
+    current = hashlib.md5()
+    in_part = 0
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as source:
+        while count := source.readinto(view):
+            chunk = view[:count]
+            sha.update(chunk)
+            offset = 0
+            while offset < count:
+                take = min(count - offset, part - in_part)
+                current.update(chunk[offset:offset + take])
+                offset += take
+                in_part += take
+                if in_part == part:
+                    part_digests.append(current.digest())
+                    current, in_part = hashlib.md5(), 0
+    if in_part or not part_digests:
+        part_digests.append(current.digest())
+    if len(part_digests) == 1 and path.stat().st_size < part:
+        return sha.hexdigest(), part_digests[0].hex()
+    return sha.hexdigest(), f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
+
+
+class S3Target(Target):
+    def __init__(self, url: str, bucket: str, prefix: str, settings):
+        import boto3
+        from botocore.config import Config
+
+        self.url, self.bucket, self.prefix = url, bucket, prefix.strip("/")
+        self.settings = settings
+        secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
+        self.client = boto3.client(
+            "s3", endpoint_url=settings.aws_endpoint_url, region_name=settings.aws_region,
+            aws_access_key_id=settings.aws_access_key_id, aws_secret_access_key=secret,
+            config=Config(request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                          connect_timeout=10, read_timeout=120, retries={"max_attempts": 3, "mode": "standard"}))
+
+    def _key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def _fail(self, what: str, err: Exception) -> TargetError:
+        from botocore.exceptions import ClientError
+
+        if isinstance(err, ClientError):
+            code = err.response.get("Error", {}).get("Code", "")
+            message = err.response.get("Error", {}).get("Message", "")
+            error = TargetError(f"{what} at {self.url} failed: {code}: {message}".rstrip(": "))
+            error.permanent = code in _PERMANENT_CODES
+            return error
+        return TargetError(f"{what} at {self.url} failed: {type(err).__name__}: {err}")
+
+    def list(self) -> dict[str, RemoteFile]:
+        found = {}
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    relative = item["Key"][len(prefix):]
+                    found[relative] = RemoteFile(relative, item["Size"], item["LastModified"].timestamp(),
+                                                 item.get("ETag", "").strip('"'))
+        except Exception as err:
+            raise self._fail("listing", err) from None
+        return found
+
+    def _extra_args(self, sha256: str) -> dict:
+        extra = {"Metadata": {"sha256": sha256}}
+        if self.settings.aws_s3_storage_class:
+            extra["StorageClass"] = self.settings.aws_s3_storage_class
+        if self.settings.aws_s3_sse:
+            extra["ServerSideEncryption"] = self.settings.aws_s3_sse
+            if self.settings.aws_s3_sse_kms_key_id:
+                extra["SSEKMSKeyId"] = self.settings.aws_s3_sse_kms_key_id
+        return extra
+
+    def put(self, file: LocalFile) -> dict:
+        from boto3.s3.transfer import TransferConfig
+
+        part = part_size(file.size)
+        sha, expected_etag = sha256_and_etag(file.path, part)
+        if sha != file.sha256:
+            raise TargetError(f"{file.relative} no longer matches its manifest; it is not sent")
+        key = self._key(file.relative)
+        config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
+        try:
+            self.client.upload_file(str(file.path), self.bucket, key, ExtraArgs=self._extra_args(sha), Config=config)
+            etag = self.client.head_object(Bucket=self.bucket, Key=key)["ETag"].strip('"')
+        except Exception as err:
+            raise self._fail(f"uploading {file.relative}", err) from None
+        if _MD5_ETAG.match(etag) and self.settings.aws_s3_sse != "aws:kms":
+            if etag != expected_etag:
+                raise TargetError(f"the copy of {file.relative} at {self.url} does not match: ETag {etag}, "
+                                  f"expected {expected_etag}")
+        elif self._read_back_sha256(file.relative) != sha:
+            raise TargetError(f"the copy of {file.relative} at {self.url} does not match its checksum")
+        return {"etag": etag}
+
+    def _read_back_sha256(self, relative: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="backupd-s3-") as folder:
+            copy = Path(folder) / "copy"
+            self.get(relative, copy)
+            return sha256_and_etag(copy, MIN_PART)[0]
+
+    def is_intact(self, file: LocalFile, remote: RemoteFile, record: dict) -> bool:
+        return remote.size == file.size and remote.etag is not None and remote.etag == record.get("etag")
+
+    def get(self, relative: str, destination: Path) -> None:
+        try:
+            self.client.download_file(self.bucket, self._key(relative), str(destination))
+        except Exception as err:
+            raise self._fail(f"fetching {relative}", err) from None
+
+    def delete(self, relative: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(relative))
+        except Exception as err:
+            raise self._fail(f"deleting {relative}", err) from None
