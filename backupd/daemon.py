@@ -17,10 +17,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from backupd import cancel
 from backupd.actions.backup import run_backup
 from backupd.actions.prune import run_prune
+from backupd.actions.replicate import read_runs, run_replicate
 from backupd.actions.verify import run_verify
 from backupd.errors import BackupdError, NotFoundError
 from backupd.health import evaluate, newest_verifications
@@ -29,6 +31,7 @@ from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.repository import Repository, iso, utc_now
 from backupd.schedule import previous_run, trigger
+from backupd.targets import target_urls
 
 log = get_logger("backupd.daemon")
 
@@ -63,12 +66,18 @@ class Daemon:
         if settings.verify_enabled:
             self.add_job("verify", settings.verify_schedule, self._verify)
         self.add_job("prune", PRUNE_SCHEDULE, self._prune)
+        self.replicating = bool(target_urls(settings)) or (settings.replication_enabled and
+                                                           settings.replication_type == "custom")
+        if self.replicating:
+            self.add_job("replicate", None, self._replicate, every=settings.replication_interval)
 
     # Jobs ------------------------------------------------------------------------------
-    def add_job(self, name: str, cron: str, function: JobFunction, run_on_start: bool = False) -> None:
-        state = self.jobs[name] = JobState(name, cron)
-        self.scheduler.add_job(self._wrap(state, function, scheduled=True), trigger(cron, self.settings.backup_timezone),
-                               id=name, name=name)
+    def add_job(self, name: str, cron: str | None, function: JobFunction, run_on_start: bool = False,
+                every: float | None = None) -> None:
+        """A job on a cron schedule, or ``every`` so many seconds."""
+        state = self.jobs[name] = JobState(name, cron or f"every {every:g}s")
+        when = trigger(cron, self.settings.backup_timezone) if cron else IntervalTrigger(seconds=every)
+        self.scheduler.add_job(self._wrap(state, function, scheduled=bool(cron)), when, id=name, name=name)
         if run_on_start:
             self.scheduler.add_job(self._wrap(state, function, scheduled=False), id=f"{name}-on-start",
                                    name=f"{name} (on start)", next_run_time=datetime.now(timezone.utc))
@@ -118,10 +127,25 @@ class Daemon:
                 self.metrics.backups_total.labels(name, "failure").inc()
             raise
         self.metrics.retention_deleted_total.labels(LOCAL).inc(result.pruned)
+        if self.replicating and any(o.ok and o.backup_id for o in result.outcomes):
+            self.replicate_soon()
         for outcome in [*result.outcomes, *([result.globals] if result.globals else [])]:
             if not outcome.skipped:
                 self.metrics.backups_total.labels(outcome.database, "success" if outcome.ok else "failure").inc()
         return result.ok
+
+    def _replicate(self, scheduled_for: datetime | None) -> bool:
+        outcomes = run_replicate(self.settings)
+        for outcome in outcomes:
+            self.metrics.replication_total.labels(outcome.url, "success" if outcome.ok else "failure").inc()
+        return all(o.ok for o in outcomes)
+
+    def replicate_soon(self) -> None:
+        """After a backup: replicate now (the job's own lock keeps runs from overlapping)."""
+        state = self.jobs["replicate"]
+        self.scheduler.add_job(self._wrap(state, self._replicate, scheduled=False), id="replicate-after-backup",
+                               name="replicate (after a backup)", next_run_time=datetime.now(timezone.utc),
+                               replace_existing=True)
 
     def _prune(self, scheduled_for: datetime | None) -> bool:
         deleted = run_prune(self.settings).deleted
@@ -177,7 +201,7 @@ class Daemon:
                                 "running": state.lock.locked(), "last_run": state.last}
         healthy, health = self.health()
         return {"started": iso(self.started_at), "health": health, "databases": databases, "jobs": jobs,
-                "targets": {}}
+                "targets": read_runs(self.repo)}
 
     # Life ------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:

@@ -70,6 +70,11 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
                                   f"{verification['reason']}")
         elif verification["result"] == "unverifiable":
             health.warnings.append(f"the newest backup of {name!r} is unverifiable: {verification['reason']}")
+    from backupd.actions.replicate import read_runs
+
+    for url, run in sorted(read_runs(repo).items()):
+        if not run.get("ok"):
+            health.warnings.append(f"the newest replication to {url} failed at {run.get('time')}: {run.get('error')}")
     failures = repo.failures()
     for failure in sorted(failures, key=lambda f: (f.get("database") or "", f.get("time") or "")):
         name, kind = failure.get("database"), failure.get("kind", "database")

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from prometheus_client.core import GaugeMetricFamily
 
 from backupd import __version__
+from backupd.actions.replicate import read_runs
 from backupd.repository import Repository, parse_iso
 
 LOCAL = "local"
@@ -79,6 +80,16 @@ class RepositoryCollector:
         for name, count in sorted(counts.items()):
             stored.add_metric([LOCAL, name], count)
         stored_bytes.add_metric([LOCAL], float(sum(b.size for b in backups)))
+        replicated = GaugeMetricFamily("backupd_replication_last_success_timestamp_seconds",
+                                       "Finish time of the newest replication run that succeeded", labels=["target"])
+        for url, run in sorted(read_runs(self.repo).items()):
+            if run.get("last_success"):
+                replicated.add_metric([url], parse_iso(run["last_success"]).timestamp())
+            for name, count in sorted((run.get("stored") or {}).items()):
+                stored.add_metric([url, name], count)
+            if run.get("confirmed", True):
+                stored_bytes.add_metric([url], float(run.get("stored_bytes", 0)))
+        yield replicated
         yield from (last_success, last_duration, last_size, stored, stored_bytes, verified)
 
 
@@ -93,6 +104,8 @@ class Metrics:
                                     ["database", "result"], registry=self.registry)
         self.retention_deleted_total = Counter("backupd_retention_deleted", "Backups deleted by retention",
                                                ["target"], registry=self.registry)
+        self.replication_total = Counter("backupd_replication", "Replication runs by this process",
+                                         ["target", "result"], registry=self.registry)
         self.job_running = Gauge("backupd_job_running", "1 while the job runs", ["job"], registry=self.registry)
         self.next_run = Gauge("backupd_next_run_timestamp_seconds", "When the job runs next", ["job"],
                               registry=self.registry)

@@ -62,6 +62,9 @@ class Backupd:
     def listing(self, *args: str) -> list[dict]:
         return json.loads(self.ok("list", "--json", *args).stdout)
 
+    def listing_with(self, extra_env: dict[str, str], *args: str) -> list[dict]:
+        return json.loads(self.ok("list", "--json", *args, extra_env=extra_env).stdout)
+
 
 @pytest.fixture
 def backupd(env) -> Backupd:

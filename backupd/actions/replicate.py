@@ -25,7 +25,7 @@ from backupd.errors import BackupdError, IntegrityError, NotFoundError, UsageErr
 from backupd.logging import get_logger
 from backupd.repository import GLOBALS, Backup, Repository, decode_name, encode_name, iso, parse_id, utc_now
 from backupd.retention import Item, Policy, decide
-from backupd.stream import fsync_dir, sha256_of
+from backupd.stream import fsync_dir, sha256_of, write_json_atomically
 from backupd.targets import Target, TargetError, configured_targets
 from backupd.targets.base import LocalFile, RemoteFile, with_retries
 
@@ -73,7 +73,35 @@ def run_replicate(settings, url: str | None = None, budget: float | None = None)
         if thread.is_alive():
             outcome.ok, outcome.error = False, "did not finish in time; what was sent is kept, the rest follows next run"
             log.error("replication failed", target=outcome.url, error=outcome.error)
+    record_runs(repo, outcomes)
     return outcomes
+
+
+RUNS_FILE = ".replication.json"
+
+
+def record_runs(repo: Repository, outcomes: list[TargetOutcome]) -> None:
+    """Remember each target's newest run beside the backups, so metrics and /status show
+    runs of the CLI and of earlier processes too."""
+    runs = read_runs(repo)
+    for outcome in outcomes:
+        previous = runs.get(outcome.url, {})
+        runs[outcome.url] = {
+            "time": iso(outcome.finished or utc_now()), "ok": outcome.ok, "error": outcome.error,
+            "sent": len(outcome.sent), "deleted": len(outcome.deleted), "confirmed": outcome.confirmed,
+            "last_success": iso(outcome.finished or utc_now()) if outcome.ok else previous.get("last_success"),
+            "stored": outcome.stored if outcome.ok else previous.get("stored", {}),
+            "stored_bytes": outcome.stored_bytes if outcome.ok else previous.get("stored_bytes", 0),
+        }
+    repo.ensure_folder(repo.root)
+    write_json_atomically(repo.root / RUNS_FILE, json.dumps(runs, indent=2, sort_keys=True) + "\n")
+
+
+def read_runs(repo: Repository) -> dict[str, dict]:
+    try:
+        return json.loads((repo.root / RUNS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _replicate_guarded(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy) -> None:

@@ -20,6 +20,17 @@ T = TypeVar("T")
 class TargetError(BackupdError):
     """A target could not be reached, refused us, or holds a copy that does not match."""
 
+    permanent = False  # True: retrying cannot help (refused credentials, a damaged local file)
+
+
+class LocalFileDamaged(TargetError):
+    """The local file no longer matches its manifest: it is never sent anywhere."""
+
+    permanent = True
+
+    def __init__(self, relative: str):
+        super().__init__(f"{relative} no longer matches its manifest; it is not sent")
+
 
 @dataclass(frozen=True)
 class RemoteFile:
@@ -75,7 +86,7 @@ def with_retries(what: str, action: Callable[[], T], attempts: int = 3, first_de
         try:
             return action()
         except TargetError as err:
-            if attempt == attempts or getattr(err, "permanent", False):
+            if attempt == attempts or err.permanent:
                 raise
             log.warning("target operation failed; retrying", operation=what, attempt=attempt, error=str(err))
             time.sleep(delay)

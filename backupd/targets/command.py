@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from backupd.process import run
-from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError
+from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, Target, TargetError
 
 
 class CommandTarget(Target):
@@ -26,7 +26,7 @@ class CommandTarget(Target):
         from backupd.stream import sha256_of
 
         if sha256_of(file.path) != file.sha256:
-            raise TargetError(f"{file.relative} no longer matches its manifest; it is not sent")
+            raise LocalFileDamaged(file.relative)
         code, _, err = run(self.argv[0], [*self.argv, str(file.path), f"{self.destination}/{file.relative}"],
                            timeout=3600)
         if code != 0:

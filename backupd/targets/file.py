@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from backupd.stream import AtomicFile, fsync_dir, pump
-from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError
+from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, Target, TargetError
 
 
 class FileTarget(Target):
@@ -38,7 +38,7 @@ class FileTarget(Target):
             with open(file.path, "rb", buffering=0) as source, AtomicFile(destination) as out:
                 size, sha = pump(source, out)
                 if sha != file.sha256:
-                    raise TargetError(f"{file.relative} changed while it was copied")
+                    raise LocalFileDamaged(file.relative)
                 out.commit()
         except OSError as err:
             raise TargetError(f"copying {file.relative} to {self.url} failed: {err.strerror or err}") from None

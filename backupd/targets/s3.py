@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from backupd.stream import BLOCK
-from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError
+from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, Target, TargetError
 
 MIN_PART = 16 * 1024 * 1024
 MAX_PARTS = 10000
@@ -122,7 +122,7 @@ class S3Target(Target):
         part = part_size(file.size)
         sha, expected_etag = sha256_and_etag(file.path, part)
         if sha != file.sha256:
-            raise TargetError(f"{file.relative} no longer matches its manifest; it is not sent")
+            raise LocalFileDamaged(file.relative)
         key = self._key(file.relative)
         config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
         try:

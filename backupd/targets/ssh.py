@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 from backupd.process import run
-from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError
+from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, Target, TargetError
 
 TIMEOUT = 3600.0
 
@@ -68,7 +68,7 @@ class SshTarget(Target):
         from backupd.stream import sha256_of
 
         if sha256_of(file.path) != file.sha256:
-            raise TargetError(f"{file.relative} no longer matches its manifest; it is not sent")
+            raise LocalFileDamaged(file.relative)
         self._rsync("sending to", str(file.path), f"{self.login}:{self._remote(file.relative)}")
         remote_sha, mtime = self._remote_facts(file.relative)
         if remote_sha != file.sha256:
