@@ -8,13 +8,17 @@ can run ``-j`` workers) and packed with tar.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from backupd import encryption
 from backupd.errors import DumpError
 from backupd.process import run
-from backupd.stream import Compression, Pipeline
+from backupd.stream import Compression, Pipeline, compression_for_suffix
 
 # A TABLE DATA line of ``pg_restore -l``: "<dumpId>; <tableoid> <oid> TABLE DATA <schema> <name> <owner>".
 # For table data pg_dump stores the table's own oid, which identifies it without
@@ -64,47 +68,93 @@ def pg_dumpall_globals_argv() -> list[str]:
     return ["pg_dumpall", "--globals-only", "--no-password"]
 
 
-def _decompressing(path: Path, compression: Compression, consumer: tuple[str, list[str]], env=None,
-                   secrets=()) -> Pipeline:
-    """A pipeline that feeds the decompressed file to ``consumer``'s stdin."""
-    stages = []
-    decompress = compression.decompress_argv()
-    if decompress:
-        stages.append((decompress[0], decompress))
-    stages.append(consumer)
+def reader_stages(path: Path, identity: str | None = None) -> list[tuple]:
+    """The stages that turn a stored file back into the dump: decrypt (``.age``), then decompress."""
+    name = path.name
+    encrypted = name.endswith(encryption.SUFFIX)
+    compression = compression_for_suffix(name.removesuffix(encryption.SUFFIX))
+    stages: list[tuple] = []
+    if encrypted:
+        stages.append(encryption.decrypt_stage(identity, name))
+    if argv := compression.decompress_argv():
+        stages.append((argv[0], argv))
+    return stages
+
+
+def _reading(path: Path, identity: str | None, consumer: tuple, env=None, secrets=(), stdout=subprocess.PIPE) -> Pipeline:
+    """A pipeline that feeds the stored file, decrypted and decompressed, to ``consumer``'s stdin."""
     with open(path, "rb") as source:
-        return Pipeline(stages, env=env, secrets=secrets, stdin=source)
+        return Pipeline([*reader_stages(path, identity), consumer], env=env, secrets=secrets, stdin=source,
+                        stdout=stdout)
 
 
-def inspect_archive(path: Path, fmt: str, compression: Compression) -> ArchiveContents:
-    """Read back what the stored archive holds; DumpError when its structure is not complete."""
+def _inspector_stage(fmt: str) -> tuple[str, list[str]]:
     if fmt == "plain":
-        pattern = rb"^-- (Data for Name: .*; Type: TABLE DATA;|PostgreSQL database dump complete)"
-        pipeline = _decompressing(path, compression, ("grep", ["grep", "-a", "-E", pattern.decode()]))
-        output = pipeline.output.read()
-        try:
-            pipeline.finish()
-        except DumpError:
-            if not output:  # grep exits 1 when nothing matched: the marker is missing
-                raise DumpError(f"{path.name} is not a complete plain dump: the end marker is missing") from None
-            raise
+        pattern = r"^-- (Data for Name: .*; Type: TABLE DATA;|PostgreSQL database dump complete)"
+        return "grep", ["grep", "-a", "-E", pattern]
+    return "pg_restore", ["pg_restore", "--list", f"--format={fmt}"]
+
+
+def _contents(fmt: str, output: bytes, name: str) -> ArchiveContents:
+    if fmt == "plain":
         if _PLAIN_COMPLETE not in output:
-            raise DumpError(f"{path.name} is not a complete plain dump: the end marker is missing")
+            raise DumpError(f"{name} is not a complete plain dump: the end marker is missing")
         names = frozenset((m.group(2).decode("utf-8", "replace"), m.group(1).decode("utf-8", "replace"))
                           for m in _PLAIN_TABLE_DATA.finditer(output))
         return ArchiveContents(names=names)
-    if fmt == "directory":
-        code, output, err = run("pg_restore", ["pg_restore", "--list", str(path)])
-        if code != 0:
-            raise DumpError(f"the dump's table of contents cannot be read: {err}")
-        return ArchiveContents(oids=frozenset(int(m) for m in _TOC_TABLE_DATA.findall(output)))
-    pipeline = _decompressing(path, compression, ("pg_restore", ["pg_restore", "--list", f"--format={fmt}"]))
-    output = pipeline.output.read()
+    return ArchiveContents(oids=frozenset(int(m) for m in _TOC_TABLE_DATA.findall(output)))
+
+
+def _finish_inspection(pipeline: Pipeline, fmt: str, output: bytes, name: str) -> ArchiveContents:
     try:
         pipeline.finish(ignore_sigpipe_upstream=True)
     except DumpError as err:
+        if fmt == "plain" and not output:  # grep exits 1 when nothing matched: the marker is missing
+            raise DumpError(f"{name} is not a complete plain dump: the end marker is missing") from None
         raise DumpError(f"the dump's table of contents cannot be read: {err}") from None
-    return ArchiveContents(oids=frozenset(int(m) for m in _TOC_TABLE_DATA.findall(output)))
+    return _contents(fmt, output, name)
+
+
+def inspect_archive(path: Path, fmt: str, identity: str | None = None) -> ArchiveContents:
+    """Read back what the stored archive (or a staged directory) holds; DumpError when its
+    structure is not complete."""
+    if fmt == "directory" and path.is_dir():
+        code, output, err = run("pg_restore", ["pg_restore", "--list", str(path)])
+        if code != 0:
+            raise DumpError(f"the dump's table of contents cannot be read: {err}")
+        return _contents(fmt, output, path.name)
+    pipeline = _reading(path, identity, _inspector_stage(fmt))
+    output = pipeline.output.read()
+    return _finish_inspection(pipeline, fmt, output, path.name)
+
+
+class StreamInspector:
+    """Reads the table of contents from a copy of the compressed stream while it is being
+    written (``tee``), for encrypted backups whose stored file the sidecar cannot decrypt."""
+
+    def __init__(self, fmt: str, compression: Compression):
+        self.fmt = fmt
+        read_end, self.write_end = os.pipe()
+        stages = [(argv[0], argv)] if (argv := compression.decompress_argv()) else []
+        with os.fdopen(read_end, "rb") as source:
+            self.pipeline = Pipeline([*stages, _inspector_stage(fmt)], stdin=source)
+        self.output = b""
+        self.reader = threading.Thread(target=self._drain, name="inspector", daemon=True)
+        self.reader.start()
+
+    def _drain(self) -> None:
+        self.output = self.pipeline.output.read()
+
+    def tee_stage(self) -> tuple[str, list[str], tuple[int]]:
+        """Copies the stream to the inspector; ``-p`` goes on when the inspector stops reading."""
+        return "tee", ["tee", "-p", f"/dev/fd/{self.write_end}"], (self.write_end,)
+
+    def result(self, name: str) -> ArchiveContents:
+        self.reader.join()
+        return _finish_inspection(self.pipeline, self.fmt, self.output, name)
+
+    def kill(self) -> None:
+        self.pipeline.kill()
 
 
 def dbname_conninfo(name: str) -> str:
@@ -133,21 +183,31 @@ def restore_consumer(fmt: str, dbname: str, jobs: int = 1, source: Path | None =
     return "pg_restore", argv
 
 
-def run_consumer_on_stdin(path: Path, compression: Compression, consumer, env, secrets) -> None:
-    pipeline = _decompressing(path, compression, consumer, env=env, secrets=secrets)
-    pipeline.finish()
+def run_consumer_on_stdin(path: Path, identity: str | None, consumer, env, secrets) -> None:
+    _reading(path, identity, consumer, env=env, secrets=secrets).finish()
 
 
-def unpack_directory_archive(path: Path, compression: Compression, into: Path) -> None:
+def unpack_directory_archive(path: Path, identity: str | None, into: Path) -> None:
     """Unpack a stored directory-format dump into ``into`` for ``pg_restore -j``."""
     into.mkdir(mode=0o700)
-    pipeline = _decompressing(path, compression, ("tar", ["tar", "-x", "-f", "-", "-C", str(into)]))
-    pipeline.finish()
+    _reading(path, identity, ("tar", ["tar", "-x", "-f", "-", "-C", str(into)])).finish()
 
 
-def decompress_to(path: Path, compression: Compression, into: Path) -> None:
-    """Write the decompressed archive to ``into`` (for ``pg_restore -j`` on a custom dump).
-    The decompressor writes straight to the file: no bytes pass through Python."""
-    argv = compression.decompress_argv()
+def decompress_to(path: Path, identity: str | None, into: Path) -> None:
+    """Write the plain archive to ``into`` (for ``pg_restore -j`` on a custom dump).
+    The last stage writes straight to the file: no bytes pass through Python."""
+    stages = reader_stages(path, identity)
     with open(path, "rb") as source, open(into, "wb") as out:
-        Pipeline([(argv[0], argv)], stdin=source, stdout=out).finish()
+        Pipeline(stages, stdin=source, stdout=out).finish()
+
+
+def read_small(path: Path, identity: str | None) -> bytes:
+    """A small artifact (the roles dump) decrypted and decompressed into memory."""
+    stages = reader_stages(path, identity)
+    if not stages:
+        return path.read_bytes()
+    with open(path, "rb") as source:
+        pipeline = Pipeline(stages, stdin=source)
+    data = pipeline.output.read()
+    pipeline.finish()
+    return data

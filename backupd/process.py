@@ -77,14 +77,17 @@ def spawn(
     stdout: int | IO[bytes] | None = subprocess.PIPE,
     secrets: Sequence[str] = (),
     cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Child:
-    """Start ``argv`` with ``env`` added to our environment. ``secrets`` are scrubbed from its stderr tail."""
+    """Start ``argv`` with ``env`` added to our environment. ``secrets`` are scrubbed from its
+    stderr tail. ``pass_fds`` are inherited (e.g. a pipe that carries a key as /dev/fd/N)."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     stderr_file = tempfile.TemporaryFile()
     popen = subprocess.Popen(
-        _argv(argv), stdin=stdin, stdout=stdout, stderr=stderr_file, env=full_env, cwd=cwd, close_fds=True
+        _argv(argv), stdin=stdin, stdout=stdout, stderr=stderr_file, env=full_env, cwd=cwd, close_fds=True,
+        pass_fds=tuple(pass_fds),
     )
     return Child(name=name, popen=popen, stderr_file=stderr_file, secrets=tuple(s for s in secrets if s))
 

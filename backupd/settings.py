@@ -112,6 +112,20 @@ def _check_targets(urls: tuple[str, ...]) -> tuple[str, ...]:
     return urls
 
 
+def _check_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
+    from backupd.encryption import check_recipient
+
+    return tuple(check_recipient(r) for r in recipients)
+
+
+def _check_identity(identity: SecretStr | None) -> SecretStr | None:
+    from backupd.encryption import check_identity
+
+    if identity is not None:
+        check_identity(identity.get_secret_value())
+    return identity
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_list)]
 Timezone = Annotated[str, AfterValidator(_check_timezone)]
@@ -191,6 +205,9 @@ class Settings(BaseSettings):
     backup_lock_wait_timeout: Duration = 300.0
     backup_timeout: Duration = 6 * 3600.0
     backup_extra_opts: Annotated[str, AfterValidator(_check_extra_opts)] = ""
+    backup_encryption_recipients: Annotated[tuple[str, ...], BeforeValidator(_split_list),
+                                            AfterValidator(_check_recipients)] = ()
+    backup_encryption_identity: Annotated[SecretStr | None, AfterValidator(_check_identity)] = None
 
     # Retention
     backup_retention_days: int = Field(7, ge=0)
@@ -279,6 +296,10 @@ class Settings(BaseSettings):
     @property
     def extra_dump_args(self) -> list[str]:
         return shlex.split(self.backup_extra_opts)
+
+    @property
+    def identity(self) -> str | None:
+        return self.backup_encryption_identity.get_secret_value() if self.backup_encryption_identity else None
 
     @property
     def auth_token(self) -> str | None:

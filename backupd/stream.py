@@ -145,12 +145,13 @@ class StreamResult:
 
 class Pipeline:
     """A chain of children: the first produces, each next one reads the previous one's stdout.
+    A stage is ``(name, argv)`` or ``(name, argv, fds)``: fds it inherits, closed here once passed.
 
     ``abort(reason)`` (from any thread, e.g. a timeout or a shutdown) kills every
     stage; the reader then sees EOF and ``finish`` raises ``Aborted``.
     """
 
-    def __init__(self, stages: Sequence[tuple[str, Sequence[str]]], env: dict[str, str] | None = None,
+    def __init__(self, stages: Sequence[tuple], env: dict[str, str] | None = None,
                  secrets: Sequence[str] = (), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                  cwd: str | None = None):
         self.children: list[Child] = []
@@ -159,10 +160,13 @@ class Pipeline:
         self._lock = threading.Lock()
         source = stdin
         try:
-            for index, (name, argv) in enumerate(stages):
+            for index, stage in enumerate(stages):
+                name, argv, inherited = stage if len(stage) == 3 else (*stage, ())
                 last = index == len(stages) - 1
                 child = spawn(name, argv, env=env, stdin=source, stdout=stdout if last else subprocess.PIPE,
-                              secrets=secrets, cwd=cwd)
+                              secrets=secrets, cwd=cwd, pass_fds=inherited)
+                for fd in inherited:  # the child has its own copy now
+                    os.close(fd)
                 if child.popen.stdout is not None:
                     _widen_pipe(child.popen.stdout.fileno())
                 if source not in (subprocess.DEVNULL, stdin) and hasattr(source, "close"):
@@ -207,7 +211,7 @@ class Pipeline:
             failed = [(index, child) for index, child in enumerate(self.children) if child.popen.returncode != 0]
             last = len(self.children) - 1
             if ignore_sigpipe_upstream:  # the consumer stopped reading early on purpose
-                failed = [(i, c) for i, c in failed if i == last or c.popen.returncode not in (-13, 141, 1)]
+                failed = [(i, c) for i, c in failed if i == last or c.popen.returncode not in (-13, 141)]
             # A stage killed by SIGPIPE is a symptom: the stage after it stopped reading.
             causes = [c for i, c in failed if c.popen.returncode != -13] or [c for _, c in failed]
             if causes:

@@ -19,7 +19,8 @@ from typing import Callable
 
 from backupd import __version__, cancel
 from backupd.actions.prune import run_prune
-from backupd.archive import inspect_archive, pg_dump_argv, pg_dumpall_globals_argv, tool_major
+from backupd import encryption
+from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv, tool_major
 from backupd.errors import Aborted, BackupdError, DumpError
 from backupd.logging import get_logger
 from backupd.postgres import (ExportedSnapshot, Server, TableCount, advisory_lock, count_rows, database_info,
@@ -68,10 +69,26 @@ class _Run:
     deadline: float
     progress: ProgressFactory | None
 
-    def compressor(self) -> list[tuple[str, list[str]]]:
+    @property
+    def encrypting(self) -> bool:
+        return bool(self.settings.backup_encryption_recipients)
+
+    def compressor(self) -> list[tuple]:
         argv = self.compression.compress_argv(self.settings.backup_compression_level,
                                               self.settings.backup_compression_threads)
         return [(argv[0], argv)] if argv else []
+
+    def encryptor(self) -> list[tuple]:
+        return [encryption.encrypt_stage(self.settings.backup_encryption_recipients)] if self.encrypting else []
+
+    def suffix(self, format_suffix: str) -> str:
+        return format_suffix + self.compression.suffix + (encryption.SUFFIX if self.encrypting else "")
+
+    def encryption_record(self) -> dict | None:
+        """What the manifest says of encryption: the public recipients, never a secret."""
+        if not self.encrypting:
+            return None
+        return {"tool": "age", "recipients": list(self.settings.backup_encryption_recipients)}
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -201,7 +218,7 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
             info = database_info(admin, name)
         backup_id, _ = repo.reserve_id(name)
         fmt = settings.backup_format
-        final = folder / repo.file_name(backup_id, FORMAT_SUFFIXES[fmt] + run.compression.suffix)
+        final = folder / repo.file_name(backup_id, run.suffix(FORMAT_SUFFIXES[fmt]))
         try:
             with ExportedSnapshot(server, name, settings.backup_lock_wait_timeout) as snapshot:
                 counter = _RowCounter(snapshot, settings.backup_row_counts)
@@ -213,7 +230,7 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
                     raise
                 counts = counter.result(max(run.remaining(), 1.0))
             if contents is None:
-                contents = inspect_archive(final, fmt, run.compression)
+                contents = inspect_archive(final, fmt)
             tables = [c.to_json() for c in counts if contents.holds(c.schema, c.name, c.oid)]
             finished = utc_now()
             manifest = {
@@ -222,7 +239,7 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
                 "duration_seconds": round(time.monotonic() - clock, 3),
                 "format": fmt, "compression": run.compression.name,
                 "compression_level": settings.backup_compression_level or run.compression.default_level,
-                "encryption": None,
+                "encryption": run.encryption_record(),
                 "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
                 "server": {"host": settings.db_host, "port": settings.db_port, "version": run.server_version},
                 "pg_dump_version": run.pg_dump_version, "backupd_version": __version__,
@@ -245,9 +262,21 @@ def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_
     dump_argv = lambda **kw: pg_dump_argv(fmt, snapshot_id, settings.backup_lock_wait_timeout,  # noqa: E731
                                           settings.extra_dump_args, **kw)
     progress = run.progress_for(name)
-    if fmt != "directory":
+    if fmt != "directory" and not run.encrypting:
         pipeline = Pipeline([("pg_dump", dump_argv()), *run.compressor()], env=env, secrets=secrets)
         return stream_to_file(pipeline, final, progress, timeout=run.remaining()), None
+    if fmt != "directory":
+        # The sidecar may not hold the identity, so the stored file cannot be read back:
+        # the table of contents is read from a copy of the stream before encryption.
+        inspector = StreamInspector(fmt, run.compression)
+        try:
+            pipeline = Pipeline([("pg_dump", dump_argv()), *run.compressor(), inspector.tee_stage(),
+                                 *run.encryptor()], env=env, secrets=secrets)
+            stream = stream_to_file(pipeline, final, progress, timeout=run.remaining())
+        except BaseException:
+            inspector.kill()
+            raise
+        return stream, inspector.result(final.name)
     # pg_dump -j writes a folder; it is staged beside the backup, then packed into one file.
     staging = final.with_name(f".{final.name}.staging")
     _check_room_to_stage(run, name, final.parent)
@@ -260,8 +289,9 @@ def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_
             dumper.finish()
         finally:
             timer.cancel()
-        contents = inspect_archive(staging, "directory", run.compression)
-        packer = Pipeline([("tar", ["tar", "-c", "-f", "-", "-C", str(staging), "."]), *run.compressor()])
+        contents = inspect_archive(staging, "directory")
+        packer = Pipeline([("tar", ["tar", "-c", "-f", "-", "-C", str(staging), "."]), *run.compressor(),
+                           *run.encryptor()])
         return stream_to_file(packer, final, progress, timeout=run.remaining()), contents
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -284,11 +314,11 @@ def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for
     started, clock = utc_now(), time.monotonic()
     with repo.lock(folder, "globals backup"):
         backup_id, _ = repo.reserve_id(GLOBALS, "globals")
-        final = folder / repo.file_name(backup_id, ".sql" + run.compression.suffix)
+        final = folder / repo.file_name(backup_id, run.suffix(".sql"))
         argv = pg_dumpall_globals_argv()
         if not superuser:
             argv.append("--no-role-passwords")  # pg_authid is readable by superusers only
-        pipeline = Pipeline([("pg_dumpall", argv), *run.compressor()], env=run.server.libpq_env(),
+        pipeline = Pipeline([("pg_dumpall", argv), *run.compressor(), *run.encryptor()], env=run.server.libpq_env(),
                             secrets=run.server.secrets)
         stream = stream_to_file(pipeline, final, timeout=run.remaining(), what="globals backup")
         try:
@@ -296,7 +326,7 @@ def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for
                 "kind": "globals", "id": backup_id, "database": None, "label": label,
                 "scheduled_for": iso(scheduled_for), "started": iso(started), "finished": iso(utc_now()),
                 "duration_seconds": round(time.monotonic() - clock, 3),
-                "format": "plain", "compression": run.compression.name, "encryption": None,
+                "format": "plain", "compression": run.compression.name, "encryption": run.encryption_record(),
                 "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
                 "server": {"host": run.settings.db_host, "port": run.settings.db_port, "version": run.server_version},
                 "pg_dump_version": run.pg_dump_version, "backupd_version": __version__,

@@ -26,7 +26,9 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
-from backupd.archive import (decompress_to, restore_consumer, run_consumer_on_stdin, unpack_directory_archive)
+from backupd import encryption
+from backupd.archive import (decompress_to, read_small, restore_consumer, run_consumer_on_stdin,
+                             unpack_directory_archive)
 from backupd.errors import BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
 from backupd.dbnames import old_name, side_name
@@ -90,12 +92,14 @@ def backup_from_path(path: Path) -> Backup:
     what its name says (format and compression), with no checksum to check."""
     if not path.is_file():
         raise NotFoundError(f"no backup file at {path}")
-    compression = compression_for_suffix(path.name)
-    stem = path.name[: len(path.name) - len(compression.suffix)] if compression.suffix else path.name
+    encrypted = path.name.endswith(encryption.SUFFIX)
+    base = path.name.removesuffix(encryption.SUFFIX)
+    compression = compression_for_suffix(base)
+    stem = base[: len(base) - len(compression.suffix)] if compression.suffix else base
     fmt = next((f for f, suffix in FORMAT_SUFFIXES.items() if stem.endswith(suffix)), None)
     if fmt is None:
         raise UsageError(f"{path} is not a backup file: its name does not end in a dump suffix "
-                         f"({', '.join(FORMAT_SUFFIXES.values())}, then optionally .zst/.gz/.bz2/.xz)")
+                         f"({', '.join(FORMAT_SUFFIXES.values())}, then optionally .zst/.gz/.bz2/.xz and .age)")
     if fmt == "directory":
         stem = stem[: -len(".dir.tar")]
     else:
@@ -111,6 +115,7 @@ def backup_from_path(path: Path) -> Backup:
     log.warning("restoring a file without its manifest: no checksum to check", file=str(path))
     manifest = {"id": stem if looks_like_id(stem) else f"{stem}-00000000T000000Z", "kind": "database",
                 "database": None, "file": path.name, "format": fmt, "compression": compression.name,
+                "encryption": {"tool": "age"} if encrypted else None,
                 "size_bytes": path.stat().st_size, "sha256": None}
     return Backup(manifest=manifest, folder=path.parent)
 
@@ -153,7 +158,7 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
                            f"nothing was touched")
     check_checksum(backup, TerminalProgress(f"checking {backup.id}", enabled=show_progress))
     started = time.monotonic()
-    roles_created = restore_roles(repo, backup, server)
+    roles_created = restore_roles(repo, backup, server, settings.identity)
     builder = DatabaseBuilder(settings, repo, backup, server, jobs)
     previous, mode = None, "new"
     if not exists:
@@ -263,7 +268,7 @@ def _restore_in_place(builder: DatabaseBuilder, server: Server, target: str) -> 
     builder.build(target, info, grants)
 
 
-def restore_roles(repo: Repository, backup: Backup, server: Server) -> list[str]:
+def restore_roles(repo: Repository, backup: Backup, server: Server, identity: str | None) -> list[str]:
     globals_id = backup.manifest.get("globals_id")
     if not globals_id:
         return []
@@ -273,7 +278,7 @@ def restore_roles(repo: Repository, backup: Backup, server: Server) -> list[str]
         log.warning("the globals dump of this backup is gone; roles are not created", globals_id=globals_id)
         return []
     check_checksum(globals_backup)
-    script = read_decompressed(globals_backup)
+    script = read_decompressed(globals_backup, identity)
     with server.wait_connect("postgres") as admin:
         try:
             result = create_missing_roles(admin, script)
@@ -282,16 +287,9 @@ def restore_roles(repo: Repository, backup: Backup, server: Server) -> list[str]
     return result.created
 
 
-def read_decompressed(backup: Backup) -> str:
-    """A small artifact (the globals dump) decompressed into memory."""
-    argv = compression_for_suffix(backup.path.name).decompress_argv()
-    if not argv:
-        return backup.path.read_text(encoding="utf-8")
-    with open(backup.path, "rb") as source:
-        pipeline = Pipeline([(argv[0], argv)], stdin=source)
-    data = pipeline.output.read()
-    pipeline.finish()
-    return data.decode("utf-8")
+def read_decompressed(backup: Backup, identity: str | None) -> str:
+    """A small artifact (the roles dump), decrypted and decompressed into memory."""
+    return read_small(backup.path, identity).decode("utf-8")
 
 
 def _create_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | None) -> None:
@@ -312,31 +310,41 @@ def _create_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | 
 def _restore_data(settings, repo: Repository, backup: Backup, server: Server, target: str, jobs: int,
                   no_owner: bool = False) -> None:
     fmt = backup.manifest["format"]
-    compression = compression_for_suffix(backup.path.name)
-    env, secrets = server.libpq_env(target), server.secrets
-    staged = fmt == "directory" or (fmt == "custom" and jobs > 1 and compression.name != "none")
+    identity = settings.identity
+    env, secrets = server.libpq_env(target), (*server.secrets, *((identity,) if identity else ()))
+    transformed = bool(reader_stages_names(backup.path))
+    staged = fmt == "directory" or (fmt == "custom" and jobs > 1 and transformed)
     if not staged:
         source = backup.path if (fmt == "custom" and jobs > 1) else None
         consumer = restore_consumer(fmt, target, jobs, source, no_owner)
         if source is not None:
             Pipeline([consumer], env=env, secrets=secrets, stdout=None).finish()
         else:
-            run_consumer_on_stdin(backup.path, compression, consumer, env, secrets)
+            run_consumer_on_stdin(backup.path, identity, consumer, env, secrets)
         return
     # pg_restore -j needs a seekable file or a folder: staged in BACKUP_DIR, removed after.
     staging = repo.root / f".restore-{target.encode().hex()[:40]}-{int(time.time())}.staging"
     _check_room(repo.root, backup.size * (1 if fmt == "directory" else 4))
     try:
         if fmt == "directory":
-            unpack_directory_archive(backup.path, compression, staging)
+            unpack_directory_archive(backup.path, identity, staging)
             source = staging
         else:
             staging.mkdir(mode=0o700)
             source = staging / "archive.dump"
-            decompress_to(backup.path, compression, source)
+            decompress_to(backup.path, identity, source)
         Pipeline([restore_consumer(fmt, target, jobs, source, no_owner)], env=env, secrets=secrets, stdout=None).finish()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def reader_stages_names(path: Path) -> list[str]:
+    """Which transformations a stored file went through (decryption needs no identity to name)."""
+    name = path.name
+    names = ["age"] if name.endswith(encryption.SUFFIX) else []
+    if compression_for_suffix(name.removesuffix(encryption.SUFFIX)).decompress_argv():
+        names.append("decompress")
+    return names
 
 
 def _check_room(folder: Path, needed: int) -> None:

@@ -75,7 +75,7 @@ def verify_backup(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
 
 def _verify(settings, repo: Repository, backup: Backup) -> tuple[str, str | None]:
     check_checksum(backup)
-    if backup.manifest.get("encryption") and not getattr(settings, "backup_encryption_identity", None):
+    if backup.manifest.get("encryption") and not settings.identity:
         return UNVERIFIABLE, "encrypted, and BACKUP_ENCRYPTION_IDENTITY is not set: only the checksum was checked"
     server = Server.for_verification(settings)
     with advisory_lock(server, "verify", backup.database) as taken:
@@ -86,7 +86,7 @@ def _verify(settings, repo: Repository, backup: Backup) -> tuple[str, str | None
         builder = DatabaseBuilder(settings, repo, backup, server, no_owner=True)
         try:
             if backup.manifest.get("format") == "plain":
-                restore_roles(repo, backup, server)  # a plain dump sets owners itself
+                restore_roles(repo, backup, server, settings.identity)  # a plain dump sets owners itself
             builder.build(scratch, manifest_info(backup))
             builder.check(scratch)
             if settings.verify_sql:
@@ -122,7 +122,10 @@ def verify_globals(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
     started = time.monotonic()
     try:
         check_checksum(backup)
-        script = read_decompressed(backup)
+        if backup.manifest.get("encryption") and not settings.identity:
+            return _record(repo, backup, UNVERIFIABLE, "encrypted, and BACKUP_ENCRYPTION_IDENTITY is not set: "
+                           "only the checksum was checked", started)
+        script = read_decompressed(backup, settings.identity)
         if "PostgreSQL database cluster dump complete" not in script:
             raise RestoreError("the roles dump is incomplete: its end marker is missing")
         with Server.for_verification(settings).wait_connect("postgres") as admin:
