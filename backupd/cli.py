@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 from backupd import __version__
 from backupd.errors import BackupdError, ConfigError
@@ -56,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify = verbs.add_parser("verify", help="restore backups into a scratch database and compare them")
     verify.add_argument("source", nargs="?", metavar="ID|latest|PATH", help="default: the newest of each database")
     verify.add_argument("--database", metavar="NAME")
+
+    volumes = verbs.add_parser("volumes", help="archive, list and restore Docker volumes (VOLUME_PATHS)")
+    volume_verbs = volumes.add_subparsers(dest="volume_verb", required=True, metavar="COMMAND")
+    volume_backup = volume_verbs.add_parser("backup", help="archive volumes now")
+    volume_backup.add_argument("--volume", action="append", metavar="NAME")
+    volume_list = volume_verbs.add_parser("list", help="volume archives, newest first")
+    volume_list.add_argument("--volume", metavar="NAME")
+    volume_list.add_argument("--json", action="store_true")
+    volume_restore = volume_verbs.add_parser("restore", help="make a volume identical to an archive")
+    volume_restore.add_argument("source", metavar="ID|latest")
+    volume_restore.add_argument("--volume", metavar="NAME")
+    volume_restore.add_argument("--to", type=Path, metavar="PATH", help="restore here instead of the volume's path")
+    volume_restore.add_argument("--yes", action="store_true", help="a non-empty destination is replaced")
 
     replicate = verbs.add_parser("replicate", help="copy backups to the replication targets now")
     replicate.add_argument("--target", metavar="URL", help="only this target")
@@ -134,9 +148,7 @@ def cmd_list(settings, args) -> int:
         fmt = b["format"] + ("" if b["compression"] == "none" else f"+{b['compression']}")
         rows.append((b["id"], b["database"], b["time"], human_bytes(b["size_bytes"]), fmt, b["verified"] or "-",
                      b["label"] or ""))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    _print_table(rows)
     return 0
 
 
@@ -198,6 +210,37 @@ def cmd_verify(settings, args) -> int:
     return 1 if any(o.failed for o in outcomes) else 0
 
 
+def cmd_volumes(settings, args) -> int:
+    from backupd.actions import volumes
+
+    if args.volume_verb == "backup":
+        outcomes = volumes.run_volume_backup(settings, args.volume)
+        for outcome in outcomes:
+            if outcome.ok:
+                print(outcome.backup_id, flush=True)
+        return 0 if all(o.ok for o in outcomes) else 1
+    if args.volume_verb == "list":
+        found = [b.summary() | {"volume": b.database, "file_count": b.manifest.get("file_count"),
+                                "source_bytes": b.manifest.get("source_bytes")}
+                 for b in volumes.list_volume_backups(settings, args.volume)]
+        if args.json:
+            json.dump(found, sys.stdout, indent=2)
+            print()
+        else:
+            _print_table([("ID", "VOLUME", "TIME", "SIZE", "FILES")] + [
+                (b["id"], b["volume"], b["time"], human_bytes(b["size_bytes"]), str(b["file_count"])) for b in found])
+        return 0
+    backup, destination = volumes.run_volume_restore(settings, args.source, args.volume, args.to, args.yes)
+    print(f"restored {backup.id} into {destination}")
+    return 0
+
+
+def _print_table(rows: list[tuple]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
 def cmd_replicate(settings, args) -> int:
     from backupd.actions.replicate import run_replicate
 
@@ -241,5 +284,5 @@ def cmd_config(settings, args) -> int:
     return 0
 
 
-COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune, "restore": cmd_restore, "verify": cmd_verify, "replicate": cmd_replicate, "run": cmd_run,
+COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune, "restore": cmd_restore, "verify": cmd_verify, "replicate": cmd_replicate, "volumes": cmd_volumes, "run": cmd_run,
             "health": cmd_health, "config": cmd_config}

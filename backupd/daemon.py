@@ -24,6 +24,7 @@ from backupd.actions.backup import run_backup
 from backupd.actions.prune import run_prune
 from backupd.actions.replicate import read_runs, run_replicate
 from backupd.actions.verify import run_verify
+from backupd.actions.volumes import prune_volumes, run_volume_backup
 from backupd.errors import BackupdError, NotFoundError
 from backupd.health import evaluate, newest_verifications
 from backupd.httpserver import Endpoints, serve
@@ -66,6 +67,8 @@ class Daemon:
         if settings.verify_enabled:
             self.add_job("verify", settings.verify_schedule, self._verify)
         self.add_job("prune", PRUNE_SCHEDULE, self._prune)
+        if settings.volume_paths:
+            self.add_job("volumes", settings.volume_schedule, self._volumes)
         self.replicating = bool(target_urls(settings)) or (settings.replication_enabled and
                                                            settings.replication_type == "custom")
         if self.replicating:
@@ -134,6 +137,12 @@ class Daemon:
                 self.metrics.backups_total.labels(outcome.database, "success" if outcome.ok else "failure").inc()
         return result.ok
 
+    def _volumes(self, scheduled_for: datetime | None) -> bool:
+        outcomes = run_volume_backup(self.settings)
+        if self.replicating and any(o.ok for o in outcomes):
+            self.replicate_soon()
+        return all(o.ok for o in outcomes)
+
     def _replicate(self, scheduled_for: datetime | None) -> bool:
         outcomes = run_replicate(self.settings)
         for outcome in outcomes:
@@ -148,8 +157,8 @@ class Daemon:
                                replace_existing=True)
 
     def _prune(self, scheduled_for: datetime | None) -> bool:
-        deleted = run_prune(self.settings).deleted
-        self.metrics.retention_deleted_total.labels(LOCAL).inc(len(deleted))
+        deleted = len(run_prune(self.settings).deleted) + len(prune_volumes(self.settings))
+        self.metrics.retention_deleted_total.labels(LOCAL).inc(deleted)
         return True
 
     def _verify(self, scheduled_for: datetime | None) -> bool:

@@ -90,7 +90,15 @@ class RepositoryCollector:
             if run.get("confirmed", True):
                 stored_bytes.add_metric([url], float(run.get("stored_bytes", 0)))
         yield replicated
-        yield from (last_success, last_duration, last_size, stored, stored_bytes, verified)
+        volume_success = GaugeMetricFamily("backupd_volume_backup_last_success_timestamp_seconds",
+                                           "Finish time of the newest archive of the volume", labels=["volume"])
+        volumes_seen: set[str] = set()
+        for backup in backups:
+            if backup.kind == "volume" and backup.database not in volumes_seen:
+                volumes_seen.add(backup.database)
+                finished = parse_iso(backup.manifest.get("finished")) or backup.time
+                volume_success.add_metric([backup.database], finished.timestamp())
+        yield from (last_success, last_duration, last_size, stored, stored_bytes, verified, volume_success)
 
 
 class Metrics:

@@ -36,6 +36,8 @@ class Child:
     stderr_file: IO[bytes]
     secrets: tuple[str, ...] = ()
     killed_by_us: bool = field(default=False)
+    ok_codes: tuple[int, ...] = (0,)
+    tail: str = ""  # the stderr tail, kept when the child is closed
 
     def stderr_tail(self) -> str:
         try:

@@ -100,7 +100,8 @@ class Backup:
 
     @property
     def database(self) -> str:
-        return self.manifest.get("database") or GLOBALS
+        """The database, the volume's name for a volume archive, or _globals."""
+        return self.manifest.get("database") or self.manifest.get("volume") or GLOBALS
 
     @property
     def time(self) -> datetime:
@@ -142,12 +143,26 @@ class Repository:
     def folder_for(self, name: str, kind: str = "database") -> Path:
         if kind == "globals":
             return self.root / GLOBALS
+        if kind == "volume":
+            return self.root / VOLUMES / encode_name(name)
         return self.root / encode_name(name)
 
     def ensure_folder(self, folder: Path) -> Path:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for parent in reversed(folder.relative_to(self.root).parents[:-1]):
+            (self.root / parent).mkdir(mode=0o700, exist_ok=True)
         folder.mkdir(mode=0o700, exist_ok=True)
         return folder
+
+    def folders(self) -> list[Path]:
+        """Every folder that holds backups: databases, _globals and each volume's."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != VOLUMES]
+        volumes = self.root / VOLUMES
+        if volumes.is_dir():
+            found += [p for p in volumes.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return found
 
     def file_name(self, backup_id: str, suffix: str) -> str:
         return f"{encode_name(backup_id)}{suffix}"
@@ -271,12 +286,13 @@ class Repository:
         if not self.root.is_dir():
             return []
         if database is not None:
-            folders = [self.folder_for(database)]
+            folders = [self.folder_for(database, kind or "database")]
         elif kind == "globals":
             folders = [self.root / GLOBALS]
+        elif kind == "volume":
+            folders = [p for p in self.folders() if p.parent.name == VOLUMES and p.parent.parent == self.root]
         else:
-            folders = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                       and (kind is None or p.name not in (GLOBALS, VOLUMES))]
+            folders = [p for p in self.folders() if kind is None or p.parent == self.root and p.name != GLOBALS]
         found = []
         for folder in folders:
             if not folder.is_dir():
@@ -290,10 +306,12 @@ class Repository:
         found.sort(key=lambda b: (b.time, b.id), reverse=True)
         return found
 
-    def find(self, backup_id: str) -> Backup:
+    def find(self, backup_id: str, kind: str = "database") -> Backup:
+        """The backup with this id: a database backup (or a roles dump), or with
+        ``kind="volume"`` a volume archive (a volume may share a database's name)."""
         name, _ = parse_id(backup_id)
-        folders = [self.folder_for(name)]
-        if name == GLOBALS:
+        folders = [self.folder_for(name, kind)]
+        if name == GLOBALS and kind == "database":
             folders.append(self.root / GLOBALS)
         for folder in folders:
             path = folder / f"{encode_name(backup_id)}.json"
@@ -303,18 +321,19 @@ class Repository:
                     return backup
         raise NotFoundError(f"no backup with id {backup_id!r} in {self.root}")
 
-    def latest(self, database: str | None) -> Backup:
-        """The newest backup of ``database``; without one, of the only database there is."""
+    def latest(self, database: str | None, kind: str = "database") -> Backup:
+        """The newest backup of ``database`` (or volume); without a name, of the only one there is."""
+        noun, option = ("volume", "--volume") if kind == "volume" else ("database", "--database")
         if database is None:
-            names = sorted({b.database for b in self.backups()})
+            names = sorted({b.database for b in self.backups(kind=kind)})
             if not names:
-                raise NotFoundError(f"no backups in {self.root}")
+                raise NotFoundError(f"no {noun} backups in {self.root}")
             if len(names) > 1:
-                raise UsageError(f"'latest' needs --database: {self.root} holds backups of {', '.join(names)}")
+                raise UsageError(f"'latest' needs {option}: {self.root} holds backups of {', '.join(names)}")
             database = names[0]
-        backups = self.backups(database)
+        backups = self.backups(database, kind=kind)
         if not backups:
-            raise NotFoundError(f"no backups of database {database!r} in {self.root}")
+            raise NotFoundError(f"no backups of {noun} {database!r} in {self.root}")
         return backups[0]
 
 

@@ -112,6 +112,14 @@ def _check_targets(urls: tuple[str, ...]) -> tuple[str, ...]:
     return urls
 
 
+def _parse_volumes(value: Any) -> tuple[tuple[str, Path], ...]:
+    if isinstance(value, tuple):
+        return value
+    from backupd.actions.volumes import parse_volume_paths
+
+    return tuple(parse_volume_paths(str(value)).items())
+
+
 def _check_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
     from backupd.encryption import check_recipient
 
@@ -238,6 +246,14 @@ class Settings(BaseSettings):
     ssh_key_file: Path | None = None
     ssh_known_hosts_file: Path | None = None
 
+    # Volumes
+    volume_paths: Annotated[tuple[tuple[str, Path], ...], BeforeValidator(_parse_volumes)] = ()
+    volume_schedule: Cron = "0 3 * * 0"
+    volume_retention_days: int = Field(7, ge=0)
+    docker_stop_label: str = "backupd.stop-during-backup"
+    docker_stop_scope: Literal["project", "all"] = "project"
+    docker_host: str | None = None
+
     # Restore
     force_restore: bool = False
 
@@ -320,7 +336,7 @@ class Settings(BaseSettings):
             elif isinstance(value, SecretStr) or is_secret_name(name):
                 text = MASK
             elif isinstance(value, tuple):
-                text = ",".join(value)
+                text = ",".join(f"{v[0]}={v[1]}" if isinstance(v, tuple) else str(v) for v in value)
             elif isinstance(value, bool):
                 text = "true" if value else "false"
             elif field_name in _DURATION_FIELDS:

@@ -145,7 +145,8 @@ class StreamResult:
 
 class Pipeline:
     """A chain of children: the first produces, each next one reads the previous one's stdout.
-    A stage is ``(name, argv)`` or ``(name, argv, fds)``: fds it inherits, closed here once passed.
+    A stage is ``(name, argv)``, ``(name, argv, fds)`` or ``(name, argv, fds, ok_codes)``: fds it
+    inherits (closed here once passed) and the exit codes that count as success.
 
     ``abort(reason)`` (from any thread, e.g. a timeout or a shutdown) kills every
     stage; the reader then sees EOF and ``finish`` raises ``Aborted``.
@@ -161,10 +162,13 @@ class Pipeline:
         source = stdin
         try:
             for index, stage in enumerate(stages):
-                name, argv, inherited = stage if len(stage) == 3 else (*stage, ())
+                name, argv, *rest = stage
+                inherited = rest[0] if rest else ()
+                ok_codes = rest[1] if len(rest) > 1 else (0,)
                 last = index == len(stages) - 1
                 child = spawn(name, argv, env=env, stdin=source, stdout=stdout if last else subprocess.PIPE,
                               secrets=secrets, cwd=cwd, pass_fds=inherited)
+                child.ok_codes = tuple(ok_codes)
                 for fd in inherited:  # the child has its own copy now
                     os.close(fd)
                 if child.popen.stdout is not None:
@@ -208,7 +212,8 @@ class Pipeline:
         try:
             if self.abort_reason:
                 raise self.abort_error(self.abort_reason)
-            failed = [(index, child) for index, child in enumerate(self.children) if child.popen.returncode != 0]
+            failed = [(index, child) for index, child in enumerate(self.children)
+                      if child.popen.returncode not in child.ok_codes]
             last = len(self.children) - 1
             if ignore_sigpipe_upstream:  # the consumer stopped reading early on purpose
                 failed = [(i, c) for i, c in failed if i == last or c.popen.returncode not in (-13, 141)]
@@ -218,6 +223,7 @@ class Pipeline:
                 raise DumpError(causes[0].describe_failure())
         finally:
             for child in self.children:
+                child.tail = child.stderr_tail()
                 child.close()
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from backupd.errors import BackupdError, IntegrityError, NotFoundError, UsageError
 from backupd.logging import get_logger
-from backupd.repository import GLOBALS, Backup, Repository, decode_name, encode_name, iso, parse_id, utc_now
+from backupd.repository import GLOBALS, VOLUMES, Backup, Repository, decode_name, encode_name, iso, parse_id, utc_now
 from backupd.retention import Item, Policy, decide
 from backupd.stream import fsync_dir, sha256_of, write_json_atomically
 from backupd.targets import Target, TargetError, configured_targets
@@ -175,7 +175,8 @@ def _remote_backups(remote: dict[str, RemoteFile]) -> dict[str, RemoteBackup]:
     found = {}
     for relative in remote:
         folder, _, name = relative.rpartition("/")
-        if not folder or "/" in folder or not name.endswith(".json") or name.endswith(".state.json"):
+        nested = folder.startswith(f"{VOLUMES}/") and folder.count("/") == 1
+        if not folder or ("/" in folder and not nested) or not name.endswith(".json") or name.endswith(".state.json"):
             continue
         stem = name[:-5]
         try:
@@ -183,7 +184,7 @@ def _remote_backups(remote: dict[str, RemoteFile]) -> dict[str, RemoteBackup]:
             database, _ = parse_id(backup_id)
         except (UsageError, ValueError):
             continue
-        if folder not in (encode_name(database), GLOBALS):
+        if folder not in (encode_name(database), GLOBALS, f"{VOLUMES}/{encode_name(database)}"):
             continue  # not laid out by backupd: never fetched, never deleted
         data = [r for r in remote if r.startswith(f"{folder}/{stem}.") and r != relative]
         found[backup_id] = RemoteBackup(backup_id, database, relative, data,

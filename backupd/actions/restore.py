@@ -32,6 +32,7 @@ from backupd.archive import (decompress_to, read_small, restore_consumer, run_co
 from backupd.errors import BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
 from backupd.dbnames import old_name, side_name
+from backupd.docker_ctl import containers_stopped
 from backupd.postgres import (DatabaseInfo, Server, apply_database_grants, compare_with_manifest, create_database_like,
                               database_exists, database_grants, database_info, drop_database, rename_database,
                               role_exists, set_allow_connections)
@@ -230,7 +231,8 @@ def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop
     builder.build(side, live_info, grants)
     try:
         builder.check(side)
-        with server.wait_connect("postgres") as admin:
+        with containers_stopped(builder.settings, "a database restore swaps"), \
+                server.wait_connect("postgres") as admin:
             _swap(admin, target, side, old)
     except BaseException:
         builder.drop(side)

@@ -1,0 +1,210 @@
+"""``backupd volumes backup|list|restore``: the files beside the database.
+
+Each ``VOLUME_PATHS`` entry is archived as a tar stream through compression (and
+encryption) and sha256 into an atomic file under ``_volumes/<name>/``, while the
+labelled containers are stopped. A file that changes while it is read gives a
+warning (GNU tar's exit 1), not a failed or corrupt archive. A restore makes the
+destination identical to the archive: it is unpacked into a staging folder first,
+so a damaged archive never touches the destination, then mirrored with rsync.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backupd import __version__, encryption
+from backupd.archive import reader_stages
+from backupd.docker_ctl import containers_stopped
+from backupd.errors import BackupdError, NotFoundError, RefusedError, RestoreError, UsageError
+from backupd.logging import get_logger
+from backupd.process import run
+from backupd.repository import Backup, Repository, iso, looks_like_id, utc_now
+from backupd.retention import Item, Policy, decide
+from backupd.stream import COMPRESSIONS, Pipeline, stream_to_file
+
+log = get_logger("backupd.volumes")
+
+TAR_FILE_CHANGED = 1  # GNU tar: "some files differ" (changed while being read); the archive is still whole
+
+
+@dataclass
+class VolumeOutcome:
+    name: str
+    ok: bool
+    backup_id: str | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    size: int = 0
+
+
+def parse_volume_paths(text: str) -> dict[str, Path]:
+    """``name=/path,other=/path`` -> {name: path}; ValueError naming what is wrong."""
+    volumes = {}
+    for entry in (part.strip() for part in text.split(",") if part.strip()):
+        name, sep, path = entry.partition("=")
+        name = name.strip()
+        if not sep or not name or not path.strip().startswith("/"):
+            raise ValueError(f"{entry!r} is not name=/absolute/path")
+        if name in volumes:
+            raise ValueError(f"the name {name!r} is given twice")
+        volumes[name] = Path(path.strip())
+    return volumes
+
+
+def _selected(settings, names: list[str] | None) -> dict[str, Path]:
+    volumes = dict(settings.volume_paths)
+    if not volumes:
+        raise UsageError("no volumes are configured (VOLUME_PATHS=name=/path,...)")
+    if names:
+        unknown = sorted(set(names) - set(volumes))
+        if unknown:
+            raise UsageError(f"unknown volume(s) {', '.join(unknown)}; VOLUME_PATHS has {', '.join(volumes)}")
+        volumes = {name: volumes[name] for name in names}
+    return volumes
+
+
+def run_volume_backup(settings, names: list[str] | None = None) -> list[VolumeOutcome]:
+    repo = Repository(settings.backup_dir)
+    volumes = _selected(settings, names)
+    with containers_stopped(settings, "archiving volumes"):
+        outcomes = [_guarded(settings, repo, name, path) for name, path in volumes.items()]
+    prune_volumes(settings)
+    return outcomes
+
+
+def _guarded(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome:
+    try:
+        outcome = _archive(settings, repo, name, path)
+    except BackupdError as err:
+        log.error("volume backup failed", volume=name, error=str(err))
+        return VolumeOutcome(name, ok=False, error=str(err))
+    log.info("volume backup finished", volume=name, id=outcome.backup_id, size_bytes=outcome.size,
+             warnings=outcome.warnings or None)
+    return outcome
+
+
+def _count(path: Path) -> tuple[int, int]:
+    files = size = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            try:
+                stat = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            files += 1
+            size += stat.st_size
+    return files, size
+
+
+def _archive(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome:
+    if not path.is_dir():
+        raise BackupdError(f"volume {name!r}: {path} is not a folder (is it mounted into the sidecar?)")
+    folder = repo.folder_for(name, "volume")
+    compression = COMPRESSIONS[settings.backup_compression]
+    started, clock = utc_now(), time.monotonic()
+    with repo.lock(folder, "volume backup"):
+        backup_id, _ = repo.reserve_id(name, "volume")
+        encrypting = bool(settings.backup_encryption_recipients)
+        final = folder / repo.file_name(backup_id, ".tar" + compression.suffix + (encryption.SUFFIX if encrypting else ""))
+        files, source_bytes = _count(path)
+        tar = ("tar", ["tar", "--create", "--file=-", "--numeric-owner", "--directory", str(path), "."],
+               (), (0, TAR_FILE_CHANGED))
+        stages = [tar]
+        if argv := compression.compress_argv(settings.backup_compression_level, settings.backup_compression_threads):
+            stages.append((argv[0], argv))
+        if encrypting:
+            stages.append(encryption.encrypt_stage(settings.backup_encryption_recipients))
+        pipeline = Pipeline(stages)
+        tar_child = pipeline.children[0]
+        stream = stream_to_file(pipeline, final, timeout=settings.backup_timeout, what="volume backup")
+        warnings = []
+        if tar_child.popen.returncode == TAR_FILE_CHANGED:
+            warnings.append(f"files changed while they were read: {tar_child.tail}")
+        try:
+            repo.write_manifest(folder, {
+                "kind": "volume", "id": backup_id, "volume": name, "database": None, "source": str(path),
+                "started": iso(started), "finished": iso(utc_now()), "duration_seconds": round(time.monotonic() - clock, 3),
+                "format": "tar", "compression": compression.name,
+                "encryption": {"tool": "age", "recipients": list(settings.backup_encryption_recipients)} if encrypting else None,
+                "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
+                "file_count": files, "source_bytes": source_bytes, "warnings": warnings, "backupd_version": __version__,
+            })
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    return VolumeOutcome(name, ok=True, backup_id=backup_id, warnings=warnings, size=stream.size)
+
+
+def prune_volumes(settings, now=None) -> list[str]:
+    """VOLUME_RETENTION_DAYS, the BACKUP_MIN_KEEP floor and pins, per volume."""
+    from backupd.actions.prune import delete_backup
+
+    repo = Repository(settings.backup_dir)
+    backups = repo.backups(kind="volume")
+    policy = Policy(days=settings.volume_retention_days, min_keep=settings.backup_min_keep,
+                    timezone=settings.backup_timezone)
+    by_id = {b.id: b for b in backups}
+    deleted = []
+    for decision in decide((Item(b.id, b.database, b.time, b.pinned) for b in backups), now or utc_now(), policy):
+        if not decision.keep:
+            delete_backup(repo, by_id[decision.item.id])
+            deleted.append(decision.item.id)
+            log.info("deleted by retention", id=decision.item.id, volume=by_id[decision.item.id].database)
+    return deleted
+
+
+def resolve_volume_backup(repo: Repository, source: str, name: str | None) -> Backup:
+    if source == "latest":
+        return repo.latest(name, kind="volume")
+    if looks_like_id(source):
+        return repo.find(source, kind="volume")
+    raise UsageError(f"{source!r} is neither 'latest' nor a volume backup id")
+
+
+def run_volume_restore(settings, source: str, name: str | None = None, to: Path | None = None,
+                       yes: bool = False) -> tuple[Backup, Path]:
+    from backupd.actions.restore import check_checksum
+
+    repo = Repository(settings.backup_dir)
+    backup = resolve_volume_backup(repo, source, name)
+    destination = to or dict(settings.volume_paths).get(backup.database)
+    if destination is None:
+        raise UsageError(f"volume {backup.database!r} is not in VOLUME_PATHS: give --to PATH")
+    destination = Path(destination)
+    if destination.exists() and any(destination.iterdir()) and not yes:
+        raise RefusedError(f"{destination} is not empty: restoring makes it identical to the archive and removes "
+                           f"files that are not in it; add --yes. Nothing was touched")
+    check_checksum(backup)
+    staging = repo.root / f".volume-restore-{backup.id}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700, parents=True)
+    try:
+        with open(backup.path, "rb") as stored:
+            Pipeline([*reader_stages(backup.path, settings.identity),
+                      ("tar", ["tar", "--extract", "--file=-", "--numeric-owner", "--same-permissions",
+                               "--directory", str(staging)])], stdin=stored, stdout=None).finish()
+        destination.mkdir(parents=True, exist_ok=True)
+        with containers_stopped(settings, "restoring a volume"):
+            code, _, err = run("rsync", ["rsync", "--archive", "--hard-links", "--numeric-ids", "--delete",
+                                         f"{staging}/", f"{destination}/"])
+        if code != 0:
+            raise RestoreError(f"copying the archive into {destination} failed: {err}")
+    except BackupdError as err:
+        if isinstance(err, RestoreError):
+            raise
+        raise RestoreError(f"restoring {backup.id} failed: {err}; {destination} was not changed") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("volume restored", id=backup.id, destination=str(destination))
+    return backup, destination
+
+
+def list_volume_backups(settings, name: str | None = None) -> list[Backup]:
+    backups = Repository(settings.backup_dir).backups(name, kind="volume")
+    if name is not None and not backups:
+        raise NotFoundError(f"no backups of volume {name!r}")
+    return backups

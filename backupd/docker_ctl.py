@@ -1,0 +1,93 @@
+"""Stop the containers labelled ``DOCKER_STOP_LABEL=true`` while volumes are archived or
+restored and while a database restore swaps, and always start them again.
+
+With ``DOCKER_STOP_SCOPE=project`` (the default) only containers of the sidecar's
+own compose project are touched: the project is read from backupd's own container
+(or ``COMPOSE_PROJECT_NAME``). A container that was already stopped stays stopped.
+The feature is in use when a Docker socket is mounted (or DOCKER_HOST is set);
+only then is an unreachable engine an error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from backupd.errors import BackupdError
+from backupd.logging import get_logger
+
+log = get_logger("backupd.docker")
+
+DEFAULT_SOCKET = Path("/var/run/docker.sock")
+PROJECT_LABEL = "com.docker.compose.project"
+
+
+class DockerError(BackupdError):
+    """The Docker engine is needed for the stop label and cannot be used."""
+
+
+def in_use(settings) -> bool:
+    return bool(settings.docker_host) or DEFAULT_SOCKET.exists()
+
+
+def _client(settings):
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=settings.docker_host, timeout=60) if settings.docker_host \
+            else docker.from_env(timeout=60)
+        client.ping()
+        return client
+    except Exception as err:
+        raise DockerError(f"the Docker engine is not reachable for DOCKER_STOP_LABEL "
+                          f"({settings.docker_host or DEFAULT_SOCKET}): {err}") from None
+
+
+def _own_project(client) -> str | None:
+    if name := os.environ.get("COMPOSE_PROJECT_NAME"):
+        return name
+    try:  # inside a container, the hostname is the container id unless compose sets another
+        me = client.containers.get(socket.gethostname())
+        return me.labels.get(PROJECT_LABEL)
+    except Exception:
+        return None
+
+
+def labelled_running(settings, client) -> list:
+    labels = [f"{settings.docker_stop_label}=true"]
+    if settings.docker_stop_scope == "project":
+        project = _own_project(client)
+        if project is None:
+            log.warning("cannot tell which compose project backupd belongs to, so no container is stopped; "
+                        "set COMPOSE_PROJECT_NAME or DOCKER_STOP_SCOPE=all")
+            return []
+        labels.append(f"{PROJECT_LABEL}={project}")
+    me = socket.gethostname()
+    return [c for c in client.containers.list(filters={"label": labels, "status": "running"})
+            if not c.id.startswith(me)]
+
+
+@contextmanager
+def containers_stopped(settings, why: str) -> Iterator[list[str]]:
+    """Stop the labelled containers for the ``with`` block; start them again in any case."""
+    if not in_use(settings):
+        yield []
+        return
+    client = _client(settings)
+    stopped = []
+    try:
+        for container in labelled_running(settings, client):
+            log.info("stopping container", container=container.name, reason=why)
+            container.stop(timeout=30)
+            stopped.append(container)
+        yield [c.name for c in stopped]
+    finally:
+        for container in reversed(stopped):
+            try:
+                container.start()
+                log.info("started container again", container=container.name)
+            except Exception as err:  # try the others; this one is reported loudly
+                log.error("could not start a container again", container=container.name, error=str(err))
