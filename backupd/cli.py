@@ -103,13 +103,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb != "run":  # the daemon has its own graceful stop
         signal.signal(signal.SIGTERM, _interrupted)
     try:
-        return COMMANDS[args.verb](settings, args)
+        code = COMMANDS[args.verb](settings, args)
     except BackupdError as err:
         log.error(f"{args.verb} failed", error=str(err))
-        return err.exit_code
+        code = err.exit_code
     except KeyboardInterrupt:
         log.warning("interrupted; what was started has been cleaned up")
         return 130
+    if args.verb in REPORTED:
+        _report(settings)
+    return code
+
+
+REPORTED = {"backup", "verify", "replicate", "volumes"}
+
+
+def _report(settings) -> None:
+    """One-shot runs change health too: tell people what changed, as the daemon would."""
+    from backupd.health import evaluate
+    from backupd.notify import channels_configured, report_changes
+    from backupd.repository import Repository, utc_now
+
+    if not channels_configured(settings):
+        return
+    try:
+        now = utc_now()
+        report_changes(settings, evaluate(settings, Repository(settings.backup_dir), now, now))
+    except Exception as err:  # notifications never change the command's result
+        log.error("could not send notifications", error=str(err))
 
 
 def _interrupted(signum, frame):

@@ -30,6 +30,7 @@ from backupd.health import evaluate, newest_verifications
 from backupd.httpserver import Endpoints, serve
 from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
+from backupd.notify import report_changes
 from backupd.repository import Repository, iso, utc_now
 from backupd.schedule import previous_run, trigger
 from backupd.targets import target_urls
@@ -38,6 +39,7 @@ log = get_logger("backupd.daemon")
 
 MISFIRE_GRACE = timedelta(hours=1)
 PRUNE_SCHEDULE = "45 4 * * *"  # daily; retention also runs after every backup
+MONITOR_SCHEDULE = "7 * * * *"  # hourly: warnings and staleness reach people without a job failing
 JobFunction = Callable[[datetime | None], Any]
 
 
@@ -53,7 +55,7 @@ class Daemon:
     def __init__(self, settings):
         self.settings = settings
         self.repo = Repository(settings.backup_dir)
-        self.metrics = Metrics(self.repo)
+        self.metrics = Metrics(self.repo, settings)
         self.started_at = utc_now()
         self.stopping = threading.Event()
         self.jobs: dict[str, JobState] = {}
@@ -69,6 +71,7 @@ class Daemon:
         self.add_job("prune", PRUNE_SCHEDULE, self._prune)
         if settings.volume_paths:
             self.add_job("volumes", settings.volume_schedule, self._volumes)
+        self.add_job("monitor", MONITOR_SCHEDULE, self._monitor)
         self.replicating = bool(target_urls(settings)) or (settings.replication_enabled and
                                                            settings.replication_type == "custom")
         if self.replicating:
@@ -120,7 +123,19 @@ class Daemon:
                 self._publish_next_runs()
             log.info("job finished", job=state.name, result=result, error=error,
                      duration_seconds=round(time.monotonic() - clock, 3))
+            self._report(state.name, result, error)
         return job
+
+    def _report(self, job: str | None = None, result: str | None = None, error: str | None = None) -> None:
+        """Tell people what changed (new problems, recoveries); never fails the job."""
+        try:
+            health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running())
+            report_changes(self.settings, health, job if job != "monitor" else None, result, error)
+        except Exception as err:
+            log.error("could not send notifications", error=str(err))
+
+    def _monitor(self, scheduled_for: datetime | None) -> bool:
+        return True  # the wrapper reports after every job, this one included
 
     def _backup(self, scheduled_for: datetime | None) -> bool:
         try:

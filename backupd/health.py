@@ -1,14 +1,19 @@
 """Is backupd healthy? Decided from the repository (so backups and failures of CLI
 runs and of earlier processes count) plus whether the scheduler runs.
 
-Unhealthy: the scheduler has stopped, a database's newest good backup is older
-than HEALTH_MAX_AGE, or its newest backup failed. A fresh daemon with an empty
-repository is healthy until its first backup is due, plus that margin.
-Warnings never make it unhealthy.
+Unhealthy (reasons): the scheduler has stopped, a database's newest good backup is
+older than HEALTH_MAX_AGE, its newest backup or verification failed. A fresh daemon
+with an empty repository is healthy until its first backup is due, plus that margin.
+Warnings never make it unhealthy: a backup much smaller than the one before, low disk,
+fewer good backups than BACKUP_MIN_KEEP, an unverifiable backup, a failed replication.
+
+Each finding is a Condition with a stable key, so notifications can tell a new
+problem from one already reported, and notice when it is gone.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,10 +22,30 @@ from backupd.repository import Repository
 from backupd.schedule import longest_gap, next_runs
 
 
+@dataclass(frozen=True)
+class Condition:
+    key: str  # stable while the problem lasts, e.g. "stale:shop"
+    message: str  # for people; may change (ages, times)
+    severity: str  # "failure" (unhealthy) or "warning"
+
+
 @dataclass
 class Health:
-    reasons: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    conditions: list[Condition] = field(default_factory=list)
+
+    def fail(self, key: str, message: str) -> None:
+        self.conditions.append(Condition(key, message, "failure"))
+
+    def warn(self, key: str, message: str) -> None:
+        self.conditions.append(Condition(key, message, "warning"))
+
+    @property
+    def reasons(self) -> list[str]:
+        return [c.message for c in self.conditions if c.severity == "failure"]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [c.message for c in self.conditions if c.severity == "warning"]
 
     @property
     def healthy(self) -> bool:
@@ -53,43 +78,89 @@ def describe_age(age: timedelta) -> str:
 def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
              scheduler_running: bool | None = None) -> Health:
     health = Health()
-    limit = max_age(settings, now)
     if scheduler_running is False:
-        health.reasons.append("the scheduler is not running")
-    newest: dict[str, Any] = {}
-    for backup in repo.backups():
-        newest.setdefault(backup.database, backup)
-    for name, backup in sorted(newest.items()):
-        age = now - backup.time
+        health.fail("scheduler", "the scheduler is not running")
+    by_database: dict[str, list] = {}
+    for backup in repo.backups():  # newest first
+        by_database.setdefault(backup.database, []).append(backup)
+    _freshness(settings, health, by_database, now)
+    _verifications(health, repo)
+    _failures(health, repo)
+    _replication(health, repo)
+    _sizes(settings, health, by_database)
+    _disk(settings, health, repo)
+    if not by_database and not repo.failures():
+        limit = max_age(settings, now)
+        first_due = next_runs(settings.backup_schedule, settings.backup_timezone, started_at, 1)
+        if first_due and now > first_due[0] + limit:
+            health.fail("no-backup", f"no backup yet, although the first was due at {first_due[0].isoformat()}")
+    return health
+
+
+def _freshness(settings, health: Health, by_database: dict[str, list], now: datetime) -> None:
+    limit = max_age(settings, now)
+    for name, backups in sorted(by_database.items()):
+        age = now - backups[0].time
         if age > limit:
-            health.reasons.append(f"the newest backup of {name!r} is {describe_age(age)} old "
-                                  f"(more than HEALTH_MAX_AGE, {describe_age(limit)})")
+            health.fail(f"stale:{name}", f"the newest backup of {name!r} is {describe_age(age)} old "
+                                          f"(more than HEALTH_MAX_AGE, {describe_age(limit)})")
+        if len(backups) < settings.backup_min_keep:
+            health.warn(f"min-keep:{name}", f"{name!r} has {len(backups)} good backups, fewer than "
+                                            f"BACKUP_MIN_KEEP ({settings.backup_min_keep})")
+
+
+def _verifications(health: Health, repo: Repository) -> None:
     for name, verification in sorted(newest_verifications(repo).items()):
         if verification["result"] == "failed":
-            health.reasons.append(f"the newest verification of {name!r} ({verification['id']}) failed: "
-                                  f"{verification['reason']}")
+            health.fail(f"verify:{name}", f"the newest verification of {name!r} ({verification['id']}) failed: "
+                                          f"{verification['reason']}")
         elif verification["result"] == "unverifiable":
-            health.warnings.append(f"the newest backup of {name!r} is unverifiable: {verification['reason']}")
+            health.warn(f"unverifiable:{name}", f"the newest backup of {name!r} is unverifiable: "
+                                                f"{verification['reason']}")
+
+
+def _failures(health: Health, repo: Repository) -> None:
+    for failure in sorted(repo.failures(), key=lambda f: (f.get("database") or "", f.get("time") or "")):
+        name, kind = failure.get("database"), failure.get("kind", "database")
+        when, error = failure["time"], failure["error"]
+        if name is None:
+            health.fail("run", f"the last backup run failed at {when}: {error}")
+        elif kind == "globals":
+            health.fail("globals", f"the newest dump of roles and tablespaces failed at {when}: {error}")
+        else:
+            health.fail(f"backup:{name}", f"the newest backup of {name!r} failed at {when}: {error}")
+
+
+def _replication(health: Health, repo: Repository) -> None:
     from backupd.actions.replicate import read_runs
 
     for url, run in sorted(read_runs(repo).items()):
         if not run.get("ok"):
-            health.warnings.append(f"the newest replication to {url} failed at {run.get('time')}: {run.get('error')}")
-    failures = repo.failures()
-    for failure in sorted(failures, key=lambda f: (f.get("database") or "", f.get("time") or "")):
-        name, kind = failure.get("database"), failure.get("kind", "database")
-        if name is None:
-            health.reasons.append(f"the last backup run failed at {failure['time']}: {failure['error']}")
-        elif kind == "globals":
-            health.reasons.append(f"the newest dump of roles and tablespaces failed at {failure['time']}: {failure['error']}")
-        else:
-            health.reasons.append(f"the newest backup of {name!r} failed at {failure['time']}: {failure['error']}")
-    if not newest and not failures:
-        first_due = next_runs(settings.backup_schedule, settings.backup_timezone, started_at, 1)
-        if first_due and now > first_due[0] + limit:
-            health.reasons.append(f"no backup yet, although the first was due at {first_due[0].isoformat()}")
-    return health
+            health.warn(f"replication:{url}", f"the newest replication to {url} failed at {run.get('time')}: "
+                                              f"{run.get('error')}")
 
+
+def _sizes(settings, health: Health, by_database: dict[str, list]) -> None:
+    drop = settings.backup_size_drop_percent
+    for name, backups in sorted(by_database.items()):
+        if len(backups) >= 2 and drop and backups[0].size < backups[1].size * (1 - drop / 100):
+            health.warn(f"size-drop:{name}", f"the newest backup of {name!r} ({backups[0].size} bytes) is more than "
+                                             f"{drop}% smaller than the one before ({backups[1].size} bytes)")
+
+
+def _disk(settings, health: Health, repo: Repository) -> None:
+    free = free_ratio(repo)
+    if free is not None and free * 100 < settings.disk_min_free_percent:
+        health.warn("disk", f"{repo.root} has {free * 100:.1f}% free, less than DISK_MIN_FREE_PERCENT "
+                            f"({settings.disk_min_free_percent}%)")
+
+
+def free_ratio(repo: Repository) -> float | None:
+    try:
+        usage = shutil.disk_usage(repo.root)
+    except OSError:
+        return None
+    return usage.free / usage.total if usage.total else None
 
 
 def newest_verifications(repo: Repository) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from backupd import __version__
 from backupd.actions.replicate import read_runs
-from backupd.repository import Repository, parse_iso
+from backupd.health import free_ratio, max_age
+from backupd.repository import Repository, parse_iso, utc_now
 
 LOCAL = "local"
 
@@ -25,8 +26,8 @@ disable_created_metrics()  # *_created series only confuse dashboards here
 class RepositoryCollector:
     """Gauges computed from the manifests in BACKUP_DIR."""
 
-    def __init__(self, repo: Repository, ttl: float = 5.0):
-        self.repo, self.ttl = repo, ttl
+    def __init__(self, repo: Repository, settings=None, ttl: float = 5.0):
+        self.repo, self.settings, self.ttl = repo, settings, ttl
         self._cache: tuple[float, list] | None = None
         self._lock = threading.Lock()
 
@@ -99,12 +100,19 @@ class RepositoryCollector:
                 finished = parse_iso(backup.manifest.get("finished")) or backup.time
                 volume_success.add_metric([backup.database], finished.timestamp())
         yield from (last_success, last_duration, last_size, stored, stored_bytes, verified, volume_success)
+        free = free_ratio(self.repo)
+        if free is not None:
+            yield GaugeMetricFamily("backupd_disk_free_ratio", "Free space in BACKUP_DIR, 0 to 1", value=free)
+        if self.settings is not None:
+            limit = max_age(self.settings, utc_now()).total_seconds()
+            yield GaugeMetricFamily("backupd_health_max_age_seconds",
+                                    "HEALTH_MAX_AGE: a newest backup older than this is unhealthy", value=limit)
 
 
 class Metrics:
-    def __init__(self, repo: Repository):
+    def __init__(self, repo: Repository, settings=None):
         self.registry = CollectorRegistry()
-        self.repository = RepositoryCollector(repo)
+        self.repository = RepositoryCollector(repo, settings)
         self.registry.register(self.repository)
         self.backups_total = Counter("backupd_backups", "Backups attempted by this process",
                                      ["database", "result"], registry=self.registry)

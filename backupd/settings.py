@@ -120,6 +120,12 @@ def _parse_volumes(value: Any) -> tuple[tuple[str, Path], ...]:
     return tuple(parse_volume_paths(str(value)).items())
 
 
+def _check_webhook(url: SecretStr | None) -> SecretStr | None:
+    if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
 def _check_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
     from backupd.encryption import check_recipient
 
@@ -273,6 +279,19 @@ class Settings(BaseSettings):
     health_max_age: Duration | None = None
     shutdown_grace: Duration = 30.0
 
+    # Alerts and notifications
+    backup_size_drop_percent: int = Field(50, ge=0, le=100)
+    disk_min_free_percent: int = Field(10, ge=0, le=100)
+    notification_email: CommaList = ()
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_pass: SecretStr | None = None
+    smtp_from: str | None = None
+    smtp_starttls: bool = True
+    notify_webhook_url: Annotated[SecretStr | None, AfterValidator(_check_webhook)] = None
+    notify_on: Literal["failure", "always", "never"] = "failure"
+
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -284,6 +303,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"REPLICATION_TARGET: REPLICATION_TYPE={self.replication_type} needs a target")
             if self.replication_type == "custom" and not self.replication_command:
                 raise ValueError("REPLICATION_COMMAND: REPLICATION_TYPE=custom needs a command")
+        return self
+
+    @model_validator(mode="after")
+    def _email_has_a_server(self) -> "Settings":
+        if self.notification_email and not self.smtp_host:
+            raise ValueError("SMTP_HOST: NOTIFICATION_EMAIL needs an SMTP server")
         return self
 
     @model_validator(mode="after")

@@ -216,6 +216,7 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
             return Outcome(database=name, ok=True, skipped=f"the backup scheduled for {iso(scheduled_for)} exists")
         with server.wait_connect("postgres") as admin:
             info = database_info(admin, name)
+            _check_room(repo, admin, name, folder)
         backup_id, _ = repo.reserve_id(name)
         fmt = settings.backup_format
         final = folder / repo.file_name(backup_id, run.suffix(FORMAT_SUFFIXES[fmt]))
@@ -295,6 +296,23 @@ def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_
         return stream_to_file(packer, final, progress, timeout=run.remaining()), contents
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_room(repo: Repository, admin, name: str, folder: Path) -> None:
+    """Refuse early when the backup cannot fit: about the size of the last backup (or, for
+    a first one, half the database's size on disk) must be free."""
+    from psycopg import sql
+
+    previous = repo.backups(name)
+    if previous:
+        needed, basis = int(previous[0].size * 1.25), f"the last backup took {previous[0].size} bytes"
+    else:
+        (size,) = admin.execute(sql.SQL("SELECT pg_database_size({})").format(sql.Literal(name))).fetchone()
+        needed, basis = size // 2, f"the database takes {size} bytes"
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DumpError(f"not enough free space in {folder} for a backup of {name!r}: about {needed} bytes are "
+                        f"needed ({basis}), {free} are free")
 
 
 def _check_room_to_stage(run: _Run, name: str, folder: Path) -> None:

@@ -91,3 +91,18 @@ def test_the_sidecar_turns_healthy_backs_up_restores_and_logs_json(stack):
     lines = [line for line in logs.splitlines() if line.strip()]
     assert lines and all(json.loads(line) for line in lines)  # every docker logs line is JSON
     assert password not in logs
+
+
+def test_the_monitoring_profile_is_a_valid_compose_configuration(tmp_path):
+    config = tmp_path / "docker-config"
+    compose_plugin(config)
+    for name in ("compose.yaml", "compose.backup.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / ".env").write_text("DB_PASSWORD=x\n")
+    result = subprocess.run(["docker", "compose", "-f", "compose.yaml", "-f", "compose.backup.yaml",
+                             "--profile", "monitoring", "config", "--format", "json"], cwd=tmp_path,
+                            env={**os.environ, "DOCKER_CONFIG": str(config)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert {"db", "app", "backup", "prometheus", "grafana"} <= set(services)
+    assert services["backup"]["healthcheck"]["test"] == ["CMD", "backupd", "health"]
