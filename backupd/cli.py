@@ -12,6 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+import psycopg
+
 from backupd import __version__
 from backupd.errors import BackupdError, ConfigError
 from backupd.logging import configure_logging, get_logger
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except BackupdError as err:
         log.error(f"{args.verb} failed", error=str(err))
         code = err.exit_code
+    except psycopg.Error as err:  # a server that went away mid-way is a failure, not a crash
+        log.error(f"{args.verb} failed", error=f"the database connection failed: {str(err).strip()}")
+        code = 1
     except KeyboardInterrupt:
         log.warning("interrupted; what was started has been cleaned up")
         return 130

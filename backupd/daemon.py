@@ -235,6 +235,7 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self.repo.clean_unfinished()
         endpoints = Endpoints(self.health, self.status, self.metrics.render, self.settings.auth_token)
         http = serve(self.settings.http_host, self.settings.http_port, endpoints)
         self.scheduler.start()

@@ -91,12 +91,14 @@ class Server:
                     if "does not exist" in message and f'"{dbname}"' in message:
                         raise NotFoundError(f"database {dbname!r} does not exist on {self.host}:{self.port}") from None
                     raise ConnectionFailed(f"cannot connect to {self.host}:{self.port} as {self.user!r}: {message}") from None
-                if time.monotonic() + delay > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise ConnectionFailed(
                         f"server {self.host}:{self.port} not reachable within {self.wait_timeout:g}s: {message}"
                     ) from None
-                log.info("waiting for server", host=self.host, port=self.port, retry_in=delay, reason=message)
-                time.sleep(delay)
+                wait = min(delay, remaining)  # the last try comes at the deadline, not before it
+                log.info("waiting for server", host=self.host, port=self.port, retry_in=round(wait, 2), reason=message)
+                time.sleep(wait)
                 if reason := cancel.requested():
                     raise Aborted(reason) from None
                 delay = min(delay * 2, 5.0)
@@ -287,6 +289,8 @@ class ExportedSnapshot:
     def close(self) -> None:
         try:
             self.conn.rollback()
+        except psycopg.Error:
+            pass  # the server went away: the transaction is gone with it
         finally:
             self.conn.close()
 

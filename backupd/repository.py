@@ -199,6 +199,26 @@ class Repository:
         finally:
             os.close(fd)
 
+    def clean_unfinished(self) -> list[Path]:
+        """Remove what runs that died left behind (a kill -9, a power cut): partial files
+        and staging folders in every folder whose lock is free. A folder that is locked is
+        being written by a live process and is left alone."""
+        removed = []
+        for folder in self.folders():
+            fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                leftovers = [*folder.glob(".*.partial"), *folder.glob(".*.staging")]
+                self._remove_stale_partials(folder)
+                removed += leftovers
+            finally:
+                os.close(fd)
+        return removed
+
     def _remove_stale_partials(self, folder: Path) -> None:
         # Under the folder's lock no one else is writing here: every partial is left over
         # from a process that died.

@@ -10,34 +10,61 @@ extraction limit) and sizes, plus the peak RSS of backupd and its children.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import backupd, libpq_env, print_table, shell, timed  # noqa: E402
 
 
-def libpq_env(dbname: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PGHOST=os.environ.get("DB_HOST", "localhost"), PGPORT=os.environ.get("DB_PORT", "5432"),
-               PGUSER=os.environ.get("DB_USER", "postgres"), PGPASSWORD=os.environ.get("DB_PASSWORD", ""),
-               PGDATABASE=dbname)
-    return env
-
-
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """(seconds, peak RSS in KiB of the process tree's largest member)"""
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv} failed")
-    return seconds, usage.ru_maxrss
+def measure(database: str, runs: int = 3) -> list[tuple]:
+    """Rows of (pipeline, best seconds, size, peak RSS KiB); the first row is the baseline."""
+    cpus = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="backupd-bench-", dir=os.environ.get("BENCH_DIR")))
+    env = libpq_env(database)
+    out = lambda name: str(work / name)  # noqa: E731
+    backupd_env = {**env, "DB_NAME": database, "BACKUP_DIR": str(work / "repo"), "LOG_LEVEL": "warning"}
+    pipelines = {
+        "bare pg_dump -Fc -Z0 > /dev/null": (shell("pg_dump -Fc -Z0 > /dev/null"), env, None),
+        "backupd backup (default: custom, zstd, exact row counts)": (backupd("backup"), backupd_env, "repo"),
+        "backupd backup, BACKUP_ROW_COUNTS=off": (backupd("backup"), {**backupd_env, "BACKUP_ROW_COUNTS": "off"}, "repo"),
+        "seeds' recipe: pg_dump -Fc | gzip -9": (shell(f"pg_dump -Fc | gzip -9 > {out('seeds.gz')}"), env, "seeds.gz"),
+        f"best peer: pg_dump | zstd -3 -T{cpus}": (shell(f"pg_dump | zstd -q -3 -T{cpus} > {out('peer.zst')}"), env, "peer.zst"),
+        "pg_dump -Fc": (shell(f"pg_dump -Fc > {out('fc.dump')}"), env, "fc.dump"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    dump_times: list[float] = []
+    sizes: dict[str, int] = {}
+    rss: dict[str, int] = {}
+    try:
+        for _ in range(runs):
+            for name, (argv, run_env, output) in pipelines.items():
+                seconds, peak = timed(argv, run_env)
+                times[name].append(seconds)
+                rss[name] = max(rss.get(name, 0), peak)
+                if not output:
+                    continue
+                path = work / output
+                if path.is_dir():
+                    manifests = [json.loads(p.read_text()) for p in path.rglob("*.json")
+                                 if json.loads(p.read_text()).get("kind") == "database"]
+                    if name.startswith("backupd backup (default"):
+                        dump_times.append(manifests[0]["duration_seconds"])
+                    sizes[name] = manifests[0]["size_bytes"]
+                    shutil.rmtree(path)
+                else:
+                    sizes[name] = path.stat().st_size
+                    path.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = [(name, min(times[name]), sizes.get(name), rss[name]) for name in pipelines]
+    rows.insert(2, ("backupd: the dump itself (manifest duration, no process start)", min(dump_times),
+                    sizes.get("backupd backup (default: custom, zstd, exact row counts)"), None))
+    return rows
 
 
 def main() -> None:
@@ -45,45 +72,9 @@ def main() -> None:
     parser.add_argument("database")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    cpus = os.cpu_count() or 1
-    work = Path(tempfile.mkdtemp(prefix="backupd-bench-", dir=os.environ.get("BENCH_DIR")))
-    env = libpq_env(args.database)
-    shell = lambda script: ["bash", "-o", "pipefail", "-c", script]  # noqa: E731
-    out = lambda name: str(work / name)  # noqa: E731
-    backupd_env = {**env, "DB_NAME": args.database, "BACKUP_DIR": str(work / "repo"), "LOG_LEVEL": "warning"}
-    pipelines = {
-        "bare pg_dump -Fc -Z0 > /dev/null": (shell("pg_dump -Fc -Z0 > /dev/null"), env, None),
-        "backupd backup (default: custom, zstd, exact row counts)": ([sys.executable, "-m", "backupd", "backup"], backupd_env, "repo"),
-        "backupd backup, BACKUP_ROW_COUNTS=off": ([sys.executable, "-m", "backupd", "backup"], {**backupd_env, "BACKUP_ROW_COUNTS": "off"}, "repo"),
-        "seeds' recipe: pg_dump -Fc | gzip -9": (shell(f"pg_dump -Fc | gzip -9 > {out('seeds.gz')}"), env, "seeds.gz"),
-        f"best peer: pg_dump | zstd -3 -T{cpus}": (shell(f"pg_dump | zstd -q -3 -T{cpus} > {out('peer.zst')}"), env, "peer.zst"),
-        "pg_dump -Fc": (shell(f"pg_dump -Fc > {out('fc.dump')}"), env, "fc.dump"),
-    }
-    times: dict[str, list[float]] = {name: [] for name in pipelines}
-    sizes: dict[str, int] = {}
-    rss: dict[str, int] = {}
-    try:
-        for _ in range(args.runs):
-            for name, (argv, run_env, output) in pipelines.items():
-                seconds, peak = timed(argv, run_env)
-                times[name].append(seconds)
-                rss[name] = max(rss.get(name, 0), peak)
-                if output:
-                    path = work / output
-                    sizes[name] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() \
-                        else path.stat().st_size
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    bare = min(times["bare pg_dump -Fc -Z0 > /dev/null"])
-    print(f"database {args.database}, {cpus} CPUs, minimum of {args.runs} interleaved runs\n")
-    print("| pipeline | time | vs bare | size | peak RSS |")
-    print("|---|---|---|---|---|")
-    for name in pipelines:
-        best = min(times[name])
-        size = f"{sizes[name] / 1e6:.1f} MB" if name in sizes else "—"
-        cell = name.replace("|", "\\|")
-        print(f"| {cell} | {best:.2f} s | {best / bare:.2f}x | {size} | {rss[name] / 1024:.0f} MB |")
+    rows = measure(args.database, args.runs)
+    print_table(f"backup of {args.database}, {os.cpu_count()} CPUs, minimum of {args.runs} interleaved runs",
+                rows, rows[0][1])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+import psycopg
+
 from backupd import __version__, cancel
 from backupd.actions.prune import run_prune
 from backupd import encryption
@@ -108,6 +110,7 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
     ``pin`` pins the new backups. Retention runs for each database backed up."""
     server = Server.from_settings(settings)
     repo = Repository(settings.backup_dir)
+    repo.clean_unfinished()
     try:
         with server.wait_connect("postgres") as conn:
             server_num, server_text = server_version(conn)
@@ -155,7 +158,10 @@ def _guarded(repo: Repository, name: str, kind: str, work: Callable[[], Outcome]
     failure beside the database's backups until its next success."""
     started = time.monotonic()
     try:
-        outcome = work()
+        try:
+            outcome = work()
+        except psycopg.Error as err:  # e.g. the server restarted in the middle
+            raise DumpError(f"the database connection failed: {str(err).strip()}") from None
     except BackupdError as err:
         seconds = time.monotonic() - started
         log.error("backup failed", database=name, error=str(err), duration_seconds=round(seconds, 3))
@@ -189,7 +195,10 @@ class _RowCounter(threading.Thread):
 
     def cancel(self) -> None:
         if self.is_alive():
-            self.snapshot.conn.cancel_safe()
+            try:
+                self.snapshot.conn.cancel_safe()
+            except psycopg.Error:
+                pass  # the connection is already gone, and the count with it
             self.join(10)
 
     def result(self, timeout: float) -> list[TableCount]:

@@ -70,6 +70,8 @@ def verify_backup(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
         result, reason = _verify(settings, repo, backup)
     except BackupdError as err:
         result, reason = FAILED, str(err)
+    except psycopg.Error as err:
+        result, reason = FAILED, f"the database connection failed: {str(err).strip()}"
     return _record(repo, backup, result, reason, started)
 
 

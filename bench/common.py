@@ -1,0 +1,50 @@
+"""What the bench scripts share: the connection, timing a command with its peak RSS, tables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def libpq_env(dbname: str = "postgres") -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PGHOST=os.environ.get("DB_HOST", "localhost"), PGPORT=os.environ.get("DB_PORT", "5432"),
+               PGUSER=os.environ.get("DB_USER", "postgres"), PGPASSWORD=os.environ.get("DB_PASSWORD", ""),
+               PGDATABASE=dbname)
+    return env
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """(seconds, peak RSS in KiB of the largest process in the command's tree)"""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv} failed")
+    return seconds, usage.ru_maxrss
+
+
+def shell(script: str) -> list[str]:
+    return ["bash", "-o", "pipefail", "-c", script]
+
+
+def backupd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "backupd", *args]
+
+
+def print_table(title: str, rows: list[tuple], baseline: float) -> None:
+    print(f"\n{title}\n")
+    print("| what | time | vs baseline | size | peak RSS |")
+    print("|---|---|---|---|---|")
+    for name, seconds, size, rss in rows:
+        cell = name.replace("|", "\\|")
+        size_text = f"{size / 1e6:.1f} MB" if size else "—"
+        rss_text = f"{rss / 1024:.0f} MB" if rss else "—"
+        print(f"| {cell} | {seconds:.2f} s | {seconds / baseline:.2f}x | {size_text} | {rss_text} |", flush=True)
