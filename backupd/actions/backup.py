@@ -21,14 +21,14 @@ import psycopg
 
 from backupd import __version__, cancel
 from backupd.actions.prune import run_prune
-from backupd import encryption
+from backupd.artifact import Transform, commit_manifest
 from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv, tool_major
 from backupd.errors import Aborted, BackupdError, DumpError
 from backupd.logging import get_logger
 from backupd.postgres import (ExportedSnapshot, Server, TableCount, advisory_lock, count_rows, database_info,
                               list_databases, server_version)
 from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, utc_now
-from backupd.stream import COMPRESSIONS, Compression, Pipeline, stream_to_file
+from backupd.stream import Pipeline, stream_to_file
 
 log = get_logger("backupd.backup")
 
@@ -65,32 +65,11 @@ class _Run:
     settings: object
     server: Server
     repo: Repository
-    compression: Compression
+    transform: Transform
     server_version: str
     pg_dump_version: str
     deadline: float
     progress: ProgressFactory | None
-
-    @property
-    def encrypting(self) -> bool:
-        return bool(self.settings.backup_encryption_recipients)
-
-    def compressor(self) -> list[tuple]:
-        argv = self.compression.compress_argv(self.settings.backup_compression_level,
-                                              self.settings.backup_compression_threads)
-        return [(argv[0], argv)] if argv else []
-
-    def encryptor(self) -> list[tuple]:
-        return [encryption.encrypt_stage(self.settings.backup_encryption_recipients)] if self.encrypting else []
-
-    def suffix(self, format_suffix: str) -> str:
-        return format_suffix + self.compression.suffix + (encryption.SUFFIX if self.encrypting else "")
-
-    def encryption_record(self) -> dict | None:
-        """What the manifest says of encryption: the public recipients, never a secret."""
-        if not self.encrypting:
-            return None
-        return {"tool": "age", "recipients": list(self.settings.backup_encryption_recipients)}
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -100,6 +79,18 @@ class _Run:
 
     def progress_for(self, name: str):
         return self.progress(name) if self.progress else None
+
+    def manifest(self, kind: str, backup_id: str, label, scheduled_for, started, clock: float, fmt: str,
+                 final: Path, stream) -> dict:
+        """The fields every manifest of this run has."""
+        return {
+            "kind": kind, "id": backup_id, "label": label, "scheduled_for": iso(scheduled_for),
+            "started": iso(started), "finished": iso(utc_now()), "duration_seconds": round(time.monotonic() - clock, 3),
+            "format": fmt, **self.transform.manifest_fields(),
+            "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
+            "server": {"host": self.settings.db_host, "port": self.settings.db_port, "version": self.server_version},
+            "pg_dump_version": self.pg_dump_version, "backupd_version": __version__,
+        }
 
 
 def run_backup(settings, databases: list[str] | None = None, label: str | None = None,
@@ -127,7 +118,7 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
             f"pg_dump {dump_major} cannot dump a PostgreSQL {server_num // 10000} server ({server_text}): "
             f"install the client tools of major {server_num // 10000} or newer (the image's PG_MAJOR build arg)"
         )
-    run = _Run(settings, server, repo, COMPRESSIONS[settings.backup_compression], server_text, dump_text,
+    run = _Run(settings, server, repo, Transform(settings), server_text, dump_text,
                time.monotonic() + settings.backup_timeout, progress)
     result = BackupResult()
     if settings.backup_globals:
@@ -228,7 +219,7 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
             _check_room(repo, admin, name, folder)
         backup_id, _ = repo.reserve_id(name)
         fmt = settings.backup_format
-        final = folder / repo.file_name(backup_id, run.suffix(FORMAT_SUFFIXES[fmt]))
+        final = folder / repo.file_name(backup_id, run.transform.suffix(FORMAT_SUFFIXES[fmt]))
         try:
             with ExportedSnapshot(server, name, settings.backup_lock_wait_timeout) as snapshot:
                 counter = _RowCounter(snapshot, settings.backup_row_counts)
@@ -242,25 +233,14 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
             if contents is None:
                 contents = inspect_archive(final, fmt)
             tables = [c.to_json() for c in counts if contents.holds(c.schema, c.name, c.oid)]
-            finished = utc_now()
-            manifest = {
-                "kind": "database", "id": backup_id, "database": name, "label": label,
-                "scheduled_for": iso(scheduled_for), "started": iso(started), "finished": iso(finished),
-                "duration_seconds": round(time.monotonic() - clock, 3),
-                "format": fmt, "compression": run.compression.name,
-                "compression_level": settings.backup_compression_level or run.compression.default_level,
-                "encryption": run.encryption_record(),
-                "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
-                "server": {"host": settings.db_host, "port": settings.db_port, "version": run.server_version},
-                "pg_dump_version": run.pg_dump_version, "backupd_version": __version__,
-                "database_info": info.to_json(),
-                "row_counts": settings.backup_row_counts, "tables": tables,
-                "globals_id": globals_id,
-            }
-            repo.write_manifest(folder, manifest)
         except BaseException:
             final.unlink(missing_ok=True)
             raise
+        commit_manifest(repo, folder, final, {
+            **run.manifest("database", backup_id, label, scheduled_for, started, clock, fmt, final, stream),
+            "database": name, "database_info": info.to_json(),
+            "row_counts": settings.backup_row_counts, "tables": tables, "globals_id": globals_id,
+        })
     return Outcome(database=name, ok=True, backup_id=backup_id, size=stream.size,
                    seconds=time.monotonic() - clock, path=final)
 
@@ -272,16 +252,16 @@ def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_
     dump_argv = lambda **kw: pg_dump_argv(fmt, snapshot_id, settings.backup_lock_wait_timeout,  # noqa: E731
                                           settings.extra_dump_args, **kw)
     progress = run.progress_for(name)
-    if fmt != "directory" and not run.encrypting:
-        pipeline = Pipeline([("pg_dump", dump_argv()), *run.compressor()], env=env, secrets=secrets)
+    if fmt != "directory" and not run.transform.encrypting:
+        pipeline = Pipeline([("pg_dump", dump_argv()), *run.transform.compressor()], env=env, secrets=secrets)
         return stream_to_file(pipeline, final, progress, timeout=run.remaining()), None
     if fmt != "directory":
         # The sidecar may not hold the identity, so the stored file cannot be read back:
         # the table of contents is read from a copy of the stream before encryption.
-        inspector = StreamInspector(fmt, run.compression)
+        inspector = StreamInspector(fmt, run.transform.compression)
         try:
-            pipeline = Pipeline([("pg_dump", dump_argv()), *run.compressor(), inspector.tee_stage(),
-                                 *run.encryptor()], env=env, secrets=secrets)
+            pipeline = Pipeline([("pg_dump", dump_argv()), *run.transform.compressor(), inspector.tee_stage(),
+                                 *run.transform.encryptor()], env=env, secrets=secrets)
             stream = stream_to_file(pipeline, final, progress, timeout=run.remaining())
         except BaseException:
             inspector.kill()
@@ -300,8 +280,7 @@ def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_
         finally:
             timer.cancel()
         contents = inspect_archive(staging, "directory")
-        packer = Pipeline([("tar", ["tar", "-c", "-f", "-", "-C", str(staging), "."]), *run.compressor(),
-                           *run.encryptor()])
+        packer = Pipeline([("tar", ["tar", "-c", "-f", "-", "-C", str(staging), "."]), *run.transform.stages()])
         return stream_to_file(packer, final, progress, timeout=run.remaining()), contents
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -341,28 +320,17 @@ def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for
     started, clock = utc_now(), time.monotonic()
     with repo.lock(folder, "globals backup"):
         backup_id, _ = repo.reserve_id(GLOBALS, "globals")
-        final = folder / repo.file_name(backup_id, run.suffix(".sql"))
+        final = folder / repo.file_name(backup_id, run.transform.suffix(".sql"))
         argv = pg_dumpall_globals_argv()
         if not superuser:
             argv.append("--no-role-passwords")  # pg_authid is readable by superusers only
-        pipeline = Pipeline([("pg_dumpall", argv), *run.compressor(), *run.encryptor()], env=run.server.libpq_env(),
+        pipeline = Pipeline([("pg_dumpall", argv), *run.transform.stages()], env=run.server.libpq_env(),
                             secrets=run.server.secrets)
         stream = stream_to_file(pipeline, final, timeout=run.remaining(), what="globals backup")
-        try:
-            manifest = {
-                "kind": "globals", "id": backup_id, "database": None, "label": label,
-                "scheduled_for": iso(scheduled_for), "started": iso(started), "finished": iso(utc_now()),
-                "duration_seconds": round(time.monotonic() - clock, 3),
-                "format": "plain", "compression": run.compression.name, "encryption": run.encryption_record(),
-                "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
-                "server": {"host": run.settings.db_host, "port": run.settings.db_port, "version": run.server_version},
-                "pg_dump_version": run.pg_dump_version, "backupd_version": __version__,
-                "role_passwords": superuser,
-            }
-            repo.write_manifest(folder, manifest)
-        except BaseException:
-            final.unlink(missing_ok=True)
-            raise
+        commit_manifest(repo, folder, final, {
+            **run.manifest("globals", backup_id, label, scheduled_for, started, clock, "plain", final, stream),
+            "database": None, "role_passwords": superuser,
+        })
     return Outcome(database=GLOBALS, ok=True, backup_id=backup_id, size=stream.size,
                    seconds=time.monotonic() - clock, path=final)
 

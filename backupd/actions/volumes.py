@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backupd import __version__, encryption
+from backupd import __version__
+from backupd.artifact import Transform, commit_manifest
 from backupd.archive import reader_stages
 from backupd.docker_ctl import containers_stopped
 from backupd.errors import BackupdError, NotFoundError, RefusedError, RestoreError, UsageError
@@ -24,7 +25,7 @@ from backupd.logging import get_logger
 from backupd.process import run
 from backupd.repository import Backup, Repository, iso, looks_like_id, utc_now
 from backupd.retention import Item, Policy, decide
-from backupd.stream import COMPRESSIONS, Pipeline, stream_to_file
+from backupd.stream import Pipeline, stream_to_file
 
 log = get_logger("backupd.volumes")
 
@@ -104,38 +105,27 @@ def _archive(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome
     if not path.is_dir():
         raise BackupdError(f"volume {name!r}: {path} is not a folder (is it mounted into the sidecar?)")
     folder = repo.folder_for(name, "volume")
-    compression = COMPRESSIONS[settings.backup_compression]
+    transform = Transform(settings)
     started, clock = utc_now(), time.monotonic()
     with repo.lock(folder, "volume backup"):
         backup_id, _ = repo.reserve_id(name, "volume")
-        encrypting = bool(settings.backup_encryption_recipients)
-        final = folder / repo.file_name(backup_id, ".tar" + compression.suffix + (encryption.SUFFIX if encrypting else ""))
+        final = folder / repo.file_name(backup_id, transform.suffix(".tar"))
         files, source_bytes = _count(path)
         tar = ("tar", ["tar", "--create", "--file=-", "--numeric-owner", "--directory", str(path), "."],
                (), (0, TAR_FILE_CHANGED))
-        stages = [tar]
-        if argv := compression.compress_argv(settings.backup_compression_level, settings.backup_compression_threads):
-            stages.append((argv[0], argv))
-        if encrypting:
-            stages.append(encryption.encrypt_stage(settings.backup_encryption_recipients))
-        pipeline = Pipeline(stages)
+        pipeline = Pipeline([tar, *transform.stages()])
         tar_child = pipeline.children[0]
         stream = stream_to_file(pipeline, final, timeout=settings.backup_timeout, what="volume backup")
         warnings = []
         if tar_child.popen.returncode == TAR_FILE_CHANGED:
             warnings.append(f"files changed while they were read: {tar_child.tail}")
-        try:
-            repo.write_manifest(folder, {
-                "kind": "volume", "id": backup_id, "volume": name, "database": None, "source": str(path),
-                "started": iso(started), "finished": iso(utc_now()), "duration_seconds": round(time.monotonic() - clock, 3),
-                "format": "tar", "compression": compression.name,
-                "encryption": {"tool": "age", "recipients": list(settings.backup_encryption_recipients)} if encrypting else None,
-                "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
-                "file_count": files, "source_bytes": source_bytes, "warnings": warnings, "backupd_version": __version__,
-            })
-        except BaseException:
-            final.unlink(missing_ok=True)
-            raise
+        commit_manifest(repo, folder, final, {
+            "kind": "volume", "id": backup_id, "volume": name, "database": None, "source": str(path),
+            "started": iso(started), "finished": iso(utc_now()), "duration_seconds": round(time.monotonic() - clock, 3),
+            "format": "tar", **transform.manifest_fields(),
+            "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
+            "file_count": files, "source_bytes": source_bytes, "warnings": warnings, "backupd_version": __version__,
+        })
     return VolumeOutcome(name, ok=True, backup_id=backup_id, warnings=warnings, size=stream.size)
 
 

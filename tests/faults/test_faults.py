@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from tests.conftest import Backupd
 from tests.integration.daemon_helpers import RunningDaemon
 from tests.integration.helpers import cmdline, descendants, leftovers, make_database, start_backupd, table_locked, \
     wait_for_child
-from tests.pg import free_port
 from tests.servers import start_s3
 
 DB = "faults_db"
