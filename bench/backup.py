@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import backupd, libpq_env, print_table, shell, timed  # noqa: E402
 
 
-def measure(database: str, runs: int = 3) -> list[tuple]:
-    """Rows of (pipeline, best seconds, size, peak RSS KiB); the first row is the baseline."""
+def measure(database: str, runs: int = 3, quick: bool = False) -> list[tuple]:
+    """Rows of (pipeline, best seconds, size, peak RSS KiB); the first row is the baseline.
+    ``quick`` times only the baseline and backupd's default backup (for very large databases)."""
     cpus = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="backupd-bench-", dir=os.environ.get("BENCH_DIR")))
     env = libpq_env(database)
@@ -36,6 +37,8 @@ def measure(database: str, runs: int = 3) -> list[tuple]:
         f"best peer: pg_dump | zstd -3 -T{cpus}": (shell(f"pg_dump | zstd -q -3 -T{cpus} > {out('peer.zst')}"), env, "peer.zst"),
         "pg_dump -Fc": (shell(f"pg_dump -Fc > {out('fc.dump')}"), env, "fc.dump"),
     }
+    if quick:
+        pipelines = dict(list(pipelines.items())[:2])
     times: dict[str, list[float]] = {name: [] for name in pipelines}
     dump_times: list[float] = []
     sizes: dict[str, int] = {}

@@ -1,8 +1,8 @@
 """``s3://bucket/prefix``: AWS S3 and S3-compatible stores (MinIO, R2, Ceph, SeaweedFS).
 
-How a copy is confirmed: before uploading, one pass over the local file computes
-its sha256 (it must match the manifest, or nothing is sent) and the ETag the store
-will report: the MD5 of the file for a single PUT, or for a multipart upload the
+How a copy is confirmed: while it uploads, one pass over the local file computes
+its sha256 (it must match the manifest, or the object is deleted again and never
+counts) and the ETag the store will report: the MD5 of the file for a single PUT, or for a multipart upload the
 MD5 of the parts' MD5s with ``-<parts>``, using the same part size we give boto3.
 After the upload, the store's ETag must equal it. With ``AWS_S3_SSE=aws:kms`` the
 ETag is not an MD5, so the object is read back and hashed instead. The sha256 is
@@ -15,8 +15,10 @@ stores reject; backupd asks for them only where S3 requires them.
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 from backupd.stream import BLOCK
@@ -37,29 +39,46 @@ def part_size(size: int) -> int:
     return part
 
 
+class _Hasher(threading.Thread):
+    """Feeds chunks to one hash on its own thread (hashlib releases the GIL on big buffers)."""
+
+    def __init__(self, update):
+        super().__init__(daemon=True)
+        self.update, self.chunks = update, queue.Queue(maxsize=8)
+
+    def run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            self.update(chunk)
+
+
 def sha256_and_etag(path: Path, part: int) -> tuple[str, str]:
-    """One pass: the file's sha256 and the ETag an upload with ``part``-sized parts gets."""
+    """One read of the file: its sha256 and the ETag an upload with ``part``-sized parts gets.
+    The two hashes run side by side."""
     sha = hashlib.sha256()
     part_digests: list[bytes] = []
-    current = hashlib.md5()
-    in_part = 0
-    buffer = bytearray(BLOCK)
-    view = memoryview(buffer)
+    state = {"md5": hashlib.md5(), "in_part": 0}
+
+    def md5_update(chunk: bytes) -> None:
+        offset = 0
+        while offset < len(chunk):
+            take = min(len(chunk) - offset, part - state["in_part"])
+            state["md5"].update(chunk[offset:offset + take])
+            offset += take
+            state["in_part"] += take
+            if state["in_part"] == part:
+                part_digests.append(state["md5"].digest())
+                state["md5"], state["in_part"] = hashlib.md5(), 0
+
+    md5_thread = _Hasher(md5_update)
+    md5_thread.start()
     with open(path, "rb", buffering=0) as source:
-        while count := source.readinto(view):
-            chunk = view[:count]
+        while chunk := source.read(BLOCK):
+            md5_thread.chunks.put(chunk)
             sha.update(chunk)
-            offset = 0
-            while offset < count:
-                take = min(count - offset, part - in_part)
-                current.update(chunk[offset:offset + take])
-                offset += take
-                in_part += take
-                if in_part == part:
-                    part_digests.append(current.digest())
-                    current, in_part = hashlib.md5(), 0
-    if in_part or not part_digests:
-        part_digests.append(current.digest())
+    md5_thread.chunks.put(None)
+    md5_thread.join()
+    if state["in_part"] or not part_digests:
+        part_digests.append(state["md5"].digest())
     if len(part_digests) == 1 and path.stat().st_size < part:
         return sha.hexdigest(), part_digests[0].hex()
     return sha.hexdigest(), f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
@@ -117,19 +136,30 @@ class S3Target(Target):
         return extra
 
     def put(self, file: LocalFile) -> dict:
+        """The local file is hashed while it uploads. If it turns out not to match its
+        manifest, the object is deleted again: since a backup's manifest is sent only after
+        its data file, such a copy never looks complete, even if we die in between."""
         from boto3.s3.transfer import TransferConfig
 
         part = part_size(file.size)
-        sha, expected_etag = sha256_and_etag(file.path, part)
-        if sha != file.sha256:
-            raise LocalFileDamaged(file.relative)
+        hashes: dict = {}
+        hashing = threading.Thread(target=lambda: hashes.update(zip(("sha", "etag"),
+                                                                    sha256_and_etag(file.path, part))), daemon=True)
+        hashing.start()
         key = self._key(file.relative)
         config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
         try:
-            self.client.upload_file(str(file.path), self.bucket, key, ExtraArgs=self._extra_args(sha), Config=config)
+            self.client.upload_file(str(file.path), self.bucket, key, ExtraArgs=self._extra_args(file.sha256),
+                                    Config=config)
             etag = self.client.head_object(Bucket=self.bucket, Key=key)["ETag"].strip('"')
         except Exception as err:
+            hashing.join()
             raise self._fail(f"uploading {file.relative}", err) from None
+        hashing.join()
+        sha, expected_etag = hashes.get("sha"), hashes.get("etag")
+        if sha != file.sha256:
+            self.delete(file.relative)
+            raise LocalFileDamaged(file.relative)
         if _MD5_ETAG.match(etag) and self.settings.aws_s3_sse != "aws:kms":
             if etag != expected_etag:
                 raise TargetError(f"the copy of {file.relative} at {self.url} does not match: ETag {etag}, "

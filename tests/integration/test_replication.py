@@ -225,3 +225,16 @@ def test_multipart_uploads_are_confirmed_by_their_composite_etag(s3, tmp_path):
     assert record["etag"].endswith("-3")
     remote = target.list()["db/big.dump.zst"]
     assert target.is_intact(LocalFile(big, "db/big.dump.zst", sha, big.stat().st_size), remote, record)
+
+
+def test_a_damaged_local_file_leaves_nothing_on_s3(backupd, s3):
+    env = {**s3.env(new_bucket(s3)), "DB_NAME": AWKWARD_DB, "BACKUP_GLOBALS": "false"}
+    backupd.ok("backup", extra_env=env)
+    (backup,) = backupd.listing()
+    with open(backup["file"], "r+b") as stored:
+        stored.seek(10)
+        stored.write(b"\0\0\0")
+    result = backupd("replicate", extra_env=env)
+    assert result.returncode == 1 and "no longer matches its manifest" in result.stdout
+    bucket = env["REPLICATION_TARGETS"].split("/")[2]
+    assert s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
