@@ -130,11 +130,11 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
                                   lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
             names))
     repo.clear_failure(None)  # the server answered: a run-level failure is over
-    for outcome in result.outcomes:
-        if outcome.ok and outcome.backup_id:
-            if pin:
-                repo.update_state(repo.find(outcome.backup_id), "pinned", True)
-            result.pruned += len(run_prune(settings, database=outcome.database).deleted)
+    succeeded = [o for o in result.outcomes if o.ok and o.backup_id]
+    for outcome in succeeded if pin else []:
+        repo.update_state(repo.find(outcome.backup_id), "pinned", True)
+    if succeeded:  # retention follows each successful backup (pins first, so they hold)
+        result.pruned = len(run_prune(settings, databases=[o.database for o in succeeded]).deleted)
     return result
 
 

@@ -33,12 +33,15 @@ class PruneResult:
 
 
 def run_prune(settings, dry_run: bool = False, database: str | None = None,
-              now: datetime | None = None) -> PruneResult:
+              now: datetime | None = None, databases: list[str] | None = None) -> PruneResult:
+    """Retention for every database, or only ``database`` / ``databases`` (the ones a run
+    just backed up); roles dumps are decided once, over the whole repository."""
     repo = Repository(settings.backup_dir)
     now = now or utc_now()
     policy = Policy.from_settings(settings)
     result = PruneResult()
-    backups = repo.backups(database)
+    chosen = [database] if database else databases
+    backups = [b for name in chosen for b in repo.backups(name)] if chosen is not None else repo.backups()
     by_id = {b.id: b for b in backups}
     for decision in decide((Item(b.id, b.database, b.time, b.pinned) for b in backups), now, policy):
         result.decisions.append((by_id[decision.item.id], decision))

@@ -86,3 +86,30 @@ def leftovers(backup_dir: Path) -> list[Path]:
     if not backup_dir.exists():
         return []
     return [p for p in backup_dir.rglob("*") if p.name.endswith((".partial", ".staging"))]
+
+
+def run_at_terminal(env: dict[str, str], args: list[str], answer: bytes | None = None,
+                    prompt: bytes = b"Type the database name to confirm") -> tuple[int, str]:
+    """Run backupd under a pseudo-terminal, as a person at a shell would; type ``answer``
+    when ``prompt`` appears. Returns (exit code, everything the terminal showed)."""
+    import pty
+    import select
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "backupd", *args], cwd=REPO, stdin=secondary, stdout=secondary,
+                            stderr=secondary, env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **env})
+    os.close(secondary)
+    output, answered = b"", answer is None
+    while select.select([primary], [], [], 60)[0]:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+        if not answered and prompt in output:
+            os.write(primary, answer)
+            answered = True
+    os.close(primary)
+    return proc.wait(timeout=60), output.decode("utf-8", "replace")

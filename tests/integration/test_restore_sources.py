@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import pty
 import shutil
-import subprocess
-import sys
 
 import pytest
 from psycopg import sql
 
-from tests.conftest import REPO
-from tests.integration.helpers import make_database
+from tests.integration.helpers import make_database, run_at_terminal
 
 
 @pytest.fixture(scope="module")
@@ -83,22 +79,7 @@ def test_a_pg_dump_older_than_the_server_is_refused_clearly(backupd, backup_dir,
 
 
 def test_progress_is_shown_in_a_terminal(env, source_db):
-    """Run under a pseudo-terminal, as a person at a shell would."""
-    primary, secondary = pty.openpty()
-    full = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **env, "DB_NAME": source_db}
-    proc = subprocess.Popen([sys.executable, "-m", "backupd", "backup"], env=full, cwd=REPO,
-                            stdin=secondary, stdout=secondary, stderr=secondary)
-    os.close(secondary)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    assert proc.wait(timeout=60) == 0
-    text = output.decode("utf-8", "replace")
+    code, text = run_at_terminal({**env, "DB_NAME": source_db}, ["backup"])
+    assert code == 0
     assert f"backing up {source_db}:" in text
     assert "/s, " in text and "elapsed" in text

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from backupd.dbnames import old_name, scratch_name, side_name
 from tests.content import fingerprint
-from tests.integration.helpers import make_database, start_backupd, wait_for_child
+from tests.integration.helpers import make_database, run_at_terminal, start_backupd, wait_for_child
 
 LIVE = "swap_live"
 
@@ -146,44 +146,12 @@ def test_a_database_with_a_63_byte_name_can_be_restored_over(cluster, backupd):
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _at_terminal(env: dict[str, str], args: list[str], typed: bytes) -> tuple[int, str]:
-    """Run backupd under a pseudo-terminal and type ``typed`` at its prompt."""
-    import os
-    import pty
-    import select
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "backupd", *args], cwd=REPO, stdin=secondary, stdout=secondary,
-                            stderr=secondary, env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **env})
-    os.close(secondary)
-    output, answered = b"", False
-    while True:
-        ready, _, _ = select.select([primary], [], [], 60)
-        if not ready:
-            break
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-        if not answered and b"Type the database name to confirm" in output:
-            os.write(primary, typed)
-            answered = True
-    return proc.wait(timeout=60), output.decode("utf-8", "replace")
-
-
 def test_a_terminal_asks_and_only_the_database_name_confirms(cluster, env, backupd, live):
     backupd.ok("backup", extra_env={"DB_NAME": LIVE})
     change_live(cluster)
     before = fingerprint(cluster, LIVE)
-    code, output = _at_terminal(env, ["restore", "latest", "--database", LIVE, "--drop-old"], b"yes\r")
+    code, output = run_at_terminal(env, ["restore", "latest", "--database", LIVE, "--drop-old"], b"yes\r")
     assert code == 2 and fingerprint(cluster, LIVE) == before
-    code, output = _at_terminal(env, ["restore", "latest", "--database", LIVE, "--drop-old"], LIVE.encode() + b"\r")
+    code, output = run_at_terminal(env, ["restore", "latest", "--database", LIVE, "--drop-old"], LIVE.encode() + b"\r")
     assert code == 0, output
     assert fingerprint(cluster, LIVE) != before
