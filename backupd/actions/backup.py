@@ -287,16 +287,18 @@ def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_
 
 
 def _check_room(repo: Repository, admin, name: str, folder: Path) -> None:
-    """Refuse early when the backup cannot fit: about the size of the last backup (or, for
-    a first one, half the database's size on disk) must be free."""
+    """Refuse early a backup that clearly cannot fit: the size of the last backup must be free,
+    or for a first one a quarter of the data the database holds beyond an empty database
+    (its size on disk counts the system catalogs, about 7 MB, and data compresses)."""
     from psycopg import sql
 
     previous = repo.backups(name)
     if previous:
-        needed, basis = int(previous[0].size * 1.25), f"the last backup took {previous[0].size} bytes"
+        needed, basis = previous[0].size, f"the last backup took {previous[0].size} bytes"
     else:
-        (size,) = admin.execute(sql.SQL("SELECT pg_database_size({})").format(sql.Literal(name))).fetchone()
-        needed, basis = size // 2, f"the database takes {size} bytes"
+        (size,) = admin.execute(sql.SQL("SELECT greatest(pg_database_size({}) - pg_database_size('template0'), 0)")
+                                .format(sql.Literal(name))).fetchone()
+        needed, basis = size // 4, f"the database holds about {size} bytes of data"
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise DumpError(f"not enough free space in {folder} for a backup of {name!r}: about {needed} bytes are "

@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import uuid
+from pathlib import Path
 
 import docker
 import pytest
@@ -156,3 +157,20 @@ def test_a_file_changing_while_it_is_read_gives_a_warning_not_a_failure(backupd,
     assert result.returncode == 0, result.stderr
     assert "file changed as we read it" in result.stderr
     assert '"warnings": null' not in result.stderr
+
+
+def test_an_unreachable_engine_is_an_error_only_when_the_stop_label_is_in_use(backupd, volume, monkeypatch):
+    from tests.pg import free_port
+
+    result = backupd("volumes", "backup", extra_env={"VOLUME_PATHS": f"uploads={volume}",
+                                                     "DOCKER_HOST": f"tcp://127.0.0.1:{free_port()}"})
+    assert result.returncode == 1
+    assert "Docker engine is not reachable" in result.stderr
+    assert backupd.ok("volumes", "list", "--json").stdout.strip() == "[]"  # nothing archived without the stop
+
+    import backupd.docker_ctl as docker_ctl
+    from backupd.settings import load_settings
+
+    monkeypatch.setattr(docker_ctl, "DEFAULT_SOCKET", Path("/nonexistent/docker.sock"))
+    with docker_ctl.containers_stopped(load_settings({}), "a test") as stopped:
+        assert stopped == []  # no socket, no DOCKER_HOST: the feature is not in use, nothing to reach
