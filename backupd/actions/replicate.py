@@ -142,8 +142,8 @@ def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy:
     if target.confirms:
         remote = with_retries(f"list {target.url}", target.list)
         outcome.deleted = _apply_retention(target, remote, repo, policy)
-        for remote_backup in _remote_backups(remote).values():
-            if remote_backup.id not in outcome.deleted:
+        for remote_backup in _remote_backups_all(remote):
+            if remote_backup.manifest not in outcome.deleted:
                 name = remote_backup.database
                 outcome.stored[name] = outcome.stored.get(name, 0) + 1
                 outcome.stored_bytes += remote_backup.size
@@ -169,10 +169,21 @@ class RemoteBackup:
     data: list[str]  # relative paths of its other files
     size: int
 
+    @property
+    def kind(self) -> str:
+        if self.manifest.startswith(f"{VOLUMES}/"):
+            return "volume"
+        return "globals" if self.manifest.startswith(f"{GLOBALS}/") else "database"
+
 
 def _remote_backups(remote: dict[str, RemoteFile]) -> dict[str, RemoteBackup]:
-    """Backups on a target, by id, from file names alone: ``<folder>/<encoded id>.json``."""
-    found = {}
+    """Database backups and roles dumps on a target, by id (a volume may share a database's id)."""
+    return {b.id: b for b in _remote_backups_all(remote) if b.kind != "volume"}
+
+
+def _remote_backups_all(remote: dict[str, RemoteFile]) -> list[RemoteBackup]:
+    """Every backup on a target, from file names alone: ``<folder>/<encoded id>.json``."""
+    found = []
     for relative in remote:
         folder, _, name = relative.rpartition("/")
         nested = folder.startswith(f"{VOLUMES}/") and folder.count("/") == 1
@@ -187,16 +198,15 @@ def _remote_backups(remote: dict[str, RemoteFile]) -> dict[str, RemoteBackup]:
         if folder not in (encode_name(database), GLOBALS, f"{VOLUMES}/{encode_name(database)}"):
             continue  # not laid out by backupd: never fetched, never deleted
         data = [r for r in remote if r.startswith(f"{folder}/{stem}.") and r != relative]
-        found[backup_id] = RemoteBackup(backup_id, database, relative, data,
-                                        sum(remote[r].size for r in [relative, *data]))
+        found.append(RemoteBackup(backup_id, database, relative, data, sum(remote[r].size for r in [relative, *data])))
     return found
 
 
 def _apply_retention(target: Target, remote: dict[str, RemoteFile], repo: Repository, policy: Policy) -> list[str]:
     """The whole policy on the target; pins and the newest-backup rule hold there too."""
-    backups = _remote_backups(remote)
+    backups = {b.manifest: b for b in _remote_backups_all(remote)}  # keyed by path: ids can repeat across kinds
     pinned = {b.id for b in repo.backups(kind=None) if b.pinned}
-    items = [Item(b.id, b.database, parse_id(b.id)[1], b.id in pinned) for b in backups.values()]
+    items = [Item(path, (b.kind, b.database), parse_id(b.id)[1], b.id in pinned) for path, b in backups.items()]
     deleted = []
     for decision in decide(items, utc_now(), policy):
         if decision.keep:
@@ -205,7 +215,7 @@ def _apply_retention(target: Target, remote: dict[str, RemoteFile], repo: Reposi
         with_retries(f"delete {doomed.manifest}", lambda: target.delete(doomed.manifest))  # unlisted first
         for relative in doomed.data:
             with_retries(f"delete {relative}", lambda r=relative: target.delete(r))
-        deleted.append(doomed.id)
+        deleted.append(doomed.manifest)
         log.info("deleted on the target by retention", id=doomed.id, target=target.url)
     return deleted
 
@@ -226,20 +236,22 @@ def list_remote(settings, url: str) -> list[Backup]:
     return backups
 
 
-def fetch(settings, repo: Repository, backup_id: str, targets: list[Target] | None = None) -> Backup:
-    """Bring a backup (and its roles dump) from the first target that has it into the local
-    repository, checked against its manifest; the local repository may be empty (a new machine)."""
-    name, _ = parse_id(backup_id)
+def fetch(settings, repo: Repository, backup_id: str, targets: list[Target] | None = None,
+          kind: str = "database") -> Backup:
+    """Bring a backup (and its roles dump) or a volume archive from the first target that has
+    it into the local repository, checked against its manifest; the local repository may be
+    empty (a new machine)."""
     for target in targets if targets is not None else [t for t in configured_targets(settings) if t.confirms]:
         try:
             remote = with_retries(f"list {target.url}", target.list)
         except TargetError as err:
             log.warning("target not reachable", target=target.url, error=str(err))
             continue
-        found = _remote_backups(remote).get(backup_id)
+        found = next((b for b in _remote_backups_all(remote) if b.id == backup_id
+                      and (b.kind == kind or kind == "database" and b.kind == "globals")), None)
         if found is None:
             continue
-        backup = _fetch_files(target, repo, found, name)
+        backup = _fetch_files(target, repo, found)
         log.info("fetched from a target", id=backup_id, target=target.url)
         globals_id = backup.manifest.get("globals_id")
         if globals_id and globals_id != backup_id:
@@ -248,30 +260,32 @@ def fetch(settings, repo: Repository, backup_id: str, targets: list[Target] | No
             except NotFoundError:
                 remote_globals = _remote_backups(remote).get(globals_id)
                 if remote_globals:
-                    _fetch_files(target, repo, remote_globals, GLOBALS)
+                    _fetch_files(target, repo, remote_globals)
         return backup
     raise NotFoundError(f"no backup with id {backup_id!r} locally or on any replication target")
 
 
-def newest_remote_id(settings, database: str | None) -> str:
-    """The newest backup id of ``database`` on the targets (``latest`` on a new machine)."""
+def newest_remote_id(settings, database: str | None, kind: str = "database") -> str:
+    """The newest backup id of ``database`` (or volume) on the targets (``latest`` on a new machine)."""
+    noun, option = ("volume", "--volume") if kind == "volume" else ("database", "--database")
     ids = []
     for target in (t for t in configured_targets(settings) if t.confirms):
         try:
             remote = with_retries(f"list {target.url}", target.list)
         except TargetError:
             continue
-        ids += [b for b in _remote_backups(remote).values() if b.database != GLOBALS
+        ids += [b for b in _remote_backups_all(remote) if b.kind == kind
                 and (database is None or b.database == database)]
     if not ids:
-        raise NotFoundError(f"no backups of {database or 'any database'!r} locally or on any replication target")
+        raise NotFoundError(f"no backups of {noun} {database or ''!r} locally or on any replication target")
     if database is None and len({b.database for b in ids}) > 1:
-        raise UsageError("'latest' needs --database: the targets hold backups of several databases")
+        raise UsageError(f"'latest' needs {option}: the targets hold backups of several")
     return max(ids, key=lambda b: parse_id(b.id)[1]).id
 
 
-def _fetch_files(target: Target, repo: Repository, found: RemoteBackup, name: str) -> Backup:
-    folder = repo.ensure_folder(repo.root / found.manifest.rpartition("/")[0])
+def _fetch_files(target: Target, repo: Repository, found: RemoteBackup) -> Backup:
+    remote_folder = found.manifest.rpartition("/")[0]  # e.g. "shop" or "_volumes/uploads"
+    folder = repo.ensure_folder(repo.root / remote_folder)
     with repo.lock(folder, "fetch"), tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as staging:
         staged_manifest = Path(staging) / "manifest.json"
         with_retries(f"fetch {found.manifest}", lambda: target.get(found.manifest, staged_manifest))
@@ -280,7 +294,7 @@ def _fetch_files(target: Target, repo: Repository, found: RemoteBackup, name: st
         if "/" in data_name or data_name.startswith("."):
             raise IntegrityError(f"the manifest of {found.id} on {target.url} names an unsafe file {data_name!r}")
         staged_data = Path(staging) / data_name
-        with_retries(f"fetch {data_name}", lambda: target.get(f"{folder.name}/{data_name}", staged_data))
+        with_retries(f"fetch {data_name}", lambda: target.get(f"{remote_folder}/{data_name}", staged_data))
         if sha256_of(staged_data) != manifest["sha256"]:
             raise IntegrityError(f"the copy of {found.id} on {target.url} does not match its manifest")
         staged_data.chmod(0o600)
@@ -288,7 +302,7 @@ def _fetch_files(target: Target, repo: Repository, found: RemoteBackup, name: st
         shutil.move(staged_data, folder / data_name)
         shutil.move(staged_manifest, folder / f"{encode_name(manifest['id'])}.json")
         fsync_dir(folder)
-    return repo.find(manifest["id"])
+    return repo.find(manifest["id"], kind="volume" if found.kind == "volume" else "database")
 
 
 def fetch_url(settings, repo: Repository, url: str) -> Backup:

@@ -147,12 +147,19 @@ def prune_volumes(settings, now=None) -> list[str]:
     return deleted
 
 
-def resolve_volume_backup(repo: Repository, source: str, name: str | None) -> Backup:
-    if source == "latest":
-        return repo.latest(name, kind="volume")
-    if looks_like_id(source):
-        return repo.find(source, kind="volume")
-    raise UsageError(f"{source!r} is neither 'latest' nor a volume backup id")
+def resolve_volume_backup(repo: Repository, source: str, name: str | None, settings=None) -> Backup:
+    """``latest`` or an id: looked up locally, then on the replication targets (a new machine)."""
+    from backupd.actions import replicate
+
+    if source != "latest" and not looks_like_id(source):
+        raise UsageError(f"{source!r} is neither 'latest' nor a volume backup id")
+    try:
+        return repo.latest(name, kind="volume") if source == "latest" else repo.find(source, kind="volume")
+    except NotFoundError:
+        if settings is None or not replicate.configured_targets(settings):
+            raise
+    backup_id = replicate.newest_remote_id(settings, name, "volume") if source == "latest" else source
+    return replicate.fetch(settings, repo, backup_id, kind="volume")
 
 
 def run_volume_restore(settings, source: str, name: str | None = None, to: Path | None = None,
@@ -160,7 +167,7 @@ def run_volume_restore(settings, source: str, name: str | None = None, to: Path 
     from backupd.actions.restore import check_checksum
 
     repo = Repository(settings.backup_dir)
-    backup = resolve_volume_backup(repo, source, name)
+    backup = resolve_volume_backup(repo, source, name, settings)
     destination = to or dict(settings.volume_paths).get(backup.database)
     if destination is None:
         raise UsageError(f"volume {backup.database!r} is not in VOLUME_PATHS: give --to PATH")

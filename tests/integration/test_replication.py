@@ -29,7 +29,7 @@ def sshd():
     shutil.rmtree(server.base, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def content(cluster):
     create_awkward_database(cluster)
     return fingerprint(cluster, AWKWARD_DB)
@@ -238,3 +238,22 @@ def test_a_damaged_local_file_leaves_nothing_on_s3(backupd, s3):
     assert result.returncode == 1 and "no longer matches its manifest" in result.stdout
     bucket = env["REPLICATION_TARGETS"].split("/")[2]
     assert s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_volume_archives_replicate_and_restore_on_a_new_machine(backupd, backup_dir, tmp_path, content):
+    folder = tmp_path / "uploads"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "photo.jpg").write_bytes(b"\xff\xd8" + bytes(range(256)) * 100)
+    (folder / "notes.txt").write_text("ünïcødé notes")
+    offsite = tmp_path / "offsite"
+    offsite.mkdir()
+    env = {"VOLUME_PATHS": f"uploads={folder}", "REPLICATION_TARGETS": offsite.as_uri(), "DB_NAME": AWKWARD_DB}
+    backupd.ok("volumes", "backup", extra_env=env)
+    backupd.ok("backup", extra_env=env)  # a database backup beside it, to keep the kinds apart
+    assert "sent 3" in backupd.ok("replicate", extra_env=env).stdout
+    assert "sent 0" in backupd.ok("replicate", extra_env=env).stdout
+    shutil.rmtree(backup_dir)  # a new machine
+    restored = tmp_path / "restored"
+    backupd.ok("volumes", "restore", "latest", "--volume", "uploads", "--to", str(restored), extra_env=env)
+    assert (restored / "a" / "photo.jpg").read_bytes() == (folder / "a" / "photo.jpg").read_bytes()
+    assert (restored / "notes.txt").read_text() == "ünïcødé notes"
