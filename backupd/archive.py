@@ -68,11 +68,25 @@ def pg_dumpall_globals_argv() -> list[str]:
     return ["pg_dumpall", "--globals-only", "--no-password"]
 
 
+def stored_transforms(name: str) -> tuple[bool, Compression, str]:
+    """What a stored file's name says it went through: (encrypted, compression, the name
+    without those suffixes). ``x.dump.zst.age`` -> (True, zstd, ``x.dump``)."""
+    encrypted = name.endswith(encryption.SUFFIX)
+    base = name.removesuffix(encryption.SUFFIX)
+    compression = compression_for_suffix(base)
+    return encrypted, compression, base.removesuffix(compression.suffix) if compression.suffix else base
+
+
+def is_transformed(path: Path) -> bool:
+    """Whether the file must be decrypted or decompressed before a tool can read it."""
+    encrypted, compression, _ = stored_transforms(path.name)
+    return encrypted or compression.decompress_argv() is not None
+
+
 def reader_stages(path: Path, identity: str | None = None) -> list[tuple]:
     """The stages that turn a stored file back into the dump: decrypt (``.age``), then decompress."""
     name = path.name
-    encrypted = name.endswith(encryption.SUFFIX)
-    compression = compression_for_suffix(name.removesuffix(encryption.SUFFIX))
+    encrypted, compression, _ = stored_transforms(name)
     stages: list[tuple] = []
     if encrypted:
         stages.append(encryption.decrypt_stage(identity, name))

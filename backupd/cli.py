@@ -220,9 +220,7 @@ def cmd_prune(settings, args) -> int:
     for backup, decision in result.decisions:
         verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
         rows.append((backup.id, backup.database, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+    _print_table(rows)
     return 0
 
 

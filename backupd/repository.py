@@ -180,24 +180,33 @@ class Repository:
             when += timedelta(seconds=1)
 
     @contextmanager
-    def lock(self, folder: Path, what: str, lock_name: str = ".lock") -> Iterator[None]:
-        """An exclusive lock on one folder for one operation (never for a daemon's life),
-        so two processes on this host never write the same database's files at once.
-        State files have a lock of their own, so recording a verification never waits
-        for a long backup."""
+    def _flock(self, folder: Path, lock_name: str, what: str | None) -> Iterator[bool]:
+        """Hold the folder's lock file; ``what`` None means: do not wait, yield False when busy."""
         self.ensure_folder(folder)
         fd = os.open(folder / lock_name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if what is None:
+                    yield False
+                    return
                 log.info("waiting for another backupd operation on the same files", folder=folder.name, operation=what)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            yield True
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def lock(self, folder: Path, what: str, lock_name: str = ".lock") -> Iterator[None]:
+        """An exclusive lock on one folder for one operation (never for a daemon's life),
+        so two processes on this host never write the same database's files at once.
+        State files have a lock of their own, so recording a verification never waits
+        for a long backup."""
+        with self._flock(folder, lock_name, what):
             if lock_name == ".lock":
                 self._remove_stale_partials(folder)
             yield
-        finally:
-            os.close(fd)
 
     def clean_unfinished(self) -> list[Path]:
         """Remove what runs that died left behind (a kill -9, a power cut): partial files
@@ -205,18 +214,10 @@ class Repository:
         being written by a live process and is left alone."""
         removed = []
         for folder in self.folders():
-            fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            try:
-                leftovers = [*folder.glob(".*.partial"), *folder.glob(".*.staging")]
-                self._remove_stale_partials(folder)
-                removed += leftovers
-            finally:
-                os.close(fd)
+            with self._flock(folder, ".lock", None) as taken:
+                if taken:
+                    removed += [*folder.glob(".*.partial"), *folder.glob(".*.staging")]
+                    self._remove_stale_partials(folder)
         return removed
 
     def _remove_stale_partials(self, folder: Path) -> None:

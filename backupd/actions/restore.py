@@ -26,9 +26,8 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
-from backupd import encryption
-from backupd.archive import (decompress_to, read_small, restore_consumer, run_consumer_on_stdin,
-                             unpack_directory_archive)
+from backupd.archive import (decompress_to, is_transformed, read_small, restore_consumer, run_consumer_on_stdin,
+                             stored_transforms, unpack_directory_archive)
 from backupd.errors import BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
 from backupd.dbnames import old_name, side_name
@@ -39,7 +38,7 @@ from backupd.postgres import (DatabaseInfo, Server, apply_database_grants, compa
 from backupd.progress import TerminalProgress
 from backupd.repository import FORMAT_SUFFIXES, Backup, Repository, looks_like_id
 from backupd.roles import create_missing_roles
-from backupd.stream import Pipeline, compression_for_suffix, sha256_of
+from backupd.stream import Pipeline, sha256_of
 
 log = get_logger("backupd.restore")
 
@@ -93,10 +92,7 @@ def backup_from_path(path: Path) -> Backup:
     what its name says (format and compression), with no checksum to check."""
     if not path.is_file():
         raise NotFoundError(f"no backup file at {path}")
-    encrypted = path.name.endswith(encryption.SUFFIX)
-    base = path.name.removesuffix(encryption.SUFFIX)
-    compression = compression_for_suffix(base)
-    stem = base[: len(base) - len(compression.suffix)] if compression.suffix else base
+    encrypted, compression, stem = stored_transforms(path.name)
     fmt = next((f for f, suffix in FORMAT_SUFFIXES.items() if stem.endswith(suffix)), None)
     if fmt is None:
         raise UsageError(f"{path} is not a backup file: its name does not end in a dump suffix "
@@ -314,7 +310,7 @@ def _restore_data(settings, repo: Repository, backup: Backup, server: Server, ta
     fmt = backup.manifest["format"]
     identity = settings.identity
     env, secrets = server.libpq_env(target), (*server.secrets, *((identity,) if identity else ()))
-    transformed = bool(reader_stages_names(backup.path))
+    transformed = is_transformed(backup.path)
     staged = fmt == "directory" or (fmt == "custom" and jobs > 1 and transformed)
     if not staged:
         source = backup.path if (fmt == "custom" and jobs > 1) else None
@@ -338,15 +334,6 @@ def _restore_data(settings, repo: Repository, backup: Backup, server: Server, ta
         Pipeline([restore_consumer(fmt, target, jobs, source, no_owner)], env=env, secrets=secrets, stdout=None).finish()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def reader_stages_names(path: Path) -> list[str]:
-    """Which transformations a stored file went through (decryption needs no identity to name)."""
-    name = path.name
-    names = ["age"] if name.endswith(encryption.SUFFIX) else []
-    if compression_for_suffix(name.removesuffix(encryption.SUFFIX)).decompress_argv():
-        names.append("decompress")
-    return names
 
 
 def _check_room(folder: Path, needed: int) -> None:

@@ -18,7 +18,7 @@ from backupd.repository import Repository, utc_now
 from backupd.settings import load_settings
 from tests.conftest import Backupd
 from tests.integration.daemon_helpers import RunningDaemon
-from tests.integration.helpers import cmdline, descendants, leftovers, make_database, start_backupd, table_locked, \
+from tests.integration.helpers import cmdline, descendants, flip_a_byte, leftovers, make_database, start_backupd, table_locked, \
     wait_for_child
 from tests.servers import start_s3
 
@@ -134,9 +134,7 @@ def test_a_corrupted_file_fails_verify_is_never_replicated_and_turns_health_red(
     replication = {"REPLICATION_TARGETS": offsite.as_uri(), "DB_NAME": faults_db, "BACKUP_GLOBALS": "false"}
     backupd.ok("backup", extra_env=replication)
     (backup,) = backupd.listing()
-    with open(backup["file"], "r+b") as stored:
-        stored.seek(backup["size_bytes"] // 2)
-        stored.write(b"corrupt")
+    flip_a_byte(backup["file"])
     assert backupd("verify", extra_env=replication).returncode == 1
     assert backupd("replicate", extra_env=replication).returncode == 1
     assert not list(offsite.rglob("*.dump.zst"))

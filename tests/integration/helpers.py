@@ -81,6 +81,16 @@ def wait_for_child(parent: subprocess.Popen, name: str, timeout: float = 30, wit
     raise AssertionError(f"{name} did not start within {timeout}s")
 
 
+def flip_a_byte(path: str | Path) -> None:
+    """Damage a stored file the way a failing disk would: one bit in its middle, same size."""
+    size = Path(path).stat().st_size
+    with open(path, "r+b") as stored:
+        stored.seek(size // 2)
+        byte = stored.read(1)
+        stored.seek(size // 2)
+        stored.write(bytes([byte[0] ^ 0x01]))
+
+
 def leftovers(backup_dir: Path) -> list[Path]:
     """Anything that could look like a backup but is not one: partials, staging folders."""
     if not backup_dir.exists():

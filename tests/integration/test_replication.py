@@ -10,6 +10,7 @@ import pytest
 from psycopg import sql
 
 from tests.content import AWKWARD_DB, create_awkward_database, fingerprint
+from tests.integration.helpers import flip_a_byte
 from tests.servers import start_s3, start_sshd
 
 
@@ -108,9 +109,7 @@ def test_a_local_file_that_no_longer_matches_its_manifest_is_never_sent(backupd,
     env = {"REPLICATION_TARGETS": offsite.as_uri(), "DB_NAME": AWKWARD_DB, "BACKUP_GLOBALS": "false"}
     backupd.ok("backup", extra_env=env)
     (backup,) = backupd.listing()
-    with open(backup["file"], "r+b") as stored:
-        stored.seek(10)
-        stored.write(b"\0\0\0")
+    flip_a_byte(backup["file"])
     result = backupd("replicate", extra_env=env)
     assert result.returncode == 1 and "no longer matches its manifest" in result.stdout
     assert not list(offsite.rglob("*.dump.zst"))
@@ -231,9 +230,7 @@ def test_a_damaged_local_file_leaves_nothing_on_s3(backupd, s3):
     env = {**s3.env(new_bucket(s3)), "DB_NAME": AWKWARD_DB, "BACKUP_GLOBALS": "false"}
     backupd.ok("backup", extra_env=env)
     (backup,) = backupd.listing()
-    with open(backup["file"], "r+b") as stored:
-        stored.seek(10)
-        stored.write(b"\0\0\0")
+    flip_a_byte(backup["file"])
     result = backupd("replicate", extra_env=env)
     assert result.returncode == 1 and "no longer matches its manifest" in result.stdout
     bucket = env["REPLICATION_TARGETS"].split("/")[2]

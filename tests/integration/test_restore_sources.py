@@ -8,7 +8,7 @@ import shutil
 import pytest
 from psycopg import sql
 
-from tests.integration.helpers import make_database, run_at_terminal
+from tests.integration.helpers import flip_a_byte, make_database, run_at_terminal
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,7 @@ def drop(cluster, name):
 def test_a_corrupted_file_is_refused_before_anything_is_created(cluster, backupd, source_db):
     backupd.ok("backup", extra_env={"DB_NAME": source_db})
     (backup,) = backupd.listing()
-    with open(backup["file"], "r+b") as stored:
-        stored.seek(backup["size_bytes"] // 2)
-        byte = stored.read(1)
-        stored.seek(-1, os.SEEK_CUR)
-        stored.write(bytes([byte[0] ^ 0xFF]))
+    flip_a_byte(backup["file"])
     before = database_names(cluster)
     result = backupd("restore", backup["id"], "--into", "never_created")
     assert result.returncode == 1
