@@ -18,6 +18,7 @@ from pathlib import Path
 from backupd import encryption
 from backupd.errors import DumpError
 from backupd.process import run
+from backupd.repository import PENDING_SUFFIX
 from backupd.stream import Compression, Pipeline, compression_for_suffix
 
 # A TABLE DATA line of ``pg_restore -l``: "<dumpId>; <tableoid> <oid> TABLE DATA <schema> <name> <owner>".
@@ -49,6 +50,8 @@ def tool_major(tool: str) -> tuple[int, str]:
         raise DumpError(f"{tool} --version failed: {err}")
     text = out.decode().strip()
     match = _VERSION.search(text.rsplit(")", 1)[-1]) or _VERSION.search(text)
+    if match is None:
+        raise DumpError(f"{tool} --version printed no version: {text!r}")
     return int(match.group(1)), text
 
 
@@ -70,7 +73,10 @@ def pg_dumpall_globals_argv() -> list[str]:
 
 def stored_transforms(name: str) -> tuple[bool, Compression, str]:
     """What a stored file's name says it went through: (encrypted, compression, the name
-    without those suffixes). ``x.dump.zst.age`` -> (True, zstd, ``x.dump``)."""
+    without those suffixes). ``x.dump.zst.age`` -> (True, zstd, ``x.dump``). A file still
+    waiting for its manifest (``.x.dump.zst.pending``) is read by the name it will have."""
+    if name.startswith(".") and name.endswith(PENDING_SUFFIX):
+        name = name[1:].removesuffix(PENDING_SUFFIX)
     encrypted = name.endswith(encryption.SUFFIX)
     base = name.removesuffix(encryption.SUFFIX)
     compression = compression_for_suffix(base)
@@ -95,7 +101,8 @@ def reader_stages(path: Path, identity: str | None = None) -> list[tuple]:
     return stages
 
 
-def _reading(path: Path, identity: str | None, consumer: tuple, env=None, secrets=(), stdout=subprocess.PIPE) -> Pipeline:
+def _reading(path: Path, identity: str | None, consumer: tuple, env=None, secrets=(),
+             stdout=subprocess.PIPE) -> Pipeline:
     """A pipeline that feeds the stored file, decrypted and decompressed, to ``consumer``'s stdin."""
     with open(path, "rb") as source:
         return Pipeline([*reader_stages(path, identity), consumer], env=env, secrets=secrets, stdin=source,

@@ -5,10 +5,12 @@ the manifest, which is written only once the file is in place."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from backupd import encryption
-from backupd.repository import Repository
+from backupd import cancel, encryption
+from backupd.errors import Aborted
+from backupd.repository import Repository, pending_path
 from backupd.stream import COMPRESSIONS, Compression
 
 
@@ -44,10 +46,17 @@ class Transform:
 
 
 def commit_manifest(repo: Repository, folder: Path, final: Path, manifest: dict) -> None:
-    """Write the manifest of a file already in place; without a manifest the file is removed,
-    so it never lingers as an orphan."""
+    """Move the pending file to ``final`` and write its manifest right after; without a
+    manifest the file is removed, so it never lingers as an orphan."""
+    pending = pending_path(final)
     try:
-        repo.write_manifest(folder, manifest)
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
+        if reason := cancel.requested():  # the dump may have ended just as the signal came
+            raise Aborted(reason)
+        os.rename(pending, final)
+        try:
+            repo.write_manifest(folder, manifest)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    finally:
+        pending.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from backupd import __version__
+from backupd import __version__, cancel
 from backupd.errors import BackupdError, ConfigError
 from backupd.logging import configure_logging, get_logger
 from backupd.progress import TerminalProgress, human_bytes
@@ -46,10 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--target", metavar="URL", help="the backups on a replication target")
     listing.add_argument("--json", action="store_true", help="a JSON document on stdout")
 
-    restore = verbs.add_parser("restore", help="restore a backup into a new database")
-    restore.add_argument("source", metavar="ID|latest|PATH")
-    restore.add_argument("--database", metavar="NAME", help="whose backup 'latest' means")
+    restore = verbs.add_parser(
+        "restore", help="restore a backup into its own database, a new one, or one you name",
+        description="Restore a backup. It goes to the backup's own database (created when it is gone), to a new "
+                    "database with --into, or over another existing database only with --over NAME. Replacing "
+                    "an existing database needs --yes (or FORCE_RESTORE=true, or a yes at a terminal).")
+    restore.add_argument("source", metavar="ID|latest|PATH|URL")
+    restore.add_argument("--database", metavar="NAME",
+                         help="selects backups: whose backup 'latest' means; never where the restore goes")
     restore.add_argument("--into", metavar="NEWDB", help="create this new database and restore into it")
+    restore.add_argument("--over", metavar="NAME",
+                         help="replace this existing database with the backup's data, even when the backup is "
+                              "of another database (with --yes)")
     restore.add_argument("--jobs", type=_positive, default=1, metavar="N", help="pg_restore workers")
     restore.add_argument("--yes", action="store_true", help="restore over an existing database (FORCE_RESTORE=true)")
     restore.add_argument("--drop-old", action="store_true", help="drop the replaced database after the swap")
@@ -92,8 +100,32 @@ def _positive(text: str) -> int:
     return value
 
 
+def ids_as_positionals(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """A database may be called "-" or "--x", so an id may start with a dash, and argparse
+    would take it for an option: such an id (never the value of an option) goes after "--"."""
+    from backupd.repository import looks_like_id
+
+    takes_value = {option for action in _all_actions(parser) if action.nargs != 0
+                   for option in action.option_strings}
+    dashed = [i for i, arg in enumerate(argv) if arg.startswith("-") and looks_like_id(arg)
+              and not (i and argv[i - 1] in takes_value)]
+    if not dashed or "--" in argv:
+        return argv
+    return [a for i, a in enumerate(argv) if i not in dashed] + ["--"] + [argv[i] for i in dashed]
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    found = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _all_actions(sub)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(ids_as_positionals(parser, sys.argv[1:] if argv is None else argv))
     os.umask(0o077)  # every file backupd writes is private
     try:
         settings = load_settings()
@@ -103,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     configure_logging(settings.log_level, settings.log_format)
     if args.verb != "run":  # the daemon has its own graceful stop
-        signal.signal(signal.SIGTERM, _interrupted)
+        cancel.abort_on_signals()
     try:
         code = COMMANDS[args.verb](settings, args)
     except BackupdError as err:
@@ -112,15 +144,50 @@ def main(argv: list[str] | None = None) -> int:
     except psycopg.Error as err:  # a server that went away mid-way is a failure, not a crash
         log.error(f"{args.verb} failed", error=f"the database connection failed: {str(err).strip()}")
         code = 1
-    except KeyboardInterrupt:
-        log.warning("interrupted; what was started has been cleaned up")
-        return 130
+    except OSError as err:  # a disk, a folder or a file: one clear line, never a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        log.error(f"{args.verb} failed", error=f"{where}{err.strerror or err}")
+        code = 1
+    if signum := cancel.interrupted_by():
+        return _interrupted(args, signum, code)
     if args.verb in REPORTED:
         _report(settings)
     return code
 
 
 REPORTED = {"backup", "verify", "replicate", "volumes"}
+
+
+def _interrupted(args, signum: int, code: int) -> int:
+    """Said last, after what did finish (ids on stdout, failures above): what really
+    happened. A command whose work all finished before the signal took effect keeps its
+    own exit code; otherwise the exit code is 128 + the signal (130 SIGINT, 143 SIGTERM)."""
+    name = signal.Signals(signum).name
+    unfinished = getattr(args, "unfinished", None)
+    if code == 0 and not unfinished:
+        log.warning(f"{args.verb} interrupted by {name} only as it ended: everything it did had finished")
+        return code
+    log.warning(f"{args.verb} interrupted by {name}: its child processes were stopped; {_what_was_left(args)}")
+    return 128 + signum
+
+
+def _what_was_left(args) -> str:
+    if args.verb == "backup":
+        finished = ", ".join(getattr(args, "finished", [])) or "none"
+        names = ", ".join(repr(n) for n in getattr(args, "unfinished", [])) or "the run"
+        return (f"not finished, so neither kept nor listed: {names}; "
+                f"finished before the signal (printed above): {finished}")
+    if args.verb == "restore" and args.in_place:
+        return ("nothing was restored; --in-place drops the database it replaces before it restores, "
+                "so if the restore had begun that database is gone now: check, and run the restore again")
+    if args.verb == "restore":
+        return "nothing was restored; the database it was building was dropped, the existing one is as it was"
+    if args.verb == "verify":
+        return ("the check that was running was stopped, its scratch database dropped, and nothing recorded "
+                "for it; checks that had finished before the signal are recorded (backupd list)")
+    if args.verb == "replicate":
+        return "copies it had not confirmed do not count, and the next run sends them again"
+    return "what it had not finished was not kept"
 
 
 def _report(settings) -> None:
@@ -138,11 +205,6 @@ def _report(settings) -> None:
         log.error("could not send notifications", error=str(err))
 
 
-def _interrupted(signum, frame):
-    """SIGTERM unwinds like Ctrl-C, so cleanup in ``finally`` blocks runs."""
-    raise KeyboardInterrupt
-
-
 def cmd_backup(settings, args) -> int:
     from backupd.actions.backup import run_backup
 
@@ -151,38 +213,72 @@ def cmd_backup(settings, args) -> int:
     for outcome in result.outcomes:
         if outcome.ok and outcome.backup_id:
             print(outcome.backup_id, flush=True)
+    # For the last line when a signal interrupted the run (``_interrupted``).
+    args.finished = [str(o.backup_id) for o in result.outcomes if o.ok and o.backup_id]
+    args.unfinished = [o.database for o in [*result.outcomes, *([result.globals] if result.globals else [])]
+                       if not o.ok]
     return 0 if result.ok else 1
 
 
 def cmd_list(settings, args) -> int:
     from backupd.repository import Repository
 
+    problems: list[dict] = []
     if args.target:
         from backupd.actions.replicate import list_remote
 
         found = [b for b in list_remote(settings, args.target) if b.kind == "database"]
-        backups = [{**b.summary(), "file": f"{args.target.rstrip('/')}/{b.folder.as_posix()}/{b.manifest['file']}"}
+        backups = [{**b.summary(), "status": "ok", "problem": None,
+                    "file": f"{args.target.rstrip('/')}/{b.folder.as_posix()}/{b.manifest['file']}"}
                    for b in found if args.database is None or b.database == args.database]
     else:
-        backups = [b.summary() for b in Repository(settings.backup_dir).backups(args.database)]
+        listed, found_problems = Repository(settings.backup_dir).inventory(args.database)
+        backups = [b.summary() for b in listed]
+        problems = [_problem_summary(p) for p in found_problems]
     if args.json:
-        json.dump(backups, sys.stdout, indent=2)
+        json.dump(backups + problems, sys.stdout, indent=2)
         print()
-        return 0
-    rows = [("ID", "DATABASE", "TIME", "SIZE", "FORMAT", "VERIFIED", "LABEL")]
+        return _unreadable_exit(problems)
+    rows = [("ID", "DATABASE", "TIME", "SIZE", "FORMAT", "VERIFIED", "STATUS", "LABEL")]
     for b in backups:
         fmt = b["format"] + ("" if b["compression"] == "none" else f"+{b['compression']}")
         rows.append((b["id"], b["database"], b["time"], human_bytes(b["size_bytes"]), fmt, b["verified"] or "-",
-                     b["label"] or ""))
+                     b["status"], b["label"] or ""))
     _print_table(rows)
+    for b in backups:
+        if b["problem"]:
+            print(f"DAMAGED {b['id']}: {b['problem']}; `backupd verify {b['id']}` checks it in full")
+    for problem in problems:
+        hint = f"; restore it by path: backupd restore {problem['file']} --into NEWDB" \
+            if problem["status"] == "unaccounted" else ""
+        print(f"{problem['status'].upper()} {problem['file']}: {problem['problem']}{hint}")
+    return _unreadable_exit(problems)
+
+
+def _unreadable_exit(problems: list[dict]) -> int:
+    """A folder or file the system will not let us read: the listing is not the whole truth."""
+    unreadable = [p["file"] for p in problems if p["status"] == "unreadable"]
+    if unreadable:
+        log.error("list failed", error=f"part of the repository cannot be read: {', '.join(unreadable)}")
+        return 1
     return 0
+
+
+def _problem_summary(problem) -> dict:
+    """A problem as a row of ``list --json``: no id, since no manifest vouches for one."""
+    from backupd.repository import own_file_id, parse_id
+
+    own = own_file_id(problem.path.name)
+    database = parse_id(own[0])[0] if own else None
+    return {"id": None, "kind": None, "database": database, **problem.summary()}
 
 
 def cmd_restore(settings, args) -> int:
     from backupd.actions.restore import run_restore
 
-    result = run_restore(settings, args.source, database=args.database, into=args.into, jobs=args.jobs,
-                         yes=args.yes, drop_old=args.drop_old, in_place=args.in_place, confirm=_ask_at_terminal)
+    result = run_restore(settings, args.source, database=args.database, into=args.into, over=args.over,
+                         jobs=args.jobs, yes=args.yes, drop_old=args.drop_old, in_place=args.in_place,
+                         confirm=_ask_at_terminal)
     print(f"restored {result.backup_id} into {result.database} in {result.seconds:.1f}s "
           f"({human_bytes(result.throughput)}/s of stored backup)")
     if result.previous:
@@ -195,7 +291,9 @@ def _ask_at_terminal(backup, target: str) -> bool:
     """Only a person at a terminal can say yes; anything else is a no."""
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return False
-    print(f"Restore {backup.id} over the live database {target!r}? The current one is kept aside "
+    origin = backup.manifest.get("database")
+    other = f" (a backup of database {origin!r})" if origin and origin != target else ""
+    print(f"Restore {backup.id}{other} over the live database {target!r}? The current one is kept aside "
           f"unless --drop-old. Type the database name to confirm: ", end="", file=sys.stderr, flush=True)
     try:
         return input().strip() == target
@@ -230,8 +328,9 @@ def cmd_verify(settings, args) -> int:
     outcomes = run_verify(settings, args.source, database=args.database)
     for outcome in outcomes:
         line = f"{outcome.backup_id}: {outcome.result} in {outcome.seconds:.1f}s"
-        print(line + (f": {outcome.reason}" if outcome.reason else ""), flush=True)
-    return 1 if any(o.failed for o in outcomes) else 0
+        line += f": {outcome.reason}" if outcome.reason else ""
+        print(line + (f" (not recorded: {outcome.unrecorded})" if outcome.unrecorded else ""), flush=True)
+    return 1 if any(o.failed or o.unrecorded for o in outcomes) else 0
 
 
 def cmd_volumes(settings, args) -> int:
@@ -262,7 +361,7 @@ def cmd_volumes(settings, args) -> int:
 def _print_table(rows: list[tuple]) -> None:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_replicate(settings, args) -> int:
@@ -273,6 +372,8 @@ def cmd_replicate(settings, args) -> int:
         state = "ok" if outcome.ok else f"FAILED: {outcome.error}"
         note = "" if outcome.confirmed else " (unconfirmed: a custom command's copies cannot be checked)"
         print(f"{outcome.url}: {state}; sent {len(outcome.sent)}, deleted {len(outcome.deleted)}{note}", flush=True)
+        for backup_id, why in outcome.refused:  # one line per backup that could not be sent
+            print(f"{outcome.url}: {backup_id} not sent: {why}", flush=True)
     return 0 if all(o.ok for o in outcomes) else 1
 
 
@@ -308,5 +409,6 @@ def cmd_config(settings, args) -> int:
     return 0
 
 
-COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune, "restore": cmd_restore, "verify": cmd_verify, "replicate": cmd_replicate, "volumes": cmd_volumes, "run": cmd_run,
-            "health": cmd_health, "config": cmd_config}
+COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune,
+            "restore": cmd_restore, "verify": cmd_verify, "replicate": cmd_replicate, "volumes": cmd_volumes,
+            "run": cmd_run, "health": cmd_health, "config": cmd_config}

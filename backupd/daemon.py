@@ -12,9 +12,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -25,7 +26,7 @@ from backupd.actions.prune import run_prune
 from backupd.actions.replicate import read_runs, run_replicate
 from backupd.actions.verify import run_verify
 from backupd.actions.volumes import prune_volumes, run_volume_backup
-from backupd.errors import BackupdError, NotFoundError
+from backupd.errors import BackupdError, NotFoundError, UsageError
 from backupd.health import evaluate, newest_verifications
 from backupd.httpserver import Endpoints, serve
 from backupd.logging import get_logger
@@ -86,7 +87,7 @@ class Daemon:
         self.scheduler.add_job(self._wrap(state, function, scheduled=bool(cron)), when, id=name, name=name)
         if run_on_start:
             self.scheduler.add_job(self._wrap(state, function, scheduled=False), id=f"{name}-on-start",
-                                   name=f"{name} (on start)", next_run_time=datetime.now(timezone.utc))
+                                   name=f"{name} (on start)", next_run_time=datetime.now(UTC))
 
     def _wrap(self, state: JobState, function: JobFunction, scheduled: bool) -> Callable[[], None]:
         def job() -> None:
@@ -96,7 +97,7 @@ class Daemon:
                 log.info("job is still running; this run is skipped", job=state.name)
                 return
             started, clock = utc_now(), time.monotonic()
-            scheduled_for = (previous_run(state.cron, self.settings.backup_timezone, datetime.now(timezone.utc),
+            scheduled_for = (previous_run(state.cron, self.settings.backup_timezone, datetime.now(UTC),
                                           MISFIRE_GRACE) if scheduled and state.cron else None)
             with self._idle:
                 self._busy += 1
@@ -168,7 +169,7 @@ class Daemon:
         """After a backup: replicate now (the job's own lock keeps runs from overlapping)."""
         state = self.jobs["replicate"]
         self.scheduler.add_job(self._wrap(state, self._replicate, scheduled=False), id="replicate-after-backup",
-                               name="replicate (after a backup)", next_run_time=datetime.now(timezone.utc),
+                               name="replicate (after a backup)", next_run_time=datetime.now(UTC),
                                replace_existing=True)
 
     def _prune(self, scheduled_for: datetime | None) -> bool:
@@ -235,9 +236,17 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.repo.clean_unfinished()
         endpoints = Endpoints(self.health, self.status, self.metrics.render, self.settings.auth_token)
-        http = serve(self.settings.http_host, self.settings.http_port, endpoints)
+        host, port = self.settings.http_host, self.settings.http_port
+        try:  # first: a daemon nobody can ask about its health must not start at all
+            http = serve(host, port, endpoints)
+        except OSError as err:
+            raise UsageError(f"HTTP_HOST={host} HTTP_PORT={port}: cannot listen there: {err.strerror or err} "
+                             f"(is another backupd or program using the port?)") from None
+        try:
+            self.repo.clean_unfinished()
+        except BackupdError as err:  # reported by /healthz and by every job until it is fixed
+            log.error("the repository cannot be cleaned up", error=str(err))
         self.scheduler.start()
         self._publish_next_runs()
         log.info("backupd is running", http=f"{self.settings.http_host}:{self.settings.http_port}",

@@ -5,13 +5,13 @@ never equals the live name, and is recognised by ``postgres.is_scratch_database`
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 MAX_BYTES = 63
 
 
 def _stamp(when: datetime | None = None) -> str:
-    return (when or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%S")
 
 
 def short_hash(name: str) -> str:

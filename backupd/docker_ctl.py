@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from backupd.errors import BackupdError
 from backupd.logging import get_logger

@@ -47,3 +47,11 @@ class IntegrityError(BackupdError):
 
 class Aborted(BackupdError):
     """The operation was aborted (timeout or shutdown)."""
+
+
+class StorageError(BackupdError):
+    """BACKUP_DIR cannot be written (a full disk, a read-only mount, no permission)."""
+
+
+class RepositoryUnreadable(BackupdError):
+    """BACKUP_DIR (or a folder in it) exists but cannot be read: never the same as "no backups"."""

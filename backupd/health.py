@@ -2,10 +2,12 @@
 runs and of earlier processes count) plus whether the scheduler runs.
 
 Unhealthy (reasons): the scheduler has stopped, a database's newest good backup is
-older than HEALTH_MAX_AGE, its newest backup or verification failed. A fresh daemon
+older than HEALTH_MAX_AGE, its newest backup or verification failed, its newest
+backup's file is damaged, or the repository cannot be read. A fresh daemon
 with an empty repository is healthy until its first backup is due, plus that margin.
 Warnings never make it unhealthy: a backup much smaller than the one before, low disk,
-fewer good backups than BACKUP_MIN_KEEP, an unverifiable backup, a failed replication.
+fewer good backups than BACKUP_MIN_KEEP, an unverifiable backup, a failed replication,
+a stored file without a readable manifest.
 
 Each finding is a Condition with a stable key, so notifications can tell a new
 problem from one already reported, and notice when it is gone.
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from backupd.repository import Repository
+from backupd.errors import RepositoryUnreadable
+from backupd.repository import Problem, Repository, iso
 from backupd.schedule import longest_gap, next_runs
 
 
@@ -80,12 +83,19 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
     health = Health()
     if scheduler_running is False:
         health.fail("scheduler", "the scheduler is not running")
+    try:
+        backups, problems = repo.inventory(kind=None)  # newest first
+    except RepositoryUnreadable as err:
+        health.fail("repository", str(err))
+        return health
     by_database: dict[str, list] = {}
-    for backup in repo.backups():  # newest first
-        by_database.setdefault(backup.database, []).append(backup)
+    for backup in backups:
+        if backup.kind == "database":
+            by_database.setdefault(backup.database, []).append(backup)
     _freshness(settings, health, by_database, now)
+    _damage(health, by_database, problems)
     _verifications(health, repo)
-    _failures(health, repo)
+    _failures(health, repo, by_database)
     _replication(health, repo)
     _sizes(settings, health, by_database)
     _disk(settings, health, repo)
@@ -100,13 +110,34 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
 def _freshness(settings, health: Health, by_database: dict[str, list], now: datetime) -> None:
     limit = max_age(settings, now)
     for name, backups in sorted(by_database.items()):
-        age = now - backups[0].time
+        good = [b for b in backups if not b.damaged]
+        if not good:
+            continue  # _damage tells
+        age = now - good[0].time
         if age > limit:
             health.fail(f"stale:{name}", f"the newest backup of {name!r} is {describe_age(age)} old "
                                           f"(more than HEALTH_MAX_AGE, {describe_age(limit)})")
-        if len(backups) < settings.backup_min_keep:
-            health.warn(f"min-keep:{name}", f"{name!r} has {len(backups)} good backups, fewer than "
+        if len(good) < settings.backup_min_keep:
+            health.warn(f"min-keep:{name}", f"{name!r} has {len(good)} good backups, fewer than "
                                             f"BACKUP_MIN_KEEP ({settings.backup_min_keep})")
+
+
+def _damage(health: Health, by_database: dict[str, list], problems: list[Problem]) -> None:
+    """A newest backup whose file is not what its manifest says is no good backup; an older
+    damaged one, and a stored file that no manifest accounts for, need a person's look."""
+    for name, backups in sorted(by_database.items()):
+        for index, backup in enumerate(backups):
+            if backup.damaged and index == 0:
+                health.fail(f"damaged:{name}", f"the newest backup of {name!r} ({backup.id}) is damaged: "
+                                               f"{backup.damaged}")
+            elif backup.damaged:
+                health.warn(f"damaged:{backup.id}", f"backup {backup.id} of {name!r} is damaged: {backup.damaged}")
+    for problem in problems:
+        message = f"{problem.path}: {problem.detail} (see `backupd list`)"
+        if problem.kind == "unreadable":  # its backups are out of sight: freshness cannot be judged
+            health.fail(f"unreadable:{problem.path}", message)
+        else:
+            health.warn(f"{problem.kind}:{problem.path}", message)
 
 
 def _verifications(health: Health, repo: Repository) -> None:
@@ -119,10 +150,13 @@ def _verifications(health: Health, repo: Repository) -> None:
                                                 f"{verification['reason']}")
 
 
-def _failures(health: Health, repo: Repository) -> None:
+def _failures(health: Health, repo: Repository, by_database: dict[str, list]) -> None:
     for failure in sorted(repo.failures(), key=lambda f: (f.get("database") or "", f.get("time") or "")):
         name, kind = failure.get("database"), failure.get("kind", "database")
         when, error = failure["time"], failure["error"]
+        newest = by_database.get(name) if kind == "database" and name else None
+        if newest and iso(newest[0].time) > when:
+            continue  # a later backup (another process's, say) succeeded: the failure is over
         if name is None:
             health.fail("run", f"the last backup run failed at {when}: {error}")
         elif kind == "globals":

@@ -23,7 +23,7 @@ from email.message import EmailMessage
 from backupd.health import Health
 from backupd.logging import get_logger
 from backupd.redact import redact_text
-from backupd.repository import Repository, utc_now, iso
+from backupd.repository import Repository, iso, utc_now
 from backupd.stream import write_json_atomically
 
 log = get_logger("backupd.notify")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -19,6 +20,15 @@ from psycopg import sql
 from backupd import cancel
 from backupd.errors import Aborted, ConnectionFailed, NotFoundError
 from backupd.logging import get_logger
+
+
+def one(cursor: psycopg.Cursor) -> tuple[Any, ...]:
+    """The row of a query that always returns exactly one (psycopg types it as optional)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise psycopg.DataError("the query returned no row")
+    return row
+
 
 log = get_logger("backupd.postgres")
 
@@ -46,12 +56,12 @@ class Server:
     wait_timeout: float = 60.0
 
     @classmethod
-    def from_settings(cls, settings) -> "Server":
+    def from_settings(cls, settings) -> Server:
         return cls(settings.db_host, settings.db_port, settings.db_user, settings.password,
                    settings.db_sslmode, settings.db_wait_timeout)
 
     @classmethod
-    def for_verification(cls, settings) -> "Server":
+    def for_verification(cls, settings) -> Server:
         """VERIFY_DB_* where set (restore drills away from production), else DB_*."""
         password = settings.verify_db_password.get_secret_value() if settings.verify_db_password else settings.password
         return cls(settings.verify_db_host or settings.db_host, settings.verify_db_port or settings.db_port,
@@ -90,7 +100,8 @@ class Server:
                 if any(p in message for p in _PERMANENT):
                     if "does not exist" in message and f'"{dbname}"' in message:
                         raise NotFoundError(f"database {dbname!r} does not exist on {self.host}:{self.port}") from None
-                    raise ConnectionFailed(f"cannot connect to {self.host}:{self.port} as {self.user!r}: {message}") from None
+                    raise ConnectionFailed(
+                        f"cannot connect to {self.host}:{self.port} as {self.user!r}: {message}") from None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ConnectionFailed(
@@ -127,8 +138,8 @@ def database_exists(conn: psycopg.Connection, name: str) -> bool:
 
 def server_version(conn: psycopg.Connection) -> tuple[int, str]:
     """(server_version_num, human version)"""
-    num = int(conn.execute("SHOW server_version_num").fetchone()[0])
-    text = conn.execute("SHOW server_version").fetchone()[0]
+    num = int(one(conn.execute("SHOW server_version_num"))[0])
+    text = one(conn.execute("SHOW server_version"))[0]
     return num, text
 
 
@@ -150,7 +161,7 @@ class DatabaseInfo:
         return dict(self.__dict__)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "DatabaseInfo":
+    def from_json(cls, data: dict[str, Any]) -> DatabaseInfo:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -162,7 +173,8 @@ def database_info(conn: psycopg.Connection, name: str) -> DatabaseInfo:
     query = sql.SQL(
         "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, "
         "{provider}, {icu}, COALESCE(d.datacl::text[], '{{}}'), d.datconnlimit, "
-        "COALESCE((SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0), '{{}}') "
+        "COALESCE((SELECT s.setconfig FROM pg_db_role_setting s "
+        "          WHERE s.setdatabase = d.oid AND s.setrole = 0), '{{}}') "
         "FROM pg_database d WHERE d.datname = %s"
     ).format(provider=sql.SQL(provider), icu=sql.SQL(icu))
     row = conn.execute(query, (name,)).fetchone()
@@ -283,8 +295,9 @@ class ExportedSnapshot:
         self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if lock_wait_seconds:
             # Counting rows takes the same locks as pg_dump: it must not queue longer either.
-            self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_wait_seconds * 1000)}ms")))
-        (self.snapshot_id,) = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
+            timeout = sql.Literal(f"{int(lock_wait_seconds * 1000)}ms")
+            self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(timeout))
+        (self.snapshot_id,) = one(self.conn.execute("SELECT pg_export_snapshot()"))
 
     def close(self) -> None:
         try:
@@ -294,7 +307,7 @@ class ExportedSnapshot:
         finally:
             self.conn.close()
 
-    def __enter__(self) -> "ExportedSnapshot":
+    def __enter__(self) -> ExportedSnapshot:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -315,7 +328,7 @@ def advisory_lock(server: Server, job: str, name: str, wait_seconds: float = 0.0
         keys = (_lock_key(f"backupd:{job}"), _lock_key(name))
         deadline = time.monotonic() + wait_seconds
         while True:
-            (taken,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", keys).fetchone()
+            (taken,) = one(conn.execute("SELECT pg_try_advisory_lock(%s, %s)", keys))
             if taken or time.monotonic() >= deadline:
                 break
             if reason := cancel.requested():
@@ -329,15 +342,17 @@ def advisory_lock(server: Server, job: str, name: str, wait_seconds: float = 0.0
 def database_grants(conn: psycopg.Connection, name: str) -> list[tuple[str | None, str, bool]] | None:
     """The database-level grants (CONNECT, CREATE, TEMPORARY) of ``name``; None for the defaults.
     A grantee of None is PUBLIC."""
-    (has_acl,) = conn.execute("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    (has_acl,) = one(conn.execute("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (name,)))
     if not has_acl:
         return None
     return [tuple(row) for row in conn.execute(
-        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, a.is_grantable "
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, "
+        "       a.privilege_type, a.is_grantable "
         "FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s", (name,)).fetchall()]
 
 
-def apply_database_grants(conn: psycopg.Connection, name: str, grants: list[tuple[str | None, str, bool]] | None) -> None:
+def apply_database_grants(conn: psycopg.Connection, name: str,
+                          grants: list[tuple[str | None, str, bool]] | None) -> None:
     if grants is None:
         return  # the defaults, which a new database has already
     conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
@@ -364,7 +379,8 @@ def rename_database(conn: psycopg.Connection, name: str, new_name: str, attempts
     for attempt in range(attempts):
         end_sessions(conn, name)
         try:
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new_name)))
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name),
+                                                                          sql.Identifier(new_name)))
             return
         except psycopg.errors.ObjectInUse:
             if attempt == attempts - 1:
@@ -373,7 +389,8 @@ def rename_database(conn: psycopg.Connection, name: str, new_name: str, attempts
 
 
 def count_table_rows(conn: psycopg.Connection, schema: str, name: str) -> int:
-    (rows,) = conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))).fetchone()
+    query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    (rows,) = one(conn.execute(query))
     return rows
 
 

@@ -18,6 +18,19 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
+# Not secret by name, but credentials all the same: kept from every child process.
+_CREDENTIAL_NAMES = frozenset({"AWS_ACCESS_KEY_ID"})
+
+
+def is_secret_variable(name: str, value: str) -> bool:
+    """True for an environment variable that must never reach a child process that does not
+    need it: a secret name, its ``_FILE`` form (``SMTP_PASS_FILE``), a credential, or a
+    value that carries credentials inside a URL (``DATABASE_URL=postgres://u:pw@h/db``)."""
+    base = name[:-5] if name.upper().endswith("_FILE") else name
+    return (is_secret_name(name) or is_secret_name(base) or base.upper() in _CREDENTIAL_NAMES
+            or bool(_URL_CREDENTIALS.search(value)))
+
+
 def strip_url_credentials(url: str) -> str:
     """``s3://key:secret@bucket/x`` -> ``s3://bucket/x``; a password in userinfo is dropped,
     a bare user name (``ssh://backup@host``) is kept because it is not a secret."""

@@ -17,24 +17,47 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote
 
-from backupd.errors import NotFoundError, UsageError
+from backupd.errors import NotFoundError, RepositoryUnreadable, StorageError, UsageError
 from backupd.logging import get_logger
 from backupd.stream import write_json_atomically
 
 log = get_logger("backupd.repository")
 
 ID_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
-_ID = re.compile(r"^(?P<name>.+)-(?P<time>\d{8}T\d{6}Z)$")
+_TIME = r"\d{8}T\d{6}Z"
+# A database name may hold any character but NUL, a newline included: DOTALL and fullmatch.
+_ID = re.compile(rf"(?P<name>.+)-(?P<time>{_TIME})", re.DOTALL)
+# Roles dumps have ids of their own shape, so that no database (not even one called
+# "_globals" or "globals") can ever share an id with them: a database id ends in "-<time>".
+GLOBALS_ID_PREFIX = "globals@"
+_GLOBALS_ID = re.compile(rf"globals@(?P<time>{_TIME})")
 GLOBALS = "_globals"
 VOLUMES = "_volumes"
 FORMAT_SUFFIXES = {"custom": ".dump", "directory": ".dir.tar", "tar": ".tar", "plain": ".sql"}
+
+# The names backupd writes in a backup folder, and nothing else is ever deleted:
+#   <encoded id><data suffix>      the stored file          <encoded id>.json        its manifest
+#   <encoded id>.state.json        later facts              .<one of those>.partial  being written
+#   .<encoded id><data suffix>.staging   a directory dump being packed
+#   .<encoded id>.json.deleting    a manifest whose backup is being deleted (prune)
+_DATA_SUFFIX = r"\.(?:dump|dir\.tar|tar|sql)(?:\.(?:zst|gz|bz2|xz))?(?:\.age)?"
+_OWN_NAME = re.compile(rf"(?P<stem>.*[-@]{_TIME})(?P<suffix>{_DATA_SUFFIX}|\.json|\.state\.json)", re.DOTALL)
+_OWN_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?:partial|staging|deleting|pending)", re.DOTALL)
+_FETCH_TEMPORARY = re.compile(r"\.fetch-[a-z0-9_]{8}")  # tempfile.TemporaryDirectory(prefix=".fetch-")
+# In BACKUP_DIR itself: a database restore's and a volume restore's staging folders.
+_RESTORE_STAGING = re.compile(r"\.restore-[0-9a-f]{0,40}-\d+\.staging|\.volume-restore-[^/]+\.staging")
+# backupd's own bookkeeping beside the backups; written atomically like everything else.
+BOOKKEEPING = {".last-failure.json", ".replication.json", ".notified.json"}
 
 
 def encode_name(name: str) -> str:
@@ -54,32 +77,80 @@ def decode_name(encoded: str) -> str:
 
 
 def make_id(name: str, when: datetime) -> str:
-    return f"{name}-{when.astimezone(timezone.utc).strftime(ID_TIME_FORMAT)}"
+    """A database backup's or a volume archive's id."""
+    return f"{name}-{when.astimezone(UTC).strftime(ID_TIME_FORMAT)}"
+
+
+def make_globals_id(when: datetime) -> str:
+    """A roles dump's id: ``globals@20261121T020000Z``."""
+    return f"{GLOBALS_ID_PREFIX}{when.astimezone(UTC).strftime(ID_TIME_FORMAT)}"
+
+
+def is_globals_id(backup_id: str) -> bool:
+    return bool(_GLOBALS_ID.fullmatch(backup_id))
 
 
 def parse_id(backup_id: str) -> tuple[str, datetime]:
-    """``shop-20261121T020000Z`` -> ("shop", datetime); UsageError when it is not an id."""
-    match = _ID.match(backup_id)
+    """``shop-20261121T020000Z`` -> ("shop", datetime); a roles dump's id -> ("_globals", datetime);
+    UsageError when it is not an id."""
+    match = _GLOBALS_ID.fullmatch(backup_id) or _ID.fullmatch(backup_id)
     if not match:
         raise UsageError(f"{backup_id!r} is not a backup id (expected <database>-YYYYMMDDTHHMMSSZ)")
-    when = datetime.strptime(match.group("time"), ID_TIME_FORMAT).replace(tzinfo=timezone.utc)
-    return match.group("name"), when
+    when = datetime.strptime(match.group("time"), ID_TIME_FORMAT).replace(tzinfo=UTC)
+    return match.groupdict().get("name") or GLOBALS, when
 
 
 def looks_like_id(text: str) -> bool:
-    return bool(_ID.match(text)) and "/" not in text
+    """Whether ``text`` has the shape of an id. A database name may contain ``/``, so an id
+    may too: callers look an id up in the repository before they take it for a path."""
+    return bool(_GLOBALS_ID.fullmatch(text) or _ID.fullmatch(text))
+
+
+def own_file_id(name: str) -> tuple[str, str] | None:
+    """(id, suffix) when ``name`` is a file name backupd writes for a backup (the stored
+    file, its manifest or its state), else None: the one test of what backupd may delete."""
+    match = _OWN_NAME.fullmatch(name)
+    if not match or match.group("stem").startswith("."):
+        return None
+    backup_id = decode_name(match.group("stem"))
+    if encode_name(backup_id) != match.group("stem") or not looks_like_id(backup_id):
+        return None  # not a name backupd would have written
+    return backup_id, match.group("suffix")
+
+
+def is_own_temporary(name: str) -> bool:
+    """A partial file, staging folder or deletion marker of backupd's, in a backup folder."""
+    match = _OWN_TEMPORARY.fullmatch(name)
+    if match and (match.group("name") in BOOKKEEPING or own_file_id(match.group("name"))
+                  or is_own_temporary(match.group("name"))):  # e.g. the partial of a pending file
+        return True
+    return bool(_FETCH_TEMPORARY.fullmatch(name))
+
+
+PENDING_SUFFIX = ".pending"
+
+
+def pending_path(final: Path) -> Path:
+    """Where a stored file waits, complete but hidden, until its manifest is written (row
+    counts and the archive check come first): a run killed meanwhile leaves a temporary
+    that the next run removes, never a file that looks like a backup without its manifest."""
+    return final.with_name(f".{final.name}{PENDING_SUFFIX}")
+
+
+def is_data_suffix(suffix: str) -> bool:
+    return bool(re.fullmatch(_DATA_SUFFIX, suffix))
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def iso(when: datetime | None) -> str | None:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
 def parse_iso(text: str | None) -> datetime | None:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if text else None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
 
 
 @dataclass
@@ -89,6 +160,8 @@ class Backup:
     manifest: dict[str, Any]
     folder: Path
     state: dict[str, Any] = field(default_factory=dict)
+    stored_size: int | None = None  # the file's size and modification time on disk when it was listed
+    stored_mtime: float | None = None
 
     @property
     def id(self) -> str:
@@ -116,12 +189,27 @@ class Backup:
         return self.folder / f"{encode_name(self.id)}.json"
 
     @property
+    def state_path(self) -> Path:
+        return self.folder / f"{encode_name(self.id)}.state.json"
+
+    @property
     def size(self) -> int:
         return int(self.manifest["size_bytes"])
 
     @property
     def pinned(self) -> bool:
         return bool(self.state.get("pinned"))
+
+    @property
+    def damaged(self) -> str | None:
+        """Why the stored file cannot be what the manifest describes, from its size alone
+        (a stat, free); the full hash is left to verify and restore."""
+        if self.stored_size is not None and self.stored_size != self.size:
+            return f"its file has {self.stored_size} bytes, the manifest says {self.size}"
+        found = self.state.get("integrity")  # a mismatch seen by replication
+        if found and found.get("mtime") == self.stored_mtime:  # the file has not been replaced since
+            return f"{found.get('reason')} (found {found.get('time')})"
+        return None
 
     def summary(self) -> dict[str, Any]:
         m = self.manifest
@@ -131,8 +219,30 @@ class Backup:
             "encrypted": bool(m.get("encryption")), "label": m.get("label"), "pinned": self.pinned,
             "verified": self.state.get("verification", {}).get("result"),
             "replicated_to": sorted(self.state.get("replicas", {})),
+            "status": "damaged" if self.damaged else "ok", "problem": self.damaged,
             "file": str(self.path),
         }
+
+
+@dataclass
+class Problem:
+    """Something in the repository a person must look at; backupd never deletes it.
+    ``kind``: ``unaccounted`` (a stored file without a readable manifest), ``invalid`` (a
+    manifest that is damaged or not backupd's), ``unreadable`` (a folder or file the
+    operating system will not let us read: the repository cannot be fully read)."""
+
+    kind: str
+    path: Path
+    detail: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"status": self.kind, "file": str(self.path), "problem": self.detail}
+
+
+@dataclass
+class _FolderScan:
+    backups: list[Backup] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
 
 class Repository:
@@ -154,14 +264,33 @@ class Repository:
         folder.mkdir(mode=0o700, exist_ok=True)
         return folder
 
+    def _entries(self, folder: Path, required: bool) -> list[os.DirEntry]:
+        """A folder's entries; a missing folder has none. One that exists but cannot be read
+        raises RepositoryUnreadable when ``required``: never mistaken for an empty one."""
+        try:
+            with os.scandir(folder) as entries:
+                return list(entries)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            if required:
+                raise RepositoryUnreadable(_unreadable(folder, err)) from None
+            raise
+
     def folders(self) -> list[Path]:
         """Every folder that holds backups: databases, _globals and each volume's."""
-        if not self.root.is_dir():
-            return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != VOLUMES]
-        volumes = self.root / VOLUMES
-        if volumes.is_dir():
-            found += [p for p in volumes.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        found = []
+        for entry in self._entries(self.root, required=True):
+            if entry.name.startswith(".") or not _is_dir(entry):
+                continue
+            if entry.name != VOLUMES:
+                found.append(Path(entry.path))
+                continue
+            try:
+                found += [Path(e.path) for e in self._entries(Path(entry.path), required=True)
+                          if not e.name.startswith(".") and _is_dir(e)]
+            except RepositoryUnreadable:
+                found.append(Path(entry.path))  # reported as unreadable when scanned
         return found
 
     def file_name(self, backup_id: str, suffix: str) -> str:
@@ -173,7 +302,7 @@ class Repository:
         when = (when or utc_now()).replace(microsecond=0)
         folder = self.folder_for(name, kind)
         while True:
-            backup_id = make_id(GLOBALS if kind == "globals" else name, when)
+            backup_id = make_globals_id(when) if kind == "globals" else make_id(name, when)
             if not any(folder.glob(f"{_glob_escape(encode_name(backup_id))}.*")) and \
                not any(folder.glob(f".{_glob_escape(encode_name(backup_id))}.*")):
                 return backup_id, when
@@ -205,59 +334,142 @@ class Repository:
         for a long backup."""
         with self._flock(folder, lock_name, what):
             if lock_name == ".lock":
-                self._remove_stale_partials(folder)
+                self.finish_interrupted(folder)
             yield
 
     def clean_unfinished(self) -> list[Path]:
-        """Remove what runs that died left behind (a kill -9, a power cut): partial files
-        and staging folders in every folder whose lock is free. A folder that is locked is
-        being written by a live process and is left alone."""
+        """Remove what runs that died left behind (a kill -9, a power cut): backupd's own
+        partial files, staging folders and half-done deletions, in every folder whose lock is
+        free. A folder that is locked is being written by a live process and is left alone."""
         removed = []
         for folder in self.folders():
-            with self._flock(folder, ".lock", None) as taken:
-                if taken:
-                    removed += [*folder.glob(".*.partial"), *folder.glob(".*.staging")]
-                    self._remove_stale_partials(folder)
+            try:
+                with self._flock(folder, ".lock", None) as taken:
+                    if taken:
+                        removed += self.finish_interrupted(folder)
+            except OSError as err:  # one folder we cannot write must not stop the others
+                log.warning("cannot clean up a backup folder", folder=str(folder), error=_reason(err))
         return removed
 
-    def _remove_stale_partials(self, folder: Path) -> None:
-        # Under the folder's lock no one else is writing here: every partial is left over
-        # from a process that died.
-        for partial in folder.glob(".*.partial"):
-            log.warning("removing unfinished file left by an earlier run", file=str(partial))
-            _remove(partial)
-        for staging in folder.glob(".*.staging"):
-            log.warning("removing staging folder left by an earlier run", folder=str(staging))
-            _remove(staging)
+    def finish_interrupted(self, folder: Path) -> list[Path]:
+        """Under the folder's lock no one else is writing here: every temporary of backupd's
+        is left over from a process that died. A deletion that was cut short is completed,
+        because its manifest (kept aside) still accounts for its files."""
+        removed = []
+        for entry in self._entries(folder, required=False):
+            if not is_own_temporary(entry.name) or entry.name.endswith(".state.json.partial"):
+                continue  # a state file's partial belongs to the state lock, not to this one
+            path = Path(entry.path)
+            if entry.name.endswith(".json.deleting"):
+                try:
+                    removed += self._finish_deletion(path)
+                except OSError as err:  # e.g. a folder where its state file should be: reported, not fatal
+                    log.error("cannot finish a deletion an earlier run began", manifest=str(path),
+                              error=_reason(err))
+                continue
+            log.warning("removing an unfinished file left by an earlier run", file=str(path))
+            _remove(path)
+            removed.append(path)
+        return removed
+
+    def _finish_deletion(self, marker: Path) -> list[Path]:
+        try:
+            manifest = json.loads(marker.read_text(encoding="utf-8"))
+            backup = Backup(manifest=manifest, folder=marker.parent)
+            files = [backup.path, backup.state_path] if self.accounts_for(backup, marker.name[1:-9]) else []
+        except (OSError, ValueError, KeyError, TypeError):
+            files = []  # not a manifest we can trust: delete nothing it names
+        for path in files:
+            path.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        log.warning("finished a deletion that an earlier run began", manifest=str(marker))
+        return [*files, marker]
+
+    def delete(self, backup: Backup) -> bool:
+        """Delete one backup: its manifest is first moved aside (so it stops being listed at
+        once, and a crash midway is finished by the next run), then its file and state.
+        False when it was pinned meanwhile (a pin is read again under both locks)."""
+        with self.lock(backup.folder, "delete"), self.lock(backup.folder, "delete", lock_name=".state.lock"):
+            try:
+                if json.loads(backup.state_path.read_text(encoding="utf-8")).get("pinned"):
+                    log.info("not deleted: pinned meanwhile", id=backup.id)
+                    return False
+            except (OSError, ValueError, AttributeError):
+                pass  # no state, or none we can read: no pin
+            marker = backup.folder / f".{backup.manifest_path.name}.deleting"
+            try:
+                os.replace(backup.manifest_path, marker)
+            except FileNotFoundError:
+                return False  # another process deleted it meanwhile
+            backup.path.unlink(missing_ok=True)
+            backup.state_path.unlink(missing_ok=True)
+            marker.unlink()
+            return True
+
+    def remove_stale_temporaries(self, older_than: float) -> list[Path]:
+        """Staging folders of restores (in BACKUP_DIR itself) that a killed run left, once
+        they are older than ``older_than`` seconds; inside the backup folders the lock
+        decides instead (``clean_unfinished``)."""
+        cutoff = time.time() - older_than
+        removed = []
+        for entry in self._entries(self.root, required=True):
+            if _RESTORE_STAGING.fullmatch(entry.name) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                log.warning("removing a staging folder left by an earlier restore", folder=entry.path)
+                _remove(Path(entry.path))
+                removed.append(Path(entry.path))
+        return removed
 
     # Failures ------------------------------------------------------------------------
     # The newest failure of each database is kept beside its backups until the next
-    # success, so health sees failures of CLI runs and of runs before a restart.
+    # success, so health sees failures of CLI runs and of runs before a restart. When it
+    # cannot be written (the disk is full, the folder read-only: often the very cause),
+    # this process keeps it in memory, so a daemon still reports it.
     FAILURE_FILE = ".last-failure.json"
 
     def _failure_folder(self, name: str | None, kind: str) -> Path:
         return self.root if name is None else self.folder_for(name, kind)
 
+    def _failure_key(self, name: str | None, kind: str) -> tuple[str, str, str | None]:
+        return str(self.root), kind, name
+
     def record_failure(self, name: str | None, error: str, kind: str = "database") -> None:
         """``name`` None records a failure of a whole run (the server was unreachable)."""
-        folder = self.ensure_folder(self._failure_folder(name, kind))
         record = {"database": name, "kind": kind, "time": iso(utc_now()), "error": error}
-        write_json_atomically(folder / self.FAILURE_FILE, json.dumps(record, sort_keys=True) + "\n")
+        try:
+            folder = self.ensure_folder(self._failure_folder(name, kind))
+            write_json_atomically(folder / self.FAILURE_FILE, json.dumps(record, sort_keys=True) + "\n")
+        except OSError as err:
+            log.warning("could not write the failure into the repository; it is kept in memory",
+                        database=name, error=_reason(err))
+            with _UNWRITTEN_LOCK:
+                _UNWRITTEN_FAILURES[self._failure_key(name, kind)] = record
+            return
+        with _UNWRITTEN_LOCK:
+            _UNWRITTEN_FAILURES.pop(self._failure_key(name, kind), None)
 
     def clear_failure(self, name: str | None, kind: str = "database") -> None:
-        (self._failure_folder(name, kind) / self.FAILURE_FILE).unlink(missing_ok=True)
+        with _UNWRITTEN_LOCK:
+            _UNWRITTEN_FAILURES.pop(self._failure_key(name, kind), None)
+        try:
+            (self._failure_folder(name, kind) / self.FAILURE_FILE).unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not clear a recorded failure", database=name, error=_reason(err))
 
     def failures(self) -> list[dict[str, Any]]:
         """Every remembered failure: {"database" (None for a whole run), "kind", "time", "error"}"""
         found: list[dict[str, Any]] = []
-        if not self.root.is_dir():
-            return found
-        for path in [self.root / self.FAILURE_FILE, *self.root.glob(f"*/{self.FAILURE_FILE}")]:
-            try:
-                found.append(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                continue
-        return found
+        with _UNWRITTEN_LOCK:
+            unwritten = {key: record for key, record in _UNWRITTEN_FAILURES.items() if key[0] == str(self.root)}
+        if self.root.is_dir():
+            for path in [self.root / self.FAILURE_FILE, *self.root.glob(f"*/{self.FAILURE_FILE}"),
+                         *self.root.glob(f"{VOLUMES}/*/{self.FAILURE_FILE}")]:
+                try:
+                    record = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                if self._failure_key(record.get("database"), record.get("kind", "database")) not in unwritten:
+                    found.append(record)
+        return found + list(unwritten.values())
 
     # Manifests -----------------------------------------------------------------------
     def write_manifest(self, folder: Path, manifest: dict[str, Any]) -> Path:
@@ -270,7 +482,13 @@ class Repository:
     def update_state(self, backup: Backup, key: str, value: Any) -> None:
         """Set one later fact (verification, replicas, pin) in ``<id>.state.json``;
         the manifest is never rewritten."""
-        path = backup.folder / f"{encode_name(backup.id)}.state.json"
+        self.change_state(backup, key, lambda _current: value)
+
+    def change_state(self, backup: Backup, key: str, change: Callable[[Any], Any]) -> None:
+        """Replace one fact by ``change(its value on disk)``, read and written under the state
+        lock: targets replicating side by side each add their own record, none overwrites
+        another's with what it read before."""
+        path = backup.state_path
         with self.lock(backup.folder, "state", lock_name=".state.lock"):
             state = {}
             if path.exists():
@@ -278,68 +496,140 @@ class Repository:
                     state = json.loads(path.read_text(encoding="utf-8"))
                 except ValueError:
                     log.warning("replacing an unreadable state file", file=str(path))
-            state[key] = value
-            partial = path.with_name(f".{path.name}.partial")
-            partial.unlink(missing_ok=True)
+            state[key] = change(state.get(key))
             write_json_atomically(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
         backup.state = state
 
-    def _load(self, manifest_path: Path) -> Backup | None:
+    def mark_damaged(self, backup: Backup, reason: str) -> None:
+        """Remember that the stored file no longer matches its checksum, as long as it is
+        this very file (its modification time): list, retention and health count it as bad."""
+        try:
+            mtime = backup.path.stat().st_mtime
+        except OSError:
+            return
+        self.update_state(backup, "integrity", {"time": iso(utc_now()), "reason": reason, "mtime": mtime})
+
+    @staticmethod
+    def accounts_for(backup: Backup, manifest_name: str) -> bool:
+        """A manifest accounts for a file only when both carry the names backupd gives them:
+        ``<encoded id>.json`` and ``<encoded id><data suffix>`` in the same folder. A manifest
+        naming anything else (``../x``, a foreign file) is not backupd's, and nothing it names
+        is listed or deleted."""
+        parse_id(backup.id)
+        stem = encode_name(backup.id)
+        named, size, sha = backup.manifest["file"], backup.manifest.get("size_bytes"), backup.manifest.get("sha256")
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0 and isinstance(sha, str)):
+            raise ValueError("its size_bytes or sha256 is missing or not of the right type")
+        return (manifest_name == f"{stem}.json" and isinstance(named, str) and named.startswith(stem)
+                and is_data_suffix(named[len(stem):]))
+
+    def _load(self, manifest_path: Path, problems: list[Problem] | None = None) -> Backup | None:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             backup = Backup(manifest=manifest, folder=manifest_path.parent)
-            parse_id(backup.id)
-        except (OSError, ValueError, KeyError, UsageError) as err:
-            log.warning("ignoring unreadable manifest", file=str(manifest_path), error=str(err))
+            if not self.accounts_for(backup, manifest_path.name):
+                raise ValueError("it does not describe a file of backupd's in its folder")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UsageError) as err:
+            detail = f"the manifest cannot be read: {_reason(err)}"
+            log.warning("ignoring unreadable manifest", file=str(manifest_path), error=detail)
+            if problems is not None:
+                problems.append(Problem("unreadable" if isinstance(err, OSError) else "invalid", manifest_path,
+                                        detail))
             return None
-        if not backup.path.is_file():
+        try:
+            stat = backup.path.stat()
+            backup.stored_size, backup.stored_mtime = stat.st_size, stat.st_mtime
+        except FileNotFoundError:
             return None  # the file is gone: not a backup any more
-        state_path = manifest_path.with_name(manifest_path.name[:-5] + ".state.json")
-        if state_path.exists():
+        except OSError as err:
+            if problems is not None:
+                problems.append(Problem("unreadable", backup.path, _reason(err)))
+            return None
+        if backup.state_path.exists():
             try:
-                backup.state = json.loads(state_path.read_text(encoding="utf-8"))
+                backup.state = json.loads(backup.state_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                log.warning("ignoring unreadable state file", file=str(state_path))
+                log.warning("ignoring unreadable state file", file=str(backup.state_path))
         return backup
+
+    def _scan(self, folder: Path, required: bool = True) -> _FolderScan:
+        """The backups in one folder, and the stored files no manifest accounts for."""
+        scan = _FolderScan()
+        try:
+            entries = self._entries(folder, required=True)
+        except RepositoryUnreadable as err:
+            if required:
+                raise
+            scan.problems.append(Problem("unreadable", folder, str(err)))
+            return scan
+        data_files: dict[str, Path] = {}
+        for entry in entries:
+            own = own_file_id(entry.name)
+            if own is None:
+                continue  # not backupd's: never read, listed or deleted
+            if own[1] == ".json":
+                backup = self._load(Path(entry.path), scan.problems)
+                if backup:
+                    scan.backups.append(backup)
+            elif own[1] != ".state.json":
+                data_files[entry.name] = Path(entry.path)
+        accounted = {b.path.name for b in scan.backups}
+        for name, path in sorted(data_files.items()):
+            if name not in accounted:
+                scan.problems.append(Problem("unaccounted", path, "a stored file without a readable manifest, "
+                                                                  "never deleted"))
+        return scan
+
+    def _folders_of(self, database: str | None, kind: str | None) -> list[Path]:
+        if database is not None:
+            return [self.folder_for(database, kind or "database")]
+        if kind == "globals":
+            return [self.root / GLOBALS]
+        folders = self.folders()
+        if kind == "volume":
+            return [p for p in folders if p.parent.name == VOLUMES and p.parent.parent == self.root]
+        if kind == "database":
+            return [p for p in folders if p.parent == self.root and p.name not in (GLOBALS, VOLUMES)]
+        return folders
+
+    def inventory(self, database: str | None = None,
+                  kind: str | None = "database") -> tuple[list[Backup], list[Problem]]:
+        """Complete backups, newest first, and what a person must look at. Raises
+        RepositoryUnreadable when BACKUP_DIR (or the one folder asked for) cannot be read."""
+        backups: list[Backup] = []
+        problems: list[Problem] = []
+        for folder in self._folders_of(database, kind):
+            scan = self._scan(folder, required=database is not None or folder == self.root / GLOBALS)
+            backups += [b for b in scan.backups if (kind is None or b.kind == kind)
+                        and (database is None or b.database == database)]
+            problems += scan.problems
+        backups.sort(key=lambda b: (b.time, b.id), reverse=True)
+        return backups, problems
 
     def backups(self, database: str | None = None, kind: str | None = "database") -> list[Backup]:
         """Complete backups, newest first."""
-        if not self.root.is_dir():
-            return []
-        if database is not None:
-            folders = [self.folder_for(database, kind or "database")]
-        elif kind == "globals":
-            folders = [self.root / GLOBALS]
-        elif kind == "volume":
-            folders = [p for p in self.folders() if p.parent.name == VOLUMES and p.parent.parent == self.root]
-        else:
-            folders = [p for p in self.folders() if kind is None or p.parent == self.root and p.name != GLOBALS]
-        found = []
-        for folder in folders:
-            if not folder.is_dir():
-                continue
-            for manifest_path in folder.glob("*.json"):
-                if manifest_path.name.endswith(".state.json"):
-                    continue
-                backup = self._load(manifest_path)
-                if backup and (kind is None or backup.kind == kind) and (database is None or backup.database == database):
-                    found.append(backup)
-        found.sort(key=lambda b: (b.time, b.id), reverse=True)
-        return found
+        return self.inventory(database, kind)[0]
 
     def find(self, backup_id: str, kind: str = "database") -> Backup:
-        """The backup with this id: a database backup (or a roles dump), or with
-        ``kind="volume"`` a volume archive (a volume may share a database's name)."""
+        """The backup with this id: a database backup or a roles dump (``kind="globals"``:
+        only a roles dump), or with ``kind="volume"`` a volume archive (a volume may share a
+        database's name)."""
         name, _ = parse_id(backup_id)
-        folders = [self.folder_for(name, kind)]
-        if name == GLOBALS and kind == "database":
-            folders.append(self.root / GLOBALS)
+        if kind == "volume":
+            folders = [self.folder_for(name, "volume")]
+        elif is_globals_id(backup_id) or kind == "globals":
+            folders = [self.root / GLOBALS]
+        else:
+            folders = [self.folder_for(name)]
+            if name == GLOBALS:  # roles dumps of older versions had ids "_globals-<time>"
+                folders.append(self.root / GLOBALS)
         for folder in folders:
             path = folder / f"{encode_name(backup_id)}.json"
             if path.is_file():
                 backup = self._load(path)
-                if backup and backup.id == backup_id:
+                if backup and backup.id == backup_id and (kind != "globals" or backup.kind == "globals"):
                     return backup
+        self._entries(self.root, required=True)  # an unreadable repository is not "no such backup"
         raise NotFoundError(f"no backup with id {backup_id!r} in {self.root}")
 
     def latest(self, database: str | None, kind: str = "database") -> Backup:
@@ -356,6 +646,34 @@ class Repository:
         if not backups:
             raise NotFoundError(f"no backups of {noun} {database!r} in {self.root}")
         return backups[0]
+
+
+# Failures this process could not write into the repository: (root, kind, name) -> record.
+_UNWRITTEN_FAILURES: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+_UNWRITTEN_LOCK = threading.Lock()
+
+
+def storage_error(err: OSError, doing: str) -> StorageError:
+    """An OSError while writing the repository, as one line that says what and where."""
+    where = f" {err.filename}" if err.filename else ""
+    return StorageError(f"cannot {doing}:{where}: {_reason(err)}")
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """A folder, or a link to one (a database's folder moved to another disk); what is
+    deleted in it is still only what a manifest there accounts for."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _reason(err: BaseException) -> str:
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+
+
+def _unreadable(folder: Path, err: OSError) -> str:
+    return f"the backup repository cannot be read: {folder}: {_reason(err)} (check BACKUP_DIR and its permissions)"
 
 
 def _glob_escape(text: str) -> str:

@@ -14,9 +14,9 @@ Each database (group) is decided on its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Callable, Hashable, Iterable
 from zoneinfo import ZoneInfo
 
 
@@ -35,12 +35,12 @@ class Policy:
     def has_rules(self) -> bool:
         return any((self.days, self.keep_last, self.daily, self.weekly, self.monthly, self.yearly))
 
-    def with_days(self, days: int) -> "Policy":
+    def with_days(self, days: int) -> Policy:
         """The same policy with another age rule (replication targets replace only that)."""
         return replace(self, days=days)
 
     @classmethod
-    def from_settings(cls, settings) -> "Policy":
+    def from_settings(cls, settings) -> Policy:
         return cls(days=settings.backup_retention_days, keep_last=settings.backup_keep_last,
                    daily=settings.backup_keep_daily, weekly=settings.backup_keep_weekly,
                    monthly=settings.backup_keep_monthly, yearly=settings.backup_keep_yearly,

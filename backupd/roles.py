@@ -31,7 +31,8 @@ def unquote(ident: str) -> str:
 def statements(script: str) -> list[str]:
     """Split pg_dumpall's output into statements: comments dropped, a statement may span
     lines while a string literal is open."""
-    result, current = [], []
+    result: list[str] = []
+    current: list[str] = []
     for line in script.splitlines():
         if not current and (not line.strip() or line.startswith("--")):
             continue
@@ -90,7 +91,7 @@ def create_missing_roles(conn: psycopg.Connection, script: str, dry_run: bool = 
                     result.skipped.append(_describe(statement))
             result.created.append(role)
         new = set(result.created)
-        for group, member, statement in plan.grants:
+        for _group, member, statement in plan.grants:
             # Only memberships of roles created here: an existing role is never altered.
             if member in new and not _execute_in_savepoint(conn, statement):
                 result.skipped.append(_describe(statement))

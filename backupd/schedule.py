@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import lru_cache
-from itertools import islice
-from typing import Iterator
+from itertools import islice, pairwise
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -38,7 +38,7 @@ def _longest_gap(expression: str, timezone: str, day: datetime) -> timedelta:
     runs = next_runs(expression, timezone, day, 500)
     horizon = day + timedelta(days=35)
     runs = [run for run in runs if run <= horizon] or runs[:2]
-    gaps = [b - a for a, b in zip(runs, runs[1:])]
+    gaps = [b - a for a, b in pairwise(runs)]
     return max(gaps) if gaps else timedelta(days=1)
 
 

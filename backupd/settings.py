@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
@@ -95,13 +96,29 @@ def _check_extra_opts(value: str) -> str:
     except ValueError as err:
         raise ValueError(f"cannot be split into arguments ({err})") from None
     for arg in args:
-        if not arg.startswith("-"):
-            continue
-        name = arg.split("=", 1)[0]
-        short = arg[:2] if not arg.startswith("--") else name
-        if name in _FORBIDDEN_DUMP_OPTIONS or short in _FORBIDDEN_DUMP_OPTIONS:
-            raise ValueError(f"may not contain {name}: backupd sets the output, format and connection itself")
+        for name in _option_names(arg):
+            if name in _FORBIDDEN_DUMP_OPTIONS:
+                raise ValueError(f"may not contain {name}: backupd sets the output, format and connection itself")
     return value
+
+
+# pg_dump's short options that take a value: in a cluster such as "-Of/x", the rest is the value.
+_SHORT_WITH_VALUE = frozenset("fFZjdhpUnNtTESe")
+
+
+def _option_names(arg: str) -> list[str]:
+    """The options one argument sets, as pg_dump's getopt reads it: "--file=x" -> ["--file"],
+    "-Of/tmp/x" -> ["-O", "-f"]."""
+    if arg.startswith("--"):
+        return [arg.split("=", 1)[0]]
+    if not arg.startswith("-") or arg == "-":
+        return []
+    names = []
+    for char in arg[1:]:
+        names.append(f"-{char}")
+        if char in _SHORT_WITH_VALUE:
+            break
+    return names
 
 
 def _check_targets(urls: tuple[str, ...]) -> tuple[str, ...]:
@@ -138,6 +155,17 @@ def _check_identity(identity: SecretStr | None) -> SecretStr | None:
     if identity is not None:
         check_identity(identity.get_secret_value())
     return identity
+
+
+def _check_repository_path(value: Any) -> Path:
+    # An empty value would mean the current folder, and a relative one a folder that moves
+    # with it: backupd deletes files in BACKUP_DIR, so it must be one fixed place.
+    text = str(value).strip() if value is not None else ""
+    if not text:
+        raise ValueError("is empty; give the absolute path of the backup folder, e.g. /backups")
+    if not text.startswith("/"):
+        raise ValueError("must be an absolute path (starting with /), e.g. /backups")
+    return Path(text)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -207,7 +235,7 @@ class Settings(BaseSettings):
     backup_schedule: Cron = "0 2 * * *"
     backup_timezone: Timezone = "UTC"
     backup_on_start: bool = False
-    backup_dir: Path = Path("/backups")
+    backup_dir: Annotated[Path, BeforeValidator(_check_repository_path)] = Path("/backups")
     backup_format: Literal["custom", "directory", "tar", "plain"] = "custom"
     backup_compression: Literal["zstd", "gzip", "bzip2", "xz", "none"] = "zstd"
     backup_compression_level: int | None = None
@@ -297,7 +325,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     @model_validator(mode="after")
-    def _legacy_replication_is_complete(self) -> "Settings":
+    def _legacy_replication_is_complete(self) -> Settings:
         if self.replication_enabled and self.replication_type:
             if not self.replication_target:
                 raise ValueError(f"REPLICATION_TARGET: REPLICATION_TYPE={self.replication_type} needs a target")
@@ -306,13 +334,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _email_has_a_server(self) -> "Settings":
+    def _email_has_a_server(self) -> Settings:
         if self.notification_email and not self.smtp_host:
             raise ValueError("SMTP_HOST: NOTIFICATION_EMAIL needs an SMTP server")
         return self
 
     @model_validator(mode="after")
-    def _compression_level_fits(self) -> "Settings":
+    def _compression_level_fits(self) -> Settings:
         if self.backup_compression_level is not None:
             low, high = COMPRESSION_LEVELS[self.backup_compression]
             if not low <= self.backup_compression_level <= high:
@@ -323,7 +351,8 @@ class Settings(BaseSettings):
         return self
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
         # Only explicit values: load_settings hands the environment in itself.
         return (init_settings,)
 
@@ -376,7 +405,7 @@ _DURATION_FIELDS = {name for name, field in Settings.model_fields.items() if par
                     [getattr(m, "func", None) for m in field.metadata]}
 
 
-def _describe(error: dict[str, Any], origin: Mapping[str, str], environ: Mapping[str, str]) -> str:
+def _describe(error: Mapping[str, Any], origin: Mapping[str, str], environ: Mapping[str, str]) -> str:
     field = str(error["loc"][0]) if error.get("loc") else ""
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if not field:  # a model-level check already names its variables

@@ -15,13 +15,14 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO
 
 from backupd import cancel
 from backupd.errors import Aborted, DumpError
-from backupd.process import Child, spawn
+from backupd.process import Child, is_libpq_tool, spawn
 
 BLOCK = 1 << 20
 PIPE_SIZE = 1 << 20
@@ -103,20 +104,22 @@ class AtomicFile:
     def __init__(self, final: Path):
         self.final = final
         self.partial = final.with_name(f".{final.name}.partial")
-        self.file = None
+        self.file: BinaryIO | None = None
 
-    def __enter__(self) -> "AtomicFile":
+    def __enter__(self) -> AtomicFile:
         fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.file = os.fdopen(fd, "wb", buffering=0)
         return self
 
     def write(self, data: memoryview | bytes) -> None:
+        assert self.file is not None, "write inside the with block"
         view = memoryview(data)
         while view:
             written = self.file.write(view)
             view = view[written:]
 
     def commit(self) -> None:
+        assert self.file is not None, "commit inside the with block"
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -131,6 +134,9 @@ class AtomicFile:
 
 
 def write_json_atomically(path: Path, text: str) -> None:
+    # A partial left by a killed writer would block every later write (O_EXCL): small JSON
+    # files are rewritten whole, so the stale one simply goes.
+    path.with_name(f".{path.name}.partial").unlink(missing_ok=True)
     with AtomicFile(path) as out:
         out.write(text.encode("utf-8"))
         out.commit()
@@ -166,7 +172,9 @@ class Pipeline:
                 inherited = rest[0] if rest else ()
                 ok_codes = rest[1] if len(rest) > 1 else (0,)
                 last = index == len(stages) - 1
-                child = spawn(name, argv, env=env, stdin=source, stdout=stdout if last else subprocess.PIPE,
+                # ``env`` is the libpq environment: only the stages that connect get it.
+                stage_env = env if is_libpq_tool(argv) else None
+                child = spawn(name, argv, env=stage_env, stdin=source, stdout=stdout if last else subprocess.PIPE,
                               secrets=secrets, cwd=cwd, pass_fds=inherited)
                 child.ok_codes = tuple(ok_codes)
                 for fd in inherited:  # the child has its own copy now
@@ -235,6 +243,8 @@ def pump(source, sink: AtomicFile | None, progress: Progress | None = None) -> t
     total = 0
     raw = getattr(source, "raw", source)
     while True:
+        if reason := cancel.requested():  # a copy or a checksum of a large file stops at once too
+            raise Aborted(reason)
         count = raw.readinto(view)
         if not count:
             break

@@ -6,11 +6,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import shutil
+
 import pytest
 
+from tests.dockerd import ensure_engine
 from tests.pg import Cluster, remove_cluster, start_cluster
+from tests.servers import start_s3, start_sshd
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def docker_engine():
+    """A running Docker engine for the whole session, as on a user's host with the socket
+    mounted: every restore that swaps and every volume run talks to it. Without it, a socket
+    file left behind by an engine that is gone makes those runs fail (rightly) at random."""
+    ensure_engine()
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +30,24 @@ def cluster():
     cluster = start_cluster()
     yield cluster
     remove_cluster(cluster)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 API server (SeaweedFS) on 127.0.0.1, one per test module."""
+    server = start_s3()
+    yield server
+    server.stop()
+    shutil.rmtree(server.data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    """A real sshd with rsync on 127.0.0.1, one per test module."""
+    server = start_sshd()
+    yield server
+    server.stop()
+    shutil.rmtree(server.base, ignore_errors=True)
 
 
 @pytest.fixture

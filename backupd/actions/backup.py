@@ -11,23 +11,33 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import psycopg
 
 from backupd import __version__, cancel
 from backupd.actions.prune import run_prune
-from backupd.artifact import Transform, commit_manifest
 from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv, tool_major
+from backupd.artifact import Transform, commit_manifest
 from backupd.errors import Aborted, BackupdError, DumpError
 from backupd.logging import get_logger
-from backupd.postgres import (ExportedSnapshot, Server, TableCount, advisory_lock, count_rows, database_info,
-                              list_databases, server_version)
-from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, utc_now
+from backupd.postgres import (
+    ExportedSnapshot,
+    Server,
+    TableCount,
+    advisory_lock,
+    count_rows,
+    database_info,
+    list_databases,
+    one,
+    server_version,
+)
+from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, pending_path, storage_error, utc_now
+from backupd.settings import Settings
 from backupd.stream import Pipeline, stream_to_file
 
 log = get_logger("backupd.backup")
@@ -52,17 +62,19 @@ class BackupResult:
     outcomes: list[Outcome] = field(default_factory=list)
     globals: Outcome | None = None
     pruned: int = 0  # backups deleted by the retention that follows each successful backup
+    finish_error: str | None = None  # pinning or retention after the backups failed
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes) and (self.globals is None or self.globals.ok)
+        return (all(o.ok for o in self.outcomes) and (self.globals is None or self.globals.ok)
+                and self.finish_error is None)
 
 
 @dataclass
 class _Run:
     """What every database's backup in one run shares."""
 
-    settings: object
+    settings: Settings
     server: Server
     repo: Repository
     transform: Transform
@@ -101,12 +113,12 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
     ``pin`` pins the new backups. Retention runs for each database backed up."""
     server = Server.from_settings(settings)
     repo = Repository(settings.backup_dir)
-    repo.clean_unfinished()
     try:
+        repo.clean_unfinished()
         with server.wait_connect("postgres") as conn:
             server_num, server_text = server_version(conn)
             names = list(databases or settings.databases or list_databases(conn, settings.db_exclude))
-            superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+            superuser = one(conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))[0]
     except BackupdError as err:
         if not cancel.requested():
             _record_run_failure(repo, databases or settings.databases, str(err))
@@ -122,7 +134,8 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
                time.monotonic() + settings.backup_timeout, progress)
     result = BackupResult()
     if settings.backup_globals:
-        result.globals = _guarded(repo, GLOBALS, "globals", lambda: _backup_globals(run, superuser, label, scheduled_for))
+        result.globals = _guarded(repo, GLOBALS, "globals",
+                                  lambda: _backup_globals(run, superuser, label, scheduled_for))
     globals_id = result.globals.backup_id if result.globals and result.globals.ok else None
     with ThreadPoolExecutor(max_workers=settings.backup_concurrency, thread_name_prefix="backup") as pool:
         result.outcomes = list(pool.map(
@@ -131,16 +144,27 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
             names))
     repo.clear_failure(None)  # the server answered: a run-level failure is over
     succeeded = [o for o in result.outcomes if o.ok and o.backup_id]
-    for outcome in succeeded if pin else []:
-        repo.update_state(repo.find(outcome.backup_id), "pinned", True)
-    if succeeded:  # retention follows each successful backup (pins first, so they hold)
-        result.pruned = len(run_prune(settings, databases=[o.database for o in succeeded]).deleted)
+    try:
+        for outcome in succeeded if pin else []:
+            repo.update_state(repo.find(str(outcome.backup_id)), "pinned", True)
+        if succeeded:  # retention follows each successful backup (pins first, so they hold)
+            result.pruned = len(run_prune(settings, databases=[o.database for o in succeeded],
+                                          just_made=frozenset(str(o.backup_id) for o in succeeded)).deleted)
+    except (OSError, BackupdError) as err:  # the backups are made and kept: say so, and fail the run
+        if isinstance(err, OSError):
+            err = storage_error(err, "finish the run (pins, retention)")
+        result.finish_error = str(err)
+        log.error("the backups were made, but finishing the run failed", error=result.finish_error)
     return result
 
 
 def _record_run_failure(repo: Repository, names, error: str) -> None:
-    """The server could not be reached: every database this run was for failed."""
-    for name in names or sorted({b.database for b in repo.backups()}) or [None]:
+    """The server (or the repository) could not be reached: every database this run was for failed."""
+    try:
+        known = sorted({b.database for b in repo.backups()})
+    except BackupdError:
+        known = []
+    for name in names or known or [None]:
         repo.record_failure(name, error)
 
 
@@ -153,10 +177,14 @@ def _guarded(repo: Repository, name: str, kind: str, work: Callable[[], Outcome]
             outcome = work()
         except psycopg.Error as err:  # e.g. the server restarted in the middle
             raise DumpError(f"the database connection failed: {str(err).strip()}") from None
+        except OSError as err:  # the repository: a full disk, a read-only mount, no permission
+            raise storage_error(err, f"write the backup of {name!r}") from None
     except BackupdError as err:
         seconds = time.monotonic() - started
-        log.error("backup failed", database=name, error=str(err), duration_seconds=round(seconds, 3))
-        if not cancel.requested():  # an abort at shutdown is not the database's failure
+        if stop := cancel.requested():  # an abort (a signal, a shutdown) is not the database's failure
+            log.warning("backup not finished: nothing of it is kept", database=name, reason=stop)
+        else:
+            log.error("backup failed", database=name, error=str(err), duration_seconds=round(seconds, 3))
             repo.record_failure(name, str(err), kind)
         return Outcome(database=name, ok=False, error=str(err), seconds=seconds)
     if outcome.skipped:
@@ -170,13 +198,23 @@ def _guarded(repo: Repository, name: str, kind: str, work: Callable[[], Outcome]
 
 class _RowCounter(threading.Thread):
     """Counts rows on the snapshot's own connection while pg_dump streams, so the
-    counts cost no extra wall time and see exactly the dumped rows."""
+    counts cost no extra wall time and see exactly the dumped rows.
+
+    It is registered with ``cancel`` like a pipeline: the counting can outlast pg_dump
+    (a big table, a table waiting for a lock), and a SIGTERM then must stop it at once,
+    not after the count or the forced exit, which would leave the finished file without
+    its manifest."""
 
     def __init__(self, snapshot: ExportedSnapshot, mode: str):
         super().__init__(name="row-counts", daemon=True)
         self.snapshot, self.mode = snapshot, mode
         self.counts: list[TableCount] = []
         self.error: BaseException | None = None
+        self.abort_reason: str | None = None
+
+    def start(self) -> None:
+        cancel.register(self)
+        super().start()
 
     def run(self) -> None:
         try:
@@ -184,19 +222,32 @@ class _RowCounter(threading.Thread):
         except BaseException as err:  # reported by result()
             self.error = err
 
-    def cancel(self) -> None:
+    def abort(self, reason: str) -> None:
+        """From any thread (a signal, a shutdown): stop the query that counts."""
+        self.abort_reason = self.abort_reason or reason
+        self._cancel_query()
+
+    def _cancel_query(self) -> None:
         if self.is_alive():
             try:
                 self.snapshot.conn.cancel_safe()
             except psycopg.Error:
                 pass  # the connection is already gone, and the count with it
+
+    def cancel(self) -> None:
+        self._cancel_query()
+        if self.is_alive():
             self.join(10)
+        cancel.unregister(self)
 
     def result(self, timeout: float) -> list[TableCount]:
         self.join(timeout)
         if self.is_alive():
             self.cancel()
             raise Aborted("row counts did not finish within BACKUP_TIMEOUT")
+        cancel.unregister(self)
+        if self.abort_reason:
+            raise Aborted(self.abort_reason)
         if self.error:
             raise DumpError(f"counting rows failed: {str(self.error).strip()}") from None
         return self.counts
@@ -220,21 +271,22 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
         backup_id, _ = repo.reserve_id(name)
         fmt = settings.backup_format
         final = folder / repo.file_name(backup_id, run.transform.suffix(FORMAT_SUFFIXES[fmt]))
+        pending = pending_path(final)  # where the file waits for its manifest
         try:
             with ExportedSnapshot(server, name, settings.backup_lock_wait_timeout) as snapshot:
                 counter = _RowCounter(snapshot, settings.backup_row_counts)
                 counter.start()
                 try:
-                    stream, contents = _dump(run, name, fmt, snapshot.snapshot_id, final, backup_id)
+                    stream, contents = _dump(run, name, fmt, snapshot.snapshot_id, pending, backup_id)
                 except BaseException:
                     counter.cancel()
                     raise
                 counts = counter.result(max(run.remaining(), 1.0))
             if contents is None:
-                contents = inspect_archive(final, fmt)
+                contents = inspect_archive(pending, fmt)
             tables = [c.to_json() for c in counts if contents.holds(c.schema, c.name, c.oid)]
         except BaseException:
-            final.unlink(missing_ok=True)
+            pending.unlink(missing_ok=True)
             raise
         commit_manifest(repo, folder, final, {
             **run.manifest("database", backup_id, label, scheduled_for, started, clock, fmt, final, stream),
@@ -296,8 +348,8 @@ def _check_room(repo: Repository, admin, name: str, folder: Path) -> None:
     if previous:
         needed, basis = previous[0].size, f"the last backup took {previous[0].size} bytes"
     else:
-        (size,) = admin.execute(sql.SQL("SELECT greatest(pg_database_size({}) - pg_database_size('template0'), 0)")
-                                .format(sql.Literal(name))).fetchone()
+        (size,) = one(admin.execute(sql.SQL("SELECT greatest(pg_database_size({}) - pg_database_size('template0'), 0)")
+                                    .format(sql.Literal(name))))
         needed, basis = size // 4, f"the database holds about {size} bytes of data"
     free = shutil.disk_usage(folder).free
     if free < needed:
@@ -309,7 +361,7 @@ def _check_room_to_stage(run: _Run, name: str, folder: Path) -> None:
     from psycopg import sql
 
     with run.server.wait_connect("postgres") as conn:
-        (size,) = conn.execute(sql.SQL("SELECT pg_database_size({})").format(sql.Literal(name))).fetchone()
+        (size,) = one(conn.execute(sql.SQL("SELECT pg_database_size({})").format(sql.Literal(name))))
     free = shutil.disk_usage(folder).free
     if free < size:
         raise DumpError(f"not enough free space in {folder} to stage a directory-format dump of {name!r}: "
@@ -321,6 +373,13 @@ def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for
     folder = repo.folder_for(GLOBALS, "globals")
     started, clock = utc_now(), time.monotonic()
     with repo.lock(folder, "globals backup"):
+        # Two daemons on one repository: the second finds the first one's roles dump for
+        # this scheduled time and links its backups to it instead of writing another.
+        existing = scheduled_for and next((b for b in repo.backups(kind="globals")
+                                           if b.manifest.get("scheduled_for") == iso(scheduled_for)), None)
+        if existing:
+            return Outcome(database=GLOBALS, ok=True, backup_id=existing.id, path=existing.path,
+                           skipped=f"the roles dump scheduled for {iso(scheduled_for)} exists")
         backup_id, _ = repo.reserve_id(GLOBALS, "globals")
         final = folder / repo.file_name(backup_id, run.transform.suffix(".sql"))
         argv = pg_dumpall_globals_argv()
@@ -328,7 +387,7 @@ def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for
             argv.append("--no-role-passwords")  # pg_authid is readable by superusers only
         pipeline = Pipeline([("pg_dumpall", argv), *run.transform.stages()], env=run.server.libpq_env(),
                             secrets=run.server.secrets)
-        stream = stream_to_file(pipeline, final, timeout=run.remaining(), what="globals backup")
+        stream = stream_to_file(pipeline, pending_path(final), timeout=run.remaining(), what="globals backup")
         commit_manifest(repo, folder, final, {
             **run.manifest("globals", backup_id, label, scheduled_for, started, clock, "plain", final, stream),
             "database": None, "role_passwords": superuser,

@@ -3,21 +3,18 @@
 Given the settings (and optionally one database, ``dry_run`` and the time to
 judge by), returns every backup with its decision and reason, and what was
 deleted. Globals dumps follow their database backups: one is kept while a kept
-backup refers to it (and the newest always). Unfinished files older than a day
-are removed.
+backup refers to it (and the newest always). What runs that died left behind
+(backupd's own partial files and staging folders) is removed; nothing else is.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from backupd.logging import get_logger
-from backupd.repository import GLOBALS, Backup, Repository, encode_name, utc_now
+from backupd.repository import GLOBALS, Backup, Repository, utc_now
 from backupd.retention import Decision, Item, Policy, decide
 
 log = get_logger("backupd.prune")
@@ -33,26 +30,40 @@ class PruneResult:
 
 
 def run_prune(settings, dry_run: bool = False, database: str | None = None,
-              now: datetime | None = None, databases: list[str] | None = None) -> PruneResult:
+              now: datetime | None = None, databases: list[str] | None = None,
+              just_made: frozenset[str] = frozenset()) -> PruneResult:
     """Retention for every database, or only ``database`` / ``databases`` (the ones a run
-    just backed up); roles dumps are decided once, over the whole repository."""
+    just backed up); roles dumps are decided once, over the whole repository. A damaged
+    backup (its file's size is not the manifest's) is no good backup: it neither counts
+    for ``BACKUP_MIN_KEEP`` nor is deleted; it stays for a person to look at."""
     repo = Repository(settings.backup_dir)
     now = now or utc_now()
     policy = Policy.from_settings(settings)
     result = PruneResult()
     chosen = [database] if database else databases
-    backups = [b for name in chosen for b in repo.backups(name)] if chosen is not None else repo.backups()
+    listed = [b for name in chosen for b in repo.backups(name)] if chosen is not None else repo.backups()
+    backups = [b for b in listed if not b.damaged]
     by_id = {b.id: b for b in backups}
     for decision in decide((Item(b.id, b.database, b.time, b.pinned) for b in backups), now, policy):
+        if decision.item.id in just_made:  # never by its own run (a backup dated in the future may look newer)
+            decision.reasons.append("made by this run")
         result.decisions.append((by_id[decision.item.id], decision))
+    for backup in listed:
+        if backup.damaged:
+            result.decisions.append((backup, Decision(Item(backup.id, backup.database, backup.time, backup.pinned),
+                                                      [f"damaged, kept for a person to look at: {backup.damaged}"])))
     kept_ids = {b.id for b, d in result.decisions if d.keep}
     doomed = [b for b, d in result.decisions if not d.keep]
-    result.decisions += _globals_decisions(repo, kept_ids | {b.id for b in repo.backups() if b.id not in by_id})
+    everything, problems = repo.inventory()
+    hidden = [str(p.path) for p in problems if p.kind == "unreadable"]
+    result.decisions += _globals_decisions(repo, everything, kept_ids | {b.id for b in everything if b.id not in by_id},
+                                           keep_all=bool(hidden))
     doomed += [b for b, d in result.decisions if not d.keep and b.kind == "globals"]
     if dry_run:
         return result
     for backup in doomed:
-        delete_backup(repo, backup)
+        if not repo.delete(backup):
+            continue
         result.deleted.append(backup)
         log.info("deleted by retention", id=backup.id, database=backup.database,
                  reason="no retention rule keeps it")
@@ -60,10 +71,12 @@ def run_prune(settings, dry_run: bool = False, database: str | None = None,
     return result
 
 
-def _globals_decisions(repo: Repository, kept_database_ids: set[str]) -> list[tuple[Backup, Decision]]:
-    """A globals dump is kept while a kept database backup refers to it; the newest always."""
-    wanted = {repo_backup.manifest.get("globals_id") for repo_backup in repo.backups()
-              if repo_backup.id in kept_database_ids}
+def _globals_decisions(repo: Repository, database_backups: list[Backup], kept_database_ids: set[str],
+                       keep_all: bool = False) -> list[tuple[Backup, Decision]]:
+    """A globals dump is kept while a kept database backup (of ``database_backups``, the whole
+    repository's) refers to it; the newest always. ``keep_all``: a folder cannot be read, so
+    its backups' needs are unknown: every one stays."""
+    wanted = {backup.manifest.get("globals_id") for backup in database_backups if backup.id in kept_database_ids}
     decisions = []
     for index, backup in enumerate(repo.backups(kind="globals")):
         decision = Decision(Item(backup.id, GLOBALS, backup.time, backup.pinned))
@@ -71,41 +84,18 @@ def _globals_decisions(repo: Repository, kept_database_ids: set[str]) -> list[tu
             decision.reasons.append("the newest roles dump")
         if backup.id in wanted:
             decision.reasons.append("a kept backup needs it")
+        if keep_all:
+            decision.reasons.append("a folder of the repository cannot be read: its backups may need it")
         if backup.pinned:
             decision.reasons.append("pinned")
+        if backup.damaged:
+            decision.reasons.append(f"damaged, kept for a person to look at: {backup.damaged}")
         decisions.append((backup, decision))
     return decisions
 
 
-def delete_backup(repo: Repository, backup: Backup) -> None:
-    """Manifest first, so the backup stops being listed at once; then its file and state."""
-    with repo.lock(backup.folder, "prune"):
-        backup.manifest_path.unlink(missing_ok=True)
-        backup.path.unlink(missing_ok=True)
-        (backup.folder / f"{encode_name(backup.id)}.state.json").unlink(missing_ok=True)
-
-
 def remove_leftovers(repo: Repository, older_than: float = STALE_AFTER) -> list[Path]:
-    """Partial files and staging folders of runs that died, and files no manifest names,
-    once they are older than a day (a running backup's files are younger)."""
-    if not repo.root.is_dir():
-        return []
-    named: set[Path] = set()
-    for backup in repo.backups(kind=None):
-        named |= {backup.path, backup.manifest_path, backup.folder / f"{encode_name(backup.id)}.state.json"}
-    cutoff = time.time() - older_than
-    removed = []
-    for folder in [repo.root, *[p for p in repo.root.iterdir() if p.is_dir()]]:
-        for path in folder.iterdir():
-            hidden_leftover = path.name.endswith((".partial", ".staging"))
-            orphan = not path.name.startswith(".") and path.is_file() and path not in named and folder != repo.root
-            if (hidden_leftover or orphan) and path.lstat().st_mtime < cutoff:
-                with repo.lock(folder, "cleanup") if folder != repo.root else nullcontext():
-                    if path.is_dir():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink(missing_ok=True)
-                removed.append(path)
-                log.warning("removed a leftover file", file=str(path))
-    return removed
-
+    """What runs that died left behind, and only that: backupd's own partial files, staging
+    folders and half-done deletions. A stored file whose manifest is lost is never removed:
+    ``list`` and ``/healthz`` report it, and it can be restored by path."""
+    return repo.remove_stale_temporaries(older_than) + repo.clean_unfinished()

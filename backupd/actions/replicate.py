@@ -7,6 +7,12 @@ confirm each copy by checksum and only then record the target in the backup's
 ``REPLICATION_RETENTION_DAYS`` replacing only the age rule. Targets run side by
 side; one that is down fails on its own, after bounded retries, and holds up no
 other. Also: fetching a backup back from a target (disaster recovery).
+
+A local backup that no longer matches its manifest (a flipped byte, a truncated or
+vanished file) fails alone: it is never sent, so it never replaces a good copy; every
+other backup is sent; retention still runs on the target and keeps that backup's copy
+there (now perhaps the only good one); the damage is remembered on the backup
+(``Repository.mark_damaged``), so ``list`` and ``/healthz`` show it.
 """
 
 from __future__ import annotations
@@ -19,15 +25,29 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from backupd.errors import BackupdError, IntegrityError, NotFoundError, UsageError
+from backupd import cancel
+from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, UsageError
 from backupd.logging import get_logger
-from backupd.repository import GLOBALS, VOLUMES, Backup, Repository, decode_name, encode_name, iso, parse_id, utc_now
+from backupd.repository import (
+    GLOBALS,
+    VOLUMES,
+    Backup,
+    Repository,
+    decode_name,
+    encode_name,
+    iso,
+    own_file_id,
+    parse_id,
+    utc_now,
+)
 from backupd.retention import Item, Policy, decide
 from backupd.stream import fsync_dir, sha256_of, write_json_atomically
 from backupd.targets import Target, TargetError, configured_targets
-from backupd.targets.base import LocalFile, RemoteFile, with_retries
+from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, unreadable_local_file, with_retries
 
 log = get_logger("backupd.replicate")
 
@@ -43,6 +63,10 @@ class TargetOutcome:
     stored: dict[str, int] = field(default_factory=dict)  # database -> backups on the target
     stored_bytes: int = 0
     finished: datetime | None = None
+    # (id, why): backups not sent because their local file is damaged, missing or unreadable.
+    # Any of them makes the run a failure (ok False), though every other backup was sent.
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    counted: bool = False  # ``stored`` comes from the target's listing in this run
 
 
 def targets_for(settings, url: str | None = None) -> list[Target]:
@@ -64,14 +88,18 @@ def run_replicate(settings, url: str | None = None, budget: float | None = None)
     policy = Policy.from_settings(settings).with_days(settings.backup_retention_days if days is None else days)
     outcomes = [TargetOutcome(t.url, confirmed=t.confirms) for t in targets]
     threads = [threading.Thread(target=_replicate_guarded, args=(t, o, repo, policy), name=f"replicate {t.url}",
-                                daemon=True) for t, o in zip(targets, outcomes)]
+                                daemon=True) for t, o in zip(targets, outcomes, strict=True)]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + (budget or settings.backup_timeout)
-    for thread, outcome in zip(threads, outcomes):
-        thread.join(max(deadline - time.monotonic(), 0))
+    for thread, outcome in zip(threads, outcomes, strict=True):
+        while thread.is_alive() and time.monotonic() < deadline and not cancel.requested():
+            thread.join(min(1.0, max(deadline - time.monotonic(), 0)))
+        if cancel.requested():  # interrupted: what is being copied stops at its next block
+            thread.join(5)
         if thread.is_alive():
-            outcome.ok, outcome.error = False, "did not finish in time; what was sent is kept, the rest follows next run"
+            why = cancel.requested() or "did not finish in time"
+            outcome.ok, outcome.error = False, f"{why}; what was sent is kept, the rest follows next run"
             log.error("replication failed", target=outcome.url, error=outcome.error)
     record_runs(repo, outcomes)
     return outcomes
@@ -89,9 +117,10 @@ def record_runs(repo: Repository, outcomes: list[TargetOutcome]) -> None:
         runs[outcome.url] = {
             "time": iso(outcome.finished or utc_now()), "ok": outcome.ok, "error": outcome.error,
             "sent": len(outcome.sent), "deleted": len(outcome.deleted), "confirmed": outcome.confirmed,
+            "refused": [{"id": backup_id, "reason": why} for backup_id, why in outcome.refused],
             "last_success": iso(outcome.finished or utc_now()) if outcome.ok else previous.get("last_success"),
-            "stored": outcome.stored if outcome.ok else previous.get("stored", {}),
-            "stored_bytes": outcome.stored_bytes if outcome.ok else previous.get("stored_bytes", 0),
+            "stored": outcome.stored if outcome.counted else previous.get("stored", {}),
+            "stored_bytes": outcome.stored_bytes if outcome.counted else previous.get("stored_bytes", 0),
         }
     repo.ensure_folder(repo.root)
     write_json_atomically(repo.root / RUNS_FILE, json.dumps(runs, indent=2, sort_keys=True) + "\n")
@@ -107,10 +136,17 @@ def read_runs(repo: Repository) -> dict[str, dict]:
 def _replicate_guarded(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy) -> None:
     try:
         _replicate(target, outcome, repo, policy)
-    except BackupdError as err:
-        outcome.ok, outcome.error = False, str(err)
-        log.error("replication failed", target=target.url, error=str(err), sent=len(outcome.sent))
-    else:
+    except (BackupdError, OSError) as err:  # OSError: the local repository, read mid-run
+        error = str(err) if isinstance(err, BackupdError) else f"reading the repository failed: {err.strerror or err}"
+        outcome.ok, outcome.error = False, error
+        log.error("replication failed", target=target.url, error=error, sent=len(outcome.sent))
+    if outcome.refused:  # everything else was sent and retention ran: still a failed run
+        count = len(outcome.refused)
+        not_sent = f"{count} backup{'s' if count > 1 else ''} not sent, the local file damaged: " + ", ".join(
+            backup_id for backup_id, _ in outcome.refused)
+        outcome.ok = False
+        outcome.error = "; ".join(filter(None, [outcome.error, not_sent]))
+    if outcome.ok:
         log.info("replication finished", target=target.url, sent=len(outcome.sent), deleted=len(outcome.deleted),
                  confirmed=target.confirms)
     outcome.finished = utc_now()
@@ -123,30 +159,83 @@ def relative_paths(backup: Backup, root: Path) -> tuple[str, str]:
 
 def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy) -> None:
     remote = with_retries(f"list {target.url}", target.list)
+    refused: set[tuple[str, str]] = set()  # (kind, id): ids can repeat across kinds
     for backup in repo.backups(kind=None):  # newest first: the most valuable copy lands first
-        data_rel, manifest_rel = relative_paths(backup, repo.root)
-        files = [LocalFile(backup.path, data_rel, backup.manifest["sha256"], backup.size),
-                 LocalFile(backup.manifest_path, manifest_rel, sha256_of(backup.manifest_path),
-                           backup.manifest_path.stat().st_size)]
-        record = backup.state.get("replicas", {}).get(target.url)
-        if record and _still_there(target, files, remote, record):
-            continue
-        sent = {}
-        for file in files:  # the data file first, the manifest last
-            sent[file.relative] = with_retries(f"send {file.relative}", lambda f=file: target.put(f))
-        replicas = {**backup.state.get("replicas", {}),
-                    target.url: {"time": iso(utc_now()), "confirmed": target.confirms, "files": sent}}
-        repo.update_state(backup, "replicas", replicas)
-        outcome.sent.append(backup.id)
-        log.info("replicated", id=backup.id, target=target.url, confirmed=target.confirms)
+        if reason := cancel.requested():
+            raise Aborted(reason)
+        try:
+            _send(target, outcome, repo, backup, remote)
+        except LocalFileDamaged as err:
+            # One bad file never stops the others, nor retention on the target.
+            if not backup.manifest_path.exists():
+                log.info("deleted locally while replicating; not sent", id=backup.id, target=target.url)
+                continue
+            refused.add((backup.kind, backup.id))
+            _refuse(repo, outcome, target, backup, err.reason, err.mismatch)
     if target.confirms:
         remote = with_retries(f"list {target.url}", target.list)
-        outcome.deleted = _apply_retention(target, remote, repo, policy)
+        outcome.deleted = _apply_retention(target, remote, repo, policy, keep=refused)
         for remote_backup in _remote_backups_all(remote):
             if remote_backup.manifest not in outcome.deleted:
                 name = remote_backup.database
                 outcome.stored[name] = outcome.stored.get(name, 0) + 1
                 outcome.stored_bytes += remote_backup.size
+        outcome.counted = True
+
+
+def _refuse(repo: Repository, outcome: TargetOutcome, target: Target, backup: Backup, why: str,
+            mismatch: bool) -> None:
+    """A failure of this one backup: in the outcome (exit code, metrics), the log, and, when its
+    content does not match (not when it merely cannot be read), the backup's state, so ``list``
+    and ``/healthz`` call it damaged (a newest one: unhealthy)."""
+    outcome.refused.append((backup.id, why))
+    log.error("not replicated: the local file is damaged or unreadable", id=backup.id, database=backup.database,
+              target=target.url, error=why)
+    if not mismatch:
+        return
+    try:
+        repo.mark_damaged(backup, why)
+    except (BackupdError, OSError) as err:
+        log.warning("could not record the damage in the backup's state", id=backup.id, error=str(err))
+
+
+def _local_files(backup: Backup, root: Path) -> list[LocalFile]:
+    """The data file and the manifest, each with what its copy must match."""
+    data_rel, manifest_rel = relative_paths(backup, root)
+    if backup.damaged:  # known already (its size, or a checksum mismatch found before): not read again
+        raise LocalFileDamaged(data_rel, f"is damaged: {backup.damaged}")
+    try:
+        manifest_sha, manifest_size = sha256_of(backup.manifest_path), backup.manifest_path.stat().st_size
+    except OSError as err:
+        raise unreadable_local_file(manifest_rel, err) from None
+    return [LocalFile(backup.path, data_rel, backup.manifest["sha256"], backup.size),
+            LocalFile(backup.manifest_path, manifest_rel, manifest_sha, manifest_size)]
+
+
+def _send(target: Target, outcome: TargetOutcome, repo: Repository, backup: Backup,
+          remote: dict[str, RemoteFile]) -> None:
+    """Send one backup's file, then its manifest, each confirmed by checksum. Each target's
+    ``put`` checks the local file against the manifest before a copy can replace anything,
+    and raises LocalFileDamaged: a damaged file never replaces a good copy on the target."""
+    files = _local_files(backup, repo.root)
+    record = backup.state.get("replicas", {}).get(target.url)
+    if record and _still_there(target, files, remote, record):
+        return
+    sent = {}
+    for file in files:  # the data file first, the manifest last
+        sent[file.relative] = with_retries(f"send {file.relative}", partial(target.put, file))
+    record = {"time": iso(utc_now()), "confirmed": target.confirms, "files": sent}
+
+    def with_this_copy(replicas: Any) -> dict:
+        return {**(replicas if isinstance(replicas, dict) else {}), target.url: record}
+
+    try:
+        repo.change_state(backup, "replicas", with_this_copy)
+    except OSError as err:  # a full local disk: the copy is confirmed all the same, the others go on
+        log.warning("the copy is confirmed but could not be recorded locally; it is checked again next run",
+                    id=backup.id, target=target.url, error=err.strerror or str(err))
+    outcome.sent.append(backup.id)
+    log.info("replicated", id=backup.id, target=target.url, confirmed=target.confirms)
 
 
 def _still_there(target: Target, files: list[LocalFile], remote: dict[str, RemoteFile], record: dict) -> bool:
@@ -197,24 +286,38 @@ def _remote_backups_all(remote: dict[str, RemoteFile]) -> list[RemoteBackup]:
             continue
         if folder not in (encode_name(database), GLOBALS, f"{VOLUMES}/{encode_name(database)}"):
             continue  # not laid out by backupd: never fetched, never deleted
-        data = [r for r in remote if r.startswith(f"{folder}/{stem}.") and r != relative]
+        data = [r for r in remote if r.startswith(f"{folder}/{stem}.") and r != relative
+                and (own_file_id(r.rpartition("/")[2]) or ("", ""))[0] == backup_id]  # never someone else's
         found.append(RemoteBackup(backup_id, database, relative, data, sum(remote[r].size for r in [relative, *data])))
     return found
 
 
-def _apply_retention(target: Target, remote: dict[str, RemoteFile], repo: Repository, policy: Policy) -> list[str]:
-    """The whole policy on the target; pins and the newest-backup rule hold there too."""
+def _apply_retention(target: Target, remote: dict[str, RemoteFile], repo: Repository, policy: Policy,
+                     keep: set[tuple[str, str]] | None = None) -> list[str]:
+    """The whole policy on the target; pins and the newest-backup rule hold there too. The
+    copies named in ``keep`` ((kind, id): backups whose local file is damaged) are kept like
+    pinned ones: a copy there may be the only good one left."""
+    keep = keep or set()
     backups = {b.manifest: b for b in _remote_backups_all(remote)}  # keyed by path: ids can repeat across kinds
-    pinned = {b.id for b in repo.backups(kind=None) if b.pinned}
-    items = [Item(path, (b.kind, b.database), parse_id(b.id)[1], b.id in pinned) for path, b in backups.items()]
+    local, problems = repo.inventory(kind=None)
+    if any(p.kind == "unreadable" for p in problems):  # pins there are out of sight: delete nothing
+        log.warning("retention on the target skipped: part of the local repository cannot be read",
+                    target=target.url)
+        return []
+    pinned = {b.id for b in local if b.pinned}
+    for b in backups.values():
+        if (b.kind, b.id) in keep:
+            log.warning("kept on the target because the local backup is damaged", id=b.id, target=target.url)
+    items = [Item(path, (b.kind, b.database), parse_id(b.id)[1], b.id in pinned or (b.kind, b.id) in keep)
+             for path, b in backups.items()]
     deleted = []
     for decision in decide(items, utc_now(), policy):
         if decision.keep:
             continue
         doomed = backups[decision.item.id]
-        with_retries(f"delete {doomed.manifest}", lambda: target.delete(doomed.manifest))  # unlisted first
+        with_retries(f"delete {doomed.manifest}", partial(target.delete, doomed.manifest))  # unlisted first
         for relative in doomed.data:
-            with_retries(f"delete {relative}", lambda r=relative: target.delete(r))
+            with_retries(f"delete {relative}", partial(target.delete, relative))
         deleted.append(doomed.manifest)
         log.info("deleted on the target by retention", id=doomed.id, target=target.url)
     return deleted
@@ -256,9 +359,10 @@ def fetch(settings, repo: Repository, backup_id: str, targets: list[Target] | No
         globals_id = backup.manifest.get("globals_id")
         if globals_id and globals_id != backup_id:
             try:
-                repo.find(globals_id)
+                repo.find(globals_id, kind="globals")
             except NotFoundError:
-                remote_globals = _remote_backups(remote).get(globals_id)
+                remote_globals = next((b for b in _remote_backups_all(remote)
+                                       if b.id == globals_id and b.kind == "globals"), None)
                 if remote_globals:
                     _fetch_files(target, repo, remote_globals)
         return backup
@@ -290,9 +394,10 @@ def _fetch_files(target: Target, repo: Repository, found: RemoteBackup) -> Backu
         staged_manifest = Path(staging) / "manifest.json"
         with_retries(f"fetch {found.manifest}", lambda: target.get(found.manifest, staged_manifest))
         manifest = json.loads(staged_manifest.read_text(encoding="utf-8"))
+        if not _describes(manifest, found.id, folder):
+            raise IntegrityError(f"the manifest of {found.id} on {target.url} is not backupd's manifest of "
+                                 f"that backup (its id, file name, size or checksum); nothing was fetched")
         data_name = manifest["file"]
-        if "/" in data_name or data_name.startswith("."):
-            raise IntegrityError(f"the manifest of {found.id} on {target.url} names an unsafe file {data_name!r}")
         staged_data = Path(staging) / data_name
         with_retries(f"fetch {data_name}", lambda: target.get(f"{remote_folder}/{data_name}", staged_data))
         if sha256_of(staged_data) != manifest["sha256"]:
@@ -305,10 +410,20 @@ def _fetch_files(target: Target, repo: Repository, found: RemoteBackup) -> Backu
     return repo.find(manifest["id"], kind="volume" if found.kind == "volume" else "database")
 
 
+def _describes(manifest: dict, backup_id: str, folder: Path) -> bool:
+    """A fetched manifest is believed only about the backup it was fetched as, and only about
+    a file of backupd's own name: it can never name, and so overwrite, anything else."""
+    try:
+        return manifest.get("id") == backup_id and Repository.accounts_for(
+            Backup(manifest=manifest, folder=folder), f"{encode_name(backup_id)}.json")
+    except (KeyError, TypeError, ValueError, UsageError):
+        return False
+
+
 def fetch_url(settings, repo: Repository, url: str) -> Backup:
     """``backupd restore URL``: the URL of a backup file (or its manifest) on a target."""
-    from backupd.targets import make_target
     from backupd.redact import strip_url_credentials
+    from backupd.targets import make_target
 
     shown = strip_url_credentials(url)
     for target in configured_targets(settings):
@@ -325,4 +440,4 @@ def fetch_url(settings, repo: Repository, url: str) -> Backup:
 
 
 # "<encoded id>.<ext>": the id ends with its time, so a dot inside a database name is no trouble.
-_FILE_OF_BACKUP = re.compile(r"^(.+-\d{8}T\d{6}Z)(?:\..*)?$")
+_FILE_OF_BACKUP = re.compile(r"^(.+-\d{8}T\d{6}Z|globals@\d{8}T\d{6}Z)(?:\..*)?$")

@@ -17,24 +17,44 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import psycopg
 from psycopg import sql
 
-from backupd.archive import (decompress_to, is_transformed, read_small, restore_consumer, run_consumer_on_stdin,
-                             stored_transforms, unpack_directory_archive)
-from backupd.errors import BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
-from backupd.logging import get_logger
+from backupd import cancel
+from backupd.archive import (
+    decompress_to,
+    is_transformed,
+    read_small,
+    restore_consumer,
+    run_consumer_on_stdin,
+    stored_transforms,
+    unpack_directory_archive,
+)
 from backupd.dbnames import old_name, side_name
 from backupd.docker_ctl import containers_stopped
-from backupd.postgres import (DatabaseInfo, Server, apply_database_grants, compare_with_manifest, create_database_like,
-                              database_exists, database_grants, database_info, drop_database, rename_database,
-                              role_exists, set_allow_connections)
+from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
+from backupd.logging import get_logger
+from backupd.postgres import (
+    DatabaseInfo,
+    Server,
+    apply_database_grants,
+    compare_with_manifest,
+    create_database_like,
+    database_exists,
+    database_grants,
+    database_info,
+    drop_database,
+    rename_database,
+    role_exists,
+    set_allow_connections,
+)
 from backupd.progress import TerminalProgress
 from backupd.repository import FORMAT_SUFFIXES, Backup, Repository, looks_like_id
 from backupd.roles import create_missing_roles
@@ -70,17 +90,19 @@ def resolve_source(repo: Repository, source: str, database: str | None, settings
             if settings is None or not replicate.configured_targets(settings):
                 raise
             return replicate.fetch(settings, repo, replicate.newest_remote_id(settings, database))
-    if looks_like_id(source):
-        try:
-            return repo.find(source)
-        except NotFoundError:
-            if settings is None or not replicate.configured_targets(settings):
-                raise
-            return replicate.fetch(settings, repo, source)
     if re.match(r"^(s3|ssh|file)://", source):
         if settings is None:
             raise UsageError("a URL needs the replication settings")
         return replicate.fetch_url(settings, repo, source)
+    if looks_like_id(source):  # a database name may contain "/": an id is looked up before a path
+        try:
+            return repo.find(source)
+        except NotFoundError:
+            if Path(source).is_file():
+                return backup_from_path(Path(source))
+            if settings is None or not replicate.configured_targets(settings):
+                raise
+            return replicate.fetch(settings, repo, source)
     path = Path(source)
     if "/" not in source and not path.exists():
         raise NotFoundError(f"{source!r} is neither 'latest', a backup id, nor an existing file")
@@ -132,27 +154,24 @@ Confirm = Callable[[Backup, str], bool]
 
 def run_restore(settings, source: str, database: str | None = None, into: str | None = None, jobs: int = 1,
                 yes: bool = False, drop_old: bool = False, in_place: bool = False,
-                confirm: Confirm | None = None, show_progress: bool | None = None) -> RestoreResult:
-    """Restore ``source`` into a new database (``into``, or the original name when it is
-    gone), or over the existing one: with ``yes`` (or FORCE_RESTORE, or ``confirm``
-    answering yes) by a safe swap, or ``in_place``. Raises RefusedError (exit 2) when
-    an existing database would be touched without consent."""
+                confirm: Confirm | None = None, show_progress: bool | None = None,
+                over: str | None = None) -> RestoreResult:
+    """Restore ``source`` into its own database (a new one when it is gone), into a new
+    database ``into``, or over the existing database ``over``. Over an existing database
+    only with ``yes`` (or FORCE_RESTORE, or ``confirm`` answering yes): by a safe swap, or
+    ``in_place``. ``database`` only selects backups and is never the destination. Raises
+    RefusedError (exit 2), with nothing touched, when the destination is not the one the
+    user named or an existing database would be touched without consent."""
+    _check_destination_options(into, over)
     repo = Repository(settings.backup_dir)
     backup = resolve_source(repo, source, database, settings)
     if backup.kind != "database":
         raise UsageError(f"{backup.id} is a {backup.kind} backup, not a database backup")
-    target = into or database or backup.manifest.get("database")
-    if not target:
-        raise UsageError("the file has no manifest naming its database: give --into NEWDB")
+    target = restore_destination(backup, database, into, over)
     server = Server.from_settings(settings)
     with server.wait_connect("postgres") as admin:
         exists = database_exists(admin, target)
-    if exists and into:
-        raise RefusedError(f"--into creates a new database, and {target!r} exists; to restore over it, "
-                           f"use --database {target} --yes")
-    if exists and not (yes or settings.force_restore or (confirm and confirm(backup, target))):
-        raise RefusedError(f"database {target!r} exists: restoring over it needs --yes (or FORCE_RESTORE=true); "
-                           f"nothing was touched")
+    _check_consent(settings, backup, target, exists, into, over, yes, confirm)
     check_checksum(backup, TerminalProgress(f"checking {backup.id}", enabled=show_progress))
     started = time.monotonic()
     roles_created = restore_roles(repo, backup, server, settings.identity)
@@ -170,6 +189,62 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
     log.info("restore finished", id=backup.id, database=target, mode=mode, previous=previous,
              duration_seconds=round(seconds, 3), size_bytes=backup.size, roles_created=roles_created)
     return RestoreResult(backup.id, target, seconds, backup.size, roles_created, previous, mode)
+
+
+def _check_destination_options(into: str | None, over: str | None) -> None:
+    """An empty name (a script's unset variable) must never fall back to the live database."""
+    for option, name in (("--into", into), ("--over", over)):
+        if name is not None and not name:
+            raise UsageError(f"{option} needs a database name, and it was given an empty one")
+    if into is not None and over is not None:
+        raise UsageError("--into creates a new database and --over replaces an existing one: give one of them")
+
+
+def restore_destination(backup: Backup, database: str | None, into: str | None, over: str | None) -> str:
+    """Where the data goes: ``--into`` or ``--over`` when given, else the backup's own
+    database. ``--database`` says whose backups are meant; a backup of another database
+    is refused rather than restored over the one it names."""
+    own = backup.manifest.get("database")
+    check_database_option(backup, database, f"to restore {own}'s data over {database}, give "
+                                            f"--over {shlex.quote(database or '')} --yes; into a new database, "
+                                            f"--into NEWDB")
+    named = into if into is not None else over
+    if named is not None:
+        return named
+    if not own:
+        raise UsageError("the file has no manifest naming its database: give --into NEWDB for a new database, "
+                         "or --over NAME --yes to replace an existing one")
+    return own
+
+
+def check_database_option(backup: Backup, database: str | None, advice: str) -> None:
+    """``--database NAME`` with a backup of another database is a contradiction: say so
+    (exit 2) instead of guessing which of the two the user meant."""
+    own = backup.manifest.get("database")
+    if database is not None and own is not None and database != own:
+        raise RefusedError(f"backup {backup.id} is of database {own!r}, not {database!r}: --database selects "
+                           f"backups (whose backup 'latest' means), it is never where a restore goes; {advice}; "
+                           f"nothing was touched")
+
+
+def _check_consent(settings, backup: Backup, target: str, exists: bool, into: str | None, over: str | None,
+                   yes: bool, confirm: Confirm | None) -> None:
+    """``--into`` only creates, ``--over`` only replaces, and replacing needs a yes."""
+    if exists and into:
+        raise RefusedError(f"--into creates a new database, and {target!r} exists; to restore over it, "
+                           f"give {_over_advice(backup, target)}; nothing was touched")
+    if over and not exists:
+        raise RefusedError(f"--over replaces an existing database, and {target!r} does not exist; to create it, "
+                           f"give --into {shlex.quote(target)}; nothing was touched")
+    if exists and not (yes or settings.force_restore or (confirm and confirm(backup, target))):
+        raise RefusedError(f"database {target!r} exists: restoring over it needs {_over_advice(backup, target)} "
+                           f"(or FORCE_RESTORE=true); nothing was touched")
+
+
+def _over_advice(backup: Backup, target: str) -> str:
+    if target == backup.manifest.get("database"):
+        return "--yes"
+    return f"--over {shlex.quote(target)} --yes"
 
 
 class DatabaseBuilder:
@@ -227,7 +302,9 @@ def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop
     builder.build(side, live_info, grants)
     try:
         builder.check(side)
-        with containers_stopped(builder.settings, "a database restore swaps"), \
+        if reason := cancel.requested():  # the last moment the live database is still untouched
+            raise Aborted(reason)
+        with cancel.shielded(), containers_stopped(builder.settings, "a database restore swaps"), \
                 server.wait_connect("postgres") as admin:
             _swap(admin, target, side, old)
     except BaseException:
@@ -259,7 +336,9 @@ def _swap(admin: psycopg.Connection, live: str, side: str, old: str) -> None:
 def _restore_in_place(builder: DatabaseBuilder, server: Server, target: str) -> None:
     """End sessions, drop, recreate, restore: for disks without room for two copies.
     If this restore fails, the database is gone; the backup is still there."""
-    with server.wait_connect("postgres") as admin:
+    if reason := cancel.requested():  # the last moment the live database is still untouched
+        raise Aborted(reason)
+    with cancel.shielded(), server.wait_connect("postgres") as admin:
         info, grants = database_info(admin, target), database_grants(admin, target)
         set_allow_connections(admin, target, False)
         drop_database(admin, target)
@@ -271,7 +350,7 @@ def restore_roles(repo: Repository, backup: Backup, server: Server, identity: st
     if not globals_id:
         return []
     try:
-        globals_backup = repo.find(globals_id)
+        globals_backup = repo.find(globals_id, kind="globals")
     except NotFoundError:
         log.warning("the globals dump of this backup is gone; roles are not created", globals_id=globals_id)
         return []
@@ -300,8 +379,12 @@ def _create_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | 
         owner = admin.info.user
     try:
         create_database_like(admin, name, info, owner=owner)
+    except psycopg.errors.DuplicateDatabase:
+        # Someone else created it meanwhile (another restore, an app): it is theirs, never dropped.
+        raise RestoreError(f"creating database {name!r} failed: it was created by someone else meanwhile; "
+                           f"it was left as it is") from None
     except psycopg.Error as err:
-        drop_database(admin, name)
+        drop_database(admin, name)  # ours: created, then its settings failed
         raise RestoreError(f"creating database {name!r} failed: {str(err).strip()}") from None
 
 
@@ -331,7 +414,8 @@ def _restore_data(settings, repo: Repository, backup: Backup, server: Server, ta
             staging.mkdir(mode=0o700)
             source = staging / "archive.dump"
             decompress_to(backup.path, identity, source)
-        Pipeline([restore_consumer(fmt, target, jobs, source, no_owner)], env=env, secrets=secrets, stdout=None).finish()
+        consumer = restore_consumer(fmt, target, jobs, source, no_owner)
+        Pipeline([consumer], env=env, secrets=secrets, stdout=None).finish()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -14,16 +14,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 
-from backupd.actions.restore import (DatabaseBuilder, manifest_info, restore_roles, check_checksum,
-                                     read_decompressed, resolve_source)
+from backupd import cancel
+from backupd.actions.restore import (
+    DatabaseBuilder,
+    check_checksum,
+    check_database_option,
+    manifest_info,
+    read_decompressed,
+    resolve_source,
+    restore_roles,
+)
 from backupd.dbnames import scratch_name, scratch_prefix
-from backupd.errors import BackupdError, NotFoundError, RestoreError
+from backupd.errors import Aborted, BackupdError, NotFoundError, RestoreError
 from backupd.logging import get_logger
 from backupd.postgres import Server, advisory_lock, drop_database
-from backupd.repository import Backup, Repository, iso, utc_now
+from backupd.repository import Backup, Problem, Repository, decode_name, iso, storage_error, utc_now
 from backupd.roles import create_missing_roles
 
 log = get_logger("backupd.verify")
@@ -38,6 +47,7 @@ class VerifyOutcome:
     result: str
     reason: str | None
     seconds: float
+    unrecorded: str | None = None  # why the result could not be written into the repository
 
     @property
     def failed(self) -> bool:
@@ -46,22 +56,42 @@ class VerifyOutcome:
 
 def run_verify(settings, source: str | None = None, database: str | None = None) -> list[VerifyOutcome]:
     repo = Repository(settings.backup_dir)
+    unreadable: list[tuple[Path, str, str]] = []
     if source:
-        backups = [resolve_source(repo, source, database, settings)]
+        backup = resolve_source(repo, source, database, settings)
+        check_database_option(backup, database, f"leave --database out to verify {backup.id}")
+        backups = [backup]
     else:
+        found, problems = repo.inventory(database)
         newest: dict[str, Backup] = {}
-        for backup in repo.backups(database):
+        for backup in found:
             newest.setdefault(backup.database, backup)
         backups = list(newest.values())
-        if not backups:
+        unreadable = _unreadable_databases(repo, problems)
+        if not backups and not unreadable:
             raise NotFoundError(f"no backups to verify in {repo.root}" + (f" for {database!r}" if database else ""))
     outcomes = [verify_backup(settings, repo, backup) for backup in backups]
-    for globals_id in sorted({b.manifest.get("globals_id") for b in backups} - {None}):
+    outcomes += [_cannot_read(path, name, detail) for path, name, detail in unreadable]
+    for globals_id in sorted({b.manifest["globals_id"] for b in backups if b.manifest.get("globals_id")}):
         try:
-            outcomes.append(verify_globals(settings, repo, repo.find(globals_id)))
+            outcomes.append(verify_globals(settings, repo, repo.find(globals_id, kind="globals")))
         except NotFoundError:
             log.warning("the globals dump of a verified backup is gone", globals_id=globals_id)
     return outcomes
+
+
+def _unreadable_databases(repo: Repository, problems: list[Problem]) -> list[tuple[Path, str, str]]:
+    """(folder, database, why) for each database folder that cannot be read: its backups
+    are hidden, so it fails verification instead of being passed over (never "no backups").
+    An unreadable manifest is not here: list shows it and /healthz warns."""
+    return [(problem.path, decode_name(problem.path.name), problem.detail) for problem in problems
+            if problem.kind == "unreadable" and problem.path.parent == repo.root]
+
+
+def _cannot_read(path: Path, database: str, detail: str) -> VerifyOutcome:
+    log.error("verification impossible: part of the repository cannot be read", database=database,
+              path=str(path), error=detail)
+    return VerifyOutcome(str(path), database, FAILED, detail, 0.0)
 
 
 def verify_backup(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
@@ -142,12 +172,21 @@ def verify_globals(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
 
 
 def _record(repo: Repository, backup: Backup, result: str, reason: str | None, started: float) -> VerifyOutcome:
+    if stop := cancel.requested():  # an interrupted check says nothing about the backup
+        raise Aborted(f"the verification of {backup.id} was stopped ({stop}); nothing was recorded")
     seconds = time.monotonic() - started
+    unrecorded = None
     if result != SKIPPED:
-        repo.update_state(backup, "verification", {"time": iso(utc_now()), "result": result, "reason": reason,
-                                                   "duration_seconds": round(seconds, 3)})
+        try:
+            repo.update_state(backup, "verification", {"time": iso(utc_now()), "result": result, "reason": reason,
+                                                       "duration_seconds": round(seconds, 3)})
+            if result == PASSED and backup.state.get("integrity"):  # restored and checked in full: it is good
+                repo.update_state(backup, "integrity", None)
+        except OSError as err:  # a full disk or a read-only repository: the result is still told
+            unrecorded = storage_error(err, f"record the verification of {backup.id}").args[0]
+            log.error("verification result not recorded", id=backup.id, result=result, error=unrecorded)
     log_call = log.error if result == FAILED else (log.warning if result == UNVERIFIABLE else log.info)
     log_call("verification finished", id=backup.id, database=backup.database, result=result, reason=reason,
              duration_seconds=round(seconds, 3))
-    return VerifyOutcome(backup.id, backup.database, result, reason, seconds)
+    return VerifyOutcome(backup.id, backup.database, result, reason, seconds, unrecorded)
 

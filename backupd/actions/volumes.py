@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backupd import __version__
-from backupd.artifact import Transform, commit_manifest
 from backupd.archive import reader_stages
+from backupd.artifact import Transform, commit_manifest
 from backupd.docker_ctl import containers_stopped
 from backupd.errors import BackupdError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
 from backupd.process import run
-from backupd.repository import Backup, Repository, iso, looks_like_id, utc_now
+from backupd.repository import Backup, Repository, encode_name, iso, looks_like_id, pending_path, utc_now
 from backupd.retention import Item, Policy, decide
 from backupd.stream import Pipeline, stream_to_file
 
@@ -115,7 +115,7 @@ def _archive(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome
                (), (0, TAR_FILE_CHANGED))
         pipeline = Pipeline([tar, *transform.stages()])
         tar_child = pipeline.children[0]
-        stream = stream_to_file(pipeline, final, timeout=settings.backup_timeout, what="volume backup")
+        stream = stream_to_file(pipeline, pending_path(final), timeout=settings.backup_timeout, what="volume backup")
         warnings = []
         if tar_child.popen.returncode == TAR_FILE_CHANGED:
             warnings.append(f"files changed while they were read: {tar_child.tail}")
@@ -131,17 +131,15 @@ def _archive(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome
 
 def prune_volumes(settings, now=None) -> list[str]:
     """VOLUME_RETENTION_DAYS, the BACKUP_MIN_KEEP floor and pins, per volume."""
-    from backupd.actions.prune import delete_backup
 
     repo = Repository(settings.backup_dir)
-    backups = repo.backups(kind="volume")
+    backups = [b for b in repo.backups(kind="volume") if not b.damaged]  # a damaged one is no good one
     policy = Policy(days=settings.volume_retention_days, min_keep=settings.backup_min_keep,
                     timezone=settings.backup_timezone)
     by_id = {b.id: b for b in backups}
     deleted = []
     for decision in decide((Item(b.id, b.database, b.time, b.pinned) for b in backups), now or utc_now(), policy):
-        if not decision.keep:
-            delete_backup(repo, by_id[decision.item.id])
+        if not decision.keep and repo.delete(by_id[decision.item.id]):
             deleted.append(decision.item.id)
             log.info("deleted by retention", id=decision.item.id, volume=by_id[decision.item.id].database)
     return deleted
@@ -162,6 +160,15 @@ def resolve_volume_backup(repo: Repository, source: str, name: str | None, setti
     return replicate.fetch(settings, repo, backup_id, kind="volume")
 
 
+def _refuse_overlap(destination: Path, repository: Path) -> None:
+    """A restore makes its destination identical to the archive, removing everything else:
+    aimed at BACKUP_DIR, a folder holding it, or a folder inside it, it would delete backups."""
+    where, root = destination.resolve(), repository.resolve()
+    if where == root or root.is_relative_to(where) or where.is_relative_to(root):
+        raise RefusedError(f"{destination} overlaps BACKUP_DIR ({repository}): restoring there would delete "
+                           f"backups; choose another destination. Nothing was touched")
+
+
 def run_volume_restore(settings, source: str, name: str | None = None, to: Path | None = None,
                        yes: bool = False) -> tuple[Backup, Path]:
     from backupd.actions.restore import check_checksum
@@ -172,11 +179,12 @@ def run_volume_restore(settings, source: str, name: str | None = None, to: Path 
     if destination is None:
         raise UsageError(f"volume {backup.database!r} is not in VOLUME_PATHS: give --to PATH")
     destination = Path(destination)
+    _refuse_overlap(destination, repo.root)
     if destination.exists() and any(destination.iterdir()) and not yes:
         raise RefusedError(f"{destination} is not empty: restoring makes it identical to the archive and removes "
                            f"files that are not in it; add --yes. Nothing was touched")
     check_checksum(backup)
-    staging = repo.root / f".volume-restore-{backup.id}.staging"
+    staging = repo.root / f".volume-restore-{encode_name(backup.id)}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700, parents=True)
     try:

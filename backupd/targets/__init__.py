@@ -24,7 +24,7 @@ def check_target_url(url: str) -> str:
             raise ValueError(f"{strip_url_credentials(url)!r}: an s3 target is s3://bucket/prefix")
     elif parts.scheme == "ssh":
         try:
-            parts.port
+            _ = parts.port  # raises on a port that is not a number
         except ValueError:
             raise ValueError(f"{strip_url_credentials(url)!r}: the port is not a number") from None
         if not parts.hostname or not parts.path or parts.path == "/":
@@ -71,10 +71,10 @@ def make_target(url: str, settings) -> Target:
     if parts.scheme == "s3":
         from backupd.targets.s3 import S3Target
 
-        return S3Target(shown, parts.hostname, unquote(parts.path), settings)
+        return S3Target(shown, parts.hostname or "", unquote(parts.path), settings)
     from backupd.targets.ssh import SshTarget
 
-    return SshTarget(shown, parts.username, parts.hostname, parts.port, unquote(parts.path), settings)
+    return SshTarget(shown, parts.username, parts.hostname or "", parts.port, unquote(parts.path), settings)
 
 
 def configured_targets(settings) -> list[Target]:

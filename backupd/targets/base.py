@@ -4,9 +4,10 @@ named by their path relative to the repository root (the same layout everywhere)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from backupd import cancel
 from backupd.errors import Aborted, BackupdError
@@ -24,12 +25,44 @@ class TargetError(BackupdError):
 
 
 class LocalFileDamaged(TargetError):
-    """The local file no longer matches its manifest: it is never sent anywhere."""
+    """The local file no longer matches its manifest (or vanished, or cannot be read): it is
+    never sent anywhere. It fails that one backup, never the rest of the run."""
 
     permanent = True
 
-    def __init__(self, relative: str):
-        super().__init__(f"{relative} no longer matches its manifest; it is not sent")
+    def __init__(self, relative: str, reason: str = "no longer matches its manifest", mismatch: bool = True):
+        self.relative, self.reason = relative, reason
+        self.mismatch = mismatch  # False: missing or unreadable, which says nothing of its content
+        super().__init__(f"{relative} {reason}; it is not sent")
+
+
+def unreadable_local_file(relative: str, err: OSError) -> LocalFileDamaged:
+    if isinstance(err, FileNotFoundError):
+        return LocalFileDamaged(relative, "is missing", mismatch=False)
+    return LocalFileDamaged(relative, f"cannot be read: {err.strerror or err}", mismatch=False)
+
+
+def check_size(file: LocalFile) -> None:
+    """A stat, free: a file of another size cannot be what its manifest describes."""
+    try:
+        size = file.path.stat().st_size
+    except OSError as err:
+        raise unreadable_local_file(file.relative, err) from None
+    if size != file.size:
+        raise LocalFileDamaged(file.relative, f"has {size} bytes, its manifest says {file.size}")
+
+
+def check_local_file(file: LocalFile) -> None:
+    """Before a file leaves: it must be exactly what its manifest says (size, then sha256)."""
+    from backupd.stream import sha256_of
+
+    check_size(file)
+    try:
+        sha = sha256_of(file.path)
+    except OSError as err:
+        raise unreadable_local_file(file.relative, err) from None
+    if sha != file.sha256:
+        raise LocalFileDamaged(file.relative)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from backupd.process import run
-from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, Target, TargetError
+from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError, check_local_file
 
 
 class CommandTarget(Target):
@@ -23,12 +23,9 @@ class CommandTarget(Target):
         return {}
 
     def put(self, file: LocalFile) -> dict:
-        from backupd.stream import sha256_of
-
-        if sha256_of(file.path) != file.sha256:
-            raise LocalFileDamaged(file.relative)
+        check_local_file(file)
         code, _, err = run(self.argv[0], [*self.argv, str(file.path), f"{self.destination}/{file.relative}"],
-                           timeout=3600)
+                           timeout=3600, user_command=True)
         if code != 0:
             raise TargetError(f"REPLICATION_COMMAND failed for {file.relative}: {err or f'exit {code}'}")
         return {"unconfirmed": True}

@@ -7,7 +7,15 @@ import shutil
 from pathlib import Path
 
 from backupd.stream import AtomicFile, fsync_dir, pump
-from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, Target, TargetError
+from backupd.targets.base import (
+    LocalFile,
+    LocalFileDamaged,
+    RemoteFile,
+    Target,
+    TargetError,
+    check_size,
+    unreadable_local_file,
+)
 
 
 class FileTarget(Target):
@@ -32,10 +40,19 @@ class FileTarget(Target):
         return found
 
     def put(self, file: LocalFile) -> dict:
+        """The copy is written beside the destination and renamed into place only when its
+        sha256 matches the manifest, so a damaged local file never replaces a good copy."""
         destination = self._path(file.relative)
+        check_size(file)
+        try:  # a local file that vanished or cannot be read fails its backup, not the target
+            source = open(file.path, "rb", buffering=0)
+        except OSError as err:
+            raise unreadable_local_file(file.relative, err) from None
         try:
             destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with open(file.path, "rb", buffering=0) as source, AtomicFile(destination) as out:
+            # A copy cut short (a killed run) left its partial file: this copy replaces it.
+            destination.with_name(f".{destination.name}.partial").unlink(missing_ok=True)
+            with source, AtomicFile(destination) as out:
                 size, sha = pump(source, out)
                 if sha != file.sha256:
                     raise LocalFileDamaged(file.relative)

@@ -1,12 +1,12 @@
 """``s3://bucket/prefix``: AWS S3 and S3-compatible stores (MinIO, R2, Ceph, SeaweedFS).
 
-How a copy is confirmed: while it uploads, one pass over the local file computes
-its sha256 (it must match the manifest, or the object is deleted again and never
-counts) and the ETag the store will report: the MD5 of the file for a single PUT, or for a multipart upload the
-MD5 of the parts' MD5s with ``-<parts>``, using the same part size we give boto3.
-After the upload, the store's ETag must equal it. With ``AWS_S3_SSE=aws:kms`` the
-ETag is not an MD5, so the object is read back and hashed instead. The sha256 is
-also stored as object metadata (``x-amz-meta-sha256``).
+How a copy is confirmed: before it uploads, one pass over the local file computes
+its sha256 (it must match the manifest, or nothing is uploaded: an upload would
+replace a good copy there) and the ETag the store will report: the MD5 of the file
+for a single PUT, or for a multipart upload the MD5 of the parts' MD5s with
+``-<parts>``, using the same part size we give boto3. After the upload, the
+store's ETag must equal it. With ``AWS_S3_SSE=aws:kms`` the ETag is not an MD5,
+so the object is read back and hashed instead. The sha256 is also stored as object metadata (``x-amz-meta-sha256``).
 
 boto3 >= 1.36 computes request checksums by default, which some S3-compatible
 stores reject; backupd asks for them only where S3 requires them.
@@ -20,9 +20,18 @@ import re
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from backupd.stream import BLOCK
-from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, Target, TargetError
+from backupd.targets.base import (
+    LocalFile,
+    LocalFileDamaged,
+    RemoteFile,
+    Target,
+    TargetError,
+    check_size,
+    unreadable_local_file,
+)
 
 MIN_PART = 16 * 1024 * 1024
 MAX_PARTS = 10000
@@ -56,7 +65,7 @@ def sha256_and_etag(path: Path, part: int) -> tuple[str, str]:
     The two hashes run side by side."""
     sha = hashlib.sha256()
     part_digests: list[bytes] = []
-    state = {"md5": hashlib.md5(), "in_part": 0}
+    state: dict[str, Any] = {"md5": hashlib.md5(), "in_part": 0}
 
     def md5_update(chunk: bytes) -> None:
         offset = 0
@@ -136,16 +145,19 @@ class S3Target(Target):
         return extra
 
     def put(self, file: LocalFile) -> dict:
-        """The local file is hashed while it uploads. If it turns out not to match its
-        manifest, the object is deleted again: since a backup's manifest is sent only after
-        its data file, such a copy never looks complete, even if we die in between."""
+        """The local file is hashed before it is uploaded: an upload replaces the object, so a
+        file that no longer matches its manifest must never start one (a good copy there would
+        be lost). The ETag computed in the same pass then confirms the upload."""
         from boto3.s3.transfer import TransferConfig
 
         part = part_size(file.size)
-        hashes: dict = {}
-        hashing = threading.Thread(target=lambda: hashes.update(zip(("sha", "etag"),
-                                                                    sha256_and_etag(file.path, part))), daemon=True)
-        hashing.start()
+        check_size(file)
+        try:
+            sha, expected_etag = sha256_and_etag(file.path, part)
+        except OSError as err:
+            raise unreadable_local_file(file.relative, err) from None
+        if sha != file.sha256:
+            raise LocalFileDamaged(file.relative)
         key = self._key(file.relative)
         config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
         try:
@@ -153,13 +165,7 @@ class S3Target(Target):
                                     Config=config)
             etag = self.client.head_object(Bucket=self.bucket, Key=key)["ETag"].strip('"')
         except Exception as err:
-            hashing.join()
             raise self._fail(f"uploading {file.relative}", err) from None
-        hashing.join()
-        sha, expected_etag = hashes.get("sha"), hashes.get("etag")
-        if sha != file.sha256:
-            self.delete(file.relative)
-            raise LocalFileDamaged(file.relative)
         if _MD5_ETAG.match(etag) and self.settings.aws_s3_sse != "aws:kms":
             if etag != expected_etag:
                 raise TargetError(f"the copy of {file.relative} at {self.url} does not match: ETag {etag}, "

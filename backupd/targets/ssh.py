@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 from backupd.process import run
-from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, Target, TargetError
+from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError, check_local_file
 
 TIMEOUT = 3600.0
 
@@ -65,10 +65,7 @@ class SshTarget(Target):
         return out[0], float(out[-1])
 
     def put(self, file: LocalFile) -> dict:
-        from backupd.stream import sha256_of
-
-        if sha256_of(file.path) != file.sha256:
-            raise LocalFileDamaged(file.relative)
+        check_local_file(file)  # rsync would replace a good copy there with a damaged one
         self._rsync("sending to", str(file.path), f"{self.login}:{self._remote(file.relative)}")
         remote_sha, mtime = self._remote_facts(file.relative)
         if remote_sha != file.sha256:

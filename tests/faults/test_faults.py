@@ -101,7 +101,7 @@ def test_sigterm_during_a_restore_leaves_the_live_database_untouched(cluster, en
     wait_for_child(proc, "pg_restore")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 143  # 128 + SIGTERM
     with cluster.connect("faults_big") as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (before,)
     with cluster.connect() as admin:

@@ -95,7 +95,7 @@ def leftovers(backup_dir: Path) -> list[Path]:
     """Anything that could look like a backup but is not one: partials, staging folders."""
     if not backup_dir.exists():
         return []
-    return [p for p in backup_dir.rglob("*") if p.name.endswith((".partial", ".staging"))]
+    return [p for p in backup_dir.rglob("*") if p.name.endswith((".partial", ".staging", ".pending"))]
 
 
 def run_at_terminal(env: dict[str, str], args: list[str], answer: bytes | None = None,

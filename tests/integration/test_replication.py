@@ -11,23 +11,6 @@ from psycopg import sql
 
 from tests.content import AWKWARD_DB, create_awkward_database, fingerprint
 from tests.integration.helpers import flip_a_byte
-from tests.servers import start_s3, start_sshd
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = start_s3()
-    yield server
-    server.stop()
-    shutil.rmtree(server.data, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    server = start_sshd()
-    yield server
-    server.stop()
-    shutil.rmtree(server.base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

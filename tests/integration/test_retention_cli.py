@@ -44,7 +44,7 @@ def test_prune_keeps_exactly_what_the_rules_say(backupd, backup_dir, retention_d
             args.append("--pin")
         backupd.run_argv(args, extra_env=no_rules)
     assert len(backupd.listing()) == len(TIMES)
-    stale = backup_dir / retention_db / ".left-over.dump.partial"
+    stale = backup_dir / retention_db / f".{retention_db}-20260101T000000Z.dump.zst.partial"  # a dead run's
     stale.write_bytes(b"x")
     os.utime(stale, (time.time() - 2 * 86400,) * 2)
 

@@ -1,0 +1,82 @@
+"""Breaks found beyond the issue's list, by trying backupd as an adversarial user would."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from psycopg import sql
+
+from backupd.actions.restore import _create_database
+from backupd.errors import RestoreError
+from backupd.postgres import database_info
+from backupd.repository import Repository
+from tests.integration.helpers import make_database
+
+
+@pytest.fixture(scope="module")
+def beyond_db(cluster):
+    make_database(cluster, "beyond_db", rows=100)
+    return "beyond_db"
+
+
+def test_a_volume_restore_aimed_at_the_repository_or_its_parent_is_refused(backupd, backup_dir, tmp_path, beyond_db):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "a.txt").write_text("a")
+    env = {"VOLUME_PATHS": f"data={volume}"}
+    backupd.ok("backup", "--database", beyond_db)
+    backupd.ok("volumes", "backup", extra_env=env)
+    before = sorted(p.relative_to(backup_dir) for p in backup_dir.rglob("*") if p.is_file())
+    for destination in (backup_dir.parent, backup_dir, backup_dir / beyond_db):
+        refused = backupd("volumes", "restore", "latest", "--to", str(destination), "--yes", extra_env=env)
+        assert refused.returncode == 2 and "overlaps BACKUP_DIR" in refused.stderr, refused.stderr
+    assert sorted(p.relative_to(backup_dir) for p in backup_dir.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize("opts", ["-Of/tmp/backupd-victim", "-xFp", "-xhlocalhost", "-vZ9"])
+def test_extra_dump_options_cannot_hide_an_output_option_in_a_cluster(backupd, tmp_path, opts):
+    result = backupd("backup", extra_env={"BACKUP_EXTRA_OPTS": opts})
+    assert result.returncode == 2 and "BACKUP_EXTRA_OPTS" in result.stderr
+    assert not (tmp_path / "backupd-victim").exists()
+
+
+def test_a_pin_set_after_prune_listed_the_backup_still_holds(backupd, backup_dir, beyond_db):
+    backup_id = backupd.ok("backup", "--database", beyond_db).stdout.split()[0]
+    repo = Repository(backup_dir)
+    listed = repo.find(backup_id)  # what prune decided from: not pinned
+    backupd.ok("pin", backup_id)  # then the user pins it
+    assert repo.delete(listed) is False
+    assert backupd.listing("--database", beyond_db)[0]["pinned"] is True
+
+
+def test_a_backup_dated_in_the_future_never_makes_a_run_delete_its_own_backup(backupd, beyond_db):
+    keep_one = {"BACKUP_RETENTION_DAYS": "0", "BACKUP_KEEP_LAST": "1"}
+    backupd.run_argv(["faketime", "2099-03-01 02:00:00", *backupd.argv("backup", "--database", beyond_db)],
+                     extra_env=keep_one)
+    made = backupd.ok("backup", "--database", beyond_db, extra_env=keep_one).stdout.split()[0]
+    assert made in {b["id"] for b in backupd.listing("--database", beyond_db)}
+
+
+def test_a_database_someone_else_created_meanwhile_is_never_dropped(cluster):
+    with cluster.connect() as admin:
+        admin.execute("DROP DATABASE IF EXISTS beyond_theirs")
+        admin.execute("CREATE DATABASE beyond_theirs")  # an app, or another restore, got there first
+        with pytest.raises(RestoreError, match="someone else"):
+            _create_database(admin, "beyond_theirs", database_info(admin, "beyond_theirs"))
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = 'beyond_theirs'").fetchone()
+        admin.execute(sql.SQL("DROP DATABASE beyond_theirs"))
+    assert exists
+
+
+def test_a_deletion_that_cannot_be_finished_never_blocks_later_backups(backupd, backup_dir, beyond_db):
+    backup_id = backupd.ok("backup", "--database", beyond_db).stdout.split()[0]
+    folder = backup_dir / beyond_db
+    manifest = folder / f"{backup_id}.json"
+    (folder / f"{backup_id}.state.json").mkdir()  # not a file: unlink fails
+    manifest.rename(folder / f".{manifest.name}.deleting")
+    assert json.loads((folder / f".{manifest.name}.deleting").read_text())["id"] == backup_id
+    time.sleep(1.1)  # the next backups get ids of their own
+    backupd.ok("backup", "--database", beyond_db)
+    backupd.ok("backup", "--database", beyond_db)
