@@ -17,6 +17,7 @@ from pathlib import Path
 
 from backupd import encryption
 from backupd.errors import DumpError
+from backupd.pgtools import Tools
 from backupd.process import run
 from backupd.repository import PENDING_SUFFIX
 from backupd.stream import Compression, Pipeline, compression_for_suffix
@@ -27,7 +28,6 @@ from backupd.stream import Compression, Pipeline, compression_for_suffix
 _TOC_TABLE_DATA = re.compile(rb"^\d+; \d+ (\d+) TABLE DATA ", re.MULTILINE)
 _PLAIN_TABLE_DATA = re.compile(rb"^-- Data for Name: (.*); Type: TABLE DATA; Schema: (.*?); Owner: ", re.MULTILINE)
 _PLAIN_COMPLETE = b"-- PostgreSQL database dump complete"
-_VERSION = re.compile(r"(\d+)(?:\.(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -43,23 +43,14 @@ class ArchiveContents:
         return (schema, name) in (self.names or frozenset())
 
 
-def tool_major(tool: str) -> tuple[int, str]:
-    """(major, full version text) of pg_dump / pg_restore / psql."""
-    code, out, err = run(tool, [tool, "--version"])
-    if code != 0:
-        raise DumpError(f"{tool} --version failed: {err}")
-    text = out.decode().strip()
-    match = _VERSION.search(text.rsplit(")", 1)[-1]) or _VERSION.search(text)
-    if match is None:
-        raise DumpError(f"{tool} --version printed no version: {text!r}")
-    return int(match.group(1)), text
-
-
-def pg_dump_argv(fmt: str, snapshot: str | None, lock_wait_seconds: float, extra: list[str],
-                 jobs: int = 1, directory: Path | None = None) -> list[str]:
-    argv = ["pg_dump", f"--format={fmt}", "--no-password", f"--lock-wait-timeout={int(lock_wait_seconds * 1000)}"]
+def pg_dump_argv(tools: Tools, fmt: str, snapshot: str | None, lock_wait_seconds: float, extra: list[str],
+                 jobs: int = 1, directory: Path | None = None, compress: str = "0") -> list[str]:
+    """``compress``: pg_dump's own compression (custom and directory formats); by default
+    none, because the stage after pg_dump compresses in parallel."""
+    argv = [tools.path("pg_dump"), f"--format={fmt}", "--no-password",
+            f"--lock-wait-timeout={int(lock_wait_seconds * 1000)}"]
     if fmt in ("custom", "directory"):
-        argv.append("--compress=0")  # compression happens once, outside, in parallel
+        argv.append(f"--compress={compress}")
     if snapshot:
         argv.append(f"--snapshot={snapshot}")
     if fmt == "directory":
@@ -67,8 +58,8 @@ def pg_dump_argv(fmt: str, snapshot: str | None, lock_wait_seconds: float, extra
     return argv + list(extra)
 
 
-def pg_dumpall_globals_argv() -> list[str]:
-    return ["pg_dumpall", "--globals-only", "--no-password"]
+def pg_dumpall_globals_argv(tools: Tools) -> list[str]:
+    return [tools.path("pg_dumpall"), "--globals-only", "--no-password"]
 
 
 def stored_transforms(name: str) -> tuple[bool, Compression, str]:
@@ -109,11 +100,11 @@ def _reading(path: Path, identity: str | None, consumer: tuple, env=None, secret
                         stdout=stdout)
 
 
-def _inspector_stage(fmt: str) -> tuple[str, list[str]]:
+def _inspector_stage(fmt: str, tools: Tools) -> tuple[str, list[str]]:
     if fmt == "plain":
         pattern = r"^-- (Data for Name: .*; Type: TABLE DATA;|PostgreSQL database dump complete)"
         return "grep", ["grep", "-a", "-E", pattern]
-    return "pg_restore", ["pg_restore", "--list", f"--format={fmt}"]
+    return "pg_restore", [tools.path("pg_restore"), "--list", f"--format={fmt}"]
 
 
 def _contents(fmt: str, output: bytes, name: str) -> ArchiveContents:
@@ -136,15 +127,15 @@ def _finish_inspection(pipeline: Pipeline, fmt: str, output: bytes, name: str) -
     return _contents(fmt, output, name)
 
 
-def inspect_archive(path: Path, fmt: str, identity: str | None = None) -> ArchiveContents:
+def inspect_archive(path: Path, fmt: str, tools: Tools, identity: str | None = None) -> ArchiveContents:
     """Read back what the stored archive (or a staged directory) holds; DumpError when its
     structure is not complete."""
     if fmt == "directory" and path.is_dir():
-        code, output, err = run("pg_restore", ["pg_restore", "--list", str(path)])
+        code, output, err = run("pg_restore", [tools.path("pg_restore"), "--list", str(path)])
         if code != 0:
             raise DumpError(f"the dump's table of contents cannot be read: {err}")
         return _contents(fmt, output, path.name)
-    pipeline = _reading(path, identity, _inspector_stage(fmt))
+    pipeline = _reading(path, identity, _inspector_stage(fmt, tools))
     output = pipeline.output.read()
     return _finish_inspection(pipeline, fmt, output, path.name)
 
@@ -153,12 +144,12 @@ class StreamInspector:
     """Reads the table of contents from a copy of the compressed stream while it is being
     written (``tee``), for encrypted backups whose stored file the sidecar cannot decrypt."""
 
-    def __init__(self, fmt: str, compression: Compression):
+    def __init__(self, fmt: str, compression: Compression, tools: Tools):
         self.fmt = fmt
         read_end, self.write_end = os.pipe()
         stages = [(argv[0], argv)] if (argv := compression.decompress_argv()) else []
         with os.fdopen(read_end, "rb") as source:
-            self.pipeline = Pipeline([*stages, _inspector_stage(fmt)], stdin=source)
+            self.pipeline = Pipeline([*stages, _inspector_stage(fmt, tools)], stdin=source)
         self.output = b""
         self.reader = threading.Thread(target=self._drain, name="inspector", daemon=True)
         self.reader.start()
@@ -184,15 +175,16 @@ def dbname_conninfo(name: str) -> str:
     return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def restore_consumer(fmt: str, dbname: str, jobs: int = 1, source: Path | None = None,
+def restore_consumer(tools: Tools, fmt: str, dbname: str, jobs: int = 1, source: Path | None = None,
                      no_owner: bool = False) -> tuple[str, list[str]]:
     """The command that restores ``fmt`` into ``dbname`` (psql reads it from PGDATABASE).
     ``source`` is a file or folder; without it the archive comes on stdin. ``no_owner``
     leaves ownership and grants out (verification needs no roles)."""
     if fmt == "plain":
-        return "psql", ["psql", "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
+        return "psql", [tools.path("psql"), "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
                         "--single-transaction", "--output=/dev/null", "--file=-"]
-    argv = ["pg_restore", "--exit-on-error", "--no-password", f"--format={fmt}", f"--dbname={dbname_conninfo(dbname)}"]
+    argv = [tools.path("pg_restore"), "--exit-on-error", "--no-password", f"--format={fmt}",
+            f"--dbname={dbname_conninfo(dbname)}"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
     if jobs > 1 and source is not None:

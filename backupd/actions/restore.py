@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backupd import cancel
+from backupd import cancel, pgtools
 from backupd.archive import (
     decompress_to,
     is_transformed,
@@ -41,6 +41,7 @@ from backupd.dbnames import old_name, side_name
 from backupd.docker_ctl import containers_stopped
 from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
+from backupd.pgtools import Tools
 from backupd.postgres import (
     DatabaseInfo,
     Server,
@@ -258,6 +259,7 @@ class DatabaseBuilder:
 
     def build(self, name: str, info: DatabaseInfo | None, grants=None) -> None:
         with self.server.wait_connect("postgres") as admin:
+            tools = restore_tools(self.settings, admin, self.backup)
             _create_database(admin, name, info)
             try:
                 apply_database_grants(admin, name, grants)
@@ -265,7 +267,7 @@ class DatabaseBuilder:
                 drop_database(admin, name)
                 raise RestoreError(f"granting on database {name!r} failed: {str(err).strip()}") from None
         try:
-            _restore_data(self.settings, self.repo, self.backup, self.server, name, self.jobs, self.no_owner)
+            _restore_data(self.settings, self.repo, self.backup, self.server, tools, name, self.jobs, self.no_owner)
         except BaseException as err:
             log.error("restore failed; dropping the database it created", database=name, error=str(err))
             self.drop(name)
@@ -286,6 +288,13 @@ class DatabaseBuilder:
                 drop_database(admin, name)
         except (psycopg.Error, BackupdError) as err:
             log.error("could not drop a database backupd created", database=name, error=str(err))
+
+
+def restore_tools(settings, admin: psycopg.Connection, backup: Backup) -> Tools:
+    """The tools of the server restored into, and at least as new as the pg_dump that wrote
+    the archive; chosen before the database is created, so a refusal leaves nothing behind."""
+    archive_major = pgtools.version_major(str(backup.manifest.get("pg_dump_version") or "")) or 0
+    return pgtools.for_connection(settings.pg_bindir, admin, archive_major)
 
 
 def manifest_info(backup: Backup) -> DatabaseInfo | None:
@@ -388,7 +397,7 @@ def _create_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | 
         raise RestoreError(f"creating database {name!r} failed: {str(err).strip()}") from None
 
 
-def _restore_data(settings, repo: Repository, backup: Backup, server: Server, target: str, jobs: int,
+def _restore_data(settings, repo: Repository, backup: Backup, server: Server, tools: Tools, target: str, jobs: int,
                   no_owner: bool = False) -> None:
     fmt = backup.manifest["format"]
     identity = settings.identity
@@ -397,7 +406,7 @@ def _restore_data(settings, repo: Repository, backup: Backup, server: Server, ta
     staged = fmt == "directory" or (fmt == "custom" and jobs > 1 and transformed)
     if not staged:
         source = backup.path if (fmt == "custom" and jobs > 1) else None
-        consumer = restore_consumer(fmt, target, jobs, source, no_owner)
+        consumer = restore_consumer(tools, fmt, target, jobs, source, no_owner)
         if source is not None:
             Pipeline([consumer], env=env, secrets=secrets, stdout=None).finish()
         else:
@@ -414,7 +423,7 @@ def _restore_data(settings, repo: Repository, backup: Backup, server: Server, ta
             staging.mkdir(mode=0o700)
             source = staging / "archive.dump"
             decompress_to(backup.path, identity, source)
-        consumer = restore_consumer(fmt, target, jobs, source, no_owner)
+        consumer = restore_consumer(tools, fmt, target, jobs, source, no_owner)
         Pipeline([consumer], env=env, secrets=secrets, stdout=None).finish()
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,7 +1,15 @@
 #!/bin/sh
 # Like the official image's entrypoint, in small: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB.
+# The server is the one major installed (PG_MAJOR, set by postgres.Dockerfile, names it).
 set -eu
-bin=/usr/lib/postgresql/15/bin
+if [ -n "${PG_MAJOR:-}" ]; then
+  bin="/usr/lib/postgresql/$PG_MAJOR/bin"
+else
+  set -- /usr/lib/postgresql/*/bin/postgres
+  [ "$#" -eq 1 ] || { echo "postgres-entrypoint: expected one PostgreSQL server, found: $*" >&2; exit 1; }
+  bin="${1%/postgres}"
+fi
+[ -x "$bin/postgres" ] || { echo "postgres-entrypoint: no server in $bin" >&2; exit 1; }
 data=/var/lib/postgresql/data
 mkdir -p "$data" && chown postgres:postgres "$data" && chmod 700 "$data"
 if [ ! -s "$data/PG_VERSION" ]; then

@@ -1,7 +1,14 @@
 # CI only: PostgreSQL from Debian's packages on the locally built base image, because
 # no image registry can be reached there. Users run the official postgres image.
-ARG BASE_IMAGE=local/debian:bookworm
+# PG_MAJOR must be the major the base image's suite ships (17 on trixie, 18 on forky).
+ARG BASE_IMAGE=local/debian:trixie
 FROM ${BASE_IMAGE}
-RUN apt-get update && apt-get install -y --no-install-recommends postgresql-15 && rm -rf /var/lib/apt/lists/*
+ARG PG_MAJOR=17
+ENV PG_MAJOR=${PG_MAJOR}
+# No "main" cluster from the package's postinst: the entrypoint makes its own, in the volume.
+RUN mkdir -p /etc/postgresql-common/createcluster.d \
+ && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/ci.conf \
+ && apt-get update && apt-get install -y --no-install-recommends "postgresql-${PG_MAJOR}" \
+ && rm -rf /var/lib/apt/lists/*
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
 ENTRYPOINT ["/usr/local/bin/postgres-entrypoint.sh"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from tests.conftest import REPO
-from tests.pg import Cluster
+from tests.conftest import REPO, Backupd
+from tests.pg import MATRIX, Cluster, matrix_bindir, remove_cluster, start_cluster
 
 OWNER = "manual_restore_owner"
 BLOCK = re.compile(r"<!-- manual-restore: (?P<name>[\w-]+) -->\s*```sh\n(?P<body>.*?)```", re.DOTALL)
@@ -36,7 +36,7 @@ def readme_blocks() -> dict[str, str]:
 
 
 def test_every_manual_restore_block_is_run_by_this_module():
-    assert set(readme_blocks()) == {"custom", "encrypted", "plain", "directory", "checksum"}
+    assert set(readme_blocks()) == {"custom", "custom-inside", "encrypted", "plain", "directory", "checksum"}
 
 
 def with_real_values(block: str, values: dict[str, str]) -> str:
@@ -46,8 +46,9 @@ def with_real_values(block: str, values: dict[str, str]) -> str:
 
 
 def run_block(cluster: Cluster, block: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """As a person at a shell would, with only the libpq variables for the connection."""
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8", "PGHOST": cluster.host,
+    """As a person at a shell would, with only the libpq variables for the connection, and
+    the client tools of the server's own major first on PATH."""
+    env = {"PATH": f"{cluster.bindir}:{os.environ['PATH']}", "HOME": str(tmp_path), "LANG": "C.UTF-8", "PGHOST": cluster.host,
            "PGPORT": str(cluster.port), "PGUSER": cluster.user, "PGPASSWORD": cluster.password}
     result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300, check=False)
@@ -138,3 +139,33 @@ def test_the_documented_checksum_check_shows_the_same_hash_twice(cluster, backup
         assert result.stdout.count(manifest["sha256"]) == 2, result.stdout
     finally:
         drop(cluster, database)
+
+
+@pytest.fixture(scope="module")
+def pg17():
+    cluster = start_cluster(matrix_bindir(17))
+    yield cluster
+    remove_cluster(cluster)
+
+
+def test_the_documented_restore_of_an_archive_compressed_by_pg_dump_works(pg17, backup_dir, tmp_path):
+    """A PostgreSQL 17 server: pg_dump compresses inside, the file is a plain ``.dump``."""
+    backupd = Backupd({**pg17.env(), "BACKUP_DIR": str(backup_dir), "LOG_FORMAT": "json", "PG_BINDIR": str(MATRIX)})
+    database = "manual_inside"
+    make_source(pg17, database)
+    try:
+        backup_id = backupd.ok("backup", extra_env={"DB_NAME": database}).stdout.strip()
+        manifest = json.loads((backup_dir / database / f"{backup_id}.json").read_text())
+        assert manifest["file"] == f"{backup_id}.dump" and manifest["compressed_by"] == "pg_dump"
+        drop(pg17, database)
+        execute(pg17, sql.SQL("DROP ROLE {}").format(sql.Identifier(OWNER)))
+        values = {"/backups": str(backup_dir), "shop": database, "shop_restored": f"{database}_restored",
+                  "20261121T020000Z": backup_id.rsplit("-", 1)[1],
+                  "globals@20261121T020000Z": manifest["globals_id"], "key.txt": "unused"}
+        run_block(pg17, with_real_values(readme_blocks()["custom-inside"], values), tmp_path)
+        restored = f"{database}_restored"
+        assert execute(pg17, sql.SQL("SELECT count(*), max(note) FROM orders"), restored) == [(250, "order 99")]
+        owner = execute(pg17, sql.SQL("SELECT tableowner FROM pg_tables WHERE tablename = 'orders'"), restored)
+        assert owner == [(OWNER,)]
+    finally:
+        drop(pg17, database, f"{database}_restored")

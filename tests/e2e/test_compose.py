@@ -1,7 +1,10 @@
 """The compose sidecar end to end: build the image, start the stack with docker compose v2,
 wait until healthy, and use it as a user would. Host networking only; images are built
 locally from a debootstrap base (no registry can be reached). The users' compose files
-are used as they are, with deploy/ci/compose.ci.yaml on top."""
+are used as they are, with deploy/ci/compose.ci.yaml on top.
+
+The stack runs once per PostgreSQL major, each on the Debian suite that ships it: the server
+and the sidecar's client tools (PG_SOURCE=debian) both come from that suite's packages."""
 
 from __future__ import annotations
 
@@ -33,11 +36,16 @@ def compose_plugin(config: Path) -> None:
     (plugins / "docker-compose").symlink_to(found)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+# (Debian suite, the PostgreSQL major it ships): trixie has postgresql-17, forky postgresql-18.
+SUITES = [("trixie", 17), ("forky", 18)]
+
+
+@pytest.fixture(scope="module", params=SUITES, ids=[f"pg{major}-{suite}" for suite, major in SUITES])
+def stack(request, tmp_path_factory):
+    suite, major = request.param
     ensure_engine()
     ensure_busybox()
-    subprocess.run([str(REPO / "deploy/ci/build-base-image.sh")], check=True, timeout=600)
+    subprocess.run([str(REPO / "deploy/ci/build-base-image.sh"), suite], check=True, timeout=900)
     work = tmp_path_factory.mktemp("stack")
     for name in PROJECT_FILES:
         source = REPO / name
@@ -47,7 +55,8 @@ def stack(tmp_path_factory):
     config = tmp_path_factory.mktemp("docker-config")
     compose_plugin(config)
     env = {**os.environ, "DOCKER_CONFIG": str(config), "DOCKER_BUILDKIT": "1", "CI_PG_PORT": str(free_port()),
-           "CI_HTTP_PORT": str(free_port()), "DB_PASSWORD": password}
+           "CI_HTTP_PORT": str(free_port()), "DB_PASSWORD": password, "CI_SUITE": suite,
+           "CI_PG_MAJOR": str(major)}
     project = f"backupd-e2e-{uuid.uuid4().hex[:6]}"
     base = ["docker", "compose", "-p", project, "-f", "compose.yaml", "-f", "compose.backup.yaml",
             "-f", "deploy/ci/compose.ci.yaml"]
@@ -61,20 +70,31 @@ def stack(tmp_path_factory):
     up = compose("up", "-d", "--build", "--wait", timeout=1200, check=False)
     try:
         assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}\n" + compose("logs", check=False).stdout
-        yield compose, password
+        yield compose, password, major
     finally:
         compose("down", "-v", "--timeout", "30", check=False, timeout=300)
 
 
 def test_the_sidecar_turns_healthy_backs_up_restores_and_logs_json(stack):
-    compose, password = stack
+    compose, password, major = stack
     deadline = time.monotonic() + 120
     backups = []
-    while time.monotonic() < deadline and not backups:
+    shop: list[dict] = []
+    while time.monotonic() < deadline and not shop:
         listed = compose("exec", "-T", "backup", "backupd", "list", "--json", check=False)
         backups = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
-        time.sleep(1)
-    assert [b["database"] for b in backups if b["database"] == "shop"], backups
+        shop = [b for b in backups if b.get("database") == "shop"]
+        time.sleep(0 if shop else 1)
+    assert shop, backups
+    # The server's own major, and the sidecar's tools of that same major.
+    bindir = f"/usr/lib/postgresql/{major}/bin"
+    config = compose("exec", "-T", "backup", "backupd", "config").stdout
+    servers = [line for line in config.splitlines() if line.startswith("# database server ")]
+    assert servers and all(f": PostgreSQL {major}." in line and line.endswith(f"tools of {major} ({bindir})")
+                           for line in servers), config
+    manifest_path = f"{os.path.dirname(shop[0]['file'])}/{shop[0]['id']}.json"
+    manifest = json.loads(compose("exec", "-T", "backup", "cat", manifest_path).stdout)
+    assert manifest["tools"]["major"] == major and manifest["tools"]["bindir"] == bindir, manifest
     health = compose("exec", "-T", "backup", "backupd", "health")
     assert json.loads(health.stdout)["status"] == "ok"
 

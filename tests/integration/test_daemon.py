@@ -40,6 +40,10 @@ def test_backup_on_start_then_health_metrics_status_and_a_clean_stop(env, daemon
         status, body = daemon.json("/status")
         assert body["jobs"]["backup"]["schedule"] == "0 2 * * *"
         assert body["jobs"]["backup"]["next_run"].endswith("T02:00:00Z")
+        # Which PostgreSQL client tools the server gets (Debian's 15 for the session's server).
+        (database_server,) = body["postgresql"]["servers"]
+        assert database_server["role"] == "database" and database_server["tools"]["major"] == 15
+        assert 15 in [tools["major"] for tools in body["postgresql"]["installed"]]
         status, text = daemon.get("/metrics")
         samples = metric_samples(text)
         for name in ("backupd_backup_last_success_timestamp_seconds", "backupd_backup_last_duration_seconds",

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from backupd.archive import dbname_conninfo, pg_dump_argv, restore_consumer
+from backupd.pgtools import Tools
 from backupd.postgres import split_setting
 from backupd.roles import parse_globals
 
@@ -31,21 +32,24 @@ def test_globals_are_parsed_into_roles_grants_and_tablespaces():
     assert plan.tablespaces == ["fast"]
 
 
+TOOLS = Tools(17, Path("/usr/lib/postgresql/17/bin"), "pg_dump (PostgreSQL) 17.6")
+
+
 def test_pg_dump_argv_is_exact():
-    assert pg_dump_argv("custom", "00000003-1", 300, ["--no-comments"]) == [
-        "pg_dump", "--format=custom", "--no-password", "--lock-wait-timeout=300000", "--compress=0",
+    assert pg_dump_argv(TOOLS, "custom", "00000003-1", 300, ["--no-comments"]) == [
+        "/usr/lib/postgresql/17/bin/pg_dump", "--format=custom", "--no-password", "--lock-wait-timeout=300000", "--compress=0",
         "--snapshot=00000003-1", "--no-comments"]
-    assert pg_dump_argv("directory", None, 1.5, [], jobs=4, directory=Path("/b/.x.staging")) == [
-        "pg_dump", "--format=directory", "--no-password", "--lock-wait-timeout=1500", "--compress=0",
+    assert pg_dump_argv(TOOLS, "directory", None, 1.5, [], jobs=4, directory=Path("/b/.x.staging")) == [
+        "/usr/lib/postgresql/17/bin/pg_dump", "--format=directory", "--no-password", "--lock-wait-timeout=1500", "--compress=0",
         "--jobs=4", "--file=/b/.x.staging"]
 
 
 def test_restore_commands_name_the_database_as_a_quoted_conninfo():
     assert dbname_conninfo("a=b 'c' \\d") == "dbname='a=b \\'c\\' \\\\d'"
-    name, argv = restore_consumer("custom", "x", jobs=1)
+    name, argv = restore_consumer(TOOLS, "custom", "x", jobs=1)
     assert name == "pg_restore" and "--single-transaction" in argv and "--exit-on-error" in argv
-    name, argv = restore_consumer("plain", "x")
-    assert name == "psql" and "--set=ON_ERROR_STOP=1" in argv
+    name, argv = restore_consumer(TOOLS, "plain", "x")
+    assert name == "psql" and "--set=ON_ERROR_STOP=1" in argv and argv[0] == "/usr/lib/postgresql/17/bin/psql"
 
 
 def test_list_settings_are_split_like_pg_dumpall_does():

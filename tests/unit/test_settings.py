@@ -16,6 +16,14 @@ def test_defaults_follow_the_interface():
     assert (s.backup_format, s.backup_compression, s.backup_schedule) == ("custom", "zstd", "0 2 * * *")
     assert s.backup_lock_wait_timeout == 300 and s.backup_timeout == 6 * 3600 and s.db_wait_timeout == 60
     assert s.backup_globals is True and s.backup_row_counts == "exact"
+    assert str(s.pg_bindir) == "/usr/lib/postgresql"
+
+
+@pytest.mark.parametrize("value", ["", "usr/lib/postgresql", "./pg"])
+def test_the_tools_folder_must_be_an_absolute_path(value):
+    with pytest.raises(ConfigError) as err:
+        load_settings({"PG_BINDIR": value})
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith("PG_BINDIR")
 
 
 def test_libpq_variables_are_fallbacks_and_db_variables_win():
