@@ -20,7 +20,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import cancel, pgtools
+from backupd import __version__, cancel, pgtools, statuspage
 from backupd.actions.backup import run_backup
 from backupd.actions.prune import run_prune
 from backupd.actions.replicate import read_runs, run_replicate
@@ -44,6 +44,13 @@ MONITOR_SCHEDULE = "7 * * * *"  # hourly: warnings and staleness reach people wi
 JobFunction = Callable[[datetime | None], Any]
 
 TOOLS_VIEW_SECONDS = 60.0
+
+
+def _parse_time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text)) if text else None
+    except ValueError:
+        return None
 
 @dataclass
 class JobState:
@@ -231,6 +238,52 @@ class Daemon:
         return {"started": iso(self.started_at), "health": health, "databases": databases, "jobs": jobs,
                 "targets": read_runs(self.repo), "postgresql": self.tools_view()}
 
+    def page_view(self) -> dict:
+        """What the status page shows, read at request time from the same places as /status."""
+        now = utc_now()
+        _, health = self.health()
+        try:
+            backups, archives = self.repo.backups(), self.repo.backups(kind="volume")
+            verifications = newest_verifications(self.repo)
+        except (BackupdError, OSError):  # the headline's reasons say what cannot be read
+            backups, archives, verifications = [], [], {}
+        databases: dict[str, dict] = {}
+        for backup in backups:  # newest first
+            entry = databases.setdefault(backup.database, {"name": backup.database, "history": [], "count": 0})
+            entry["count"] += 1
+            entry["history"].append({"time": backup.time, "size": backup.size,
+                                     "duration": backup.manifest.get("duration_seconds")})
+            entry.setdefault("newest", {"id": backup.id, "time": backup.time, "size": backup.size,
+                                        "duration": backup.manifest.get("duration_seconds"),
+                                        "replicas": sorted(backup.state.get("replicas", {})),
+                                        "damaged": backup.damaged})
+        for name, verification in verifications.items():
+            if name in databases:
+                databases[name]["verification"] = {**verification, "time": _parse_time(verification.get("time"))}
+        for failure in self.repo.failures():
+            if failure.get("kind", "database") != "database":
+                continue
+            name = failure.get("database") or "all"
+            entry = databases.setdefault(name, {"name": name, "history": [], "count": 0})
+            entry["failure"] = {"time": _parse_time(failure.get("time")) or now, "error": failure.get("error")}
+        urls = target_urls(self.settings)
+        for entry in databases.values():
+            entry["anchor"] = entry["name"].encode().hex()[:40]
+            entry["targets"] = urls
+        volumes: dict[str, dict] = {}
+        for archive in archives:
+            volumes.setdefault(archive.database, {"name": archive.database, "time": archive.time, "size": archive.size})
+        runs = read_runs(self.repo)
+        targets = [{"url": url, **runs.get(url, {"ok": None}), "time": _parse_time(runs.get(url, {}).get("time"))}
+                   for url in urls]
+        jobs = {job.id: {"schedule": state.cron, "next_run": getattr(job, "next_run_time", None),
+                         "running": state.lock.locked()}
+                for job in self.scheduler.get_jobs() if (state := self.jobs.get(job.id))}
+        title = "needs attention" if health.get("status") != "ok" else "warnings" if health.get("warnings") else "ok"
+        return {"now": now, "health": health, "databases": sorted(databases.values(), key=lambda d: d["name"]),
+                "volumes": sorted(volumes.values(), key=lambda v: v["name"]), "targets": targets, "jobs": jobs,
+                "title": title, "version": __version__}
+
     def tools_view(self) -> dict:
         """Which client tools each server gets, asked at most once a minute: /status must stay
         quick even while a server is down (each look costs a connection attempt)."""
@@ -247,7 +300,8 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        endpoints = Endpoints(self.health, self.status, self.metrics.render, self.settings.auth_token)
+        endpoints = Endpoints(self.health, self.status, self.metrics.render, self.settings.auth_token,
+                              page=lambda: statuspage.render(self.page_view()))
         host, port = self.settings.http_host, self.settings.http_port
         try:  # first: a daemon nobody can ask about its health must not start at all
             http = serve(host, port, endpoints)

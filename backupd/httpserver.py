@@ -1,25 +1,44 @@
-"""The daemon's HTTP endpoints: /metrics, /healthz and /status.
+"""The daemon's HTTP endpoints: the status page at /, /metrics, /healthz and /status.
 
 With HTTP_AUTH_TOKEN set, /metrics and /status need ``Authorization: Bearer <token>``;
-/healthz stays open for Docker's health check.
+/healthz stays open for Docker's health check. The page takes the bearer header too, or
+a cookie set by its login form (POST /login) or by a ``?token=`` link, which redirects
+to ``/`` at once so the token leaves the address bar and the history. The cookie holds
+an HMAC of the token, never the token itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import threading
 from collections.abc import Callable
+from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from backupd import statuspage
 from backupd.logging import get_logger
 
 log = get_logger("backupd.http")
 
 Route = Callable[[], tuple[int, str, bytes]]
+Response = tuple[int, str, bytes]
+
+COOKIE = "backupd_session"
+LOGIN_BODY_LIMIT = 4096
+HTML = "text/html; charset=utf-8"
+# Nothing from elsewhere, no script at all; the page's own inline style only.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+}
 
 
 def json_response(status: int, body: Any) -> tuple[int, str, bytes]:
@@ -28,19 +47,41 @@ def json_response(status: int, body: Any) -> tuple[int, str, bytes]:
 
 class Endpoints:
     def __init__(self, healthz: Callable[[], tuple[bool, dict]], status: Callable[[], dict],
-                 metrics: Callable[[], bytes], token: str | None):
+                 metrics: Callable[[], bytes], token: str | None, page: Callable[[], str] | None = None):
         self.routes: dict[str, tuple[Route, bool]] = {
             "/healthz": (lambda: json_response(200 if (h := healthz())[0] else 503, h[1]), False),
             "/status": (lambda: json_response(200, status()), True),
             "/metrics": (lambda: (200, CONTENT_TYPE_LATEST, metrics()), True),
         }
         self.token = token
+        self.page = page
 
     def authorized(self, header: str | None) -> bool:
         if not self.token:
             return True
         expected = f"Bearer {self.token}".encode()
         return header is not None and hmac.compare_digest(header.encode(), expected)
+
+    def session(self) -> str:
+        """The cookie's value: proves the token was given, without being it."""
+        return hmac.new((self.token or "").encode(), b"backupd status page", hashlib.sha256).hexdigest()
+
+    def token_matches(self, given: str) -> bool:
+        return bool(self.token) and hmac.compare_digest(given.encode(), (self.token or "").encode())
+
+    def page_allowed(self, authorization: str | None, cookie_header: str | None) -> bool:
+        if not self.token or self.authorized(authorization):
+            return True
+        cookie = SimpleCookie()
+        try:
+            cookie.load(cookie_header or "")
+        except Exception:  # a malformed Cookie header is no session
+            return False
+        morsel = cookie.get(COOKIE)
+        return morsel is not None and hmac.compare_digest(morsel.value.encode(), self.session().encode())
+
+    def session_cookie(self) -> str:
+        return f"{COOKIE}={self.session()}; Path=/; HttpOnly; SameSite=Strict"
 
 
 def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
@@ -51,6 +92,8 @@ def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
 
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
             path = self.path.split("?", 1)[0]
+            if path == "/" and endpoints.page is not None:
+                return self._page()
             route = endpoints.routes.get(path)
             if route is None:
                 return self._send(*json_response(404, {"error": f"no such endpoint: {path}"}))
@@ -63,12 +106,51 @@ def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
                 log.error("endpoint failed", path=path, error=str(err))
                 self._send(*json_response(500, {"error": "internal error"}))
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.do_GET()  # the body is written, and ignored by the client; fine for a few KB
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path.split("?", 1)[0] != "/login" or endpoints.page is None:
+                return self._send(*json_response(404, {"error": "no such endpoint"}))
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= LOGIN_BODY_LIMIT:
+                return self._send(*json_response(413, {"error": "the form is too large"}))
+            form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+            if endpoints.token_matches((form.get("token") or [""])[0]):
+                return self._redirect_signed_in()
+            self._send(401, HTML, statuspage.login_form(failed=True).encode(), PAGE_HEADERS)
+
+        def _page(self) -> None:
+            query = parse_qs(urlsplit(self.path).query)
+            if "token" in query:  # a link with the token: set the cookie, drop the token from the address
+                if endpoints.token_matches(query["token"][0]):
+                    return self._redirect_signed_in()
+                return self._send(401, HTML, statuspage.login_form(failed=True).encode(), PAGE_HEADERS)
+            if not endpoints.page_allowed(self.headers.get("Authorization"), self.headers.get("Cookie")):
+                return self._send(401, HTML, statuspage.login_form().encode(), PAGE_HEADERS)
+            try:
+                body = endpoints.page().encode("utf-8")  # type: ignore[misc]
+            except Exception as err:  # the page failing must not take the daemon down
+                log.error("endpoint failed", path="/", error=str(err))
+                return self._send(500, "text/plain; charset=utf-8", b"internal error; see the logs\n", PAGE_HEADERS)
+            self._send(200, HTML, body, PAGE_HEADERS)
+
+        def _redirect_signed_in(self) -> None:
+            self._send(303, "text/plain; charset=utf-8", b"signed in\n",
+                       {**PAGE_HEADERS, "Location": "/", "Set-Cookie": endpoints.session_cookie()})
+
+        def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args) -> None:  # noqa: A002
             log.debug("http request", request=format % args)

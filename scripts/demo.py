@@ -53,6 +53,7 @@ def run_daemon(env: dict[str, str]) -> None:
     env = {**env, "HTTP_HOST": "127.0.0.1", "BACKUP_SCHEDULE": env.get("BACKUP_SCHEDULE", "*/5 * * * *")}
     port = env.get("HTTP_PORT", "9188")
     print(f"\n$ backupd run      (a backup every 5 minutes; Ctrl-C stops it)\n"
+          f"  open http://127.0.0.1:{port}/ in a browser for the status page\n"
           f"  try: curl localhost:{port}/healthz  /status  /metrics\n", flush=True)
     daemon = subprocess.Popen([sys.executable, "-m", "backupd", "run"], env=env, cwd=ROOT)
     try:

@@ -1,0 +1,281 @@
+"""The status page for people (``GET /``): are my backups fine, and if not, what now?
+
+Plain HTML and CSS with inline SVG charts, no script and nothing from elsewhere (a sidecar
+often has no internet); it refreshes itself with a meta refresh. It renders a ``view``
+(plain data, built by the daemon from the same state as /status and /healthz at request
+time), so this module is pure: every value is escaped here, because database names,
+labels and error messages are user data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from html import escape
+from typing import Any
+
+REFRESH_SECONDS = 60
+
+# What a person can run to see more, for each kind of trouble.
+MORE_COMMANDS = {
+    "backup": ["docker compose logs backup", "docker compose exec backup backupd list --database {db}",
+               "docker compose exec backup backupd backup --database {db}"],
+    "verify": ["docker compose exec backup backupd verify latest --database {db}"],
+    "target": ["docker compose logs backup", "docker compose exec backup backupd replicate"],
+}
+
+STYLE = """
+:root{--ok:#1a7f37;--warn:#9a6700;--bad:#cf222e;--ink:#1f2328;--soft:#59636e;--line:#d1d9e0}
+*{box-sizing:border-box}body{font:16px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--ink);
+margin:0 auto;max-width:64rem;padding:1rem}h1{font-size:1.4rem;margin:.2rem 0}h2{font-size:1.2rem;margin:0 0 .5rem}
+h3{font-size:1rem;margin:1rem 0 .3rem}.headline{border-left:.5rem solid;padding:.6rem 1rem;margin:.5rem 0 1rem;
+border-radius:.3rem}.ok{color:var(--ok)}.warn{color:var(--warn)}.bad{color:var(--bad)}
+.headline.ok{border-color:var(--ok);background:#dafbe1}.headline.warn{border-color:var(--warn);background:#fff8c5}
+.headline.bad{border-color:var(--bad);background:#ffebe9}.headline p{margin:.2rem 0;color:var(--ink)}
+section{border:1px solid var(--line);border-radius:.4rem;padding:.8rem 1rem;margin:0 0 1rem}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.25rem .5rem .25rem 0;vertical-align:top;
+border-bottom:1px solid var(--line)}th{font-weight:600;white-space:nowrap}td{overflow-wrap:anywhere}
+code{font-size:.9em;background:#f6f8fa;padding:.05rem .3rem;border-radius:.2rem;overflow-wrap:anywhere}
+svg{width:100%;height:auto;max-height:9rem}a{color:inherit}.muted{color:var(--soft)}
+ul{margin:.2rem 0;padding-left:1.2rem}
+footer{color:var(--soft);font-size:.85rem}@media (max-width:40rem){body{padding:.5rem}th{white-space:normal}}
+"""
+
+_MARK = {"ok": "✔", "warn": "⚠", "bad": "✖"}
+
+
+def _e(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _ago(then: datetime | None, now: datetime) -> str:
+    if then is None:
+        return "never"
+    seconds = max((now - then).total_seconds(), 0)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"
+
+
+def _when(then: datetime | None) -> str:
+    return then.strftime("%Y-%m-%d %H:%M UTC") if then else "—"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "—"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def _status(kind: str, text: str) -> str:
+    """A coloured word that also carries a symbol: colour is never the only signal."""
+    return f'<span class="{kind}">{_MARK[kind]} {_e(text)}</span>'
+
+
+def _command_list(kind: str, database: str | None) -> str:
+    items = "".join(f"<li><code>{_e(c.format(db=database or ''))}</code></li>" for c in MORE_COMMANDS[kind]
+                    if database or "{db}" not in c)
+    return f"<ul>{items}</ul>"
+
+
+def _headline(health: dict[str, Any]) -> str:
+    reasons, warnings = health.get("reasons") or [], health.get("warnings") or []
+    if reasons:
+        kind, title = "bad", "Backups need attention"
+    elif warnings:
+        kind, title = "warn", "Backups are fine, with warnings"
+    else:
+        kind, title = "ok", "All backups are fine"
+    lines = "".join(f"<p>{_status('bad', r)}</p>" for r in reasons)
+    lines += "".join(f"<p>{_status('warn', w)}</p>" for w in warnings)
+    return f'<div class="headline {kind}" role="status"><h1>{_MARK[kind]} {title}</h1>{lines}</div>'
+
+
+def chart(history: list[dict[str, Any]], failures: list[dict[str, Any]], label: str) -> str:
+    """Size as bars and duration as a line over the kept backups, oldest left; failures as
+    red crosses at their time. Its text alternative sums it up."""
+    width, height, pad = 600, 120, 6
+    points = sorted(history, key=lambda h: h["time"])
+    marks = sorted(failures, key=lambda f: f["time"])
+    times = [p["time"] for p in points] + [f["time"] for f in marks]
+    if not times:
+        return '<p class="muted">No backups to chart yet.</p>'
+    start, end = min(times), max(times)
+    span = max((end - start).total_seconds(), 1.0)
+
+    def x(when: datetime) -> float:
+        return pad + (width - 2 * pad) * ((when - start).total_seconds() / span if len(times) > 1 else 0.5)
+
+    biggest = max([p["size"] or 0 for p in points] + [1])
+    slowest = max([p["duration"] or 0 for p in points] + [0.001])
+    bar = max(min((width - 2 * pad) / max(len(points), 1) * 0.6, 24), 3)
+    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}">',
+             f"<title>{_e(label)}</title>",
+             f'<line x1="0" y1="{height - pad}" x2="{width}" y2="{height - pad}" stroke="#d1d9e0"/>']
+    for p in points:
+        h = (height - 2 * pad) * (p["size"] or 0) / biggest
+        parts.append(f'<rect x="{x(p["time"]) - bar / 2:.1f}" y="{height - pad - h:.1f}" width="{bar:.1f}" '
+                     f'height="{h:.1f}" fill="#54aeff"><title>{_e(_when(p["time"]))}: {_e(_size(p["size"]))}, '
+                     f'{_e(p["duration"])} s</title></rect>')
+    line = " ".join(f'{x(p["time"]):.1f},{height - pad - (height - 2 * pad) * (p["duration"] or 0) / slowest:.1f}'
+                    for p in points)
+    if len(points) > 1:
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#8250df" stroke-width="2"/>')
+    for f in marks:
+        cx = x(f["time"])
+        parts.append(f'<g stroke="#cf222e" stroke-width="3"><title>failed {_e(_when(f["time"]))}: '
+                     f'{_e(f["error"])}</title><line x1="{cx - 6:.1f}" y1="{pad:.1f}" x2="{cx + 6:.1f}" '
+                     f'y2="{pad + 12:.1f}"/><line x1="{cx + 6:.1f}" y1="{pad:.1f}" x2="{cx - 6:.1f}" '
+                     f'y2="{pad + 12:.1f}"/></g>')
+    parts.append("</svg>")
+    legend = ('<p class="muted">Blue bars: size; purple line: duration'
+              + ("; red crosses: failed runs" if marks else "") + ".</p>")
+    return "".join(parts) + legend
+
+
+def _verification(v: dict[str, Any] | None) -> str:
+    if not v:
+        return _status("warn", "not verified yet")
+    result = v.get("result")
+    kind = {"passed": "ok", "unverifiable": "warn"}.get(str(result), "bad")
+    text = f"{result} {_when(v.get('time'))}"
+    if v.get("id"):
+        text += f" (backup {v['id']})"
+    reason = f"<br><span class=\"muted\">{_e(v.get('reason'))}</span>" if v.get("reason") else ""
+    return _status(kind, text) + reason
+
+
+def _database(db: dict[str, Any], now: datetime, next_backup: datetime | None) -> str:
+    name, newest = db["name"], db.get("newest")
+    rows = []
+    if newest:
+        kind = "bad" if newest.get("damaged") else "ok"
+        rows.append(("Newest backup", f"{_status(kind, _ago(newest['time'], now))} "
+                     f"<span class=\"muted\">({_e(_when(newest['time']))}, <code>{_e(newest['id'])}</code>)</span>"
+                     + (f"<br>{_status('bad', 'damaged: ' + str(newest['damaged']))}" if newest.get("damaged")
+                        else "")))
+        rows.append(("Size", _e(_size(newest.get("size")))))
+        rows.append(("Duration", _e(f"{newest['duration']:.1f} s" if newest.get("duration") is not None else "—")))
+    else:
+        rows.append(("Newest backup", _status("bad", "none yet")))
+    rows.append(("Verification", _verification(db.get("verification"))))
+    if db.get("targets"):
+        copies = newest.get("replicas", []) if newest else []
+        items = "".join(f"<li>{_status('ok', 'confirmed on ' + t)}</li>" if t in copies
+                        else f"<li>{_status('warn', 'not yet on ' + t)}</li>" for t in db["targets"])
+        rows.append(("Copies", f"<ul>{items}</ul>"))
+    rows.append(("Backups kept", _e(db.get("count", 0))))
+    rows.append(("Next backup", _e(_when(next_backup))))
+    table = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in rows)
+    failure = db.get("failure")
+    trouble = ""
+    if failure:
+        trouble = (f"<h3>{_status('bad', 'Last run failed')}</h3><p>{_e(_when(failure['time']))}: "
+                   f"{_e(failure['error'])}</p><p>To see more:</p>{_command_list('backup', name)}")
+    label = f"Size and duration of the kept backups of {name}"
+    return (f'<section aria-labelledby="db-{_e(db["anchor"])}"><h2 id="db-{_e(db["anchor"])}">Database '
+            f'<code>{_e(name)}</code></h2><table>{table}</table>{trouble}<h3>History</h3>'
+            f'{chart(db.get("history", []), [failure] if failure else [], label)}</section>')
+
+
+def _targets(targets: list[dict[str, Any]]) -> str:
+    if not targets:
+        return ""
+    rows = []
+    for t in targets:
+        ok = t.get("ok")
+        state = (_status("ok", "ok") if ok else _status("bad", "failed") if ok is False
+                 else _status("warn", "no run yet"))
+        detail = _e(t.get("error") or "")
+        refused = "".join(f"<li><code>{_e(r.get('id'))}</code>: {_e(r.get('reason'))}</li>"
+                          for r in t.get("refused") or [])
+        if refused:
+            detail += f"<ul>{refused}</ul>"
+        if ok is False:
+            detail += _command_list("target", None)
+        rows.append(f"<tr><td><code>{_e(t['url'])}</code></td><td>{state}</td><td>{_e(_when(t.get('time')))}</td>"
+                    f"<td>{_e(t.get('sent', 0))} sent</td><td>{detail}</td></tr>")
+    return ('<section aria-labelledby="targets"><h2 id="targets">Copies elsewhere</h2><table><thead><tr>'
+            '<th scope="col">Target</th><th scope="col">Last run</th><th scope="col">When</th>'
+            '<th scope="col">Sent</th><th scope="col">Details</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></section>")
+
+
+def _volumes(volumes: list[dict[str, Any]], now: datetime) -> str:
+    if not volumes:
+        return ""
+    rows = "".join(f"<tr><td><code>{_e(v['name'])}</code></td><td>{_e(_ago(v['time'], now))}</td>"
+                   f"<td>{_e(_size(v['size']))}</td></tr>" for v in volumes)
+    return ('<section aria-labelledby="volumes"><h2 id="volumes">Volumes</h2><table><thead><tr>'
+            '<th scope="col">Volume</th><th scope="col">Newest archive</th><th scope="col">Size</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table></section>")
+
+
+def _jobs(jobs: dict[str, dict[str, Any]]) -> str:
+    if not jobs:
+        return ""
+    rows = "".join(f"<tr><td>{_e(name)}</td><td><code>{_e(j.get('schedule'))}</code></td>"
+                   f"<td>{_e(_when(j.get('next_run')))}</td><td>{'running' if j.get('running') else ''}</td></tr>"
+                   for name, j in sorted(jobs.items()))
+    return ('<section aria-labelledby="jobs"><h2 id="jobs">Schedule</h2><table><thead><tr><th scope="col">Job</th>'
+            '<th scope="col">Schedule</th><th scope="col">Next run</th><th scope="col">Now</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table></section>")
+
+
+def _overview(databases: list[dict[str, Any]], now: datetime) -> str:
+    """One row per database: the five-second answer, before the details."""
+    if not databases:
+        return ""
+    rows = []
+    for db in databases:
+        newest, verification, failure = db.get("newest"), db.get("verification") or {}, db.get("failure")
+        age = _status("bad" if not newest or newest.get("damaged") else "ok", _ago(newest["time"], now) if newest
+                      else "none")
+        result = verification.get("result")
+        verified = (_status("ok", "passed") if result == "passed" else _status("warn", "not yet") if not result
+                    else _status("warn" if result == "unverifiable" else "bad", str(result)))
+        targets, copies = db.get("targets") or [], (newest or {}).get("replicas", [])
+        copied = (_status("ok" if all(t in copies for t in targets) else "warn",
+                          f"{sum(t in copies for t in targets)} of {len(targets)}") if targets else "—")
+        last = _status("bad", "failed") if failure else _status("ok", "ok")
+        rows.append(f'<tr><th scope="row"><a href="#db-{_e(db["anchor"])}"><code>{_e(db["name"])}</code></a></th>'
+                    f"<td>{age}</td><td>{verified}</td><td>{copied}</td><td>{last}</td></tr>")
+    return ('<section aria-labelledby="glance"><h2 id="glance">At a glance</h2><table><thead><tr>'
+            '<th scope="col">Database</th><th scope="col">Newest backup</th><th scope="col">Verified</th>'
+            '<th scope="col">Copies</th><th scope="col">Last run</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></section>")
+
+
+def render(view: dict[str, Any]) -> str:
+    now: datetime = view["now"]
+    next_backup = (view.get("jobs") or {}).get("backup", {}).get("next_run")
+    databases = "".join(_database(db, now, next_backup) for db in view.get("databases", []))
+    if not databases:
+        databases = '<section><h2>Databases</h2><p class="muted">No backups yet.</p></section>'
+    pitr = ""  # point-in-time recovery has no window to show yet
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
+            f"<title>backupd: {_e(view['title'])}</title><style>{STYLE}</style></head><body>"
+            f"<header>{_headline(view['health'])}</header>"
+            f"<main>{_overview(view.get('databases', []), now)}{databases}{_volumes(view.get('volumes', []), now)}"
+            f"{_targets(view.get('targets', []))}{pitr}{_jobs(view.get('jobs') or {})}</main>"
+            f"<footer>backupd {_e(view.get('version'))} · as of {_e(_when(now))} · refreshes every "
+            f"{REFRESH_SECONDS} s · machine-readable: <a href=\"/status\">/status</a>, "
+            f"<a href=\"/healthz\">/healthz</a>, <a href=\"/metrics\">/metrics</a></footer></body></html>")
+
+
+def login_form(failed: bool = False) -> str:
+    note = '<p class="bad" role="alert">✖ That token is not right.</p>' if failed else ""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>backupd: sign in</title>'
+            f"<style>{STYLE}</style></head><body><main><h1>backupd</h1>{note}"
+            f'<form method="post" action="/login"><p><label for="token">HTTP_AUTH_TOKEN</label><br>'
+            f'<input id="token" name="token" type="password" autocomplete="current-password" required></p>'
+            f'<p><button type="submit">Show the status</button></p></form></main></body></html>')

@@ -1,0 +1,59 @@
+"""The status page's HTML, as pure rendering: every value from the repository is escaped,
+an empty repository still renders, and colour is never the only signal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from backupd.statuspage import login_form, render
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+EVIL = '"><img src=x onerror=alert(1)>'
+
+
+def view(**overrides):
+    base = {"now": NOW, "health": {"status": "ok", "warnings": []}, "databases": [], "volumes": [],
+            "targets": [], "jobs": {}, "title": "ok", "version": "0.1.0"}
+    return {**base, **overrides}
+
+
+def test_an_empty_repository_renders_with_a_green_headline():
+    page = render(view())
+    assert "✔ All backups are fine" in page and "No backups yet." in page
+    assert "<script" not in page
+
+
+def test_every_value_from_the_repository_is_escaped():
+    database = {"name": EVIL, "anchor": "00", "count": 1, "targets": [f"s3://b/{EVIL}"],
+                "newest": {"id": f"{EVIL}-20261123T020000Z", "time": NOW - timedelta(hours=10), "size": 10,
+                           "duration": 1.0, "replicas": [], "damaged": EVIL},
+                "verification": {"result": "failed", "time": NOW, "reason": EVIL, "id": EVIL},
+                "failure": {"time": NOW, "error": EVIL},
+                "history": [{"time": NOW - timedelta(hours=10), "size": 10, "duration": 1.0}]}
+    page = render(view(health={"status": "unhealthy", "reasons": [EVIL], "warnings": [EVIL]},
+                       databases=[database], volumes=[{"name": EVIL, "time": NOW, "size": 5}],
+                       targets=[{"url": EVIL, "ok": False, "time": NOW, "error": EVIL,
+                                 "refused": [{"id": EVIL, "reason": EVIL}]}],
+                       jobs={"backup": {"schedule": EVIL, "next_run": NOW, "running": False}}))
+    assert "<img" not in page and "onerror=alert(1)>" not in page
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "✖ Backups need attention" in page and "10 hours ago" in page
+
+
+def test_warnings_turn_the_headline_amber_with_a_symbol():
+    page = render(view(health={"status": "ok", "warnings": ["disk almost full"]}))
+    assert "⚠ Backups are fine, with warnings" in page and "⚠ disk almost full" in page
+
+
+def test_the_login_form_posts_the_token_and_says_when_it_was_wrong():
+    assert 'action="/login"' in login_form() and "not right" not in login_form()
+    assert "✖ That token is not right." in login_form(failed=True)
+
+
+def test_a_repository_that_cannot_be_read_is_a_red_headline_not_an_error(tmp_path):
+    from backupd.daemon import Daemon
+    from backupd.settings import load_settings
+
+    (tmp_path / "file").write_text("")
+    page = render(Daemon(load_settings({"BACKUP_DIR": str(tmp_path / "file" / "backups")})).page_view())
+    assert "✖ Backups need attention" in page and "the backup repository cannot be read" in page
