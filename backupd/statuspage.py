@@ -184,6 +184,13 @@ def _database(db: dict[str, Any], now: datetime, next_backup: datetime | None) -
             f'{chart(db.get("history", []), [failure] if failure else [], label)}</section>')
 
 
+def _table_section(anchor: str, title: str, columns: list[str], rows: list[str]) -> str:
+    """A section holding one table: headed columns, then the given ``<tr>`` rows."""
+    head = "".join(f'<th scope="col">{column}</th>' for column in columns)
+    return (f'<section aria-labelledby="{anchor}"><h2 id="{anchor}">{title}</h2><table><thead><tr>{head}</tr>'
+            f'</thead><tbody>{"".join(rows)}</tbody></table></section>')
+
+
 def _targets(targets: list[dict[str, Any]]) -> str:
     if not targets:
         return ""
@@ -201,31 +208,24 @@ def _targets(targets: list[dict[str, Any]]) -> str:
             detail += _command_list("target", None)
         rows.append(f"<tr><td><code>{_e(t['url'])}</code></td><td>{state}</td><td>{_e(_when(t.get('time')))}</td>"
                     f"<td>{_e(t.get('sent', 0))} sent</td><td>{detail}</td></tr>")
-    return ('<section aria-labelledby="targets"><h2 id="targets">Copies elsewhere</h2><table><thead><tr>'
-            '<th scope="col">Target</th><th scope="col">Last run</th><th scope="col">When</th>'
-            '<th scope="col">Sent</th><th scope="col">Details</th></tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table></section>")
+    return _table_section("targets", "Copies elsewhere", ["Target", "Last run", "When", "Sent", "Details"], rows)
 
 
 def _volumes(volumes: list[dict[str, Any]], now: datetime) -> str:
     if not volumes:
         return ""
-    rows = "".join(f"<tr><td><code>{_e(v['name'])}</code></td><td>{_e(_ago(v['time'], now))}</td>"
-                   f"<td>{_e(_size(v['size']))}</td></tr>" for v in volumes)
-    return ('<section aria-labelledby="volumes"><h2 id="volumes">Volumes</h2><table><thead><tr>'
-            '<th scope="col">Volume</th><th scope="col">Newest archive</th><th scope="col">Size</th></tr></thead>'
-            f"<tbody>{rows}</tbody></table></section>")
+    rows = [f"<tr><td><code>{_e(v['name'])}</code></td><td>{_e(_ago(v['time'], now))}</td>"
+            f"<td>{_e(_size(v['size']))}</td></tr>" for v in volumes]
+    return _table_section("volumes", "Volumes", ["Volume", "Newest archive", "Size"], rows)
 
 
 def _jobs(jobs: dict[str, dict[str, Any]]) -> str:
     if not jobs:
         return ""
-    rows = "".join(f"<tr><td>{_e(name)}</td><td><code>{_e(j.get('schedule'))}</code></td>"
-                   f"<td>{_e(_when(j.get('next_run')))}</td><td>{'running' if j.get('running') else ''}</td></tr>"
-                   for name, j in sorted(jobs.items()))
-    return ('<section aria-labelledby="jobs"><h2 id="jobs">Schedule</h2><table><thead><tr><th scope="col">Job</th>'
-            '<th scope="col">Schedule</th><th scope="col">Next run</th><th scope="col">Now</th></tr></thead>'
-            f"<tbody>{rows}</tbody></table></section>")
+    rows = [f"<tr><td>{_e(name)}</td><td><code>{_e(j.get('schedule'))}</code></td>"
+            f"<td>{_e(_when(j.get('next_run')))}</td><td>{'running' if j.get('running') else ''}</td></tr>"
+            for name, j in sorted(jobs.items())]
+    return _table_section("jobs", "Schedule", ["Job", "Schedule", "Next run", "Now"], rows)
 
 
 def _overview(databases: list[dict[str, Any]], now: datetime) -> str:
@@ -246,10 +246,8 @@ def _overview(databases: list[dict[str, Any]], now: datetime) -> str:
         last = _status("bad", "failed") if failure else _status("ok", "ok")
         rows.append(f'<tr><th scope="row"><a href="#db-{_e(db["anchor"])}"><code>{_e(db["name"])}</code></a></th>'
                     f"<td>{age}</td><td>{verified}</td><td>{copied}</td><td>{last}</td></tr>")
-    return ('<section aria-labelledby="glance"><h2 id="glance">At a glance</h2><table><thead><tr>'
-            '<th scope="col">Database</th><th scope="col">Newest backup</th><th scope="col">Verified</th>'
-            '<th scope="col">Copies</th><th scope="col">Last run</th></tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table></section>")
+    return _table_section("glance", "At a glance", ["Database", "Newest backup", "Verified", "Copies", "Last run"],
+                          rows)
 
 
 def render(view: dict[str, Any]) -> str:
