@@ -33,7 +33,11 @@ def one(cursor: psycopg.Cursor) -> tuple[Any, ...]:
 log = get_logger("backupd.postgres")
 
 # Databases that backupd creates itself: never backed up, never listed under "all".
-SCRATCH_PATTERNS = (re.compile(r"^backupd_verify_"), re.compile(r"__restoring_"), re.compile(r"__before_restore_"))
+# Exactly the names dbnames.py makes (marker and timestamp at the end), so a user's database
+# that merely contains "__restoring_" is still backed up.
+_STAMP = r"\d{8}T\d{6}$"
+SCRATCH_PATTERNS = (re.compile(rf"^backupd_verify_[0-9a-f]{{8}}_{_STAMP}"), re.compile(rf"__restoring_{_STAMP}"),
+                    re.compile(rf"__before_restore_{_STAMP}"))
 
 # Connection failures that waiting will not cure: fail at once instead of retrying.
 _PERMANENT = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
@@ -293,6 +297,10 @@ class ExportedSnapshot:
     def __init__(self, server: Server, dbname: str, lock_wait_seconds: float | None = None):
         self.conn = server.wait_connect(dbname, autocommit=False)
         self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # A database's own timeouts are for its app, not for a backup: the row counts may run
+        # long, and the transaction idles while pg_dump works (pg_dump unsets them for itself).
+        self.conn.execute("SET LOCAL statement_timeout = 0")
+        self.conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
         if lock_wait_seconds:
             # Counting rows takes the same locks as pg_dump: it must not queue longer either.
             timeout = sql.Literal(f"{int(lock_wait_seconds * 1000)}ms")

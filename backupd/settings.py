@@ -39,6 +39,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+MAX_DURATION_SECONDS = 100 * 365 * 86400.0
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
 def parse_duration(value: Any) -> float:
     """``90`` / ``90s`` / ``15m`` / ``26h`` / ``7d`` -> seconds."""
     if isinstance(value, timedelta):
@@ -52,6 +56,14 @@ def parse_duration(value: Any) -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds < 0:
         raise ValueError("must not be negative")
+    if seconds > MAX_DURATION_SECONDS:  # beyond this, timers and dates overflow
+        raise ValueError("must be at most 100 years")
+    return seconds
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be more than 0 (a time limit of 0 fails every run)")
     return seconds
 
 
@@ -169,7 +181,10 @@ def _absolute_path(value: Any, example: str) -> Path:
 def _check_repository_path(value: Any) -> Path:
     # An empty value would mean the current folder, and a relative one a folder that moves
     # with it: backupd deletes files in BACKUP_DIR, so it must be one fixed place.
-    return _absolute_path(value, "/backups")
+    path = _absolute_path(value, "/backups")
+    if path.resolve() == Path("/"):  # backupd writes lock files in the folders it finds there
+        raise ValueError("must not be the root folder /; give a folder of its own, e.g. /backups")
+    return path
 
 
 def _check_tools_path(value: Any) -> Path:
@@ -202,9 +217,18 @@ class EnvWithFilesSource(PydanticBaseSettingsSource):
             return None
         if file_name is not None:
             try:
-                return Path(file_name).read_text(encoding="utf-8").rstrip("\r\n")
+                with open(file_name, "rb") as source:  # at most 64 KiB: /dev/zero must not hang the start
+                    data = source.read(MAX_SECRET_FILE_BYTES + 1)
             except OSError as err:
                 self.problems.append(f"{name}_FILE={file_name!r}: cannot be read ({err.strerror})")
+                return None
+            if len(data) > MAX_SECRET_FILE_BYTES:
+                self.problems.append(f"{name}_FILE={file_name!r}: is larger than 64 KiB; give a file with the value")
+                return None
+            try:
+                return data.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                self.problems.append(f"{name}_FILE={file_name!r}: is not UTF-8 text")
                 return None
         return direct
 
@@ -256,14 +280,14 @@ class Settings(BaseSettings):
     backup_globals: bool = True
     backup_row_counts: Literal["exact", "estimate", "off"] = "exact"
     backup_lock_wait_timeout: Duration = 300.0
-    backup_timeout: Duration = 6 * 3600.0
+    backup_timeout: Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)] = 6 * 3600.0
     backup_extra_opts: Annotated[str, AfterValidator(_check_extra_opts)] = ""
     backup_encryption_recipients: Annotated[tuple[str, ...], BeforeValidator(_split_list),
                                             AfterValidator(_check_recipients)] = ()
     backup_encryption_identity: Annotated[SecretStr | None, AfterValidator(_check_identity)] = None
 
     # Retention
-    backup_retention_days: int = Field(7, ge=0)
+    backup_retention_days: int = Field(7, ge=0, le=36500)
     backup_keep_last: int = Field(0, ge=0)
     backup_keep_daily: int = Field(0, ge=0)
     backup_keep_weekly: int = Field(0, ge=0)
@@ -274,7 +298,7 @@ class Settings(BaseSettings):
     # Replication
     replication_targets: Annotated[tuple[str, ...], BeforeValidator(_split_list), AfterValidator(_check_targets)] = ()
     replication_interval: Duration = 3600.0
-    replication_retention_days: int | None = Field(None, ge=0)
+    replication_retention_days: int | None = Field(None, ge=0, le=36500)
     replication_enabled: bool = False
     replication_type: Literal["local", "rsync", "s3", "custom"] | None = None
     replication_target: str | None = None
@@ -294,7 +318,7 @@ class Settings(BaseSettings):
     # Volumes
     volume_paths: Annotated[tuple[tuple[str, Path], ...], BeforeValidator(_parse_volumes)] = ()
     volume_schedule: Cron = "0 3 * * 0"
-    volume_retention_days: int = Field(7, ge=0)
+    volume_retention_days: int = Field(7, ge=0, le=36500)
     docker_stop_label: str = "backupd.stop-during-backup"
     docker_stop_scope: Literal["project", "all"] = "project"
     docker_host: str | None = None

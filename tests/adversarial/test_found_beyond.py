@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from psycopg import sql
@@ -80,3 +81,24 @@ def test_a_deletion_that_cannot_be_finished_never_blocks_later_backups(backupd, 
     time.sleep(1.1)  # the next backups get ids of their own
     backupd.ok("backup", "--database", beyond_db)
     backupd.ok("backup", "--database", beyond_db)
+
+
+def test_a_databases_own_short_timeouts_do_not_fail_its_backup(cluster, backupd):
+    """An app's statement_timeout and idle_in_transaction_session_timeout, set on its
+    database, are the app's: the row counts (a long count) and the snapshot's transaction
+    (idle while pg_dump works) run without them."""
+    name = "short_timeouts_db"
+    make_database(cluster, name, rows=10)
+    with cluster.connect(name) as conn:
+        conn.execute("CREATE TABLE many AS SELECT g AS id FROM generate_series(1, 2000000) g")
+    with cluster.connect() as admin:
+        for setting in ("statement_timeout = '20ms'", "idle_in_transaction_session_timeout = '200ms'"):
+            admin.execute(sql.SQL("ALTER DATABASE {} SET " + setting).format(sql.Identifier(name)))
+    try:
+        backupd.ok("backup", extra_env={"DB_NAME": name, "BACKUP_GLOBALS": "false"})
+        (newest,) = backupd.listing("--database", name)
+        manifest = json.loads((Path(newest["file"]).parent / f"{newest['id']}.json").read_text())
+        assert {t["name"]: t["rows"] for t in manifest["tables"]}["many"] == 2_000_000
+    finally:
+        with cluster.connect() as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

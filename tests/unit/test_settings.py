@@ -100,3 +100,18 @@ def test_any_environment_either_loads_or_raises_a_config_error(environ):
         load_settings(environ)
     except ConfigError as err:
         assert err.problems and all(isinstance(p, str) and p for p in err.problems)
+
+
+@pytest.mark.parametrize("environ, variable", [
+    ({"BACKUP_DIR": "/"}, "BACKUP_DIR"),
+    ({"BACKUP_DIR": "/tmp/.."}, "BACKUP_DIR"),
+    ({"BACKUP_TIMEOUT": "0"}, "BACKUP_TIMEOUT"),
+    ({"BACKUP_TIMEOUT": "9999999999999d"}, "BACKUP_TIMEOUT"),
+    ({"DB_WAIT_TIMEOUT": "99999999999999999999"}, "DB_WAIT_TIMEOUT"),
+    ({"BACKUP_RETENTION_DAYS": "99999999999"}, "BACKUP_RETENTION_DAYS"),
+    ({"DB_PASSWORD_FILE": "/dev/zero"}, "DB_PASSWORD_FILE"),
+])
+def test_values_that_would_overflow_hang_or_fail_every_run_stop_the_start(environ, variable):
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ)
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith(variable)
