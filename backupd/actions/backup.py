@@ -23,7 +23,7 @@ from backupd import __version__, cancel, pgtools
 from backupd.actions.prune import run_prune
 from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform, commit_manifest
-from backupd.errors import Aborted, BackupdError, DumpError
+from backupd.errors import Aborted, BackupdError, DumpError, UsageError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
 from backupd.postgres import (
@@ -119,9 +119,15 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
         with server.wait_connect("postgres") as conn:
             _, server_text = server_version(conn)
             names = list(databases or settings.databases or list_databases(conn, settings.db_exclude))
+            if databases:  # typed on the command line: a typo is refused, never remembered as a failure
+                existing = {name for (name,) in conn.execute("SELECT datname FROM pg_database").fetchall()}
+                if missing := [name for name in databases if name not in existing]:
+                    raise UsageError(f"no such database on the server: {', '.join(map(repr, missing))}")
             superuser = one(conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))[0]
             # A server no installed pg_dump can serve safely is refused here, before anything is written.
             tools = pgtools.for_connection(settings.pg_bindir, conn)
+    except UsageError:
+        raise
     except BackupdError as err:
         if not cancel.requested():
             _record_run_failure(repo, databases or settings.databases, str(err))

@@ -102,3 +102,9 @@ def test_a_databases_own_short_timeouts_do_not_fail_its_backup(cluster, backupd)
     finally:
         with cluster.connect() as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_typo_in_backup_database_is_refused_and_never_remembered_as_a_failure(backupd, backup_dir):
+    result = backupd("backup", "--database", "no_such_db_typo")
+    assert result.returncode == 2 and "no such database on the server: 'no_such_db_typo'" in result.stderr
+    assert not list(backup_dir.rglob(".last-failure.json"))  # /healthz stays as it was
