@@ -28,16 +28,19 @@ def next_runs(expression: str, timezone: str, after: datetime, count: int) -> li
 
 
 def longest_gap(expression: str, timezone: str, after: datetime) -> timedelta:
-    """The longest gap between two runs over the next five weeks or 500 runs (schedules
-    can be uneven, e.g. weekdays only). Cached per day: health asks on every request."""
+    """The longest gap between two runs over the next 400 days or 500 runs, whichever ends
+    first (schedules can be uneven: weekdays only, the 31st of the month). Cached per day:
+    health asks on every request."""
     return _longest_gap(expression, timezone, after.replace(hour=0, minute=0, second=0, microsecond=0))
 
 
 @lru_cache(maxsize=32)
 def _longest_gap(expression: str, timezone: str, day: datetime) -> timedelta:
     runs = next_runs(expression, timezone, day, 500)
-    horizon = day + timedelta(days=35)
-    runs = [run for run in runs if run <= horizon] or runs[:2]
+    horizon = day + timedelta(days=400)
+    runs = [run for run in runs if run <= horizon]
+    if len(runs) < 2:  # a yearly schedule: its two next runs tell its gap
+        runs = next_runs(expression, timezone, day, 2)
     gaps = [b - a for a, b in pairwise(runs)]
     return max(gaps) if gaps else timedelta(days=1)
 

@@ -13,6 +13,10 @@ def test_gaps_of_even_and_uneven_schedules():
     assert longest_gap("0 2 * * *", "UTC", NOW) == timedelta(days=1)
     assert longest_gap("0 2 * * 1-5", "UTC", NOW) == timedelta(days=3)  # Friday to Monday
     assert longest_gap("*/15 * * * *", "UTC", NOW) == timedelta(minutes=15)
+    # Monthly and yearly schedules: HEALTH_MAX_AGE is twice their real gap, not two days.
+    assert longest_gap("0 2 1 * *", "UTC", NOW) == timedelta(days=31)
+    assert longest_gap("0 2 31 * *", "UTC", NOW) == timedelta(days=61)  # only months with a 31st
+    assert longest_gap("0 0 1 1 *", "UTC", NOW) in (timedelta(days=365), timedelta(days=366))
 
 
 def test_previous_run_is_the_scheduled_time_whatever_the_clock_skew():
