@@ -214,14 +214,22 @@ class Daemon:
 
     def status(self) -> dict:
         databases: dict[str, dict] = {}
-        for backup in self.repo.backups():
+        try:
+            backups = self.repo.backups()
+        except (BackupdError, OSError):  # "health" says what cannot be read: still an answer, not a 500
+            backups = []
+        for backup in backups:
             entry = databases.setdefault(backup.database, {"backups": 0, "newest_backup": None, "last_error": None})
             entry["backups"] += 1
             if entry["newest_backup"] is None:
                 entry["newest_backup"] = {"id": backup.id, "time": iso(backup.time), "size_bytes": backup.size,
                                           "duration_seconds": backup.manifest.get("duration_seconds"),
                                           "label": backup.manifest.get("label")}
-        for name, verification in newest_verifications(self.repo).items():
+        try:
+            verifications = newest_verifications(self.repo)
+        except (BackupdError, OSError):
+            verifications = {}
+        for name, verification in verifications.items():
             entry = databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})
             entry["newest_verification"] = verification
         for failure in self.repo.failures():
@@ -232,7 +240,7 @@ class Daemon:
         for job in self.scheduler.get_jobs():
             state = self.jobs.get(job.id)
             if state:
-                jobs[job.id] = {"schedule": state.cron, "next_run": iso(job.next_run_time),
+                jobs[job.id] = {"schedule": state.cron, "next_run": iso(getattr(job, "next_run_time", None)),
                                 "running": state.lock.locked(), "last_run": state.last}
         healthy, health = self.health()
         return {"started": iso(self.started_at), "health": health, "databases": databases, "jobs": jobs,

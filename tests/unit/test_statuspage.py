@@ -55,5 +55,8 @@ def test_a_repository_that_cannot_be_read_is_a_red_headline_not_an_error(tmp_pat
     from backupd.settings import load_settings
 
     (tmp_path / "file").write_text("")
-    page = render(Daemon(load_settings({"BACKUP_DIR": str(tmp_path / "file" / "backups")})).page_view())
+    daemon = Daemon(load_settings({"BACKUP_DIR": str(tmp_path / "file" / "backups"), "DB_PORT": "1"}))
+    page = render(daemon.page_view())
     assert "✖ Backups need attention" in page and "the backup repository cannot be read" in page
+    status = daemon.status()  # /status answers too (it was a 500), saying why in "health"
+    assert status["databases"] == {} and any("cannot be read" in r for r in status["health"]["reasons"])
