@@ -218,8 +218,10 @@ def split_setting(entry: str) -> tuple[str, list[str]]:
     return name, [item for item in items if item != ""]
 
 
-def create_database_like(conn: psycopg.Connection, name: str, info: DatabaseInfo, owner: str | None = None) -> None:
-    """CREATE DATABASE ``name`` with the encoding, locale, owner and settings of ``info``."""
+def create_database_like(conn: psycopg.Connection, name: str, info: DatabaseInfo, owner: str | None = None,
+                         with_settings: bool = True) -> None:
+    """CREATE DATABASE ``name`` with the encoding, locale, owner and (unless told otherwise)
+    the settings of ``info``."""
     options = [
         sql.SQL("TEMPLATE template0"),
         sql.SQL("OWNER {}").format(sql.Identifier(owner or info.owner)),
@@ -231,6 +233,12 @@ def create_database_like(conn: psycopg.Connection, name: str, info: DatabaseInfo
         keyword = "LOCALE" if conn.info.server_version >= 170000 else "ICU_LOCALE"
         options.append(sql.SQL("LOCALE_PROVIDER icu {} {}").format(sql.SQL(keyword), sql.Literal(info.icu_locale)))
     conn.execute(sql.SQL("CREATE DATABASE {} ").format(sql.Identifier(name)) + sql.SQL(" ").join(options))
+    if with_settings:
+        apply_database_settings(conn, name, info)
+
+
+def apply_database_settings(conn: psycopg.Connection, name: str, info: DatabaseInfo) -> None:
+    """``ALTER DATABASE ... SET`` for each of ``info``'s settings."""
     for entry in info.settings:
         setting, values = split_setting(entry)
         conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(

@@ -46,6 +46,7 @@ from backupd.postgres import (
     DatabaseInfo,
     Server,
     apply_database_grants,
+    apply_database_settings,
     compare_with_manifest,
     create_database_like,
     database_exists,
@@ -268,6 +269,12 @@ class DatabaseBuilder:
                 raise RestoreError(f"granting on database {name!r} failed: {str(err).strip()}") from None
         try:
             _restore_data(self.settings, self.repo, self.backup, self.server, tools, name, self.jobs, self.no_owner)
+            if info is not None:
+                with self.server.wait_connect("postgres") as admin:
+                    try:
+                        apply_database_settings(admin, name, info)
+                    except psycopg.Error as err:
+                        raise RestoreError(f"the settings of {name!r} failed: {str(err).strip()}") from None
         except BaseException as err:
             log.error("restore failed; dropping the database it created", database=name, error=str(err))
             self.drop(name)
@@ -278,6 +285,7 @@ class DatabaseBuilder:
     def check(self, name: str) -> None:
         """The restored database must hold the manifest's tables and row counts."""
         with self.server.wait_connect(name) as conn:
+            conn.execute("SET statement_timeout = 0")  # the database's own limit is for its app
             problems = compare_with_manifest(conn, self.backup.manifest)
         if problems:
             raise RestoreError(f"{name!r} does not match the manifest of {self.backup.id}: " + "; ".join(problems))
@@ -387,7 +395,8 @@ def _create_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | 
         log.warning("the database's owner does not exist here; the restoring user owns it", owner=owner)
         owner = admin.info.user
     try:
-        create_database_like(admin, name, info, owner=owner)
+        # Its settings come after the data: default_transaction_read_only=on would refuse the restore.
+        create_database_like(admin, name, info, owner=owner, with_settings=False)
     except psycopg.errors.DuplicateDatabase:
         # Someone else created it meanwhile (another restore, an app): it is theirs, never dropped.
         raise RestoreError(f"creating database {name!r} failed: it was created by someone else meanwhile; "

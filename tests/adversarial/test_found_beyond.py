@@ -108,3 +108,27 @@ def test_a_typo_in_backup_database_is_refused_and_never_remembered_as_a_failure(
     result = backupd("backup", "--database", "no_such_db_typo")
     assert result.returncode == 2 and "no such database on the server: 'no_such_db_typo'" in result.stderr
     assert not list(backup_dir.rglob(".last-failure.json"))  # /healthz stays as it was
+
+
+def test_a_read_only_database_with_a_short_statement_timeout_restores_and_verifies(cluster, backupd):
+    """Its settings (default_transaction_read_only, statement_timeout) are set after its data."""
+    name = "read_only_db"
+    make_database(cluster, name, rows=50)
+    with cluster.connect(name) as conn:
+        conn.execute("CREATE TABLE many AS SELECT g AS id FROM generate_series(1, 1000000) g")
+    with cluster.connect() as admin:
+        for setting in ("default_transaction_read_only = on", "statement_timeout = '20ms'"):
+            admin.execute(sql.SQL("ALTER DATABASE {} SET " + setting).format(sql.Identifier(name)))
+    try:
+        backupd.ok("backup", extra_env={"DB_NAME": name, "BACKUP_GLOBALS": "false"})
+        (newest,) = backupd.listing("--database", name)
+        assert backupd.ok("verify", newest["id"]).stdout.startswith(f"{newest['id']}: passed")
+        backupd.ok("restore", newest["id"], "--into", "read_only_copy")
+        with cluster.connect("read_only_copy") as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone()[0] == "on"
+            conn.execute("SET statement_timeout = 0")
+            assert conn.execute("SELECT count(*) FROM many").fetchone()[0] == 1_000_000
+    finally:
+        with cluster.connect() as admin:
+            for db in (name, "read_only_copy"):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
