@@ -64,13 +64,15 @@ def test_a_failing_restore_drops_the_database_it_created(cluster, backupd, tmp_p
 
 
 def test_a_pg_dump_older_than_the_server_is_refused_clearly(backupd, backup_dir, tmp_path, source_db):
+    """Only an old pg_dump on PATH, none in PG_BINDIR: refused, naming both versions."""
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "pg_dump").write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n")
     (fake / "pg_dump").chmod(0o755)
-    result = backupd("backup", extra_env={"DB_NAME": source_db, "PATH": f"{fake}:{os.environ['PATH']}"})
+    result = backupd("backup", extra_env={"DB_NAME": source_db, "PATH": f"{fake}:{os.environ['PATH']}",
+                                          "PG_BINDIR": str(tmp_path / "no-tools")})
     assert result.returncode == 1
-    assert "pg_dump 9 cannot dump a PostgreSQL" in result.stderr
+    assert "PostgreSQL 15 server" in result.stderr and "the newest is 9" in result.stderr, result.stderr
     assert backupd.listing() == []
 
 
