@@ -9,6 +9,7 @@ removed. The process exits 0.
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import threading
 import time
@@ -32,6 +33,7 @@ from backupd.httpserver import Endpoints, serve
 from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
+from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, utc_now
 from backupd.schedule import previous_run, trigger
 from backupd.targets import target_urls
@@ -72,6 +74,7 @@ class Daemon:
         self._idle = threading.Condition()
         self._tools_view: tuple[float, dict] | None = None  # (monotonic time, pgtools.summary)
         self._tools_lock = threading.Lock()
+        self._tools_refreshing = False
         self.scheduler = BackgroundScheduler(
             timezone=settings.backup_timezone,
             job_defaults={"max_instances": 1, "coalesce": True,
@@ -271,12 +274,13 @@ class Daemon:
         for failure in self.repo.failures():
             if failure.get("kind", "database") != "database":
                 continue
-            name = failure.get("database") or "all"
+            name = failure.get("database") or "all"  # None: the whole run (the server could not be reached)
             entry = databases.setdefault(name, {"name": name, "history": [], "count": 0})
             entry["failure"] = {"time": _parse_time(failure.get("time")) or now, "error": failure.get("error")}
-        urls = target_urls(self.settings)
+            entry["whole_run"] = failure.get("database") is None
+        urls = [strip_url_credentials(url) for url in target_urls(self.settings)]  # as replication records them
         for entry in databases.values():
-            entry["anchor"] = entry["name"].encode().hex()[:40]
+            entry["anchor"] = hashlib.sha256(entry["name"].encode()).hexdigest()[:16]
             entry["targets"] = urls
         volumes: dict[str, dict] = {}
         for archive in archives:
@@ -293,12 +297,24 @@ class Daemon:
                 "title": title, "version": __version__}
 
     def tools_view(self) -> dict:
-        """Which client tools each server gets, asked at most once a minute: /status must stay
-        quick even while a server is down (each look costs a connection attempt)."""
+        """Which client tools each server gets, as last looked up. A look costs a connection
+        attempt (seconds while a server is down), so it runs in the background at most once a
+        minute and /status never waits for it."""
         with self._tools_lock:
-            if self._tools_view is None or time.monotonic() - self._tools_view[0] > TOOLS_VIEW_SECONDS:
-                self._tools_view = (time.monotonic(), pgtools.summary(self.settings))
-            return self._tools_view[1]
+            view, stale = self._tools_view, (self._tools_view is None
+                                             or time.monotonic() - self._tools_view[0] > TOOLS_VIEW_SECONDS)
+            if stale and not self._tools_refreshing:
+                self._tools_refreshing = True
+                threading.Thread(target=self._refresh_tools_view, name="tools view", daemon=True).start()
+        return view[1] if view else {"installed": [], "servers": [], "pending": "being looked up"}
+
+    def _refresh_tools_view(self) -> None:
+        try:
+            summary = pgtools.summary(self.settings)
+        except Exception as err:  # never let a look at the tools break /status
+            summary = {"installed": [], "servers": [], "error": str(err)}
+        with self._tools_lock:
+            self._tools_view, self._tools_refreshing = (time.monotonic(), summary), False
 
     # Life ------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -310,6 +326,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         endpoints = Endpoints(self.health, self.status, self.metrics.render, self.settings.auth_token,
                               page=lambda: statuspage.render(self.page_view()))
+        self.tools_view()  # looked up in the background from the start
         host, port = self.settings.http_host, self.settings.http_port
         try:  # first: a daemon nobody can ask about its health must not start at all
             http = serve(host, port, endpoints)

@@ -14,7 +14,6 @@ import hmac
 import json
 import threading
 from collections.abc import Callable
-from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,9 +26,8 @@ from backupd.logging import get_logger
 log = get_logger("backupd.http")
 
 Route = Callable[[], tuple[int, str, bytes]]
-Response = tuple[int, str, bytes]
 
-COOKIE = "backupd_session"
+COOKIE_PREFIX = "backupd_session_"
 LOGIN_BODY_LIMIT = 4096
 HTML = "text/html; charset=utf-8"
 # Nothing from elsewhere, no script at all; the page's own inline style only.
@@ -66,22 +64,28 @@ class Endpoints:
         """The cookie's value: proves the token was given, without being it."""
         return hmac.new((self.token or "").encode(), b"backupd status page", hashlib.sha256).hexdigest()
 
+    @property
+    def cookie_name(self) -> str:
+        """Named after the token, so two backupd on one host (cookies ignore the port) keep theirs."""
+        return COOKIE_PREFIX + hashlib.sha256((self.token or "").encode()).hexdigest()[:8]
+
     def token_matches(self, given: str) -> bool:
         return bool(self.token) and hmac.compare_digest(given.encode(), (self.token or "").encode())
 
-    def page_allowed(self, authorization: str | None, cookie_header: str | None) -> bool:
+    def allowed(self, authorization: str | None, cookie_header: str | None) -> bool:
+        """The bearer header, or the cookie the login set."""
         if not self.token or self.authorized(authorization):
             return True
-        cookie = SimpleCookie()
-        try:
-            cookie.load(cookie_header or "")
-        except Exception:  # a malformed Cookie header is no session
-            return False
-        morsel = cookie.get(COOKIE)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(), self.session().encode())
+        # Split by hand: http.cookies stops at the first cookie it cannot parse (another app's
+        # JSON cookie on the same host), which would hide ours.
+        for part in (cookie_header or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == self.cookie_name and hmac.compare_digest(value.encode(), self.session().encode()):
+                return True
+        return False
 
     def session_cookie(self) -> str:
-        return f"{COOKIE}={self.session()}; Path=/; HttpOnly; SameSite=Strict"
+        return f"{self.cookie_name}={self.session()}; Path=/; HttpOnly; SameSite=Strict"
 
 
 def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
@@ -89,6 +93,7 @@ def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "backupd"
+        timeout = 30  # a client that sends half a request never holds a thread for long
 
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
             path = self.path.split("?", 1)[0]
@@ -98,7 +103,7 @@ def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
             if route is None:
                 return self._send(*json_response(404, {"error": f"no such endpoint: {path}"}))
             handler, guarded = route
-            if guarded and not endpoints.authorized(self.headers.get("Authorization")):
+            if guarded and not endpoints.allowed(self.headers.get("Authorization"), self.headers.get("Cookie")):
                 return self._send(*json_response(401, {"error": "a bearer token is required"}))
             try:
                 self._send(*handler())
@@ -107,7 +112,7 @@ def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
                 self._send(*json_response(500, {"error": "internal error"}))
 
         def do_HEAD(self) -> None:  # noqa: N802
-            self.do_GET()  # the body is written, and ignored by the client; fine for a few KB
+            self.do_GET()  # the same status and headers; _send leaves the body out
 
         def do_POST(self) -> None:  # noqa: N802
             if self.path.split("?", 1)[0] != "/login" or endpoints.page is None:
@@ -126,10 +131,12 @@ def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
         def _page(self) -> None:
             query = parse_qs(urlsplit(self.path).query)
             if "token" in query:  # a link with the token: set the cookie, drop the token from the address
+                if not endpoints.token:
+                    return self._send(303, "text/plain; charset=utf-8", b"\n", {**PAGE_HEADERS, "Location": "/"})
                 if endpoints.token_matches(query["token"][0]):
                     return self._redirect_signed_in()
                 return self._send(401, HTML, statuspage.login_form(failed=True).encode(), PAGE_HEADERS)
-            if not endpoints.page_allowed(self.headers.get("Authorization"), self.headers.get("Cookie")):
+            if not endpoints.allowed(self.headers.get("Authorization"), self.headers.get("Cookie")):
                 return self._send(401, HTML, statuspage.login_form().encode(), PAGE_HEADERS)
             try:
                 body = endpoints.page().encode("utf-8")  # type: ignore[misc]
@@ -153,7 +160,9 @@ def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
                 self.wfile.write(body)
 
         def log_message(self, format: str, *args) -> None:  # noqa: A002
-            log.debug("http request", request=format % args)
+            # Never the query string: a ?token= link carries the secret.
+            log.debug("http request", method=getattr(self, "command", None),
+                      path=(getattr(self, "path", "") or "").split("?", 1)[0])
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True

@@ -21,14 +21,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from backupd.errors import DumpError
+from backupd.errors import BackupdError, DumpError
 from backupd.process import run
 
 # The parameters that the restore scripts of a major (and every later one) set at their
@@ -64,24 +64,36 @@ def version_major(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-@lru_cache(maxsize=64)
+_PROBED: dict[tuple[Path, float], Tools] = {}
+_PROBED_LOCK = threading.Lock()
+
+
 def _probe(bindir: Path, mtime: float) -> Tools | None:
-    """The tools in ``bindir``, by what their pg_dump says of itself (a folder's name can lie)."""
-    del mtime  # part of the cache key: a reinstalled folder is probed again
-    tool = bindir / "pg_dump"
-    code, out, _ = run("pg_dump", [str(tool), "--version"], timeout=30)
-    if code != 0:
+    """The tools in ``bindir``, by what their pg_dump says of itself (a folder's name can lie).
+    Only an answer is remembered (per folder and pg_dump's mtime): a probe that failed once,
+    on a busy machine, is tried again next time."""
+    with _PROBED_LOCK:
+        if (known := _PROBED.get((bindir, mtime))) is not None:
+            return known
+    try:
+        code, out, _ = run("pg_dump", [str(bindir / "pg_dump"), "--version"], timeout=30)
+    except (OSError, BackupdError):
         return None
-    text = out.decode("utf-8", "replace").strip()
-    major = version_major(text)
-    return Tools(major, bindir, text) if major is not None else None
+    major = version_major(text := out.decode("utf-8", "replace").strip()) if code == 0 else None
+    if major is None:
+        return None
+    with _PROBED_LOCK:
+        _PROBED[(bindir, mtime)] = tools = Tools(major, bindir, text)
+    return tools
 
 
 def _tools_in(bindir: Path) -> Tools | None:
+    tool = bindir / "pg_dump"
     try:
-        if not os.access(bindir / "pg_dump", os.X_OK):
+        if not os.access(tool, os.X_OK) or os.path.realpath(tool).endswith("/pg_wrapper"):
+            # Debian's /usr/bin/pg_dump picks a major by itself on every call: not one folder of tools.
             return None
-        mtime = (bindir / "pg_dump").stat().st_mtime
+        mtime = tool.stat().st_mtime
     except OSError:
         return None
     return _probe(bindir.resolve(), mtime)
@@ -180,7 +192,10 @@ def servers_and_their_tools(settings) -> list[dict[str, Any]]:
         except ToolsMissing as err:
             entry["error"] = str(err)
         except psycopg.Error as err:
-            entry["error"] = f"cannot be reached now: {str(err).strip().splitlines()[0] if str(err).strip() else err}"
+            text = str(err).strip()
+            entry["error"] = f"cannot be asked now: {text.splitlines()[0] if text else type(err).__name__}"
+        except Exception as err:  # a tool that cannot start, a shutdown: this server only
+            entry["error"] = f"cannot be told now: {err}"
         found.append(entry)
     return found
 

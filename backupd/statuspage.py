@@ -9,7 +9,8 @@ labels and error messages are user data.
 
 from __future__ import annotations
 
-from datetime import datetime
+import shlex
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
@@ -59,7 +60,7 @@ def _ago(then: datetime | None, now: datetime) -> str:
 
 
 def _when(then: datetime | None) -> str:
-    return then.strftime("%Y-%m-%d %H:%M UTC") if then else "—"
+    return then.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if then else "—"  # the scheduler's are local
 
 
 def _size(size: int | None) -> str:
@@ -79,8 +80,10 @@ def _status(kind: str, text: str) -> str:
 
 
 def _command_list(kind: str, database: str | None) -> str:
-    items = "".join(f"<li><code>{_e(c.format(db=database or ''))}</code></li>" for c in MORE_COMMANDS[kind]
-                    if database or "{db}" not in c)
+    """Commands to paste: the name is quoted for the shell (it is user data); a failure of a
+    whole run (``database`` None) gets the commands that name no database."""
+    items = "".join(f"<li><code>{_e(c.format(db=shlex.quote(database or '')))}</code></li>"
+                    for c in MORE_COMMANDS[kind] if database or "{db}" not in c)
     return f"<ul>{items}</ul>"
 
 
@@ -177,7 +180,8 @@ def _database(db: dict[str, Any], now: datetime, next_backup: datetime | None) -
     trouble = ""
     if failure:
         trouble = (f"<h3>{_status('bad', 'Last run failed')}</h3><p>{_e(_when(failure['time']))}: "
-                   f"{_e(failure['error'])}</p><p>To see more:</p>{_command_list('backup', name)}")
+                   f"{_e(failure['error'])}</p><p>To see more:</p>"
+                   f"{_command_list('backup', None if db.get('whole_run') else name)}")
     label = f"Size and duration of the kept backups of {name}"
     return (f'<section aria-labelledby="db-{_e(db["anchor"])}"><h2 id="db-{_e(db["anchor"])}">Database '
             f'<code>{_e(name)}</code></h2><table>{table}</table>{trouble}<h3>History</h3>'

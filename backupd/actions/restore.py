@@ -173,6 +173,7 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
     server = Server.from_settings(settings)
     with server.wait_connect("postgres") as admin:
         exists = database_exists(admin, target)
+        restore_tools(settings, admin, backup)  # a server no tools can serve is refused before roles are made
     _check_consent(settings, backup, target, exists, into, over, yes, confirm)
     check_checksum(backup, TerminalProgress(f"checking {backup.id}", enabled=show_progress))
     started = time.monotonic()

@@ -27,6 +27,7 @@ from backupd.actions.restore import (
     read_decompressed,
     resolve_source,
     restore_roles,
+    restore_tools,
 )
 from backupd.dbnames import scratch_name, scratch_prefix
 from backupd.errors import Aborted, BackupdError, NotFoundError, RestoreError
@@ -118,6 +119,8 @@ def _verify(settings, repo: Repository, backup: Backup) -> tuple[str, str | None
         builder = DatabaseBuilder(settings, repo, backup, server, no_owner=True)
         try:
             if backup.manifest.get("format") == "plain":
+                with server.wait_connect("postgres") as admin:
+                    restore_tools(settings, admin, backup)  # refused before any role is made
                 restore_roles(repo, backup, server, settings.identity)  # a plain dump sets owners itself
             builder.build(scratch, manifest_info(backup))
             builder.check(scratch)

