@@ -271,7 +271,14 @@ class Daemon:
         for name, verification in verifications.items():
             if name in databases:
                 databases[name]["verification"] = {**verification, "time": _parse_time(verification.get("time"))}
+        volumes: dict[str, dict] = {}
+        for archive in archives:
+            volumes.setdefault(archive.database, {"name": archive.database, "time": archive.time, "size": archive.size})
         for failure in self.repo.failures():
+            if failure.get("kind") == "volume" and failure.get("database"):
+                volume = volumes.setdefault(failure["database"], {"name": failure["database"], "time": None,
+                                                                  "size": None})
+                volume["failure"] = {"time": _parse_time(failure.get("time")) or now, "error": failure.get("error")}
             if failure.get("kind", "database") != "database":
                 continue
             name = failure.get("database") or "all"  # None: the whole run (the server could not be reached)
@@ -282,9 +289,6 @@ class Daemon:
         for entry in databases.values():
             entry["anchor"] = hashlib.sha256(entry["name"].encode()).hexdigest()[:16]
             entry["targets"] = urls
-        volumes: dict[str, dict] = {}
-        for archive in archives:
-            volumes.setdefault(archive.database, {"name": archive.database, "time": archive.time, "size": archive.size})
         runs = read_runs(self.repo)
         targets = [{"url": url, **runs.get(url, {"ok": None}), "time": _parse_time(runs.get(url, {}).get("time"))}
                    for url in urls]

@@ -22,6 +22,8 @@ MORE_COMMANDS = {
                "docker compose exec backup backupd backup --database {db}"],
     "verify": ["docker compose exec backup backupd verify latest --database {db}"],
     "target": ["docker compose logs backup", "docker compose exec backup backupd replicate"],
+    "volume": ["docker compose logs backup", "docker compose exec backup backupd volumes list",
+               "docker compose exec backup backupd volumes backup --volume {db}"],
 }
 
 STYLE = """
@@ -142,7 +144,7 @@ def chart(history: list[dict[str, Any]], failures: list[dict[str, Any]], label: 
     return "".join(parts) + legend
 
 
-def _verification(v: dict[str, Any] | None) -> str:
+def _verification(v: dict[str, Any] | None, database: str) -> str:
     if not v:
         return _status("warn", "not verified yet")
     result = v.get("result")
@@ -151,7 +153,8 @@ def _verification(v: dict[str, Any] | None) -> str:
     if v.get("id"):
         text += f" (backup {v['id']})"
     reason = f"<br><span class=\"muted\">{_e(v.get('reason'))}</span>" if v.get("reason") else ""
-    return _status(kind, text) + reason
+    more = _command_list("verify", database) if kind == "bad" else ""
+    return _status(kind, text) + reason + more
 
 
 def _database(db: dict[str, Any], now: datetime, next_backup: datetime | None) -> str:
@@ -167,7 +170,7 @@ def _database(db: dict[str, Any], now: datetime, next_backup: datetime | None) -
         rows.append(("Duration", _e(f"{newest['duration']:.1f} s" if newest.get("duration") is not None else "—")))
     else:
         rows.append(("Newest backup", _status("bad", "none yet")))
-    rows.append(("Verification", _verification(db.get("verification"))))
+    rows.append(("Verification", _verification(db.get("verification"), name)))
     if db.get("targets"):
         copies = newest.get("replicas", []) if newest else []
         items = "".join(f"<li>{_status('ok', 'confirmed on ' + t)}</li>" if t in copies
@@ -218,9 +221,14 @@ def _targets(targets: list[dict[str, Any]]) -> str:
 def _volumes(volumes: list[dict[str, Any]], now: datetime) -> str:
     if not volumes:
         return ""
-    rows = [f"<tr><td><code>{_e(v['name'])}</code></td><td>{_e(_ago(v['time'], now))}</td>"
-            f"<td>{_e(_size(v['size']))}</td></tr>" for v in volumes]
-    return _table_section("volumes", "Volumes", ["Volume", "Newest archive", "Size"], rows)
+    rows = []
+    for v in volumes:
+        failure = v.get("failure")
+        last = (f"{_status('bad', 'failed ' + _when(failure['time']))}<br>{_e(failure['error'])}"
+                f"{_command_list('volume', v['name'])}" if failure else _status("ok", "ok"))
+        rows.append(f"<tr><td><code>{_e(v['name'])}</code></td><td>{_e(_ago(v['time'], now))}</td>"
+                    f"<td>{_e(_size(v['size']))}</td><td>{last}</td></tr>")
+    return _table_section("volumes", "Volumes", ["Volume", "Newest archive", "Size", "Last run"], rows)
 
 
 def _jobs(jobs: dict[str, dict[str, Any]]) -> str:

@@ -82,3 +82,15 @@ def test_times_are_shown_in_utc_whatever_the_schedule_timezone():
     berlin = datetime(2026, 11, 24, 2, 0, tzinfo=ZoneInfo("Europe/Berlin"))
     page = render(view(jobs={"backup": {"schedule": "0 2 * * *", "next_run": berlin}}))
     assert "2026-11-24 01:00 UTC" in page
+
+
+def test_a_failed_verification_and_a_failed_volume_archive_say_what_to_run():
+    database = {"name": "shop", "anchor": "02", "count": 1, "targets": [], "history": [],
+                "newest": {"id": "shop-20261123T020000Z", "time": NOW, "size": 10, "duration": 1.0,
+                           "replicas": [], "damaged": None},
+                "verification": {"result": "failed", "time": NOW, "reason": "row counts differ"}}
+    volume = {"name": "uploads", "time": None, "size": None, "failure": {"time": NOW, "error": "tar failed"}}
+    page = render(view(databases=[database], volumes=[volume]))
+    assert "✖ failed 2026-11-23 12:00 UTC" in page and "row counts differ" in page
+    assert "backupd verify latest --database shop" in page
+    assert "tar failed" in page and "backupd volumes backup --volume uploads" in page and "never" in page
