@@ -136,6 +136,21 @@ def list_databases(conn: psycopg.Connection, exclude: tuple[str, ...] = ()) -> l
     return [name for (name,) in rows if name not in exclude and not is_scratch_database(name)]
 
 
+def stranded_by_a_swap(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(live name, its name now) for every database that a restore's swap moved aside and
+    did not finish: ``<db>__before_restore_<time>`` with connections still off (a finished swap
+    turns them on again) while ``<db>`` itself is gone. A kill -9 between the two renames
+    leaves exactly this; the app then finds no database, and ``all`` would skip it silently."""
+    rows = conn.execute("SELECT datname, datallowconn FROM pg_database").fetchall()
+    names = {name for name, _ in rows}
+    stranded = []
+    for name, allowed in rows:
+        match = re.fullmatch(r"(.+)__before_restore_\d{8}T\d{6}", name)
+        if match and not allowed and match.group(1) not in names:
+            stranded.append((match.group(1), name))
+    return stranded
+
+
 def database_exists(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 

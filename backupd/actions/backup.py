@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -36,6 +37,7 @@ from backupd.postgres import (
     list_databases,
     one,
     server_version,
+    stranded_by_a_swap,
 )
 from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, pending_path, storage_error, utc_now
 from backupd.settings import Settings
@@ -124,6 +126,7 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
                 if missing := [name for name in databases if name not in existing]:
                     raise UsageError(f"no such database on the server: {', '.join(map(repr, missing))}")
             superuser = one(conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))[0]
+            stranded = stranded_by_a_swap(conn)
             # A server no installed pg_dump can serve safely is refused here, before anything is written.
             tools = pgtools.for_connection(settings.pg_bindir, conn)
     except UsageError:
@@ -144,7 +147,9 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
         result.outcomes = list(pool.map(
             lambda name: _guarded(repo, name, "database",
                                   lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
-            names))
+            [name for name in names if name not in dict(stranded)]))
+    result.outcomes += [_guarded(repo, live, "database", partial(_stranded, live, now_named))
+                        for live, now_named in stranded]
     repo.clear_failure(None)  # the server answered: a run-level failure is over
     succeeded = [o for o in result.outcomes if o.ok and o.backup_id]
     try:
@@ -159,6 +164,17 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
         result.finish_error = str(err)
         log.error("the backups were made, but finishing the run failed", error=result.finish_error)
     return result
+
+
+def _stranded(live: str, now_named: str) -> Outcome:
+    """A failure that says how to put back a database an interrupted restore left aside."""
+    def quoted(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    raise DumpError(
+        f"database {live!r} is gone: an interrupted restore left it as {now_named!r}, with connections off. "
+        f"To put it back: ALTER DATABASE {quoted(now_named)} RENAME TO {quoted(live)}; "
+        f"ALTER DATABASE {quoted(live)} ALLOW_CONNECTIONS true;")
 
 
 def _record_run_failure(repo: Repository, names, error: str) -> None:

@@ -132,3 +132,33 @@ def test_a_read_only_database_with_a_short_statement_timeout_restores_and_verifi
         with cluster.connect() as admin:
             for db in (name, "read_only_copy"):
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+
+
+def test_a_database_left_aside_by_an_interrupted_swap_fails_loudly_with_the_fix(cluster, backupd, backup_dir):
+    """A kill -9 between the swap's two renames: the live name is gone, the old database
+    waits with connections off. Every backup run says so (a failure for that database, so
+    /healthz and the page turn red) and gives the two statements that put it back."""
+    from backupd.dbnames import old_name
+
+    live = "stranded_db"
+    make_database(cluster, live, rows=20)
+    aside = old_name(live)
+    with cluster.connect() as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(live), sql.Identifier(aside)))
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(aside)))
+    try:
+        result = backupd("backup", extra_env={"BACKUP_GLOBALS": "false", "DB_NAME": live})
+        assert result.returncode == 1
+        fix = f'ALTER DATABASE "{aside}" RENAME TO "{live}"; ALTER DATABASE "{live}" ALLOW_CONNECTIONS true;'
+        errors = [json.loads(line).get("error", "") for line in result.stderr.splitlines() if line.startswith("{")]
+        assert any(fix in error for error in errors), errors
+        assert "interrupted restore" in json.loads((backup_dir / live / ".last-failure.json").read_text())["error"]
+        with cluster.connect() as admin:  # the fix, as given
+            for statement in fix.split("; "):
+                admin.execute(statement.rstrip(";"))
+        backupd.ok("backup", extra_env={"BACKUP_GLOBALS": "false", "DB_NAME": live})
+        assert not (backup_dir / live / ".last-failure.json").exists()
+    finally:
+        with cluster.connect() as admin:
+            for name in (live, aside):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
