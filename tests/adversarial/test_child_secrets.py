@@ -39,16 +39,26 @@ def database(cluster):
     make_database(cluster, DB, rows=500)
 
 
+def write_shim(shim: Path, real: str) -> None:
+    shim.write_text(f'#!/bin/sh\nsleep {PAUSE}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+
+
 @pytest.fixture
-def shims(tmp_path) -> Path:
+def shims(tmp_path, cluster) -> Path:
+    """Shims on PATH for the other tools; for PostgreSQL's, shims in PG_BINDIR's layout
+    (``<folder>/pg/<major>/bin``), since backupd takes those from there by absolute path."""
     folder = tmp_path / "shims"
     folder.mkdir()
+    major = cluster.bindir.parent.name
+    (folder / "pg" / major / "bin").mkdir(parents=True)
     for tool in SHIMMED:
+        if tool in LIBPQ:
+            write_shim(folder / "pg" / major / "bin" / tool, str(cluster.bindir / tool))
+            continue
         real = shutil.which(tool)
         assert real, f"{tool} is installed by scripts/bootstrap"
-        shim = folder / tool
-        shim.write_text(f'#!/bin/sh\nsleep {PAUSE}\nexec {real} "$@"\n')
-        shim.chmod(0o755)
+        write_shim(folder / tool, real)
     return folder
 
 
@@ -165,6 +175,7 @@ def test_each_child_gets_only_the_secrets_it_needs(cluster, env, backup_dir, tmp
     watched = {**secrets, "http token": token_file.read_text(), "identity key": identity.split()[-1]}
     full = {"PATH": f"{shims}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
             **env, **secrets, "DB_NAME": DB, "BACKUP_ENCRYPTION_RECIPIENTS": recipient,
+            "PG_BINDIR": str(shims / "pg"),
             "AWS_ENDPOINT_URL": s3.endpoint, "AWS_REGION": "us-east-1"}
 
     backup, during_backup = watch(full, "backup")

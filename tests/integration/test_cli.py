@@ -35,17 +35,22 @@ def test_list_json_goes_to_stdout_and_every_log_line_is_json(backupd, two_dbs):
 
 
 def test_all_databases_excludes_templates_excluded_names_and_scratch_databases(cluster, backupd, two_dbs):
+    from psycopg import sql
+
+    from backupd.dbnames import scratch_name
+
+    scratch = scratch_name("cli_one")  # a verification's scratch database, as backupd names it
     with cluster.connect() as admin:
-        admin.execute("DROP DATABASE IF EXISTS backupd_verify_abc_1")
-        admin.execute("CREATE DATABASE backupd_verify_abc_1")
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(scratch)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
     try:
         backupd.ok("backup", extra_env={"DB_EXCLUDE": "cli_one"})
         names = {b["database"] for b in backupd.listing()}
         assert "cli_two" in names and "postgres" in names
-        assert not names & {"cli_one", "template0", "template1", "backupd_verify_abc_1"}
+        assert not names & {"cli_one", "template0", "template1", scratch}
     finally:
         with cluster.connect() as admin:
-            admin.execute("DROP DATABASE backupd_verify_abc_1")
+            admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(scratch)))
 
 
 def test_restore_over_an_existing_database_is_refused_and_changes_nothing(cluster, backupd, two_dbs):
