@@ -83,17 +83,23 @@ def test_a_deletion_that_cannot_be_finished_never_blocks_later_backups(backupd, 
     backupd.ok("backup", "--database", beyond_db)
 
 
+def database_with_settings(cluster, name: str, rows: int, *settings: str) -> None:
+    """A database with a table ``many`` of ``rows`` rows and these database-level settings."""
+    make_database(cluster, name, rows=10)
+    with cluster.connect(name) as conn:
+        conn.execute("CREATE TABLE many AS SELECT g AS id FROM generate_series(1, %s) g", (rows,))
+    with cluster.connect() as admin:
+        for setting in settings:
+            admin.execute(sql.SQL("ALTER DATABASE {} SET " + setting).format(sql.Identifier(name)))
+
+
 def test_a_databases_own_short_timeouts_do_not_fail_its_backup(cluster, backupd):
     """An app's statement_timeout and idle_in_transaction_session_timeout, set on its
     database, are the app's: the row counts (a long count) and the snapshot's transaction
     (idle while pg_dump works) run without them."""
     name = "short_timeouts_db"
-    make_database(cluster, name, rows=10)
-    with cluster.connect(name) as conn:
-        conn.execute("CREATE TABLE many AS SELECT g AS id FROM generate_series(1, 2000000) g")
-    with cluster.connect() as admin:
-        for setting in ("statement_timeout = '20ms'", "idle_in_transaction_session_timeout = '200ms'"):
-            admin.execute(sql.SQL("ALTER DATABASE {} SET " + setting).format(sql.Identifier(name)))
+    database_with_settings(cluster, name, 2_000_000, "statement_timeout = '20ms'",
+                           "idle_in_transaction_session_timeout = '200ms'")
     try:
         backupd.ok("backup", extra_env={"DB_NAME": name, "BACKUP_GLOBALS": "false"})
         (newest,) = backupd.listing("--database", name)
@@ -113,12 +119,8 @@ def test_a_typo_in_backup_database_is_refused_and_never_remembered_as_a_failure(
 def test_a_read_only_database_with_a_short_statement_timeout_restores_and_verifies(cluster, backupd):
     """Its settings (default_transaction_read_only, statement_timeout) are set after its data."""
     name = "read_only_db"
-    make_database(cluster, name, rows=50)
-    with cluster.connect(name) as conn:
-        conn.execute("CREATE TABLE many AS SELECT g AS id FROM generate_series(1, 1000000) g")
-    with cluster.connect() as admin:
-        for setting in ("default_transaction_read_only = on", "statement_timeout = '20ms'"):
-            admin.execute(sql.SQL("ALTER DATABASE {} SET " + setting).format(sql.Identifier(name)))
+    database_with_settings(cluster, name, 1_000_000, "default_transaction_read_only = on",
+                           "statement_timeout = '20ms'")
     try:
         backupd.ok("backup", extra_env={"DB_NAME": name, "BACKUP_GLOBALS": "false"})
         (newest,) = backupd.listing("--database", name)

@@ -91,6 +91,20 @@ def age_key(tmp_path) -> tuple[Path, str]:
     return key, public.strip()
 
 
+def example_values(backup_dir: Path, database: str, backup_id: str, manifest: dict, key: str) -> dict[str, str]:
+    """The README's example values, and what stands for each in this test."""
+    return {"/backups": str(backup_dir), "shop": database, "shop_restored": f"{database}_restored",
+            "20261121T020000Z": backup_id.rsplit("-", 1)[1], "globals@20261121T020000Z": manifest["globals_id"],
+            "key.txt": key}
+
+
+def assert_restored(cluster: Cluster, restored: str) -> None:
+    """The data and its owner (a role that had to come back first) are there."""
+    assert execute(cluster, sql.SQL("SELECT count(*), max(note) FROM orders"), restored) == [(250, "order 99")]
+    owner = execute(cluster, sql.SQL("SELECT tableowner FROM pg_tables WHERE tablename = 'orders'"), restored)
+    assert owner == [(OWNER,)]
+
+
 VARIANTS = {  # block name: (backupd settings, whether the block restores the roles too)
     "custom": ({}, True),
     "encrypted": ({"BACKUP_ENCRYPTION_RECIPIENTS": "from the age_key fixture"}, True),
@@ -113,17 +127,12 @@ def test_the_documented_manual_restore_brings_back_the_data_and_the_roles(cluste
         drop(cluster, database)  # the server lost it
         if restores_roles:
             execute(cluster, sql.SQL("DROP ROLE {}").format(sql.Identifier(OWNER)))  # and the role with it
-        values = {"/backups": str(backup_dir), "shop": database, "shop_restored": f"{database}_restored",
-                  "20261121T020000Z": backup_id.rsplit("-", 1)[1],
-                  "globals@20261121T020000Z": manifest["globals_id"], "key.txt": str(age_key[0])}
+        values = example_values(backup_dir, database, backup_id, manifest, str(age_key[0]))
         result = run_block(cluster, with_real_values(readme_blocks()[variant], values), tmp_path)
         if variant == "custom":  # the README says the manifest names the roles dump
             assert manifest["globals_id"] in result.stdout
         assert role_exists(cluster)
-        restored = f"{database}_restored"
-        assert execute(cluster, sql.SQL("SELECT count(*), max(note) FROM orders"), restored) == [(250, "order 99")]
-        owner = execute(cluster, sql.SQL("SELECT tableowner FROM pg_tables WHERE tablename = 'orders'"), restored)
-        assert owner == [(OWNER,)]
+        assert_restored(cluster, f"{database}_restored")
     finally:
         drop(cluster, database, f"{database}_restored")
 
@@ -159,13 +168,8 @@ def test_the_documented_restore_of_an_archive_compressed_by_pg_dump_works(pg17, 
         assert manifest["file"] == f"{backup_id}.dump" and manifest["compressed_by"] == "pg_dump"
         drop(pg17, database)
         execute(pg17, sql.SQL("DROP ROLE {}").format(sql.Identifier(OWNER)))
-        values = {"/backups": str(backup_dir), "shop": database, "shop_restored": f"{database}_restored",
-                  "20261121T020000Z": backup_id.rsplit("-", 1)[1],
-                  "globals@20261121T020000Z": manifest["globals_id"], "key.txt": "unused"}
+        values = example_values(backup_dir, database, backup_id, manifest, "unused")
         run_block(pg17, with_real_values(readme_blocks()["custom-inside"], values), tmp_path)
-        restored = f"{database}_restored"
-        assert execute(pg17, sql.SQL("SELECT count(*), max(note) FROM orders"), restored) == [(250, "order 99")]
-        owner = execute(pg17, sql.SQL("SELECT tableowner FROM pg_tables WHERE tablename = 'orders'"), restored)
-        assert owner == [(OWNER,)]
+        assert_restored(pg17, f"{database}_restored")
     finally:
         drop(pg17, database, f"{database}_restored")
