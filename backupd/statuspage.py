@@ -40,7 +40,10 @@ border-bottom:1px solid var(--line)}th{font-weight:600;white-space:nowrap}td{ove
 code{font-size:.9em;background:#f6f8fa;padding:.05rem .3rem;border-radius:.2rem;overflow-wrap:anywhere}
 svg{width:100%;height:auto;max-height:9rem}a{color:inherit}.muted{color:var(--soft)}
 ul{margin:.2rem 0;padding-left:1.2rem}
-footer{color:var(--soft);font-size:.85rem}@media (max-width:40rem){body{padding:.5rem}th{white-space:normal}}
+footer{color:var(--soft);font-size:.85rem}.fixed{table-layout:fixed}.fixed td,.fixed tbody th{overflow-wrap:anywhere}
+.fixed thead th:first-child{width:28%}
+@media (max-width:40rem){body{padding:.5rem}th{white-space:normal}table{font-size:.9rem}.fixed thead th{font-size:.8rem}
+section{padding:.6rem}}
 """
 
 _MARK = {"ok": "✔", "warn": "⚠", "bad": "✖"}
@@ -192,10 +195,11 @@ def _database(db: dict[str, Any], now: datetime, next_backup: datetime | None) -
 
 
 def _table_section(anchor: str, title: str, columns: list[str], rows: list[str]) -> str:
-    """A section holding one table: headed columns, then the given ``<tr>`` rows."""
+    """A section holding one table: headed columns, then the given ``<tr>`` rows. The columns
+    share the width evenly and their text wraps, so five of them fit a 375 px phone."""
     head = "".join(f'<th scope="col">{column}</th>' for column in columns)
-    return (f'<section aria-labelledby="{anchor}"><h2 id="{anchor}">{title}</h2><table><thead><tr>{head}</tr>'
-            f'</thead><tbody>{"".join(rows)}</tbody></table></section>')
+    return (f'<section aria-labelledby="{anchor}"><h2 id="{anchor}">{title}</h2><table class="fixed"><thead>'
+            f'<tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 
 def _targets(targets: list[dict[str, Any]]) -> str:
