@@ -34,7 +34,7 @@ from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
 from backupd.redact import strip_url_credentials
-from backupd.repository import Repository, iso, utc_now
+from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
 from backupd.targets import target_urls
 
@@ -49,9 +49,10 @@ TOOLS_VIEW_SECONDS = 60.0
 
 
 def _parse_time(text: Any) -> datetime | None:
+    """``parse_iso`` for a value read from a file a person may have edited: None, not an error."""
     try:
-        return datetime.fromisoformat(str(text)) if text else None
-    except ValueError:
+        return parse_iso(text)
+    except (TypeError, ValueError):
         return None
 
 @dataclass
@@ -218,21 +219,17 @@ class Daemon:
     def status(self) -> dict:
         databases: dict[str, dict] = {}
         try:
-            backups = self.repo.backups()
+            listed = self.repo.backups(kind=None)  # one scan serves the backups and their verifications
         except (BackupdError, OSError):  # "health" says what cannot be read: still an answer, not a 500
-            backups = []
-        for backup in backups:
+            listed = []
+        for backup in (b for b in listed if b.kind == "database"):
             entry = databases.setdefault(backup.database, {"backups": 0, "newest_backup": None, "last_error": None})
             entry["backups"] += 1
             if entry["newest_backup"] is None:
                 entry["newest_backup"] = {"id": backup.id, "time": iso(backup.time), "size_bytes": backup.size,
                                           "duration_seconds": backup.manifest.get("duration_seconds"),
                                           "label": backup.manifest.get("label")}
-        try:
-            verifications = newest_verifications(self.repo)
-        except (BackupdError, OSError):
-            verifications = {}
-        for name, verification in verifications.items():
+        for name, verification in newest_verifications(listed).items():
             entry = databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})
             entry["newest_verification"] = verification
         for failure in self.repo.failures():
@@ -254,12 +251,12 @@ class Daemon:
         now = utc_now()
         _, health = self.health()
         try:
-            backups, archives = self.repo.backups(), self.repo.backups(kind="volume")
-            verifications = newest_verifications(self.repo)
+            listed = self.repo.backups(kind=None)  # newest first; one scan for the whole page
         except (BackupdError, OSError):  # the headline's reasons say what cannot be read
-            backups, archives, verifications = [], [], {}
+            listed = []
+        verifications = newest_verifications(listed)
         databases: dict[str, dict] = {}
-        for backup in backups:  # newest first
+        for backup in (b for b in listed if b.kind == "database"):
             entry = databases.setdefault(backup.database, {"name": backup.database, "history": [], "count": 0})
             entry["count"] += 1
             entry["history"].append({"time": backup.time, "size": backup.size,
@@ -272,7 +269,7 @@ class Daemon:
             if name in databases:
                 databases[name]["verification"] = {**verification, "time": _parse_time(verification.get("time"))}
         volumes: dict[str, dict] = {}
-        for archive in archives:
+        for archive in (b for b in listed if b.kind == "volume"):
             volumes.setdefault(archive.database, {"name": archive.database, "time": archive.time, "size": archive.size})
         for failure in self.repo.failures():
             if failure.get("kind") == "volume" and failure.get("database"):

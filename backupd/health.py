@@ -16,12 +16,13 @@ problem from one already reported, and notice when it is gone.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from backupd.errors import RepositoryUnreadable
-from backupd.repository import Problem, Repository, iso
+from backupd.repository import Backup, Problem, Repository, iso
 from backupd.schedule import longest_gap, next_runs
 
 
@@ -94,7 +95,7 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
             by_database.setdefault(backup.database, []).append(backup)
     _freshness(settings, health, by_database, now)
     _damage(health, by_database, problems)
-    _verifications(health, repo)
+    _verifications(health, backups)
     _failures(health, repo, by_database)
     _replication(health, repo)
     _sizes(settings, health, by_database)
@@ -140,8 +141,8 @@ def _damage(health: Health, by_database: dict[str, list], problems: list[Problem
             health.warn(f"{problem.kind}:{problem.path}", message)
 
 
-def _verifications(health: Health, repo: Repository) -> None:
-    for name, verification in sorted(newest_verifications(repo).items()):
+def _verifications(health: Health, backups: list[Backup]) -> None:
+    for name, verification in sorted(newest_verifications(backups).items()):
         if verification["result"] == "failed":
             health.fail(f"verify:{name}", f"the newest verification of {name!r} ({verification['id']}) failed: "
                                           f"{verification['reason']}")
@@ -197,10 +198,11 @@ def free_ratio(repo: Repository) -> float | None:
     return usage.free / usage.total if usage.total else None
 
 
-def newest_verifications(repo: Repository) -> dict[str, dict[str, Any]]:
-    """database -> the most recent verification of any of its backups, with the backup's id."""
+def newest_verifications(backups: Iterable[Backup]) -> dict[str, dict[str, Any]]:
+    """database -> the most recent verification of any of ``backups``, with the backup's id
+    (from a listing the caller made already: reading the repository costs a scan)."""
     newest: dict[str, dict[str, Any]] = {}
-    for backup in repo.backups(kind=None):
+    for backup in backups:
         verification = backup.state.get("verification")
         if not verification:
             continue

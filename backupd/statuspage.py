@@ -147,11 +147,16 @@ def chart(history: list[dict[str, Any]], failures: list[dict[str, Any]], label: 
     return "".join(parts) + legend
 
 
+def _verification_kind(result: Any) -> str:
+    """passed: ok; none yet or unverifiable (encrypted, no identity): a warning; else bad."""
+    return "ok" if result == "passed" else "warn" if not result or result == "unverifiable" else "bad"
+
+
 def _verification(v: dict[str, Any] | None, database: str) -> str:
     if not v:
         return _status("warn", "not verified yet")
     result = v.get("result")
-    kind = {"passed": "ok", "unverifiable": "warn"}.get(str(result), "bad")
+    kind = _verification_kind(result)
     text = f"{result} {_when(v.get('time'))}"
     if v.get("id"):
         text += f" (backup {v['id']})"
@@ -254,8 +259,7 @@ def _overview(databases: list[dict[str, Any]], now: datetime) -> str:
         age = _status("bad" if not newest or newest.get("damaged") else "ok", _ago(newest["time"], now) if newest
                       else "none")
         result = verification.get("result")
-        verified = (_status("ok", "passed") if result == "passed" else _status("warn", "not yet") if not result
-                    else _status("warn" if result == "unverifiable" else "bad", str(result)))
+        verified = _status(_verification_kind(result), str(result) if result else "not yet")
         targets, copies = db.get("targets") or [], (newest or {}).get("replicas", [])
         copied = (_status("ok" if all(t in copies for t in targets) else "warn",
                           f"{sum(t in copies for t in targets)} of {len(targets)}") if targets else "—")
