@@ -61,6 +61,15 @@ def env(cluster: Cluster, backup_dir: Path) -> dict[str, str]:
     return {**cluster.env(), "BACKUP_DIR": str(backup_dir), "LOG_FORMAT": "json", "DB_WAIT_TIMEOUT": "5s"}
 
 
+def libfaketime() -> str:
+    """The preload library itself, not the ``faketime`` wrapper: the wrapper creates a semaphore
+    named by its own pid and fails ("sem_open: File exists") when one that a killed wrapper
+    left behind carries the same pid."""
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    assert found, "libfaketime is installed by scripts/bootstrap (package faketime)"
+    return str(found[0])
+
+
 class Backupd:
     """Runs ``python -m backupd`` as a user would, with exactly the given environment."""
 
@@ -75,13 +84,22 @@ class Backupd:
         return self.run_argv(self.argv(*args), extra_env=extra_env, timeout=timeout, input=input)
 
     def run_argv(self, argv: list[str], extra_env: dict[str, str] | None = None, timeout: float = 300,
-                 input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        """Any command line (e.g. under faketime) with this environment."""
+                 input: str | None = None) -> subprocess.CompletedProcess:
+        """Any command line with this environment."""
         full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
                 **self.env, **(extra_env or {})}
-        result = subprocess.run(argv, env=full, capture_output=True, text=True, timeout=timeout, cwd=REPO, input=input)
-        if check and argv[0] == "faketime":
-            assert result.returncode == 0, f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}"
+        return subprocess.run(argv, env=full, capture_output=True, text=True, timeout=timeout, cwd=REPO, input=input)
+
+    def at(self, clock: str, *args: str, extra_env: dict[str, str] | None = None,
+           check: bool = True) -> subprocess.CompletedProcess:
+        """``backupd args`` with its clock faked by libfaketime: ``clock`` is a moment it starts
+        at ("2026-01-01 02:00:00", the clock then runs) or an offset ("-1d")."""
+        faked = {"LD_PRELOAD": libfaketime(), "FAKETIME": clock if clock[0] in "+-" else f"@{clock}",
+                 **(extra_env or {})}
+        result = self.run_argv(self.argv(*args), extra_env=faked)
+        if check:
+            assert result.returncode == 0, \
+                f"backupd {' '.join(args)} at {clock} exited {result.returncode}:\n{result.stderr}"
         return result
 
     def ok(self, *args: str, **kwargs) -> subprocess.CompletedProcess:

@@ -34,7 +34,7 @@ def test_an_empty_or_relative_backup_dir_is_a_configuration_error(backupd, tmp_p
     bystander = tmp_path / "old-notes.txt"
     bystander.write_text("mine")
     _age(bystander)
-    result = backupd.run_argv(backupd.argv(*verb), extra_env={"BACKUP_DIR": value}, check=False)
+    result = backupd.run_argv(backupd.argv(*verb), extra_env={"BACKUP_DIR": value})
     assert result.returncode == 2, result.stderr
     assert "BACKUP_DIR" in result.stderr and ("absolute" in result.stderr or "empty" in result.stderr)
     assert "Traceback" not in result.stderr

@@ -54,8 +54,7 @@ def test_a_pin_set_after_prune_listed_the_backup_still_holds(backupd, backup_dir
 
 def test_a_backup_dated_in_the_future_never_makes_a_run_delete_its_own_backup(backupd, beyond_db):
     keep_one = {"BACKUP_RETENTION_DAYS": "0", "BACKUP_KEEP_LAST": "1"}
-    backupd.run_argv(["faketime", "2099-03-01 02:00:00", *backupd.argv("backup", "--database", beyond_db)],
-                     extra_env=keep_one)
+    backupd.at("2099-03-01 02:00:00", "backup", "--database", beyond_db, extra_env=keep_one)
     made = backupd.ok("backup", "--database", beyond_db, extra_env=keep_one).stdout.split()[0]
     assert made in {b["id"] for b in backupd.listing("--database", beyond_db)}
 

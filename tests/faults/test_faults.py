@@ -147,10 +147,10 @@ def test_the_clock_jumping_back_a_day_deletes_nothing_it_should_not(backupd, fau
     for _ in range(3):
         backupd.ok("backup", extra_env=env)
     made = {b["id"] for b in backupd.listing()}
-    result = backupd.run_argv(["faketime", "-f", "-1d", *backupd.argv("prune")], extra_env=env)
+    result = backupd.at("-1d", "prune", extra_env=env)
     assert result.returncode == 0
     assert {b["id"] for b in backupd.listing()} == made  # backups "from the future" are young, not old
-    backupd.run_argv(["faketime", "-f", "-1d", *backupd.argv("backup")], extra_env=env)
+    backupd.at("-1d", "backup", extra_env=env)
     assert made <= {b["id"] for b in backupd.listing()}
 
 

@@ -161,7 +161,7 @@ def test_alert_rules_pass_their_unit_tests():
 
 
 def test_prometheus_fires_backup_too_old_for_an_old_backup(env, backupd, notify_db, tmp_path):
-    backupd.run_argv(["faketime", "-f", "-3d", *backupd.argv("backup")], extra_env={"DB_NAME": notify_db})
+    backupd.at("-3d", "backup", extra_env={"DB_NAME": notify_db})
     daemon = RunningDaemon(env, DB_NAME=notify_db)
     rules = tmp_path / "alerts.yml"
     rules.write_text((REPO / "deploy/prometheus/alerts.yml").read_text().replace("for: 10m", "for: 0s"))

@@ -144,9 +144,9 @@ def test_target_retention_replaces_only_the_age_rule(backupd, tmp_path, content)
     env = {"REPLICATION_TARGETS": offsite.as_uri(), "DB_NAME": AWKWARD_DB, "BACKUP_GLOBALS": "false",
            "BACKUP_RETENTION_DAYS": "0"}
     for when in ("2026-07-15 02:00:00", "2026-08-15 02:00:00", "2026-08-20 02:00:00", "2026-11-20 02:00:00"):
-        backupd.run_argv(["faketime", when, *backupd.argv("backup")], extra_env=env)
+        backupd.at(when, "backup", extra_env=env)
     policy = {**env, "REPLICATION_RETENTION_DAYS": "7", "BACKUP_KEEP_MONTHLY": "2"}
-    result = backupd.run_argv(["faketime", "2026-11-21 12:00:00", *backupd.argv("replicate")], extra_env=policy)
+    result = backupd.at("2026-11-21 12:00:00", "replicate", extra_env=policy)
     assert "sent 4, deleted 2" in result.stdout, result.stdout + result.stderr
     remote_days = sorted(p.name.split("-")[-1][:8] for p in offsite.rglob("*.dump.zst"))
     assert remote_days == ["20260820", "20261120"]  # the newest of August survives off site

@@ -4,7 +4,6 @@ the expected set is kept."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import pytest
@@ -36,23 +35,19 @@ def retention_db(cluster):
 
 
 def test_prune_keeps_exactly_what_the_rules_say(backupd, backup_dir, retention_db):
-    assert shutil.which("faketime"), "faketime is installed by scripts/bootstrap"
     no_rules = {"DB_NAME": retention_db, "BACKUP_RETENTION_DAYS": "0"}
     for when in TIMES:
-        args = ["faketime", when, *backupd.argv("backup")]
-        if when == TIMES[0]:
-            args.append("--pin")
-        backupd.run_argv(args, extra_env=no_rules)
+        backupd.at(when, "backup", *(["--pin"] if when == TIMES[0] else []), extra_env=no_rules)
     assert len(backupd.listing()) == len(TIMES)
     stale = backup_dir / retention_db / f".{retention_db}-20260101T000000Z.dump.zst.partial"  # a dead run's
     stale.write_bytes(b"x")
     os.utime(stale, (time.time() - 2 * 86400,) * 2)
 
     policy = {"BACKUP_RETENTION_DAYS": "7", "BACKUP_KEEP_MONTHLY": "2"}
-    dry = backupd.run_argv(["faketime", PRUNE_AT, *backupd.argv("prune", "--dry-run")], extra_env=policy)
+    dry = backupd.at(PRUNE_AT, "prune", "--dry-run", extra_env=policy)
     assert deletions(dry.stdout, retention_db, "would delete") == 4
     assert len(backupd.listing()) == len(TIMES)  # a dry run deletes nothing
-    result = backupd.run_argv(["faketime", PRUNE_AT, *backupd.argv("prune")], extra_env=policy)
+    result = backupd.at(PRUNE_AT, "prune", extra_env=policy)
     kept = days_of(b["id"] for b in backupd.listing())
     expected = {day_of(t) for t in
                 ("2026-08-01 02:00:00",   # pinned
@@ -68,13 +63,13 @@ def test_prune_keeps_exactly_what_the_rules_say(backupd, backup_dir, retention_d
 
     (pinned,) = [b["id"] for b in backupd.listing() if b["pinned"]]
     backupd.ok("unpin", pinned)
-    backupd.run_argv(["faketime", PRUNE_AT, *backupd.argv("prune")], extra_env=policy)
+    backupd.at(PRUNE_AT, "prune", extra_env=policy)
     assert day_of(TIMES[0]) not in days_of(b["id"] for b in backupd.listing())
 
 
 def test_retention_runs_after_each_backup_and_never_deletes_the_newest(backupd, retention_db):
     for when in ("2026-01-01 02:00:00", "2026-02-01 02:00:00"):
-        backupd.run_argv(["faketime", when, *backupd.argv("backup")], extra_env={"DB_NAME": retention_db})
+        backupd.at(when, "backup", extra_env={"DB_NAME": retention_db})
     # Each run pruned with the default 7 days: the January backup went when February's was made.
     assert days_of(b["id"] for b in backupd.listing()) == {"20260201"}
     result = backupd.ok("prune")  # today, that backup is months old: still the newest, so kept
