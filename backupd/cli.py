@@ -92,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     replicate = verbs.add_parser("replicate", help="copy backups to the replication targets now")
     replicate.add_argument("--target", metavar="URL", help="only this target")
 
+    pitr = verbs.add_parser("pitr", help="point-in-time recovery: base backups, the recovery window, restores")
+    pitr_verbs = pitr.add_subparsers(dest="pitr_verb", required=True, metavar="COMMAND")
+    pitr_verbs.add_parser("base", help="a base backup now")
+    pitr_status = pitr_verbs.add_parser("status", help="the recovery window, the slot, the lag, the base backups")
+    pitr_status.add_argument("--json", action="store_true")
+    pitr_restore = pitr_verbs.add_parser(
+        "restore", help="build a data directory that PostgreSQL recovers to a moment, then promotes")
+    pitr_restore.add_argument("--time", required=True, metavar="TIME|latest",
+                              help="the moment to recover to (ISO 8601; UTC unless it has an offset), or latest")
+    pitr_restore.add_argument("--to", required=True, type=Path, metavar="DIR",
+                              help="the data directory to build (the database server must be stopped)")
+    pitr_restore.add_argument("--yes", action="store_true",
+                              help="a non-empty DIR is emptied first: its content is moved aside inside it, kept")
+    pitr_verbs.add_parser("verify", help="the PITR drill now: recover the newest base backup and WAL, check, remove")
+
     verbs.add_parser("run", help="the daemon: scheduled jobs, /metrics, /healthz and /status")
     verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
     verbs.add_parser("config", help="print the effective configuration, secrets masked")
@@ -395,6 +410,55 @@ def cmd_replicate(settings, args) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
+def cmd_pitr(settings, args) -> int:
+    from backupd.pitr import status as pitr_status
+
+    if args.pitr_verb == "base":
+        from backupd.pitr.base import take_base_backup
+
+        print(take_base_backup(settings).id, flush=True)
+        return 0
+    if args.pitr_verb == "verify":
+        from backupd.pitr.drill import run_drill
+
+        result = run_drill(settings)
+        print(f"{result['base']}: ok in {result['seconds']:.1f}s, recovered to {result['replayed_to']}", flush=True)
+        return 0
+    if args.pitr_verb == "restore":
+        from backupd.pitr.restore import build_data_directory, parse_target
+
+        built = build_data_directory(settings, parse_target(args.time), args.to, args.yes)
+        for note in built.notes:
+            print(f"note: {note}")
+        if built.moved_aside:
+            print(f"the folder's old content is in {built.moved_aside}")
+        target = built.recovery_target_time or "the end of the WAL received"
+        print(f"{built.directory} holds base backup {built.base.id} and {built.wal_files} WAL files; "
+              f"a PostgreSQL {built.major} server started on it recovers to {target}, then promotes")
+        return 0
+    report = pitr_status.describe(settings, ask_server=True)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
+    window = report["window"]
+    print(f"recovery window: {window['start']} to {window['end']}" if window else "recovery window: none")
+    server = report.get("server") or {}
+    if server.get("reachable"):
+        print(f"slot {settings.pitr_slot}: {server['slot']}, lag {server['lag_bytes']} bytes")
+    else:
+        print(f"server: not reachable ({server.get('error')})")
+    for gap in report["gaps"]:
+        print(f"gap at {gap['time']}: {gap['reason']}")
+    rows = [("BASE BACKUP", "STARTED", "ENDED", "SIZE", "USABLE")]
+    rows += [(b["id"], b["start_time"], b["stop_time"], human_bytes(b["size"]), "yes" if b["usable"] else "no")
+             for b in report["base_backups"]]
+    _print_table(rows)
+    if drill := report["last_drill"]:
+        print(f"last drill: {drill['time']}: " + ("ok" if drill["ok"] else f"FAILED: {drill.get('reason')}"))
+    return 0
+
+
 def cmd_run(settings, args) -> int:
     from backupd.daemon import Daemon
 
@@ -457,4 +521,4 @@ def cmd_config(settings, args) -> int:
 
 COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune,
             "restore": cmd_restore, "verify": cmd_verify, "replicate": cmd_replicate, "volumes": cmd_volumes,
-            "run": cmd_run, "config": cmd_config}
+            "pitr": cmd_pitr, "run": cmd_run, "config": cmd_config}

@@ -33,6 +33,13 @@ from backupd.httpserver import Endpoints, serve
 from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
+from backupd.pitr import status as pitr_status
+from backupd.pitr.base import backup_dir_store, needs_base, take_base_backup
+from backupd.pitr.drill import run_drill
+from backupd.pitr.receiver import Receiver
+from backupd.pitr.retention import prune as prune_pitr
+from backupd.pitr.store import clear_failure as clear_pitr_failure
+from backupd.pitr.store import record_failure as record_pitr_failure
 from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
@@ -87,6 +94,13 @@ class Daemon:
         if settings.volume_paths:
             self.add_job("volumes", settings.volume_schedule, self._volumes)
         self.add_job("monitor", MONITOR_SCHEDULE, self._monitor)
+        self.receiver: Receiver | None = None
+        if settings.pitr_enabled:
+            self.receiver = Receiver(settings, on_gap=lambda reason: self.pitr_base_soon())
+            self.metrics.add_pitr(self.pitr_state)
+            self.add_job("pitr-base", settings.pitr_base_schedule, self._pitr_base, run_on_start=True)
+            if settings.verify_enabled:
+                self.add_job("pitr-verify", settings.pitr_drill_schedule, self._pitr_verify)
         self.replicating = bool(target_urls(settings)) or (settings.replication_enabled and
                                                            settings.replication_type == "custom")
         if self.replicating:
@@ -188,6 +202,8 @@ class Daemon:
 
     def _prune(self, scheduled_for: datetime | None) -> bool:
         deleted = len(run_prune(self.settings).deleted) + len(prune_volumes(self.settings))
+        if self.settings.pitr_enabled and (store := backup_dir_store(self.settings)) is not None:
+            prune_pitr(self.settings, store, utc_now())
         self.metrics.retention_deleted_total.labels(LOCAL).inc(deleted)
         return True
 
@@ -202,6 +218,39 @@ class Daemon:
                 self.metrics.verify_total.labels(outcome.database, outcome.result).inc()
         return not any(o.failed for o in outcomes)
 
+    def _pitr_base(self, scheduled_for: datetime | None) -> bool:
+        """On its schedule; at start and after a gap only when no base backup recovers to
+        the newest WAL. The stream runs first, so the WAL from the backup's start on arrives."""
+        assert self.receiver is not None
+        if scheduled_for is None and not needs_base(backup_dir_store(self.settings)):
+            return True
+        if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
+            log.warning("taking the base backup although the WAL stream is not running yet",
+                        error=self.receiver.state()["error"])
+        try:
+            base = take_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
+        except BackupdError as err:
+            record_pitr_failure(self.settings.backup_dir, "base", str(err), utc_now())
+            raise
+        clear_pitr_failure(self.settings.backup_dir, "base")
+        store = backup_dir_store(self.settings)
+        if store is not None:
+            prune_pitr(self.settings, store, utc_now())
+        log.info("base backup done", id=base.id)
+        return True
+
+    def pitr_base_soon(self) -> None:
+        state = self.jobs["pitr-base"]
+        self.scheduler.add_job(self._wrap(state, self._pitr_base, scheduled=False), id="pitr-base-after-gap",
+                               name="pitr-base (after a gap)", next_run_time=datetime.now(UTC), replace_existing=True)
+
+    def _pitr_verify(self, scheduled_for: datetime | None) -> bool:
+        try:
+            run_drill(self.settings)
+        except NotFoundError:
+            log.info("no base backup to drill yet")
+        return True
+
     def _publish_next_runs(self) -> None:
         for job in self.scheduler.get_jobs():
             if job.id in self.jobs and job.next_run_time:
@@ -213,8 +262,12 @@ class Daemon:
         return bool(self.scheduler.running and thread is not None and thread.is_alive())
 
     def health(self) -> tuple[bool, dict]:
-        health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running())
+        health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running(),
+                          self.pitr_state())
         return health.healthy, health.to_json()
+
+    def pitr_state(self) -> dict | None:
+        return self.receiver.state() if self.receiver else None
 
     def status(self) -> dict:
         databases: dict[str, dict] = {}
@@ -244,7 +297,8 @@ class Daemon:
                                 "running": state.lock.locked(), "last_run": state.last}
         healthy, health = self.health()
         return {"started": iso(self.started_at), "health": health, "databases": databases, "jobs": jobs,
-                "targets": read_runs(self.repo), "postgresql": self.tools_view()}
+                "targets": read_runs(self.repo), "postgresql": self.tools_view(),
+                "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None}
 
     def page_view(self) -> dict:
         """What the status page shows, read at request time from the same places as /status."""
@@ -338,6 +392,8 @@ class Daemon:
             self.repo.clean_unfinished()
         except BackupdError as err:  # reported by /healthz and by every job until it is fixed
             log.error("the repository cannot be cleaned up", error=str(err))
+        if self.receiver:
+            self.receiver.start()
         self.scheduler.start()
         self._publish_next_runs()
         log.info("backupd is running", http=f"{self.settings.http_host}:{self.settings.http_port}",
@@ -347,6 +403,8 @@ class Daemon:
             if not self.scheduler_running():
                 log.error("the scheduler stopped; /healthz reports it")
         self.scheduler.shutdown(wait=False)
+        if self.receiver:
+            self.receiver.stop()
         self._finish_running_jobs()
         http.shutdown()
         log.info("stopped")

@@ -80,10 +80,13 @@ def describe_age(age: timedelta) -> str:
 
 
 def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
-             scheduler_running: bool | None = None) -> Health:
+             scheduler_running: bool | None = None, pitr_receiver: dict[str, Any] | None = None) -> Health:
+    """``pitr_receiver``: the daemon's WAL stream (Receiver.state), judged with the PITR files."""
     health = Health()
     if scheduler_running is False:
         health.fail("scheduler", "the scheduler is not running")
+    if settings.pitr_enabled:
+        _pitr(settings, health, pitr_receiver, now)
     try:
         backups, problems = repo.inventory(kind=None)  # newest first
     except RepositoryUnreadable as err:
@@ -106,6 +109,20 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
         if first_due and now > first_due[0] + limit:
             health.fail("no-backup", f"no backup yet, although the first was due at {first_due[0].isoformat()}")
     return health
+
+
+def _pitr(settings, health: Health, receiver: dict[str, Any] | None, now: datetime) -> None:
+    from backupd.pitr.status import problems
+
+    try:
+        fails, warns = problems(settings, receiver, now)
+    except OSError as err:
+        health.fail("pitr", f"the point-in-time recovery files cannot be read: {err.strerror or err}")
+        return
+    for key, message in fails:
+        health.fail(key, message)
+    for key, message in warns:
+        health.warn(key, message)
 
 
 def _freshness(settings, health: Health, by_database: dict[str, list], now: datetime) -> None:

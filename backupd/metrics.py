@@ -109,6 +109,42 @@ class RepositoryCollector:
                                     "HEALTH_MAX_AGE: a newest backup older than this is unhealthy", value=limit)
 
 
+class PitrCollector:
+    """The WAL stream and the recovery window, read at scrape time."""
+
+    def __init__(self, settings, receiver_state):
+        self.settings = settings
+        self.receiver_state = receiver_state
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from backupd.pitr.store import Store
+
+        stores = Store.all(self.settings.backup_dir)
+        state = self.receiver_state() or {}
+        if state.get("lag_bytes") is not None:
+            yield GaugeMetricFamily("backupd_pitr_lag_bytes", "The server's current WAL position minus the "
+                                    "newest received", value=state["lag_bytes"])
+        if not stores:
+            return
+        store = stores[0]
+        if (received := store.newest_received_time()) is not None:
+            yield GaugeMetricFamily("backupd_pitr_last_received_timestamp_seconds",
+                                    "When WAL last reached BACKUP_DIR", value=received.timestamp())
+        if (window := store.window()) is not None:
+            yield GaugeMetricFamily("backupd_pitr_window_start_timestamp_seconds", "The earliest restorable moment",
+                                    value=window.start.timestamp())
+        if bases := store.bases():
+            yield GaugeMetricFamily("backupd_pitr_base_last_success_timestamp_seconds",
+                                    "When the newest base backup ended", value=bases[0].stop_time.timestamp())
+        drill = store.last_drill() or {}
+        if success := parse_iso(drill.get("last_success")):
+            yield GaugeMetricFamily("backupd_pitr_verify_last_success_timestamp_seconds",
+                                    "When the last PITR drill succeeded", value=success.timestamp())
+
+
 class Metrics:
     def __init__(self, repo: Repository, settings=None):
         self.registry = CollectorRegistry()
@@ -127,6 +163,9 @@ class Metrics:
                               registry=self.registry)
         build = Gauge("backupd_build_info", "backupd's version", ["version"], registry=self.registry)
         build.labels(__version__).set(1)
+
+    def add_pitr(self, receiver_state) -> None:
+        self.registry.register(PitrCollector(self.repository.settings, receiver_state))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

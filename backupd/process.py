@@ -32,7 +32,8 @@ _SETPRIV = shutil.which("setpriv")
 
 
 # The tools that connect to PostgreSQL: the only children that get the database password.
-LIBPQ_TOOLS = frozenset({"pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_isready"})
+LIBPQ_TOOLS = frozenset({"pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_isready", "pg_basebackup",
+                         "pg_receivewal"})
 
 # What every child inherits from backupd's environment (names, and name prefixes).
 _INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TZDIR", "TMPDIR",

@@ -43,6 +43,7 @@ GLOBALS_ID_PREFIX = "globals@"
 _GLOBALS_ID = re.compile(rf"globals@(?P<time>{_TIME})")
 GLOBALS = "_globals"
 VOLUMES = "_volumes"
+PITR = "_pitr"  # point-in-time recovery keeps a layout of its own (backupd.pitr.store)
 FORMAT_SUFFIXES = {"custom": ".dump", "directory": ".dir.tar", "tar": ".tar", "plain": ".sql"}
 
 # The names backupd writes in a backup folder, and nothing else is ever deleted:
@@ -281,7 +282,7 @@ class Repository:
         """Every folder that holds backups: databases, _globals and each volume's."""
         found = []
         for entry in self._entries(self.root, required=True):
-            if entry.name.startswith(".") or not _is_dir(entry):
+            if entry.name.startswith(".") or entry.name == PITR or not _is_dir(entry):
                 continue
             if entry.name != VOLUMES:
                 found.append(Path(entry.path))

@@ -192,6 +192,13 @@ def _check_tools_path(value: Any) -> Path:
     return _absolute_path(value, "/usr/lib/postgresql")
 
 
+def _check_slot_name(value: str) -> str:
+    # PostgreSQL's own rule for replication slot names.
+    if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+        raise ValueError("a replication slot name has 1 to 63 lower-case letters, digits and underscores")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_list)]
 Timezone = Annotated[str, AfterValidator(_check_timezone)]
@@ -335,6 +342,14 @@ class Settings(BaseSettings):
     verify_db_user: str | None = None
     verify_db_password: SecretStr | None = None
 
+    # Point-in-time recovery: a WAL stream through a replication slot, and base backups
+    pitr_enabled: bool = False
+    pitr_slot: Annotated[str, AfterValidator(_check_slot_name)] = "backupd"
+    pitr_base_schedule: Cron = "0 3 * * 0"
+    pitr_retention_days: int = Field(14, ge=0, le=36500)
+    pitr_max_lag: Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)] = 300.0
+    pitr_verify_schedule: Cron | None = None
+
     # Daemon: HTTP, health, shutdown
     http_host: str = "0.0.0.0"
     http_port: int = Field(9188, ge=1, le=65535)
@@ -405,6 +420,10 @@ class Settings(BaseSettings):
     @property
     def identity(self) -> str | None:
         return self.backup_encryption_identity.get_secret_value() if self.backup_encryption_identity else None
+
+    @property
+    def pitr_drill_schedule(self) -> str:
+        return self.pitr_verify_schedule or self.verify_schedule
 
     @property
     def auth_token(self) -> str | None:

@@ -1,0 +1,61 @@
+"""Completed WAL files go from the receiver's folder into the archive: compressed and
+encrypted like every backup, written under a temporary name, fsynced, then renamed.
+
+The newest completed segment stays in the receiver's folder: a restarted pg_receivewal
+resumes after the newest segment it finds there (a PostgreSQL 14 one would otherwise start
+at the server's current position and leave a gap)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from backupd.artifact import Transform
+from backupd.logging import get_logger
+from backupd.pitr import wal
+from backupd.pitr.store import Store, remove_files
+from backupd.stream import Pipeline, stream_to_file
+
+log = get_logger("pitr")
+
+
+def store_file(source: Path, final: Path, transform: Transform) -> None:
+    """``source`` through the transform's stages into ``final``, atomically."""
+    stages = transform.stages() or [("cat", ["cat"])]
+    with open(source, "rb") as data:
+        pipeline = Pipeline(stages, stdin=data)
+    stream_to_file(pipeline, final, what=f"archiving {source.name}")
+
+
+def archive_completed(store: Store, transform: Transform) -> list[str]:
+    """Archive every completed file the receiver holds; returns the names archived."""
+    received = store.received()
+    completed = [name for name in received if wal.is_wal_name(name)]
+    segments = [name for name in completed if not name.endswith(".history")]
+    newest = max(segments, key=lambda n: wal.parse_segment(n, store.segment_size)[::-1], default=None)
+    archived = store.archived()
+    done = []
+    for name in sorted(completed, key=lambda n: (not n.endswith(".history"), n)):
+        if name not in archived:
+            store_file(received[name], store.wal_dir / (name + transform.suffix("")), transform)
+            done.append(name)
+        if name != newest:
+            remove_files([received[name]])
+    return done
+
+
+def archive_partial(store: Store, transform: Transform) -> str | None:
+    """When the stream breaks: keep what the partial segment holds, as ``<segment>.partial``
+    in the archive, and empty the receiver's folder for a stream that starts afresh."""
+    archive_completed(store, transform)
+    kept = None
+    for name, path in store.received().items():
+        if wal.PARTIAL.fullmatch(name) and name not in store.archived():
+            store_file(path, store.wal_dir / (name + transform.suffix("")), transform)
+            kept = name
+    remove_files(list(store.received().values()))
+    for leftover in os.listdir(store.spool):  # pg_receivewal's own temporary files
+        (store.spool / leftover).unlink(missing_ok=True)
+    if kept:
+        log.info("kept the partial WAL segment of the broken stream", segment=kept)
+    return kept

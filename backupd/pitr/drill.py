@@ -1,0 +1,185 @@
+"""The PITR drill: the newest base backup and all the WAL received are recovered in a
+scratch data directory by a temporary server on a Unix socket (no TCP), which must reach
+the newest WAL position the receiver had flushed, and promote. Then everything goes."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from backupd.errors import BackupdError, RefusedError, RestoreError
+from backupd.logging import get_logger
+from backupd.pgtools import installed
+from backupd.pitr import cluster, wal
+from backupd.pitr.restore import build_data_directory
+from backupd.pitr.store import Store, clear_failure, record_failure
+from backupd.postgres import Server
+from backupd.repository import iso, utc_now
+
+log = get_logger("pitr")
+
+DRILL_PREFIX = ".backupd-pitr-drill-"
+STOP_SECONDS = 60.0
+
+
+def run_drill(settings) -> dict[str, Any]:
+    """Recover, check, clean up; the result is recorded (verify.json, the failure file)."""
+    store = Store.only(settings.backup_dir)
+    started, clock = utc_now(), time.monotonic()
+    result: dict[str, Any] = {"time": iso(started), "ok": False}
+    try:
+        result.update(_drill(settings, store))
+        result["ok"] = True
+        clear_failure(settings.backup_dir, "verify")
+    except BackupdError as err:
+        result["reason"] = str(err)
+        record_failure(settings.backup_dir, "verify", str(err), utc_now())
+        raise
+    finally:
+        result["seconds"] = round(time.monotonic() - clock, 1)
+        try:
+            store.record_drill(result)
+        except OSError as err:
+            log.error("could not record the PITR drill", error=str(err))
+        log.info("PITR drill finished", **result)
+    return result
+
+
+def _drill(settings, store: Store) -> dict[str, Any]:
+    parent = _scratch_parent(store)
+    for stale in parent.glob(f"{DRILL_PREFIX}{store.system_identifier}-*"):  # a drill killed before it cleaned up
+        shutil.rmtree(stale, ignore_errors=True)
+    expected = _flushed_position(settings)
+    scratch = parent / f"{DRILL_PREFIX}{store.system_identifier}-{os.getpid()}"
+    scratch.mkdir(mode=0o700)
+    try:
+        built = build_data_directory(settings, None, scratch / "data", yes=False, store=store)
+        postgres = _server_binary(settings.pg_bindir, built.major)
+        replayed = _recover(postgres, scratch, settings.db_user, settings.backup_timeout)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if expected is not None and replayed < expected:
+        raise RestoreError(f"the recovered server stopped at {wal.format_lsn(replayed)}, before the newest WAL the "
+                           f"receiver had flushed ({wal.format_lsn(expected)}): WAL is missing")
+    return {"base": built.base.id, "replayed_to": wal.format_lsn(replayed),
+            "expected": wal.format_lsn(expected) if expected is not None else None, "wal_files": built.wal_files}
+
+
+def _scratch_parent(store: Store) -> Path:
+    """Beside the archive, on its disk; but as root, the server runs as another user, who
+    cannot enter BACKUP_DIR's private folders: then in TMPDIR."""
+    return store.root if os.geteuid() != 0 else Path(tempfile.gettempdir())
+
+
+def _flushed_position(settings) -> int | None:
+    """What the receiver had flushed when the drill began (the slot's position); None when
+    the server cannot be asked (the drill then checks that recovery ends and promotes)."""
+    try:
+        with Server.from_settings(settings).connect() as conn:
+            found = cluster.slot(conn, settings.pitr_slot)
+    except psycopg.Error:
+        return None
+    return found.restart_lsn if found else None
+
+
+def _server_binary(pg_bindir: Path, major: int) -> Path:
+    for tools in installed(pg_bindir):
+        if tools.major == major and (tools.bindir / "postgres").exists():
+            return tools.bindir / "postgres"
+    raise RefusedError(f"the PITR drill needs the PostgreSQL {major} server (postgres) under PG_BINDIR={pg_bindir}: "
+                       f"install postgresql-{major}")
+
+
+def _recover(postgres: Path, scratch: Path, user: str, timeout: float) -> int:
+    """Start the server on the scratch data directory, wait for its promotion; returns the
+    last WAL position it replayed."""
+    data, socket_dir, hba = scratch / "data", scratch / "socket", scratch / "hba.conf"
+    socket_dir.mkdir(mode=0o700)
+    hba.write_text("local all all trust\n")  # the socket's folder is private to the server's user
+    uid, gid = _server_user(data)
+    for path in (scratch, socket_dir, hba):
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid)
+    argv = [str(postgres), "-D", str(data), "-c", "listen_addresses=", "-c", f"unix_socket_directories={socket_dir}",
+            "-c", "port=5432", "-c", f"hba_file={hba}", "-c", "hot_standby=off", "-c", "archive_mode=off",
+            "-c", "shared_preload_libraries=", "-c", "ssl=off", "-c", "logging_collector=off",
+            "-c", "cluster_name=backupd-drill"]
+    log_path = scratch / "server.log"
+    with open(log_path, "wb") as server_log:
+        as_user = {"user": uid, "group": gid, "extra_groups": []} if os.geteuid() == 0 else {}
+        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=server_log, stderr=server_log,
+                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"},
+                                  process_group=0, **as_user)  # type: ignore[call-overload]
+    try:
+        return _wait_for_promotion(server, socket_dir, user, timeout, log_path)
+    finally:
+        _stop(server)
+
+
+def _wait_for_promotion(server: subprocess.Popen, socket_dir: Path, user: str, timeout: float, log_path: Path) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RestoreError(f"the recovering server stopped (exit {server.returncode}): {_tail(log_path)}")
+        try:
+            with psycopg.connect(host=str(socket_dir), port=5432, user=user, dbname="postgres",
+                                 connect_timeout=5, autocommit=True) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+                if row and not row[0]:
+                    return wal.parse_lsn(row[1]) if row[1] else 0
+        except psycopg.OperationalError:
+            pass  # not accepting connections until recovery ends (hot_standby=off)
+        time.sleep(0.5)
+    raise RestoreError(f"the recovering server did not finish within {timeout:g}s: {_tail(log_path)}")
+
+
+def _server_user(data: Path) -> tuple[int, int]:
+    """The server runs as the data's owner; never as root (postgres refuses), so data that
+    root owns is handed to the ``postgres`` user, or ``nobody``."""
+    owner = (data / "PG_VERSION").stat()
+    if owner.st_uid != 0 or os.geteuid() != 0:
+        return owner.st_uid, owner.st_gid
+    try:
+        account = pwd.getpwnam("postgres")
+    except KeyError:
+        account = pwd.getpwnam("nobody")
+    for folder, _, files in os.walk(data):
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        for name in files:
+            os.chown(os.path.join(folder, name), account.pw_uid, account.pw_gid)
+    return account.pw_uid, account.pw_gid
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    os.kill(server.pid, signal.SIGINT)  # fast shutdown
+    try:
+        server.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        return " ".join(path.read_bytes()[-size:].decode("utf-8", "replace").split())
+    except OSError:
+        return "(no server log)"
+
+
+def drill_age(store: Store, now: datetime) -> float | None:
+    last = store.last_drill()
+    if not last or not last.get("last_success"):
+        return None
+    return (now - datetime.fromisoformat(last["last_success"]).astimezone(UTC)).total_seconds()

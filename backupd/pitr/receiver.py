@@ -1,0 +1,232 @@
+"""The WAL stream: pg_receivewal as a supervised child of the daemon, through the
+replication slot, started again with backoff whenever it ends; completed segments are
+archived as they come, and the server is asked every few seconds how far behind it is.
+
+A slot that is missing (dropped, or never made) or lost (``max_slot_wal_keep_size``) means
+WAL the archive will never get: that is a gap. The partial segment is kept, the gap is
+recorded so no recovery window spans it, a new slot is made, and ``on_gap`` asks for a
+new base backup at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from backupd.artifact import Transform
+from backupd.errors import BackupdError
+from backupd.logging import get_logger
+from backupd.pitr import cluster
+from backupd.pitr.archiver import archive_completed, archive_partial
+from backupd.pitr.store import Store, clear_failure, record_failure
+from backupd.postgres import Server
+from backupd.process import Child, spawn
+from backupd.repository import iso, utc_now
+
+log = get_logger("pitr")
+
+PROBE_SECONDS = 5.0  # how often the server is asked for its position and the slot's
+MAX_BACKOFF = 60.0
+STEADY_SECONDS = 60.0  # a child that ran this long was healthy: the backoff starts again from 1 s
+
+
+class Receiver:
+    def __init__(self, settings, on_gap: Callable[[str], None] = lambda reason: None):
+        self.settings = settings
+        self.server = Server.from_settings(settings)
+        self.transform = Transform(settings)
+        self.on_gap = on_gap
+        self.stopping = threading.Event()
+        self.child: Child | None = None
+        self.store: Store | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._probe_conn: psycopg.Connection | None = None
+        self._samples: deque[tuple[float, int]] = deque()  # (monotonic time, server's LSN)
+        self.streaming_since: datetime | None = None
+        self.down_since: datetime | None = utc_now()
+        self.restarts = 0
+        self.error: str | None = None
+        self.archive_error: str | None = None
+        self.lag_bytes: int | None = None
+        self.lag_seconds: float | None = None
+        self.slot_state: dict[str, Any] | None = None
+
+    # Lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._supervise, name="pitr-receiver", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stopping.set()
+        self._stop_child()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def wait_streaming(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.streaming_since is None and time.monotonic() < deadline and not self.stopping.is_set():
+            time.sleep(0.5)
+        return self.streaming_since is not None
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"streaming": self.streaming_since is not None, "streaming_since": iso(self.streaming_since),
+                    "down_since": iso(self.down_since), "restarts": self.restarts, "error": self.error,
+                    "archive_error": self.archive_error, "lag_bytes": self.lag_bytes,
+                    "lag_seconds": self.lag_seconds, "slot": self.slot_state,
+                    "system_identifier": self.store.system_identifier if self.store else None}
+
+    # The loop ---------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self._stream()
+            except (BackupdError, psycopg.Error, OSError) as err:
+                self._set(error=_one_line(err))
+            except Exception as err:  # a bug must not end the stream for good
+                log.exception("the WAL receiver crashed")
+                self._set(error=f"{type(err).__name__}: {err}")
+            with self._lock:
+                if self.streaming_since is not None or self.down_since is None:
+                    self.down_since = utc_now()
+                self.streaming_since = None
+            if self.stopping.is_set():
+                break
+            if self.error:
+                record_failure(self.settings.backup_dir, "receiver", self.error, utc_now())
+            backoff = 1.0 if time.monotonic() - started > STEADY_SECONDS else min(backoff * 2, MAX_BACKOFF)
+            log.warning("the WAL receiver stopped; starting it again", error=self.error, retry_in=backoff)
+            self.restarts += 1
+            self.stopping.wait(backoff)
+        self._close_probe()
+
+    def _stream(self) -> None:
+        store, tools = self._prepare()
+        self.store = store
+        argv = [tools.path("pg_receivewal"), "--directory", str(store.spool), "--slot", self.settings.pitr_slot,
+                "--synchronous", "--no-loop", "--no-password"]
+        self.child = spawn("pg_receivewal", argv, env=self.server.libpq_env(), secrets=self.server.secrets,
+                           stdout=subprocess.DEVNULL)
+        log.info("WAL receiver started", slot=self.settings.pitr_slot, folder=str(store.spool))
+        try:
+            while self.child.popen.poll() is None and not self.stopping.is_set():
+                self._archive(store)
+                self._probe()
+                if self.streaming_since is None and self.lag_bytes is not None:
+                    with self._lock:
+                        self.streaming_since, self.down_since, self.error = utc_now(), None, None
+                    clear_failure(self.settings.backup_dir, "receiver")
+                self.stopping.wait(1.0)
+        finally:
+            self._stop_child()
+            self._archive(store)
+        if not self.stopping.is_set():
+            raise BackupdError(f"pg_receivewal ended: {self.child.describe_failure()}")
+
+    def _prepare(self) -> tuple[Store, Any]:
+        """Know the cluster, and make sure the slot holds its WAL (a gap when it did not)."""
+        with self.server.wait_connect() as conn:
+            info = cluster.cluster_info(conn)
+            tools = cluster.pitr_tools(self.settings.pg_bindir, info.major)
+            store = Store(self.settings.backup_dir, info.system_identifier)
+            store.ensure()
+            store.remember_cluster(info.segment_size, info.major)
+            found = cluster.slot(conn, self.settings.pitr_slot)
+            if found is not None and found.lost:
+                if found.active_pid is None:
+                    cluster.drop_slot(conn, self.settings.pitr_slot)
+                self._gap(store, f"the replication slot {self.settings.pitr_slot!r} was invalidated "
+                                 f"(max_slot_wal_keep_size): the server removed WAL it had not sent")
+                found = None
+            if found is None:
+                if store.received() or store.archived():
+                    self._gap(store, f"the replication slot {self.settings.pitr_slot!r} was missing "
+                                     "(dropped, or the server was restored or replaced)")
+                cluster.create_slot(conn, self.settings.pitr_slot)
+                log.info("replication slot created", slot=self.settings.pitr_slot)
+        return store, tools
+
+    def _gap(self, store: Store, reason: str) -> None:
+        log.error("the WAL stream has a gap; a new base backup follows", reason=reason)
+        archive_partial(store, self.transform)
+        store.record_gap(reason, utc_now())
+        self.on_gap(reason)
+
+    def _archive(self, store: Store) -> None:
+        try:
+            archive_completed(store, self.transform)
+        except (BackupdError, OSError) as err:
+            if self.archive_error is None:
+                log.error("archiving received WAL failed; it stays in the receiver's folder", error=_one_line(err))
+            self._set(archive_error=_one_line(err))
+            return
+        if self.archive_error:
+            log.info("archiving received WAL works again")
+        self._set(archive_error=None)
+
+    # How far behind ------------------------------------------------------------------
+    def _probe(self) -> None:
+        now = time.monotonic()
+        if self._samples and now - self._samples[-1][0] < PROBE_SECONDS:
+            return
+        try:
+            if self._probe_conn is None or self._probe_conn.closed:
+                self._probe_conn = self.server.connect()
+            position = cluster.current_lsn(self._probe_conn)
+            found = cluster.slot(self._probe_conn, self.settings.pitr_slot)
+        except psycopg.Error as err:
+            self._close_probe()
+            log.warning("could not ask the server how far the WAL stream is behind", error=_one_line(err))
+            return
+        self._samples.append((now, position))
+        horizon = max(self.settings.pitr_max_lag * 2, 60.0)
+        while self._samples and now - self._samples[0][0] > horizon:
+            self._samples.popleft()
+        flushed = found.restart_lsn if found else None
+        behind = [t for t, lsn in self._samples if flushed is None or lsn > flushed]
+        with self._lock:
+            self.lag_bytes = max(position - flushed, 0) if flushed is not None else None
+            # The age of the oldest WAL the server had written that has not reached BACKUP_DIR.
+            self.lag_seconds = round(now - behind[0], 1) if behind else 0.0
+            self.slot_state = ({"name": found.name, "wal_status": found.wal_status, "active_pid": found.active_pid}
+                               if found else {"name": self.settings.pitr_slot, "wal_status": "missing"})
+
+    # Helpers ---------------------------------------------------------------------------
+    def _stop_child(self) -> None:
+        child = self.child
+        if child is None or child.popen.poll() is not None:
+            return
+        try:
+            child.popen.send_signal(signal.SIGINT)  # pg_receivewal flushes and ends cleanly
+            child.popen.wait(10)
+        except (subprocess.TimeoutExpired, OSError):
+            child.kill()
+            child.popen.wait()
+
+    def _close_probe(self) -> None:
+        if self._probe_conn is not None:
+            try:
+                self._probe_conn.close()
+            except psycopg.Error:
+                pass
+        self._probe_conn = None
+
+    def _set(self, **values: Any) -> None:
+        with self._lock:
+            for key, value in values.items():
+                setattr(self, key, value)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return " ".join(text.split()) if text else type(err).__name__

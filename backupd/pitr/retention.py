@@ -1,0 +1,46 @@
+"""PITR retention: the recovery window of PITR_RETENTION_DAYS stays restorable. Kept: every
+base backup that ended inside it, the newest one that ended before it (the window's first
+moments start from it), and the newest BACKUP_MIN_KEEP; then every WAL segment from the
+oldest kept base backup's start on, and every timeline history file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from backupd.logging import get_logger
+from backupd.pitr import wal
+from backupd.pitr.store import Base, Store, remove_files
+
+log = get_logger("pitr")
+
+
+def bases_to_keep(bases: list[Base], now: datetime, days: int, min_keep: int) -> set[str]:
+    """``bases`` newest first."""
+    horizon = now - timedelta(days=days)
+    keep = {b.id for b in bases[:min_keep]}
+    keep |= {b.id for b in bases if b.stop_time >= horizon}
+    before = [b for b in bases if b.stop_time < horizon]
+    if before:
+        keep.add(before[0].id)
+    return keep
+
+
+def prune(settings, store: Store, now: datetime) -> list[Path]:
+    bases = store.bases()
+    if not bases:
+        return []
+    keep = bases_to_keep(bases, now, settings.pitr_retention_days, settings.backup_min_keep)
+    gone: list[Path] = []
+    for base in bases:
+        if base.id not in keep:
+            gone += [p for p in (base.manifest_path, base.path, base.server_manifest_path) if p.exists()]
+    remove_files(gone)  # the manifest first: a base without one is never listed
+    oldest = min(b.start_segno for b in bases if b.id in keep)
+    old_wal = [path for name, path in store.archived().items()
+               if not name.endswith(".history") and wal.parse_segment(name, store.segment_size)[1] < oldest]
+    remove_files(old_wal)
+    if gone or old_wal:
+        log.info("PITR retention", base_backups_deleted=len([p for p in gone if p.suffix == ".json"]),
+                 wal_files_deleted=len(old_wal))
+    return gone + old_wal

@@ -1,0 +1,84 @@
+"""What point-in-time recovery can do now, for ``pitr status``, ``/status``, ``/healthz``
+and the metrics: the recovery window, the base backups, the stream and the last drill."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from backupd.pitr import cluster
+from backupd.pitr.store import Store, failures
+from backupd.postgres import Server
+from backupd.repository import iso, parse_iso
+
+
+def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool = False) -> dict[str, Any]:
+    stores = Store.all(Path(settings.backup_dir))
+    store = stores[0] if stores else None
+    report: dict[str, Any] = {"enabled": settings.pitr_enabled, "slot": settings.pitr_slot, "system_identifier": None,
+                              "window": None, "base_backups": [], "gaps": [], "last_drill": None,
+                              "failures": failures(settings.backup_dir), "receiver": receiver}
+    if store is not None:
+        numbers = store.segment_numbers()
+        window = store.window()
+        report.update({
+            "system_identifier": store.system_identifier,
+            "window": {"start": iso(window.start), "end": iso(window.end), "base": window.base.id} if window else None,
+            "newest_received": iso(store.newest_received_time()),
+            "wal_files": len(store.archived()),
+            "base_backups": [{**b.summary(), "usable": store.usable(b, numbers)} for b in store.bases()],
+            "gaps": store.gaps(), "last_drill": store.last_drill()})
+    if ask_server:
+        report["server"] = _ask_server(settings)
+    return report
+
+
+def _ask_server(settings) -> dict[str, Any]:
+    try:
+        with Server.from_settings(settings).connect() as conn:
+            position = cluster.current_lsn(conn)
+            found = cluster.slot(conn, settings.pitr_slot)
+    except psycopg.Error as err:
+        return {"reachable": False, "error": " ".join(str(err).split())}
+    if found is None:
+        return {"reachable": True, "slot": "missing", "lag_bytes": None}
+    lag = max(position - found.restart_lsn, 0) if found.restart_lsn is not None else None
+    return {"reachable": True, "slot": found.wal_status, "slot_active_pid": found.active_pid, "lag_bytes": lag}
+
+
+def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[list[tuple[str, str]],
+                                                                              list[tuple[str, str]]]:
+    """(failures, warnings) as (key, message), for /healthz and the notifications."""
+    fails: list[tuple[str, str]] = []
+    warns: list[tuple[str, str]] = []
+    limit = settings.pitr_max_lag
+    for job, record in failures(settings.backup_dir).items():
+        if job == "receiver":
+            continue  # judged below by how long the stream has been down
+        what = {"base": "the newest base backup", "verify": "the last PITR drill"}[job]
+        fails.append((f"pitr-{job}", f"{what} failed at {record['time']}: {record['error']}"))
+    if receiver is not None:
+        down_since = parse_iso(receiver.get("down_since"))
+        if down_since is not None and (now - down_since).total_seconds() > limit:
+            fails.append(("pitr-receiver", f"the WAL stream has been down since {iso(down_since)}"
+                                           + (f": {receiver['error']}" if receiver.get("error") else "")))
+        lag = receiver.get("lag_seconds")
+        if lag is not None and lag > limit:
+            fails.append(("pitr-lag", f"WAL written {lag:.0f}s ago has not reached BACKUP_DIR "
+                                      f"({receiver.get('lag_bytes')} bytes behind; PITR_MAX_LAG is {limit:g}s)"))
+        slot = receiver.get("slot") or {}
+        if slot.get("wal_status") in ("lost", "missing"):
+            fails.append(("pitr-slot", f"the replication slot {settings.pitr_slot!r} is {slot['wal_status']}"))
+        elif slot.get("wal_status") == "unreserved":
+            warns.append(("pitr-slot", f"the replication slot {settings.pitr_slot!r} is about to lose WAL "
+                                       "(max_slot_wal_keep_size)"))
+        if receiver.get("archive_error"):
+            warns.append(("pitr-archive", f"received WAL cannot be archived: {receiver['archive_error']}"))
+    stores = Store.all(Path(settings.backup_dir))
+    if stores and stores[0].window() is None:
+        warns.append(("pitr-window", "no base backup recovers to the newest WAL yet (a new one is being taken "
+                                     "or failed): there is no recovery window"))
+    return fails, warns
