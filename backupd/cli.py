@@ -414,14 +414,17 @@ def cmd_pitr(settings, args) -> int:
     from backupd.pitr import status as pitr_status
 
     if args.pitr_verb == "base":
-        from backupd.pitr.base import take_base_backup
+        from backupd.pitr.base import run_base_backup
 
-        print(take_base_backup(settings).id, flush=True)
+        print(run_base_backup(settings).id, flush=True)
         return 0
     if args.pitr_verb == "verify":
         from backupd.pitr.drill import run_drill
 
         result = run_drill(settings)
+        if result["ok"] is None:
+            print(f"unverifiable: {result['reason']}", flush=True)
+            return 0
         print(f"{result['base']}: ok in {result['seconds']:.1f}s, recovered to {result['replayed_to']}", flush=True)
         return 0
     if args.pitr_verb == "restore":
@@ -445,7 +448,8 @@ def cmd_pitr(settings, args) -> int:
     print(f"recovery window: {window['start']} to {window['end']}" if window else "recovery window: none")
     server = report.get("server") or {}
     if server.get("reachable"):
-        print(f"slot {settings.pitr_slot}: {server['slot']}, lag {server['lag_bytes']} bytes")
+        lag = f", {server['lag_bytes']} bytes behind" if server["lag_bytes"] is not None else ""
+        print(f"slot {settings.pitr_slot}: {server['slot']}{lag}")
     else:
         print(f"server: not reachable ({server.get('error')})")
     for gap in report["gaps"]:

@@ -34,12 +34,10 @@ from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
 from backupd.pitr import status as pitr_status
-from backupd.pitr.base import backup_dir_store, needs_base, take_base_backup
+from backupd.pitr.base import backup_dir_store, needs_base, run_base_backup
 from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.retention import prune as prune_pitr
-from backupd.pitr.store import clear_failure as clear_pitr_failure
-from backupd.pitr.store import record_failure as record_pitr_failure
 from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
@@ -227,12 +225,7 @@ class Daemon:
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
                         error=self.receiver.state()["error"])
-        try:
-            base = take_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
-        except BackupdError as err:
-            record_pitr_failure(self.settings.backup_dir, "base", str(err), utc_now())
-            raise
-        clear_pitr_failure(self.settings.backup_dir, "base")
+        base = run_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
         store = backup_dir_store(self.settings)
         if store is not None:
             prune_pitr(self.settings, store, utc_now())

@@ -73,7 +73,7 @@ def child_environment(argv: Sequence[str], env: Mapping[str, str] | None = None,
     return built
 
 
-def _argv(argv: Sequence[str]) -> list[str]:
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
     if _SETPRIV:
         return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
     return list(argv)
@@ -142,7 +142,7 @@ def spawn(
     full_env = child_environment(argv, env, user_command)
     stderr_file = tempfile.TemporaryFile()
     popen = subprocess.Popen(
-        _argv(argv), stdin=stdin, stdout=stdout, stderr=stderr_file, env=full_env, cwd=cwd, close_fds=True,
+        dies_with_parent(argv), stdin=stdin, stdout=stdout, stderr=stderr_file, env=full_env, cwd=cwd, close_fds=True,
         pass_fds=tuple(pass_fds),
         # A group of its own: killed as a whole, and a Ctrl-C at the terminal reaches backupd
         # alone, which then stops its children itself (the daemon only after SHUTDOWN_GRACE).

@@ -19,6 +19,15 @@ from backupd.stream import Pipeline, stream_to_file
 log = get_logger("pitr")
 
 
+def remove_stale_temporaries(store: Store) -> None:
+    """Temporary files of an archiving that was killed: they would block the next one. Only
+    the receiver's lock holder archives, so none of these is in use."""
+    for folder in (store.wal_dir, store.spool):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".") and entry.name.endswith(".partial"):
+                os.unlink(entry.path)
+
+
 def store_file(source: Path, final: Path, transform: Transform) -> None:
     """``source`` through the transform's stages into ``final``, atomically."""
     stages = transform.stages() or [("cat", ["cat"])]
@@ -37,6 +46,8 @@ def archive_completed(store: Store, transform: Transform) -> list[str]:
     done = []
     for name in sorted(completed, key=lambda n: (not n.endswith(".history"), n)):
         if name not in archived:
+            if name.endswith(".history"):
+                store.remember_history(name, received[name].read_bytes())
             store_file(received[name], store.wal_dir / (name + transform.suffix("")), transform)
             done.append(name)
         if name != newest:
@@ -50,7 +61,7 @@ def archive_partial(store: Store, transform: Transform) -> str | None:
     archive_completed(store, transform)
     kept = None
     for name, path in store.received().items():
-        if wal.PARTIAL.fullmatch(name) and name not in store.archived():
+        if wal.PARTIAL.fullmatch(name):  # replaces one kept earlier: a later copy holds more
             store_file(path, store.wal_dir / (name + transform.suffix("")), transform)
             kept = name
     remove_files(list(store.received().values()))

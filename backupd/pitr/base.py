@@ -17,10 +17,10 @@ from pathlib import Path
 
 from backupd import __version__
 from backupd.artifact import Transform
-from backupd.errors import DumpError, RefusedError
+from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
 from backupd.pitr import cluster
-from backupd.pitr.store import Base, Store
+from backupd.pitr.store import Base, Store, clear_failure, record_failure
 from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
 from backupd.stream import AtomicFile, Pipeline, stream_to_file, write_json_atomically
@@ -37,6 +37,7 @@ class ManifestCatcher:
 
     def __init__(self):
         read_end, self.write_end = os.pipe()
+        self.pipe_inode = os.fstat(self.write_end).st_ino
         self.source = os.fdopen(read_end, "rb", buffering=0)
         self.manifest: bytes | None = None
         self.reader = threading.Thread(target=self._walk, name="backup-manifest", daemon=True)
@@ -57,6 +58,15 @@ class ManifestCatcher:
             while self.source.read(1 << 20):  # never leave tee blocked on a full pipe
                 pass
             self.source.close()
+
+    def abandon(self) -> None:
+        """The pipeline failed to start: the write end goes unless tee got (and closed) it, so
+        the reader ends. Its number may have been reused since: closed only if still our pipe."""
+        try:
+            if os.fstat(self.write_end).st_ino == self.pipe_inode:
+                os.close(self.write_end)
+        except OSError:
+            pass
 
     def result(self) -> bytes | None:
         self.reader.join()
@@ -79,10 +89,17 @@ def take_base_backup(settings, reason: str = "manual") -> Base:
         final = store.base_dir / f"{backup_id}{transform.suffix('.tar')}"
         argv = [tools.path("pg_basebackup"), "--pgdata=-", "--format=tar", "--wal-method=fetch",
                 "--checkpoint=fast", "--no-password", "--verbose", f"--label=backupd {backup_id}"]
+        for stale in store.base_dir.glob(".*.partial"):  # of a base backup that was killed (we hold the lock)
+            stale.unlink()
         catcher = ManifestCatcher()
         try:
-            pipeline = Pipeline([("pg_basebackup", argv), catcher.tee_stage(), *transform.stages()],
-                                env=server.libpq_env(), secrets=server.secrets)
+            try:
+                # Its messages in English: the start and end points are read from them.
+                pipeline = Pipeline([("pg_basebackup", argv), catcher.tee_stage(), *transform.stages()],
+                                    env={**server.libpq_env(), "LC_MESSAGES": "C"}, secrets=server.secrets)
+            except BaseException:
+                catcher.abandon()
+                raise
             producer = pipeline.children[0]
             stream = stream_to_file(pipeline, final, timeout=settings.backup_timeout, what="base backup")
         finally:
@@ -108,6 +125,17 @@ def take_base_backup(settings, reason: str = "manual") -> Base:
         write_json_atomically(base.manifest_path, _json(base.manifest))
     log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.manifest["duration_seconds"],
              start_lsn=base.manifest["start_lsn"], stop_lsn=base.manifest["stop_lsn"])
+    return base
+
+
+def run_base_backup(settings, reason: str = "manual") -> Base:
+    """``take_base_backup``, with its failure recorded for /healthz (and cleared by a success)."""
+    try:
+        base = take_base_backup(settings, reason)
+    except BackupdError as err:
+        record_failure(settings.backup_dir, "base", str(err), utc_now())
+        raise
+    clear_failure(settings.backup_dir, "base")
     return base
 
 

@@ -20,6 +20,7 @@ class ClusterInfo:
     system_identifier: str
     segment_size: int
     major: int
+    timeline: int
 
 
 @dataclass
@@ -37,12 +38,13 @@ class Slot:
 def cluster_info(conn: psycopg.Connection) -> ClusterInfo:
     row = conn.execute("SELECT (SELECT system_identifier::text FROM pg_control_system()), "
                        "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
-                       "current_setting('server_version_num')::int, pg_is_in_recovery()").fetchone()
+                       "current_setting('server_version_num')::int, pg_is_in_recovery(), "
+                       "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
     assert row is not None
-    system_identifier, segment_size, version, in_recovery = row
+    system_identifier, segment_size, version, in_recovery, timeline = row
     if in_recovery:
         raise RefusedError("point-in-time recovery streams from a primary; this server is a standby")
-    return ClusterInfo(system_identifier, int(segment_size), version // 10000)
+    return ClusterInfo(system_identifier, int(segment_size), version // 10000, int(timeline))
 
 
 def current_lsn(conn: psycopg.Connection) -> int:

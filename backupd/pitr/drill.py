@@ -24,6 +24,7 @@ from backupd.pitr import cluster, wal
 from backupd.pitr.restore import build_data_directory
 from backupd.pitr.store import Store, clear_failure, record_failure
 from backupd.postgres import Server
+from backupd.process import dies_with_parent
 from backupd.repository import iso, utc_now
 
 log = get_logger("pitr")
@@ -38,12 +39,19 @@ def run_drill(settings) -> dict[str, Any]:
     started, clock = utc_now(), time.monotonic()
     result: dict[str, Any] = {"time": iso(started), "ok": False}
     try:
+        bases = store.bases()
+        if bases and bases[0].path.name.endswith(".age") and not settings.identity:
+            # As for dumps: a sidecar without the identity cannot drill; a warning, not a failure.
+            result.update(ok=None, reason="the base backups are encrypted and BACKUP_ENCRYPTION_IDENTITY is not "
+                                          "set here: the drill needs it")
+            return result
         result.update(_drill(settings, store))
         result["ok"] = True
         clear_failure(settings.backup_dir, "verify")
-    except BackupdError as err:
-        result["reason"] = str(err)
-        record_failure(settings.backup_dir, "verify", str(err), utc_now())
+    except (BackupdError, OSError) as err:
+        reason = str(err) if isinstance(err, BackupdError) else f"{err.filename or ''}: {err.strerror or err}"
+        result["reason"] = reason
+        record_failure(settings.backup_dir, "verify", reason, utc_now())
         raise
     finally:
         result["seconds"] = round(time.monotonic() - clock, 1)
@@ -103,8 +111,9 @@ def _server_binary(pg_bindir: Path, major: int) -> Path:
 def _recover(postgres: Path, scratch: Path, user: str, timeout: float) -> int:
     """Start the server on the scratch data directory, wait for its promotion; returns the
     last WAL position it replayed."""
-    data, socket_dir, hba = scratch / "data", scratch / "socket", scratch / "hba.conf"
-    socket_dir.mkdir(mode=0o700)
+    # The socket's path must stay under 108 bytes: a short folder of its own in /tmp.
+    data, hba = scratch / "data", scratch / "hba.conf"
+    socket_dir = Path(tempfile.mkdtemp(prefix="backupd-", dir="/tmp"))
     hba.write_text("local all all trust\n")  # the socket's folder is private to the server's user
     uid, gid = _server_user(data)
     for path in (scratch, socket_dir, hba):
@@ -117,13 +126,14 @@ def _recover(postgres: Path, scratch: Path, user: str, timeout: float) -> int:
     log_path = scratch / "server.log"
     with open(log_path, "wb") as server_log:
         as_user = {"user": uid, "group": gid, "extra_groups": []} if os.geteuid() == 0 else {}
-        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=server_log, stderr=server_log,
-                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"},
-                                  process_group=0, **as_user)  # type: ignore[call-overload]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
+        server = subprocess.Popen(dies_with_parent(argv), stdin=subprocess.DEVNULL, stdout=server_log,
+                                  stderr=server_log, env=env, process_group=0, **as_user)  # type: ignore[call-overload]
     try:
         return _wait_for_promotion(server, socket_dir, user, timeout, log_path)
     finally:
         _stop(server)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _wait_for_promotion(server: subprocess.Popen, socket_dir: Path, user: str, timeout: float, log_path: Path) -> int:

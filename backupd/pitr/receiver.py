@@ -9,6 +9,8 @@ new base backup at once."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import subprocess
 import threading
@@ -23,8 +25,8 @@ import psycopg
 from backupd.artifact import Transform
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
-from backupd.pitr import cluster
-from backupd.pitr.archiver import archive_completed, archive_partial
+from backupd.pitr import cluster, wal
+from backupd.pitr.archiver import archive_completed, archive_partial, remove_stale_temporaries
 from backupd.pitr.store import Store, clear_failure, record_failure
 from backupd.postgres import Server
 from backupd.process import Child, spawn
@@ -32,6 +34,7 @@ from backupd.repository import iso, utc_now
 
 log = get_logger("pitr")
 
+WINDOW_CHECK_SECONDS = 60.0  # how often the stream checks that a base backup recovers to it
 PROBE_SECONDS = 5.0  # how often the server is asked for its position and the slot's
 MAX_BACKOFF = 60.0
 STEADY_SECONDS = 60.0  # a child that ran this long was healthy: the backoff starts again from 1 s
@@ -58,6 +61,9 @@ class Receiver:
         self.lag_bytes: int | None = None
         self.lag_seconds: float | None = None
         self.slot_state: dict[str, Any] | None = None
+        self.application_name = f"backupd_receiver_{os.getpid()}"
+        self._attached = False  # the slot is held by our own pg_receivewal's walsender
+        self._lock_fd: int | None = None
 
     # Lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +102,8 @@ class Receiver:
             except Exception as err:  # a bug must not end the stream for good
                 log.exception("the WAL receiver crashed")
                 self._set(error=f"{type(err).__name__}: {err}")
+            finally:
+                self._release()
             with self._lock:
                 if self.streaming_since is not None or self.down_since is None:
                     self.down_since = utc_now()
@@ -107,7 +115,10 @@ class Receiver:
             backoff = 1.0 if time.monotonic() - started > STEADY_SECONDS else min(backoff * 2, MAX_BACKOFF)
             log.warning("the WAL receiver stopped; starting it again", error=self.error, retry_in=backoff)
             self.restarts += 1
-            self.stopping.wait(backoff)
+            deadline = time.monotonic() + backoff
+            while not self.stopping.is_set() and time.monotonic() < deadline:
+                self._probe()  # the lag goes on growing while the stream is down: show it
+                self.stopping.wait(1.0)
         self._close_probe()
 
     def _stream(self) -> None:
@@ -115,23 +126,49 @@ class Receiver:
         self.store = store
         argv = [tools.path("pg_receivewal"), "--directory", str(store.spool), "--slot", self.settings.pitr_slot,
                 "--synchronous", "--no-loop", "--no-password"]
-        self.child = spawn("pg_receivewal", argv, env=self.server.libpq_env(), secrets=self.server.secrets,
-                           stdout=subprocess.DEVNULL)
+        # Its own application name: the probe tells our walsender from another process's.
+        env = {**self.server.libpq_env(), "PGAPPNAME": self.application_name}
+        self.child = spawn("pg_receivewal", argv, env=env, secrets=self.server.secrets, stdout=subprocess.DEVNULL)
         log.info("WAL receiver started", slot=self.settings.pitr_slot, folder=str(store.spool))
+        checked = time.monotonic()
         try:
             while self.child.popen.poll() is None and not self.stopping.is_set():
                 self._archive(store)
                 self._probe()
-                if self.streaming_since is None and self.lag_bytes is not None:
+                if self.streaming_since is None and self._attached:
                     with self._lock:
                         self.streaming_since, self.down_since, self.error = utc_now(), None, None
                     clear_failure(self.settings.backup_dir, "receiver")
+                    log.info("WAL stream is running")
+                if time.monotonic() - checked > WINDOW_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    if store.window() is None:  # a segment went missing, or the base backup failed
+                        self.on_gap("no base backup recovers to the newest WAL")
                 self.stopping.wait(1.0)
         finally:
             self._stop_child()
             self._archive(store)
         if not self.stopping.is_set():
             raise BackupdError(f"pg_receivewal ended: {self.child.describe_failure()}")
+
+    def _hold(self, store: Store) -> None:
+        """One receiver per cluster and BACKUP_DIR: only it archives, and cleans up after an
+        archiving that was killed. A second daemon on the same folder waits its turn."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(store.root / ".receiver.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BackupdError("another backupd receives this cluster's WAL into the same BACKUP_DIR") from None
+        self._lock_fd = fd
+        remove_stale_temporaries(store)
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _prepare(self) -> tuple[Store, Any]:
         """Know the cluster, and make sure the slot holds its WAL (a gap when it did not)."""
@@ -140,14 +177,20 @@ class Receiver:
             tools = cluster.pitr_tools(self.settings.pg_bindir, info.major)
             store = Store(self.settings.backup_dir, info.system_identifier)
             store.ensure()
+            self._hold(store)
             store.remember_cluster(info.segment_size, info.major)
             found = cluster.slot(conn, self.settings.pitr_slot)
             if found is not None and found.lost:
-                if found.active_pid is None:
-                    cluster.drop_slot(conn, self.settings.pitr_slot)
+                if found.active_pid is not None:  # a walsender that can send nothing more
+                    conn.execute("SELECT pg_terminate_backend(%s)", (found.active_pid,))
+                    time.sleep(1)
+                cluster.drop_slot(conn, self.settings.pitr_slot)
                 self._gap(store, f"the replication slot {self.settings.pitr_slot!r} was invalidated "
                                  f"(max_slot_wal_keep_size): the server removed WAL it had not sent")
                 found = None
+            elif (behind := _rolled_back(store, info, cluster.current_lsn(conn))) is not None:
+                self._gap(store, f"the server is at {wal.format_lsn(behind)}, behind WAL already received: "
+                                 "it was put back to an older copy")
             if found is None:
                 if store.received() or store.archived():
                     self._gap(store, f"the replication slot {self.settings.pitr_slot!r} was missing "
@@ -184,10 +227,13 @@ class Receiver:
                 self._probe_conn = self.server.connect()
             position = cluster.current_lsn(self._probe_conn)
             found = cluster.slot(self._probe_conn, self.settings.pitr_slot)
+            walsenders = {pid for (pid,) in self._probe_conn.execute(
+                "SELECT pid FROM pg_stat_replication WHERE application_name = %s", (self.application_name,))}
         except psycopg.Error as err:
             self._close_probe()
             log.warning("could not ask the server how far the WAL stream is behind", error=_one_line(err))
             return
+        self._attached = bool(found and found.active_pid and found.active_pid in walsenders)
         self._samples.append((now, position))
         horizon = max(self.settings.pitr_max_lag * 2, 60.0)
         while self._samples and now - self._samples[0][0] > horizon:
@@ -225,6 +271,18 @@ class Receiver:
         with self._lock:
             for key, value in values.items():
                 setattr(self, key, value)
+
+
+def _rolled_back(store: Store, info: cluster.ClusterInfo, position: int) -> int | None:
+    """The server's position when it is behind the newest segment received on its timeline
+    (a volume snapshot put back, say): what was received after it never happened there."""
+    size = store.segment_size
+    received = [wal.parse_segment(name.removesuffix(".partial"), size) for name in store.received()
+                if not name.endswith(".history")]
+    newest = max((segno for timeline, segno in received if timeline == info.timeline), default=None)
+    if newest is not None and position < newest * size:
+        return position
+    return None
 
 
 def _one_line(err: BaseException) -> str:

@@ -28,7 +28,8 @@ log = get_logger("pitr")
 
 WAL_FOLDER = "backupd_wal"  # inside the data directory: restore_command needs no absolute path
 ASIDE_PREFIX = "backupd-replaced-"
-_COMMIT = re.compile(r"desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+# COMMIT <time>, ABORT <time>, COMMIT_PREPARED <xid>: <time>, ABORT_PREPARED <xid>: <time>
+_COMMIT = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 
 
 @dataclass
@@ -59,16 +60,19 @@ def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
     store = store or Store.only(settings.backup_dir)
     base = choose_base(store, target)
     to = Path(os.path.abspath(to))
-    aside = _make_room(to, yes)
+    _refuse_a_running_server(to)
+    if (encrypted := base.path.name.endswith(".age")) and not settings.identity:
+        raise UsageError(f"base backup {base.id} is encrypted: restoring it needs BACKUP_ENCRYPTION_IDENTITY")
     expected = base.manifest.get("sha256")
     if expected and sha256_of(base.path) != expected:
         raise IntegrityError(f"base backup {base.id} does not match its manifest (sha256): it cannot be used")
-    _extract(base, to, settings.identity)
+    aside = _make_room(to, yes)
+    _extract(base, to, settings.identity if encrypted else None)
     copied = _copy_wal(store, base, to / WAL_FOLDER, settings.identity)
     major = int(base.manifest["server_major"])
     built = Built(to, base, target, None, copied, aside, major)
     if target is not None:
-        newest_commit = _newest_commit(settings.pg_bindir, major, to / WAL_FOLDER, store.segment_size, built)
+        newest_commit = _newest_commit(settings.pg_bindir, major, to / WAL_FOLDER, built)
         if newest_commit is None or target < newest_commit:
             built.recovery_target_time = target.isoformat(sep=" ")
         else:  # PostgreSQL refuses a target beyond the last commit; recovering all is the same here
@@ -100,7 +104,22 @@ def choose_base(store: Store, target: datetime | None) -> Base:
     return next(b for b in usable if b.stop_time <= target)
 
 
+def _refuse_a_running_server(to: Path) -> None:
+    """A server of this machine still running on the folder (one in another container is
+    not visible from here: the runbook stops it first)."""
+    try:
+        pid = int((to / "postmaster.pid").read_text().split()[0])
+        running = Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except (OSError, ValueError, IndexError):
+        return
+    if running:
+        raise RefusedError(f"a PostgreSQL server (pid {pid}) is running on {to}: stop it first")
+
+
 def _make_room(to: Path, yes: bool) -> Path | None:
+    """An empty ``to``. What it held moves aside, never deleted: beside it when that is the
+    same disk (``<to>.backupd-replaced-<time>``), else (``to`` is a volume's mount point)
+    into ``<to>/backupd-replaced-<time>``, owned like the data so the server can read it."""
     if to == Path("/"):
         raise UsageError("--to /: give the data directory's own folder")
     if not to.exists():
@@ -108,61 +127,74 @@ def _make_room(to: Path, yes: bool) -> Path | None:
         return None
     if not to.is_dir():
         raise UsageError(f"--to {to}: not a folder")
-    entries = [e for e in os.listdir(to) if e != "lost+found"]
+    entries = [e for e in os.listdir(to) if e != "lost+found" and not e.startswith(ASIDE_PREFIX)]
     if not entries:
         return None
     if not yes:
-        raise RefusedError(f"{to} is not empty: --yes moves what it holds aside, into "
+        raise RefusedError(f"{to} is not empty: --yes moves what it holds aside, next to it or into "
                            f"{to}/{ASIDE_PREFIX}<time> (kept, never deleted). Stop the server that uses it first")
-    aside = to / f"{ASIDE_PREFIX}{utc_now().strftime('%Y%m%dT%H%M%SZ')}"
-    aside.mkdir(mode=0o700)
-    for name in entries:
-        if not name.startswith(ASIDE_PREFIX):  # earlier ones stay where they are
+    stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
+    if not os.path.ismount(to) and os.stat(to.parent).st_dev == os.stat(to).st_dev:
+        aside = to.with_name(f"{to.name}.{ASIDE_PREFIX}{stamp}")
+        os.rename(to, aside)
+        to.mkdir(mode=0o700)
+        owner = os.stat(aside)
+        if os.geteuid() == 0:
+            os.chown(to, owner.st_uid, owner.st_gid)
+    else:
+        aside = to / f"{ASIDE_PREFIX}{stamp}"
+        aside.mkdir(mode=0o700)
+        owner = os.stat(to)
+        if os.geteuid() == 0:
+            os.chown(aside, owner.st_uid, owner.st_gid)
+        for name in entries:
             os.rename(to / name, aside / name)
     log.warning("moved the folder's old content aside", folder=str(aside))
     return aside
 
 
 def _extract(base: Base, to: Path, identity: str | None) -> None:
+    # Numeric owners: the files belong to the uid the server ran as (999 in the official
+    # image, 70 in the Alpine one), whatever this machine calls it.
+    untar = ("tar", ["tar", "-x", "--numeric-owner", "-f", "-", "-C", str(to)])
     with open(base.path, "rb") as source:
-        pipeline = Pipeline([*reader_stages(base.path, identity), ("tar", ["tar", "-x", "-f", "-", "-C", str(to)])],
-                            stdin=source, stdout=subprocess.DEVNULL)
+        pipeline = Pipeline([*reader_stages(base.path, identity), untar], stdin=source, stdout=subprocess.DEVNULL)
     pipeline.finish()
 
 
 def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None) -> int:
-    """The WAL from the base backup's start on, and every history file: complete segments
-    first, a partial one (the stream's newest, or one kept when the stream broke) under its
-    segment's name only where no complete one exists."""
+    """The WAL recovery reads from the base backup's start on (the newest timeline's path,
+    Store.segments), and every timeline history file."""
     folder.mkdir(mode=0o700, exist_ok=True)
-    size = store.segment_size
-    wanted: dict[str, tuple[Path, bool]] = {}  # name in the data directory -> (source, stored by backupd)
-    sources = [(name, path, True) for name, path in store.archived().items()]
-    sources += [(name, path, False) for name, path in store.received().items()]
-    for name, path, stored in sorted(sources, key=lambda s: s[0].endswith(".partial")):  # complete ones first
-        plain = name.removesuffix(".partial")
-        if not plain.endswith(".history") and wal.parse_segment(plain, size)[1] < base.start_segno:
-            continue
-        wanted.setdefault(plain, (path, stored))
+    wanted = {name: (path, True) for name, path in store.archived().items() if name.endswith(".history")}
+    wanted |= {name: (path, False) for name, path in store.received().items() if name.endswith(".history")}
+    wanted |= {name: (path, stored) for segno, (name, path, stored) in store.segments().items()
+               if segno >= base.start_segno}
     for name, (path, stored) in wanted.items():
         if stored:
             with open(path, "rb") as source:
                 stages = reader_stages(path, identity) or [("cat", ["cat"])]
                 stream_to_file(Pipeline(stages, stdin=source), folder / name, what=f"restoring {name}")
-        else:
+            continue
+        try:
             shutil.copyfile(path, folder / name)
+        except FileNotFoundError:  # the receiver completed it meanwhile: the complete one is newer
+            done = store.received().get(name) or store.archived().get(name)
+            if done is None:
+                raise
+            return _copy_wal(store, base, folder, identity)
     return len(wanted)
 
 
-def _newest_commit(pg_bindir: Path, major: int, folder: Path, size: int, built: Built) -> datetime | None:
-    """The time of the newest commit in the copied WAL (pg_waldump), newest segment first."""
+def _newest_commit(pg_bindir: Path, major: int, folder: Path, built: Built) -> datetime | None:
+    """The time of the newest commit in the copied WAL (pg_waldump), newest segment first.
+    Only segments on the recovery's path were copied, so a branch never answers."""
     tools = next((t for t in installed(pg_bindir) if t.major == major and (t.bindir / "pg_waldump").exists()), None)
     if tools is None:
         built.notes.append(f"pg_waldump {major} is not installed: the target is written as given; PostgreSQL "
                            "refuses one after the last commit")
         return None
-    segments = sorted((n for n in os.listdir(folder) if wal.SEGMENT.fullmatch(n)),
-                      key=lambda n: wal.parse_segment(n, size)[::-1], reverse=True)
+    segments = sorted((n for n in os.listdir(folder) if wal.SEGMENT.fullmatch(n)), key=lambda n: n[8:], reverse=True)
     for name in segments:
         _, out, _ = run("pg_waldump", [str(tools.bindir / "pg_waldump"), "--rmgr=Transaction",
                                        str(folder / name), str(folder / name)], env={"TZ": "UTC"}, timeout=300)

@@ -78,6 +78,9 @@ def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[
         if receiver.get("archive_error"):
             warns.append(("pitr-archive", f"received WAL cannot be archived: {receiver['archive_error']}"))
     stores = Store.all(Path(settings.backup_dir))
+    drill = stores[0].last_drill() if stores else None
+    if drill and drill.get("ok") is None:
+        warns.append(("pitr-verify", f"the PITR drill is not possible here: {drill.get('reason')}"))
     if stores and stores[0].window() is None:
         warns.append(("pitr-window", "no base backup recovers to the newest WAL yet (a new one is being taken "
                                      "or failed): there is no recovery window"))

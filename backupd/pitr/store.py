@@ -14,7 +14,7 @@ from typing import Any
 from backupd.errors import NotFoundError
 from backupd.pitr import wal
 from backupd.repository import PITR, iso, parse_iso
-from backupd.stream import fsync_dir, write_json_atomically
+from backupd.stream import AtomicFile, fsync_dir, write_json_atomically
 
 # An archived WAL file: the segment (or history file) name, then the transform's suffixes.
 _ARCHIVED = re.compile(r"(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)(?P<suffix>(?:\.[a-z0-9]+)*)")
@@ -73,6 +73,7 @@ class Store:
         self.base_dir = self.root / "base"
         self.wal_dir = self.root / "wal"
         self.spool = self.root / ".receiving"
+        self.timelines_dir = self.root / "timelines"
 
     @classmethod
     def all(cls, backup_dir: Path) -> list[Store]:
@@ -157,13 +158,61 @@ class Store:
                 found[entry.name] = Path(entry.path)
         return found
 
+    # Timelines ----------------------------------------------------------------------------
+    def remember_history(self, name: str, text: bytes) -> None:
+        """A plain copy of each timeline history file (timeline numbers and positions only),
+        readable without the identity when the archive is encrypted."""
+        self.timelines_dir.mkdir(mode=0o700, exist_ok=True)
+        with AtomicFile(self.timelines_dir / name) as out:
+            out.write(text)
+            out.commit()
+
+    def timeline_path(self) -> list[tuple[int, int]]:
+        """(timeline, where it begins) that recovery to the newest timeline follows."""
+        histories: dict[int, Path] = {}
+        try:
+            for entry in os.scandir(self.timelines_dir):
+                if wal.HISTORY.fullmatch(entry.name):
+                    histories[int(entry.name[:8], 16)] = Path(entry.path)
+        except FileNotFoundError:
+            pass
+        for name, path in self.received().items():  # not archived yet
+            if wal.HISTORY.fullmatch(name):
+                histories.setdefault(int(name[:8], 16), path)
+        timelines = {wal.parse_segment(n, self.segment_size)[0] for n in [*self.archived(), *self.received()]
+                     if not n.endswith(".history")}
+        latest = max([*histories, *timelines], default=1)
+        history = wal.parse_history(histories[latest].read_text("utf-8", "replace")) if latest in histories else []
+        return wal.timeline_path(latest, history)
+
+    def timeline_at(self, lsn: int, path: list[tuple[int, int]] | None = None) -> int:
+        path = self.timeline_path() if path is None else path
+        return [timeline for timeline, begin in path if begin <= lsn][-1]
+
+    def segments(self) -> dict[int, tuple[str, Path, bool]]:
+        """The WAL recovery reads, by segment number: (segment name, file, stored by backupd),
+        only on the newest timeline's path. Of several copies of one segment, a complete one
+        wins over a partial, and the receiver's live partial over one kept from a broken
+        stream."""
+        path = self.timeline_path()
+        size = self.segment_size
+        found: dict[int, tuple[int, tuple[str, Path, bool]]] = {}
+        candidates = [(name, p, True) for name, p in self.archived().items()]
+        candidates += [(name, p, False) for name, p in self.received().items()]
+        for name, file, stored in candidates:
+            if name.endswith(".history"):
+                continue
+            plain = name.removesuffix(".partial")
+            timeline, segno = wal.parse_segment(plain, size)
+            if timeline != self.timeline_at(segno * size + size - 1, path):
+                continue  # a branch recovery does not follow
+            rank = 0 if plain == name else (1 if not stored else 2)
+            if segno not in found or rank < found[segno][0]:
+                found[segno] = (rank, (plain, file, stored))
+        return {segno: entry for segno, (_, entry) in found.items()}
+
     def segment_numbers(self) -> set[int]:
-        """Every segment number with WAL here, archived or received (any timeline)."""
-        numbers = set()
-        for name in [*self.archived(), *self.received()]:
-            if not name.endswith(".history"):
-                numbers.add(wal.parse_segment(name, self.segment_size)[1])
-        return numbers
+        return set(self.segments())
 
     def newest_received_time(self) -> datetime | None:
         """When WAL last reached BACKUP_DIR: the receiver writes (and fsyncs) as it receives."""
@@ -190,8 +239,11 @@ class Store:
         return [n for n in range(base.start_segno, newest + 1) if n not in numbers]
 
     def usable(self, base: Base, numbers: set[int] | None = None) -> bool:
-        """A base backup recovers to the newest WAL: no gap after it began, no segment missing."""
+        """A base backup recovers to the newest WAL: no gap after it began, no segment missing,
+        and it lies on the newest timeline's path (not on a branch a restore abandoned)."""
         if any(parse_iso(g["time"]) >= base.start_time for g in self.gaps()):  # type: ignore[operator]
+            return False
+        if self.timeline_at(wal.parse_lsn(base.manifest["start_lsn"])) != base.manifest["timeline"]:
             return False
         return not self.missing_segments(base, numbers)
 
@@ -242,12 +294,13 @@ def _failure_file(backup_dir: Path, job: str) -> Path:
 
 def record_failure(backup_dir: Path, job: str, error: str, when: datetime) -> None:
     record = {"job": job, "time": iso(when), "error": error}
-    _FAILURES_IN_MEMORY[(str(backup_dir), job)] = record
     try:
         _failure_file(backup_dir, job).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_json_atomically(_failure_file(backup_dir, job), json.dumps(record))
     except OSError:
-        pass  # the record in memory still shows
+        _FAILURES_IN_MEMORY[(str(backup_dir), job)] = record  # shown until it can be written
+        return
+    _FAILURES_IN_MEMORY.pop((str(backup_dir), job), None)
 
 
 def clear_failure(backup_dir: Path, job: str) -> None:
@@ -259,10 +312,12 @@ def clear_failure(backup_dir: Path, job: str) -> None:
 
 
 def failures(backup_dir: Path) -> dict[str, dict[str, Any]]:
+    """The recorded failures by job; a file (another process's record, or its success that
+    removed it) is newer than a record this process could not write."""
     found = {job: record for (root, job), record in _FAILURES_IN_MEMORY.items() if root == str(backup_dir)}
     for job in ("base", "verify", "receiver"):
         try:
-            found.setdefault(job, json.loads(_failure_file(backup_dir, job).read_text(encoding="utf-8")))
+            found[job] = json.loads(_failure_file(backup_dir, job).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             pass
     return found

@@ -41,3 +41,24 @@ def parse_segment(name: str, segment_size: int) -> tuple[int, int]:
 def is_wal_name(name: str) -> bool:
     """A completed segment or a timeline history file: what the archive keeps."""
     return bool(SEGMENT.fullmatch(name) or HISTORY.fullmatch(name))
+
+
+def parse_history(text: str) -> list[tuple[int, int]]:
+    """A timeline history file's entries: (ancestor timeline, the LSN where it ended), oldest first."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].isdigit() and "/" in fields[1]:
+            entries.append((int(fields[0]), parse_lsn(fields[1])))
+    return entries
+
+
+def timeline_path(latest: int, history: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(timeline, LSN where it begins) along the way to ``latest``, oldest first: what
+    recovery to the latest timeline reads."""
+    path, begin = [], 0
+    for timeline, ended in history:
+        path.append((timeline, begin))
+        begin = ended
+    path.append((latest, begin))
+    return path
