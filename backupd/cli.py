@@ -352,6 +352,16 @@ def cmd_prune(settings, args) -> int:
         verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
         rows.append((backup.id, backup.database, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
     _print_table(rows)
+    if settings.pitr_enabled and args.database is None:
+        from backupd.pitr.retention import prune as prune_pitr
+        from backupd.pitr.store import Store
+        from backupd.repository import utc_now
+
+        for store in Store.all(settings.backup_dir):
+            gone = prune_pitr(settings, store, utc_now(), dry_run=args.dry_run)
+            verdict = "would delete" if args.dry_run else "deleted"
+            print(f"point-in-time recovery ({store.system_identifier}): {verdict} {len(gone)} files "
+                  f"(PITR_RETENTION_DAYS={settings.pitr_retention_days})")
     return 0
 
 
@@ -428,9 +438,9 @@ def cmd_pitr(settings, args) -> int:
         print(f"{result['base']}: ok in {result['seconds']:.1f}s, recovered to {result['replayed_to']}", flush=True)
         return 0
     if args.pitr_verb == "restore":
-        from backupd.pitr.restore import build_data_directory, parse_target
+        from backupd.pitr.restore import parse_target, restore
 
-        built = build_data_directory(settings, parse_target(args.time), args.to, args.yes)
+        built = restore(settings, parse_target(args.time), args.to, args.yes)
         for note in built.notes:
             print(f"note: {note}")
         if built.moved_aside:

@@ -230,6 +230,8 @@ class Daemon:
         if store is not None:
             prune_pitr(self.settings, store, utc_now())
         log.info("base backup done", id=base.id)
+        if self.replicating:
+            self.replicate_soon()
         return True
 
     def pitr_base_soon(self) -> None:

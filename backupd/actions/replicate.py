@@ -67,6 +67,7 @@ class TargetOutcome:
     # Any of them makes the run a failure (ok False), though every other backup was sent.
     refused: list[tuple[str, str]] = field(default_factory=list)
     counted: bool = False  # ``stored`` comes from the target's listing in this run
+    pitr_retention: tuple[int, int] = (14, 1)  # PITR_RETENTION_DAYS, BACKUP_MIN_KEEP
 
 
 def targets_for(settings, url: str | None = None) -> list[Target]:
@@ -86,7 +87,9 @@ def run_replicate(settings, url: str | None = None, budget: float | None = None)
     targets = targets_for(settings, url)
     days = settings.replication_retention_days
     policy = Policy.from_settings(settings).with_days(settings.backup_retention_days if days is None else days)
-    outcomes = [TargetOutcome(t.url, confirmed=t.confirms) for t in targets]
+    outcomes = [TargetOutcome(t.url, confirmed=t.confirms,
+                              pitr_retention=(settings.pitr_retention_days, settings.backup_min_keep))
+                for t in targets]
     threads = [threading.Thread(target=_replicate_guarded, args=(t, o, repo, policy), name=f"replicate {t.url}",
                                 daemon=True) for t, o in zip(targets, outcomes, strict=True)]
     for thread in threads:
@@ -175,12 +178,24 @@ def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy:
     if target.confirms:
         remote = with_retries(f"list {target.url}", target.list)
         outcome.deleted = _apply_retention(target, remote, repo, policy, keep=refused)
+        _replicate_pitr(target, outcome, repo, remote)
         for remote_backup in _remote_backups_all(remote):
             if remote_backup.manifest not in outcome.deleted:
                 name = remote_backup.database
                 outcome.stored[name] = outcome.stored.get(name, 0) + 1
                 outcome.stored_bytes += remote_backup.size
         outcome.counted = True
+
+
+def _replicate_pitr(target: Target, outcome: TargetOutcome, repo: Repository, remote: dict[str, RemoteFile]) -> None:
+    """Base backups and archived WAL (point-in-time recovery), when there are any."""
+    from backupd.pitr.replicate import replicate_store
+    from backupd.pitr.store import Store
+
+    for store in Store.all(repo.root):
+        sent, deleted = replicate_store(target, remote, store, repo.root, outcome.pitr_retention)
+        outcome.sent += sent
+        outcome.deleted += deleted
 
 
 def _refuse(repo: Repository, outcome: TargetOutcome, target: Target, backup: Backup, why: str,

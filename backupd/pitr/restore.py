@@ -85,6 +85,24 @@ def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
     return built
 
 
+def restore(settings, target: datetime | None, to: Path, yes: bool) -> Built:
+    """From the local archive; when it cannot reach ``target`` (or is gone), from the first
+    replication target that has the files."""
+    from backupd.pitr.replicate import fetch_folder, fetch_store
+    from backupd.targets import target_urls
+
+    try:
+        store = Store.only(settings.backup_dir)
+        if store.window() is not None or not target_urls(settings):
+            return build_data_directory(settings, target, to, yes, store)
+    except NotFoundError:
+        if not target_urls(settings):
+            raise
+    log.info("the local archive cannot do this restore; fetching from the replication targets")
+    with fetch_folder(settings.backup_dir) as folder:
+        return build_data_directory(settings, target, to, yes, fetch_store(settings, Path(folder), target))
+
+
 def choose_base(store: Store, target: datetime | None) -> Base:
     window = store.window()
     if window is None:

@@ -1,7 +1,8 @@
 """PITR retention: the recovery window of PITR_RETENTION_DAYS stays restorable. Kept: every
 base backup that ended inside it, the newest one that ended before it (the window's first
 moments start from it), and the newest BACKUP_MIN_KEEP; then every WAL segment from the
-oldest kept base backup's start on, and every timeline history file."""
+oldest kept base backup's start on, and every timeline history file. The same plan serves
+the local archive and each replication target's copy."""
 
 from __future__ import annotations
 
@@ -26,7 +27,16 @@ def bases_to_keep(bases: list[Base], now: datetime, days: int, min_keep: int) ->
     return keep
 
 
-def prune(settings, store: Store, now: datetime) -> list[Path]:
+def wal_to_delete(names: list[str], kept: list[Base], segment_size: int) -> list[str]:
+    """Archived WAL older than the oldest kept base backup's start (history files stay)."""
+    if not kept:
+        return []
+    oldest = min(b.start_segno for b in kept)
+    return [name for name in names if not name.endswith(".history")
+            and wal.parse_segment(name.removesuffix(".partial"), segment_size)[1] < oldest]
+
+
+def prune(settings, store: Store, now: datetime, dry_run: bool = False) -> list[Path]:
     bases = store.bases()
     if not bases:
         return []
@@ -35,10 +45,12 @@ def prune(settings, store: Store, now: datetime) -> list[Path]:
     for base in bases:
         if base.id not in keep:
             gone += [p for p in (base.manifest_path, base.path, base.server_manifest_path) if p.exists()]
+    archived = store.archived()
+    old_wal = [archived[name] for name in wal_to_delete(list(archived), [b for b in bases if b.id in keep],
+                                                        store.segment_size)]
+    if dry_run:
+        return gone + old_wal
     remove_files(gone)  # the manifest first: a base without one is never listed
-    oldest = min(b.start_segno for b in bases if b.id in keep)
-    old_wal = [path for name, path in store.archived().items()
-               if not name.endswith(".history") and wal.parse_segment(name, store.segment_size)[1] < oldest]
     remove_files(old_wal)
     if gone or old_wal:
         log.info("PITR retention", base_backups_deleted=len([p for p in gone if p.suffix == ".json"]),

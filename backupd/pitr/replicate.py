@@ -1,0 +1,184 @@
+"""PITR files on the replication targets, in the same layout as in BACKUP_DIR: each base
+backup (its data first, the manifest last), every archived WAL file, the timeline
+histories, the gaps and what the cluster is. Each copy is confirmed by checksum like a
+dump's; a WAL file's checksum is computed once and remembered. On the target, retention
+keeps the same recovery window, judged from the target's own manifests. A restore on a
+machine that lost BACKUP_DIR fetches what it needs from the first target that has it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from backupd.logging import get_logger
+from backupd.pitr.retention import bases_to_keep, wal_to_delete
+from backupd.pitr.store import _ARCHIVED, Base, Store
+from backupd.repository import PITR, utc_now
+from backupd.stream import sha256_of, write_json_atomically
+from backupd.targets import configured_targets
+from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError, with_retries
+
+log = get_logger("pitr")
+
+STATE = ".replicated.json"  # per target: relative path -> {"sha256", "size", "mtime", "record"}
+_METADATA = ("cluster.json", "gaps.json")
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def local_files(store: Store, root: Path, known: dict[str, dict[str, Any]]) -> list[LocalFile]:
+    """What goes to a target, the metadata first and each base backup's manifest last."""
+    def described(path: Path, sha256: str | None = None) -> LocalFile:
+        relative = _relative(path, root)
+        stat = path.stat()
+        cached = known.get(relative, {})
+        if sha256 is None:
+            if cached.get("size") == stat.st_size and cached.get("mtime") == stat.st_mtime:
+                sha256 = cached["sha256"]
+            else:
+                sha256 = sha256_of(path)
+        return LocalFile(path, relative, sha256, stat.st_size)
+
+    files = [described(store.root / name) for name in _METADATA if (store.root / name).exists()]
+    if store.timelines_dir.exists():
+        files += [described(p) for p in sorted(store.timelines_dir.iterdir()) if not p.name.startswith(".")]
+    files += [described(path) for _, path in sorted(store.archived().items())]
+    for base in reversed(store.bases()):  # oldest first
+        files.append(described(base.path, base.manifest["sha256"]))
+        if base.server_manifest_path.exists():
+            files.append(described(base.server_manifest_path))
+        files.append(described(base.manifest_path))
+    return files
+
+
+def replicate_store(target: Target, remote: dict[str, RemoteFile], store: Store, root: Path,
+                    retention: tuple[int, int]) -> tuple[list[str], list[str]]:
+    """Send what the target lacks or holds changed; then retention there (``retention``:
+    PITR_RETENTION_DAYS, BACKUP_MIN_KEEP). Returns (sent, deleted)."""
+    state_path = store.root / STATE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    known: dict[str, dict[str, Any]] = state.get(target.url, {})
+    sent = []
+    for file in local_files(store, root, known):
+        record = known.get(file.relative)
+        copy = remote.get(file.relative)
+        if (record and record.get("sha256") == file.sha256 and copy is not None
+                and target.is_intact(file, copy, record.get("record", {}))):
+            continue
+        confirmation = with_retries(f"send {file.relative}", partial(target.put, file))
+        known[file.relative] = {"sha256": file.sha256, "size": file.size, "mtime": file.path.stat().st_mtime,
+                                "record": confirmation}
+        sent.append(file.relative)
+    present = {f.relative for f in local_files(store, root, known)}
+    state[target.url] = {relative: value for relative, value in known.items() if relative in present}
+    write_json_atomically(state_path, json.dumps(state, indent=1, sort_keys=True))
+    deleted = _retention(target, remote, store, root, retention)
+    if sent or deleted:
+        log.info("PITR files replicated", target=target.url, sent=len(sent), deleted=len(deleted))
+    return sent, deleted
+
+
+def _remote_bases(target: Target, remote: dict[str, RemoteFile], prefix: str) -> list[tuple[Base, str]]:
+    """The base backups on the target, by their own manifests there: (base, manifest path)."""
+    found = []
+    with tempfile.TemporaryDirectory(prefix="backupd-pitr-") as folder:
+        for relative in remote:
+            name = relative.removeprefix(f"{prefix}/base/")
+            if relative.startswith(f"{prefix}/base/base-") and "/" not in name and name.endswith(".json"):
+                local = Path(folder) / "manifest.json"
+                with_retries(f"fetch {relative}", partial(target.get, relative, local))
+                try:
+                    manifest = json.loads(local.read_text(encoding="utf-8"))
+                    found.append((Base(manifest, Path(folder)), relative))
+                except ValueError:
+                    continue
+    return sorted(found, key=lambda f: f[0].manifest["start_time"], reverse=True)
+
+
+def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root: Path,
+               retention: tuple[int, int]) -> list[str]:
+    settings_days, min_keep = retention
+    prefix = _relative(store.root, root)
+    bases = _remote_bases(target, remote, prefix)
+    if not bases:
+        return []
+    keep = bases_to_keep([b for b, _ in bases], utc_now(), settings_days, min_keep)
+    deleted = []
+    for base, manifest in bases:
+        if base.id in keep:
+            continue
+        doomed = [manifest] + [r for r in remote if r.startswith(f"{prefix}/base/{base.id}.") and r != manifest]
+        for relative in doomed:  # the manifest first: a base without one is never listed
+            with_retries(f"delete {relative}", partial(target.delete, relative))
+        deleted += doomed
+    wal_names = {}
+    for relative in remote:
+        name = relative.removeprefix(f"{prefix}/wal/")
+        if relative.startswith(f"{prefix}/wal/") and (match := _ARCHIVED.fullmatch(name)):
+            wal_names[match.group("name")] = relative
+    for name in wal_to_delete(list(wal_names), [b for b, _ in bases if b.id in keep], store.segment_size):
+        with_retries(f"delete {wal_names[name]}", partial(target.delete, wal_names[name]))
+        deleted.append(wal_names[name])
+    return deleted
+
+
+def fetch_store(settings, into: Path, target_time: datetime | None) -> Store:
+    """Bring a cluster's PITR files from the first target that has them into ``into`` (laid
+    out like BACKUP_DIR): the metadata, the WAL, every base backup's manifest, and the data
+    of the one base backup a restore to ``target_time`` starts from."""
+    from backupd.errors import NotFoundError
+
+    for target in (t for t in configured_targets(settings) if t.confirms):
+        try:
+            remote = with_retries(f"list {target.url}", target.list)
+        except TargetError as err:
+            log.warning("target not reachable", target=target.url, error=str(err))
+            continue
+        clusters = sorted({r.split("/")[1] for r in remote if r.startswith(f"{PITR}/") and r.count("/") >= 3})
+        for system_identifier in clusters:
+            store = Store(into, system_identifier)
+            store.ensure()
+            prefix = f"{PITR}/{system_identifier}"
+            wanted = [r for r in remote if r.startswith(prefix + "/") and not r.startswith(f"{prefix}/base/")]
+            wanted += [r for r in remote if r.startswith(f"{prefix}/base/") and r.endswith(".json")]
+            for relative in wanted:
+                destination = into / relative
+                destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with_retries(f"fetch {relative}", partial(target.get, relative, destination))
+            candidates = [b for b in _manifests(store) if target_time is None or b.stop_time <= target_time]
+            if not candidates:
+                continue
+            base = candidates[0]
+            with_retries(f"fetch {base.manifest['file']}",
+                         partial(target.get, f"{prefix}/base/{base.manifest['file']}", base.path))
+            log.info("fetched PITR files from a target", target=target.url, base=base.id)
+            return store
+    raise NotFoundError("no point-in-time recovery files locally or on any replication target")
+
+
+def _manifests(store: Store) -> list[Base]:
+    found = []
+    for path in store.base_dir.glob("base-*.json"):
+        try:
+            found.append(Base(json.loads(path.read_text(encoding="utf-8")), store.base_dir))
+        except ValueError:
+            continue
+    return sorted(found, key=lambda b: b.manifest["start_time"], reverse=True)
+
+
+def fetch_folder(backup_dir: Path) -> tempfile.TemporaryDirectory:
+    """Where fetched files wait for a restore: inside BACKUP_DIR (its disk), as backupd's own
+    temporary folder (removed after, or by the next clean-up)."""
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".fetch-", dir=backup_dir)
+
