@@ -8,6 +8,7 @@ from pathlib import Path
 from backupd.pitr import wal
 from backupd.pitr.retention import bases_to_keep, wal_to_delete
 from backupd.pitr.store import Base
+from backupd.repository import iso
 
 SIZE = 16 * 1024 * 1024
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -29,8 +30,7 @@ def test_a_timeline_path_follows_the_history_of_the_newest_timeline():
 
 def base(day: int, start_segno: int) -> Base:
     stop = NOW - timedelta(days=day)
-    return Base({"id": f"base-{day}", "start_time": (stop - timedelta(minutes=5)).isoformat(),
-                 "stop_time": stop.isoformat(), "start_lsn": wal.format_lsn(start_segno * SIZE),
+    return Base({"id": f"base-{day}", "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "start_lsn": wal.format_lsn(start_segno * SIZE),
                  "wal_segment_size": SIZE}, Path("/nonexistent"))
 
 

@@ -1,0 +1,306 @@
+"""Point-in-time recovery: a base backup against bare pg_basebackup, and the time to bring
+the cluster back (RTO), in one run.
+
+    python bench/pitr.py [--major 17] [--size-mb 1024] [--runs 3] [--updates 5000]
+
+Starts a throwaway server of ``--major`` from the test matrix (scripts/bootstrap installs
+14 to 18 in /opt/backupd-test/postgresql), fills a database with bench/generate.py, and
+runs ``backupd run`` with PITR on (its WAL stream, and the base backup it takes at start)
+until /status shows a recovery window. Then, beside the running daemon:
+
+1. ``backupd pitr base`` against bare ``pg_basebackup -D - -Ft -X fetch -c fast > /dev/null``,
+   interleaved, the minimum of ``--runs``: time, ratio, stored size, peak RSS;
+2. ``--updates`` single-row updates, each its own transaction, so there is WAL to replay;
+   once the stream has it (the slot and the window's end are past it) the daemon stops;
+3. the RTO, the minimum of ``--runs``: "build" is ``backupd pitr restore --time latest
+   --to DIR``; "recovery" is a stock postgres started on DIR (as the postgres user) until
+   ``SELECT pg_is_in_recovery()`` says it promoted. Each run checks the restored cluster
+   has the last update.
+
+Everything (server, daemon, folders) is removed at the end, also on failure. The work
+folder (in BENCH_DIR, else TMPDIR) must be one the postgres user can enter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, backupd, print_table, shell, timed  # noqa: E402
+
+DATABASE = "bench_pitr"
+
+
+def wait_for(predicate, timeout: float, what: str, alive=None):
+    """``predicate()``'s first true value, polled until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None:
+            alive()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Daemon:
+    """``backupd run`` with PITR on, its log in a file (a pipe nobody reads would block it)."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path):
+        self.port, self.log = port, log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(backupd("run"), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"backupd run exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+
+    def window(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=5) as response:
+                return (json.load(response).get("pitr") or {}).get("window")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise SystemExit("backupd run did not stop within 60 s of SIGTERM")
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+class Recovered:
+    """A stock postgres on a data directory built by ``pitr restore``, on its own port."""
+
+    def __init__(self, bindir: Path, data: Path, port: int):
+        self.bindir, self.data, self.port = bindir, data, port
+        self.log = data / "bench-server.log"
+        self.started = False
+
+    def start(self) -> None:
+        """Returns at once (``-W``): the caller polls for the promotion."""
+        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.data}"
+        subprocess.run(as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                                    "-o", options, "-W", "start"]), check=True, capture_output=True)
+        self.started = True
+
+    def stop(self) -> None:
+        if self.started:
+            subprocess.run(as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                                        "-t", "60", "stop"]), capture_output=True)
+            self.started = False
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text()[-3000:]
+        except OSError:
+            return ""
+
+
+def cluster_bytes(cluster) -> int:
+    with cluster.connect() as conn:
+        return int(conn.execute("SELECT sum(pg_database_size(datname)) FROM pg_database").fetchone()[0])
+
+
+def newest_base_manifest(repo: Path) -> dict:
+    manifests = sorted(repo.glob("_pitr/*/base/base-*.json"))
+    return json.loads(manifests[-1].read_text())
+
+
+def write_wal(cluster, updates: int) -> tuple[int, int]:
+    """``updates`` single-row updates of events, each committed on its own, then a marker row.
+    Returns (the marker, WAL bytes written)."""
+    rng = random.Random(7)
+    with cluster.connect(DATABASE) as conn:
+        (top,) = conn.execute("SELECT max(id) FROM events").fetchone()
+        (before,) = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+        for _ in range(updates):
+            conn.execute("UPDATE events SET amount = amount + 1 WHERE id = %s", (rng.randint(1, top),))
+        marker = rng.randint(1, 10 ** 9)
+        conn.execute("CREATE TABLE bench_marker AS SELECT %s::int AS marker", (marker,))
+        (written,) = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (before,)).fetchone()
+    return marker, int(written)
+
+
+def slot_has_everything(cluster, slot: str = "backupd") -> bool:
+    with cluster.connect() as conn:
+        row = conn.execute("SELECT restart_lsn >= pg_current_wal_insert_lsn() FROM pg_replication_slots "
+                           "WHERE slot_name = %s", (slot,)).fetchone()
+    return bool(row and row[0])
+
+
+def recover(bindir: Path, data: Path, cluster, marker: int, timeout: float) -> float:
+    """Seconds from starting postgres on ``data`` to its promotion; checks the marker is there."""
+    import psycopg
+
+    from tests.pg import free_port
+
+    subprocess.run(["chown", "-R", "postgres:postgres", str(data)], check=True) if os.geteuid() == 0 else None
+    data.chmod(0o700)
+    server = Recovered(bindir, data, free_port())
+    connect = dict(host="127.0.0.1", port=server.port, user=cluster.user, password=cluster.password,
+                   dbname=DATABASE, autocommit=True, connect_timeout=5)
+    try:
+        started = time.monotonic()
+        server.start()
+        deadline = started + timeout
+        while True:
+            try:
+                with psycopg.connect(**connect) as conn:
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        seconds = time.monotonic() - started
+                        (found,) = conn.execute("SELECT marker FROM bench_marker").fetchone()
+                        if found != marker:
+                            raise SystemExit(f"the restored cluster has marker {found}, not {marker}")
+                        return seconds
+            except psycopg.OperationalError:
+                pass  # starting up, or not yet consistent
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the recovered server did not promote within {timeout:.0f}s:\n{server.log_tail()}")
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--major", type=int, default=17)
+    parser.add_argument("--size-mb", type=int, default=1024, help="size of the generated database")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=5000, help="single-row updates to replay after the base backup")
+    args = parser.parse_args()
+    from tests.pg import MATRIX, free_port, matrix_bindir, remove_cluster, start_cluster
+
+    bindir = matrix_bindir(args.major)
+    load = os.getloadavg()
+    # Slow pieces scale with the data: generous bounds, never unbounded.
+    bound = 120 + 0.5 * args.size_mb
+    cluster = start_cluster(bindir)
+    work = Path(tempfile.mkdtemp(prefix="backupd-bench-pitr-", dir=os.environ.get("BENCH_DIR")))
+    work.chmod(0o755)  # the restored data directories are in here, and postgres must enter them
+    daemon: Daemon | None = None
+    try:
+        print(f"machine: {os.cpu_count()} CPUs, "
+              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1024 ** 3:.0f} GiB, "
+              f"{time.strftime('%Y-%m-%d')}, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+              f"PostgreSQL {args.major} on port {cluster.port}", flush=True)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "BACKUP_", "PITR_", "PG"))}
+        subprocess.run([sys.executable, str(ROOT / "bench/generate.py"), DATABASE, str(args.size_mb)],
+                       env={**base_env, **cluster.env()}, check=True)
+        size = cluster_bytes(cluster)
+        repo = work / "repo"
+        env = {**base_env, **cluster.env(), "BACKUP_DIR": str(repo), "LOG_LEVEL": "warning",
+               "PITR_ENABLED": "true", "PG_BINDIR": str(MATRIX)}
+        libpq = {**base_env, "PGHOST": cluster.host, "PGPORT": str(cluster.port), "PGUSER": cluster.user,
+                 "PGPASSWORD": cluster.password}
+
+        # The daemon: the WAL stream, and its own base backup at start (not measured).
+        port = free_port()
+        never = "0 0 1 1 *"  # no dump, base backup or drill of the daemon's own during the bench
+        daemon = Daemon({**env, "LOG_LEVEL": "info", "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port),
+                         "BACKUP_SCHEDULE": never, "PITR_BASE_SCHEDULE": never, "VERIFY_ENABLED": "false"},
+                        port, work / "daemon.log")
+        started = time.monotonic()
+        wait_for(daemon.window, bound, "the daemon's recovery window", daemon.alive)
+        print(f"daemon streaming, first base backup done, window after {time.monotonic() - started:.0f}s", flush=True)
+
+        # 1. Base backups, interleaved, beside the running stream.
+        bare = f"bare pg_basebackup -D - -Ft -X fetch -c fast > /dev/null (PostgreSQL {args.major})"
+        ours = "backupd pitr base (zstd, sha256, manifest, fsync)"
+        pipelines = {
+            bare: (shell(f"{bindir}/pg_basebackup -D - -Ft -X fetch -c fast > /dev/null"), libpq),
+            ours: (backupd("pitr", "base"), env),
+        }
+        times: dict[str, list[float]] = {name: [] for name in pipelines}
+        rss: dict[str, int] = {}
+        inner: list[float] = []
+        stored = 0
+        for _ in range(args.runs):
+            for name, (argv, run_env) in pipelines.items():
+                daemon.alive()
+                seconds, peak = timed(argv, run_env)
+                times[name].append(seconds)
+                rss[name] = max(rss.get(name, 0), peak)
+                if name == ours:
+                    manifest = newest_base_manifest(repo)
+                    inner.append(manifest["duration_seconds"])
+                    stored = manifest["size"]
+        rows = [(bare, min(times[bare]), None, rss[bare]), (ours, min(times[ours]), stored, rss[ours]),
+                ("backupd: the base backup itself (manifest duration, no process start)", min(inner), stored, None)]
+        print_table(f"base backup of a {size / 1e9:.2f} GB cluster, {os.cpu_count()} CPUs, minimum of "
+                    f"{args.runs} interleaved runs (the daemon's WAL stream running beside)", rows, rows[0][1])
+        print(f"\nstored: {stored / 1e6:.1f} MB, {size / stored:.2f}:1 against the cluster's databases", flush=True)
+
+        # 2. WAL to replay, until the stream has it all; then the daemon stops.
+        marker, wal_bytes = write_wal(cluster, args.updates)
+        written_at = datetime.now(UTC)
+        wait_for(lambda: slot_has_everything(cluster), 60, "the slot to confirm the new WAL", daemon.alive)
+        wait_for(lambda: (w := daemon.window()) and datetime.fromisoformat(w["end"]) >= written_at, 60,
+                 "the window's end to pass the new WAL", daemon.alive)
+        daemon.stop()
+        print(f"{args.updates} updates written: {wal_bytes / 1e6:.1f} MB of WAL after the newest base backup's "
+              f"end (and the base backup's own); daemon stopped", flush=True)
+
+        # 3. RTO: build the data directory, then recover it until it promotes.
+        builds: list[float] = []
+        recoveries: list[float] = []
+        totals: list[float] = []
+        build_rss = 0
+        wal_files = 0
+        for run in range(args.runs):
+            data = work / f"restored-{run}"
+            seconds, peak = timed(backupd("pitr", "restore", "--time", "latest", "--to", str(data)), env)
+            build_rss = max(build_rss, peak)
+            wal_files = len(list((data / "backupd_wal").iterdir()))
+            recovery = recover(bindir, data, cluster, marker, bound)
+            builds.append(seconds)
+            recoveries.append(recovery)
+            totals.append(seconds + recovery)
+            shutil.rmtree(data)
+        gb = size / 1e9
+        print(f"\nRTO of a {gb:.2f} GB cluster ({stored / 1e6:.1f} MB stored, {wal_files} WAL files copied, "
+              f"{wal_bytes / 1e6:.1f} MB of WAL written after the base backup), minimum of {args.runs} runs\n")
+        print("| what | time | per GB of cluster |")
+        print("|---|---|---|")
+        for name, values in (("build: backupd pitr restore --time latest --to DIR", builds),
+                             ("recovery: postgres start to promotion (pg_is_in_recovery() false)", recoveries),
+                             ("RTO: build + recovery", totals)):
+            print(f"| {name} | {min(values):.2f} s | {min(values) / gb:.2f} s/GB |")
+        print(f"\nbuild peak RSS {build_rss / 1024:.0f} MB; every run: build {', '.join(f'{t:.2f}' for t in builds)} s, "
+              f"recovery {', '.join(f'{t:.2f}' for t in recoveries)} s", flush=True)
+        print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    finally:
+        if daemon is not None:
+            try:
+                daemon.stop()
+            except SystemExit as err:
+                print(err, file=sys.stderr)
+        remove_cluster(cluster)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
