@@ -85,7 +85,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-            raise SystemExit("backupd run did not stop within 60 s of SIGTERM")
+            raise SystemExit("backupd run did not stop within 60 s of SIGTERM") from None
 
 
 def as_postgres(argv: list[str]) -> list[str]:
@@ -130,9 +130,9 @@ def newest_base_manifest(repo: Path) -> dict:
     return json.loads(manifests[-1].read_text())
 
 
-def write_wal(cluster, updates: int) -> tuple[int, int]:
+def write_wal(cluster, updates: int) -> tuple[int, int, str]:
     """``updates`` single-row updates of events, each committed on its own, then a marker row.
-    Returns (the marker, WAL bytes written)."""
+    Returns (the marker, WAL bytes written, the WAL position after them)."""
     rng = random.Random(7)
     with cluster.connect(DATABASE) as conn:
         (top,) = conn.execute("SELECT max(id) FROM events").fetchone()
@@ -141,14 +141,16 @@ def write_wal(cluster, updates: int) -> tuple[int, int]:
             conn.execute("UPDATE events SET amount = amount + 1 WHERE id = %s", (rng.randint(1, top),))
         marker = rng.randint(1, 10 ** 9)
         conn.execute("CREATE TABLE bench_marker AS SELECT %s::int AS marker", (marker,))
-        (written,) = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (before,)).fetchone()
-    return marker, int(written)
+        (after,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        (written,) = conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (after, before)).fetchone()
+    return marker, int(written), after
 
 
-def slot_has_everything(cluster, slot: str = "backupd") -> bool:
+def slot_has(cluster, lsn: str, slot: str = "backupd") -> bool:
+    """The stream has flushed the WAL up to ``lsn`` (a physical slot's restart_lsn is its flush)."""
     with cluster.connect() as conn:
-        row = conn.execute("SELECT restart_lsn >= pg_current_wal_insert_lsn() FROM pg_replication_slots "
-                           "WHERE slot_name = %s", (slot,)).fetchone()
+        row = conn.execute("SELECT restart_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                           (lsn, slot)).fetchone()
     return bool(row and row[0])
 
 
@@ -158,7 +160,8 @@ def recover(bindir: Path, data: Path, cluster, marker: int, timeout: float) -> f
 
     from tests.pg import free_port
 
-    subprocess.run(["chown", "-R", "postgres:postgres", str(data)], check=True) if os.geteuid() == 0 else None
+    if os.geteuid() == 0:  # pitr restore already gives the files to the data's owner; made sure of here
+        subprocess.run(["chown", "-R", "postgres:postgres", str(data)], check=True)
     data.chmod(0o700)
     server = Recovered(bindir, data, free_port())
     connect = dict(host="127.0.0.1", port=server.port, user=cluster.user, password=cluster.password,
@@ -195,6 +198,7 @@ def main() -> None:
     from tests.pg import MATRIX, free_port, matrix_bindir, remove_cluster, start_cluster
 
     bindir = matrix_bindir(args.major)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on SIGTERM too
     load = os.getloadavg()
     # Slow pieces scale with the data: generous bounds, never unbounded.
     bound = 120 + 0.5 * args.size_mb
@@ -229,7 +233,7 @@ def main() -> None:
 
         # 1. Base backups, interleaved, beside the running stream.
         bare = f"bare pg_basebackup -D - -Ft -X fetch -c fast > /dev/null (PostgreSQL {args.major})"
-        ours = "backupd pitr base (zstd, sha256, manifest, fsync)"
+        ours = "backupd pitr base (through zstd and sha256 into BACKUP_DIR, fsynced)"
         pipelines = {
             bare: (shell(f"{bindir}/pg_basebackup -D - -Ft -X fetch -c fast > /dev/null"), libpq),
             ours: (backupd("pitr", "base"), env),
@@ -255,14 +259,14 @@ def main() -> None:
         print(f"\nstored: {stored / 1e6:.1f} MB, {size / stored:.2f}:1 against the cluster's databases", flush=True)
 
         # 2. WAL to replay, until the stream has it all; then the daemon stops.
-        marker, wal_bytes = write_wal(cluster, args.updates)
+        marker, wal_bytes, end_lsn = write_wal(cluster, args.updates)
         written_at = datetime.now(UTC)
-        wait_for(lambda: slot_has_everything(cluster), 60, "the slot to confirm the new WAL", daemon.alive)
+        wait_for(lambda: slot_has(cluster, end_lsn), 60, "the slot to confirm the new WAL", daemon.alive)
         wait_for(lambda: (w := daemon.window()) and datetime.fromisoformat(w["end"]) >= written_at, 60,
                  "the window's end to pass the new WAL", daemon.alive)
         daemon.stop()
-        print(f"{args.updates} updates written: {wal_bytes / 1e6:.1f} MB of WAL after the newest base backup's "
-              f"end (and the base backup's own); daemon stopped", flush=True)
+        print(f"{args.updates} updates after the last base backup: {wal_bytes / 1e6:.1f} MB of WAL, streamed; "
+              "daemon stopped", flush=True)
 
         # 3. RTO: build the data directory, then recover it until it promotes.
         builds: list[float] = []
@@ -289,8 +293,9 @@ def main() -> None:
                              ("recovery: postgres start to promotion (pg_is_in_recovery() false)", recoveries),
                              ("RTO: build + recovery", totals)):
             print(f"| {name} | {min(values):.2f} s | {min(values) / gb:.2f} s/GB |")
-        print(f"\nbuild peak RSS {build_rss / 1024:.0f} MB; every run: build {', '.join(f'{t:.2f}' for t in builds)} s, "
-              f"recovery {', '.join(f'{t:.2f}' for t in recoveries)} s", flush=True)
+        listed = lambda values: ", ".join(f"{t:.2f}" for t in values)  # noqa: E731
+        print(f"\nbuild peak RSS {build_rss / 1024:.0f} MB; every run: build {listed(builds)} s, "
+              f"recovery {listed(recoveries)} s", flush=True)
         print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     finally:
         if daemon is not None:
