@@ -344,6 +344,7 @@ class Daemon:
         title = "needs attention" if health.get("status") != "ok" else "warnings" if health.get("warnings") else "ok"
         return {"now": now, "health": health, "databases": sorted(databases.values(), key=lambda d: d["name"]),
                 "volumes": sorted(volumes.values(), key=lambda v: v["name"]), "targets": targets, "jobs": jobs,
+                "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None,
                 "title": title, "version": __version__}
 
     def tools_view(self) -> dict:

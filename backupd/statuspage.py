@@ -240,6 +240,46 @@ def _volumes(volumes: list[dict[str, Any]], now: datetime) -> str:
     return _table_section("volumes", "Volumes", ["Volume", "Newest archive", "Size", "Last run"], rows)
 
 
+def _at(text: str | None) -> datetime | None:
+    """An ISO time as /status gives it (the PITR view is /status's)."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _pitr(pitr: dict[str, Any] | None, now: datetime) -> str:
+    """Point-in-time recovery: the window a restore can reach, the stream, the last base
+    backup and drill."""
+    if not pitr:
+        return ""
+    window, receiver = pitr.get("window"), pitr.get("receiver") or {}
+    reach = (_status("ok", f"{_when(_at(window['start']))} to {_when(_at(window['end']))}") if window
+             else _status("bad", "none: no base backup recovers to the newest WAL"))
+    streaming = receiver.get("streaming")
+    lag = receiver.get("lag_bytes")
+    stream = (_status("ok", "streaming") if streaming else
+              _status("bad", f"down since {_when(_at(receiver.get('down_since')))}"))
+    if lag is not None:
+        stream += f" · {_e(_size(lag))} behind"
+    if receiver.get("error") and not streaming:
+        stream += f"<br>{_e(receiver['error'])}"
+    bases = pitr.get("base_backups") or []
+    base = (f"{_e(_ago(_at(bases[0]['stop_time']), now))} · {_e(_size(bases[0]['size']))}" if bases
+            else _status("warn", "none yet"))
+    drill = pitr.get("last_drill") or {}
+    drilled = (_status("ok", f"ok {_when(_at(drill['time']))}") if drill.get("ok") else
+               _status("bad", f"failed {_when(_at(drill['time']))}: {drill.get('reason')}") if drill.get("ok") is False
+               else _status("warn", drill.get("reason") or "not yet"))
+    gaps = pitr.get("gaps") or []
+    gap = _status("warn", f"last at {_when(_at(gaps[-1]['time']))}: {gaps[-1]['reason']}") if gaps else "none"
+    rows = [f'<tr><th scope="row">{label}</th><td>{value}</td></tr>' for label, value in
+            (("Restorable", reach), ("WAL stream", stream), ("Newest base backup", base), ("Drill", drilled),
+             ("Gaps", gap))]
+    return ('<section aria-labelledby="pitr"><h2 id="pitr">Point-in-time recovery</h2><table><tbody>'
+            f'{"".join(rows)}</tbody></table></section>')
+
+
 def _jobs(jobs: dict[str, dict[str, Any]]) -> str:
     if not jobs:
         return ""
@@ -276,7 +316,7 @@ def render(view: dict[str, Any]) -> str:
     databases = "".join(_database(db, now, next_backup) for db in view.get("databases", []))
     if not databases:
         databases = '<section><h2>Databases</h2><p class="muted">No backups yet.</p></section>'
-    pitr = ""  # point-in-time recovery has no window to show yet
+    pitr = _pitr(view.get("pitr"), now)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'

@@ -94,3 +94,20 @@ def test_a_failed_verification_and_a_failed_volume_archive_say_what_to_run():
     assert "✖ failed 2026-11-23 12:00 UTC" in page and "row counts differ" in page
     assert "backupd verify latest --database shop" in page
     assert "tar failed" in page and "backupd volumes backup --volume uploads" in page and "never" in page
+
+
+def test_the_pitr_section_shows_the_window_the_stream_and_the_drill():
+    from backupd.statuspage import _pitr
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    html = _pitr({"window": {"start": "2026-11-22T03:00:41Z", "end": "2026-11-29T11:59:58Z"},
+                  "receiver": {"streaming": False, "down_since": "2026-11-29T11:50:00Z", "lag_bytes": 16777216,
+                               "error": "pg_receivewal ended: <no pg_hba.conf entry>"},
+                  "base_backups": [{"stop_time": "2026-11-29T03:00:38Z", "size": 412_000_000}],
+                  "last_drill": {"time": "2026-11-29T03:10:00Z", "ok": False, "reason": "WAL is missing"},
+                  "gaps": []}, now)
+    assert "2026-11-22 03:00 UTC to 2026-11-29 11:59 UTC" in html
+    assert "down since 2026-11-29 11:50 UTC" in html and "16.8 MB behind" in html
+    assert "&lt;no pg_hba.conf entry&gt;" in html  # escaped
+    assert "8 hours ago" in html and "failed 2026-11-29 03:10 UTC: WAL is missing" in html
+    assert _pitr(None, now) == ""
