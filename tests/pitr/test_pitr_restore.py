@@ -52,11 +52,23 @@ def test_a_dropped_table_comes_back_as_of_one_second_before_the_drop(pitr_cluste
         wait_for_window(daemon, datetime.now(UTC))
         status, health = daemon.json("/healthz")
         assert status == 200, health
+        # Idle now: within seconds everything the server wrote is in BACKUP_DIR.
+        daemon.wait_until(lambda: (daemon.json("/status")[1]["pitr"]["receiver"] or {}).get("lag_bytes") == 0, 30,
+                          "no lag")
+        assert "backupd_pitr_lag_bytes 0.0" in daemon.get("/metrics")[1]
     finally:
         assert daemon.stop() == 0, daemon.stderr
 
+    # A folder with something in it is never emptied without --yes; with it, its content is kept aside.
     target = data_home / "restored"
-    result = pitr_backupd.ok("pitr", "restore", "--time", before_drop.isoformat(), "--to", str(target))
+    target.mkdir()
+    (target / "notes.txt").write_text("someone's notes")
+    refused = pitr_backupd("pitr", "restore", "--time", before_drop.isoformat(), "--to", str(target))
+    assert refused.returncode == 2 and "--yes" in refused.stderr, refused.stderr
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    result = pitr_backupd.ok("pitr", "restore", "--time", before_drop.isoformat(), "--to", str(target), "--yes")
+    (aside,) = data_home.glob("restored.backupd-replaced-*")
+    assert (aside / "notes.txt").read_text() == "someone's notes"
     assert "recovers to" in result.stdout
     server = recovered(matrix_bindir(17), target)
     server.wait_promoted(pitr_cluster)
