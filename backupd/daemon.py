@@ -38,6 +38,7 @@ from backupd.pitr.base import backup_dir_store, needs_base, run_base_backup
 from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.retention import prune as prune_pitr
+from backupd.pitr.store import failures as pitr_failures
 from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
@@ -51,6 +52,7 @@ MONITOR_SCHEDULE = "7 * * * *"  # hourly: warnings and staleness reach people wi
 JobFunction = Callable[[datetime | None], Any]
 
 TOOLS_VIEW_SECONDS = 60.0
+PITR_BASE_RETRY = 600.0  # seconds before a failed base backup is tried again
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -220,7 +222,8 @@ class Daemon:
         """On its schedule; at start and after a gap only when no base backup recovers to
         the newest WAL. The stream runs first, so the WAL from the backup's start on arrives."""
         assert self.receiver is not None
-        if scheduled_for is None and not needs_base(backup_dir_store(self.settings)):
+        if scheduled_for is None and not needs_base(backup_dir_store(self.settings)) \
+                and "base" not in pitr_failures(self.settings.backup_dir):
             return True
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
@@ -235,6 +238,11 @@ class Daemon:
         return True
 
     def pitr_base_soon(self) -> None:
+        """After a gap, or while no base backup recovers to the stream; a failed one is tried
+        again after PITR_BASE_RETRY, not at every check."""
+        failed = pitr_failures(self.settings.backup_dir).get("base")
+        if failed and (utc_now() - (parse_iso(failed["time"]) or utc_now())).total_seconds() < PITR_BASE_RETRY:
+            return
         state = self.jobs["pitr-base"]
         self.scheduler.add_job(self._wrap(state, self._pitr_base, scheduled=False), id="pitr-base-after-gap",
                                name="pitr-base (after a gap)", next_run_time=datetime.now(UTC), replace_existing=True)

@@ -27,7 +27,7 @@ from backupd.errors import BackupdError
 from backupd.logging import get_logger
 from backupd.pitr import cluster, wal
 from backupd.pitr.archiver import archive_completed, archive_partial, remove_stale_temporaries
-from backupd.pitr.store import Store, clear_failure, record_failure
+from backupd.pitr.store import Store, clear_failure, failures, record_failure
 from backupd.postgres import Server
 from backupd.process import Child, spawn
 from backupd.repository import iso, utc_now
@@ -144,6 +144,8 @@ class Receiver:
                     checked = time.monotonic()
                     if store.window() is None:  # a segment went missing, or the base backup failed
                         self.on_gap("no base backup recovers to the newest WAL")
+                    elif "base" in failures(self.settings.backup_dir):
+                        self.on_gap("the last base backup failed")
                 self.stopping.wait(1.0)
         finally:
             self._stop_child()
@@ -179,6 +181,7 @@ class Receiver:
             store.ensure()
             self._hold(store)
             store.remember_cluster(info.segment_size, info.major)
+            _remove_unpadded_segment(store)
             found = cluster.slot(conn, self.settings.pitr_slot)
             if found is not None and found.lost:
                 if found.active_pid is not None:  # a walsender that can send nothing more
@@ -271,6 +274,16 @@ class Receiver:
         with self._lock:
             for key, value in values.items():
                 setattr(self, key, value)
+
+
+def _remove_unpadded_segment(store: Store) -> None:
+    """pg_receivewal fills a new segment file with zeros before it writes into it; when that
+    fails (a full disk) the file is left shorter, and every later start refuses it ("has N
+    bytes, should be 0 or 16777216"). Such a file holds nothing received: it goes."""
+    for name, path in store.received().items():
+        if wal.PARTIAL.fullmatch(name) and path.stat().st_size not in (0, store.segment_size):
+            log.warning("removing a WAL segment file whose preallocation failed; it holds no WAL", file=name)
+            path.unlink()
 
 
 def _rolled_back(store: Store, info: cluster.ClusterInfo, position: int) -> int | None:

@@ -242,7 +242,8 @@ def test_the_runbook_brings_a_database_back_to_one_second_before_a_mistake(pitr_
                    '"$PGDATA"/backupd-replaced-* "$PGDATA"/backupd-replaced-*/PG_VERSION "$PGDATA"/backupd_wal')
     owners = [line.split()[0] for line in left.stdout.splitlines()]
     assert owners == ["postgres"] * 5, left.stdout
-    compose(*readme("""dc exec db sh -c 'rm -rf "$PGDATA"/backupd-replaced-* "$PGDATA"/backupd_wal'"""))
+    compose(*readme("""dc exec db sh -c 'rm -rf "$PGDATA"/backupd-replaced-* "$PGDATA".backupd-replaced-* """
+                    """"$PGDATA"/backupd_wal'"""))
     compose(*readme("dc start backup app"), timeout=120)
 
     # backupd finds the slot missing (a base backup has no slots): a gap, a new slot, a new base

@@ -35,6 +35,17 @@ def table_locked(cluster: Cluster, dbname: str, table: str = "items"):
         conn.close()
 
 
+@contextmanager
+def small_disk(folder: Path, size: str, mode: str = "0700"):
+    """A tmpfs of ``size`` mounted on a new ``folder``: a disk that fills up for real."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 def start_backupd(env: dict[str, str], *args: str) -> subprocess.Popen:
     full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8", **env}
     return subprocess.Popen([sys.executable, "-m", "backupd", *args], env=full, cwd=REPO,

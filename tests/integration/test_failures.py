@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.integration.helpers import leftovers, make_database, start_backupd, table_locked, wait_for_child
+from tests.integration.helpers import leftovers, make_database, small_disk, start_backupd, table_locked, wait_for_child
 from tests.pg import free_port
 
 
@@ -81,11 +81,8 @@ def test_some_databases_failing_keeps_the_good_ones(cluster, backupd, small_db):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_disk(tmp_path / "tiny", "2m") as mount:
+        yield mount
 
 
 def test_full_disk_fails_cleanly_and_keeps_older_backups(cluster, env, tiny_disk):

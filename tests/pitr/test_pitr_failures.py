@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Backupd
 from tests.integration.daemon_helpers import RunningDaemon
-from tests.integration.helpers import descendants
+from tests.integration.helpers import descendants, small_disk
 from tests.pitr.helpers import commit, make_shop, pitr_view, rows, settle, wait_for_window, write_wal
 
 
@@ -186,23 +186,20 @@ def test_two_daemons_one_slot_only_one_streams(pitr_cluster, pitr_env, pitr_back
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def pitr_disk(tmp_path):
+    with small_disk(tmp_path / "small", "96m", mode="0755") as mount:
+        yield mount
 
 
-def test_a_full_disk_stops_the_stream_visibly_and_it_resumes_without_a_gap(pitr_cluster, pitr_env, small_disk,
+def test_a_full_disk_stops_the_stream_visibly_and_it_resumes_without_a_gap(pitr_cluster, pitr_env, pitr_disk,
                                                                             data_home, recovered):
     make_shop(pitr_cluster)
-    env = {**pitr_env, "BACKUP_DIR": str(small_disk / "backups")}
+    env = {**pitr_env, "BACKUP_DIR": str(pitr_disk / "backups")}
     daemon = RunningDaemon(env)
     try:
         wait_for_window(daemon)
         commit(pitr_cluster, 1)
-        filler = small_disk / "filler"
+        filler = pitr_disk / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)  # until it is full
         write_wal(pitr_cluster, 40)
         status, reasons = daemon.wait_until(lambda: (r := health_reasons(daemon))[0] == 503 and r, 90, "unhealthy")
