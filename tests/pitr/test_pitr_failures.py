@@ -206,10 +206,15 @@ def test_a_full_disk_stops_the_stream_visibly_and_it_resumes_without_a_gap(pitr_
         assert "BACKUP_DIR" in reasons or "WAL stream" in reasons, reasons
         filler.unlink()
         last = commit(pitr_cluster, 2)
-        wait_for_window(daemon, last, timeout=120)
-        daemon.wait_until(lambda: health_reasons(daemon)[0] == 200, 60, "healthy again")
+        try:
+            wait_for_window(daemon, last, timeout=150)
+            daemon.wait_until(lambda: health_reasons(daemon)[0] == 200, 90, "healthy again")
+        except AssertionError as err:
+            raise AssertionError(f"{err}: {health_reasons(daemon)}; {pitr_view(daemon)}") from None
         assert pitr_view(daemon)["gaps"] == []
     finally:
-        assert daemon.stop() == 0, daemon.stderr
+        code = daemon.stop()
+        print(daemon.stderr[-6000:])
+        assert code == 0
     server = restore_latest(Backupd(env), data_home, recovered, pitr_cluster)
     assert rows(server.as_cluster(pitr_cluster)) == [1, 2]
