@@ -40,33 +40,43 @@ def compose_plugin(config: Path) -> None:
 SUITES = [("trixie", 17), ("forky", 18)]
 
 
-@pytest.fixture(scope="module", params=SUITES, ids=[f"pg{major}-{suite}" for suite, major in SUITES])
-def stack(request, tmp_path_factory):
-    suite, major = request.param
+def project(tmp_path_factory, suite: str, major: int, settings: str, name: str):
+    """The project copied into a folder of its own with ``settings`` as its .env, the base
+    image of ``suite`` built, and ``compose(*args)``: the README's ``docker compose`` with the
+    CI file on top, a project name of its own and its own ports. Returns (compose, password,
+    the database's port)."""
     ensure_engine()
     ensure_busybox()
     subprocess.run([str(REPO / "deploy/ci/build-base-image.sh"), suite], check=True, timeout=900)
-    work = tmp_path_factory.mktemp("stack")
-    for name in PROJECT_FILES:
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
+    work = tmp_path_factory.mktemp(name)
+    for file in PROJECT_FILES:
+        source = REPO / file
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / file)
     password = uuid.uuid4().hex
-    (work / ".env").write_text(f"DB_PASSWORD={password}\nBACKUP_ON_START=true\nLOG_FORMAT=json\n")
+    (work / ".env").write_text(f"DB_PASSWORD={password}\n{settings}")
     config = tmp_path_factory.mktemp("docker-config")
     compose_plugin(config)
-    env = {**os.environ, "DOCKER_CONFIG": str(config), "DOCKER_BUILDKIT": "1", "CI_PG_PORT": str(free_port()),
+    port = free_port()
+    env = {**os.environ, "DOCKER_CONFIG": str(config), "DOCKER_BUILDKIT": "1", "CI_PG_PORT": str(port),
            "CI_HTTP_PORT": str(free_port()), "DB_PASSWORD": password, "CI_SUITE": suite,
            "CI_PG_MAJOR": str(major)}
-    project = f"backupd-e2e-{uuid.uuid4().hex[:6]}"
-    base = ["docker", "compose", "-p", project, "-f", "compose.yaml", "-f", "compose.backup.yaml",
-            "-f", "deploy/ci/compose.ci.yaml"]
+    base = ["docker", "compose", "-p", f"backupd-{name}-{uuid.uuid4().hex[:6]}", "-f", "compose.yaml",
+            "-f", "compose.backup.yaml", "-f", "deploy/ci/compose.ci.yaml"]
 
     def compose(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([*base, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run([*base, *args], cwd=work, env=env, capture_output=True, text=True,
+                                timeout=timeout, stdin=subprocess.DEVNULL)
         if check:
             assert result.returncode == 0, f"docker compose {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
         return result
 
+    return compose, password, port
+
+
+@pytest.fixture(scope="module", params=SUITES, ids=[f"pg{major}-{suite}" for suite, major in SUITES])
+def stack(request, tmp_path_factory):
+    suite, major = request.param
+    compose, password, _ = project(tmp_path_factory, suite, major, "BACKUP_ON_START=true\nLOG_FORMAT=json\n", "e2e")
     up = compose("up", "-d", "--build", "--wait", timeout=1200, check=False)
     try:
         assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}\n" + compose("logs", check=False).stdout

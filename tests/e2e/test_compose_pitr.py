@@ -10,12 +10,9 @@ a postgres:17 volume is mounted at /var/lib/postgresql/data, which is also PGDAT
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,9 +21,7 @@ import psycopg
 import pytest
 
 from tests.conftest import REPO
-from tests.dockerd import ensure_busybox, ensure_engine
-from tests.e2e.test_compose import PROJECT_FILES, compose_plugin
-from tests.pg import free_port
+from tests.e2e.test_compose import project
 
 SUITE, MAJOR = "trixie", 17
 DATA = "/var/lib/postgresql/data"  # where the db service mounts db-data, and PGDATA (postgres:17 and older)
@@ -96,33 +91,8 @@ def parse_utc(text: str) -> datetime:
 def pitr_stack(tmp_path_factory):
     """The project, copied, with PITR_ENABLED=true in .env; nothing started yet (the test
     starts the database first, as a user turning PITR on for a running stack)."""
-    ensure_engine()
-    ensure_busybox()
-    subprocess.run([str(REPO / "deploy/ci/build-base-image.sh"), SUITE], check=True, timeout=900)
-    work = tmp_path_factory.mktemp("pitr-stack")
-    for name in PROJECT_FILES:
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
-    password = uuid.uuid4().hex
-    (work / ".env").write_text(f"DB_PASSWORD={password}\nPITR_ENABLED=true\nLOG_FORMAT=json\n")
-    config = tmp_path_factory.mktemp("docker-config")
-    compose_plugin(config)
-    port = free_port()
-    env = {**os.environ, "DOCKER_CONFIG": str(config), "DOCKER_BUILDKIT": "1", "CI_PG_PORT": str(port),
-           "CI_HTTP_PORT": str(free_port()), "DB_PASSWORD": password, "CI_SUITE": SUITE,
-           "CI_PG_MAJOR": str(MAJOR)}
-    project = f"backupd-e2e-pitr-{uuid.uuid4().hex[:6]}"
-    # `dc` of the README, plus the CI file and a project name of its own.
-    base = ["docker", "compose", "-p", project, "-f", "compose.yaml", "-f", "compose.backup.yaml",
-            "-f", "deploy/ci/compose.ci.yaml"]
-
-    def compose(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([*base, *args], cwd=work, env=env, capture_output=True, text=True,
-                                timeout=timeout, stdin=subprocess.DEVNULL)
-        if check:
-            assert result.returncode == 0, f"docker compose {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-        return result
-
+    compose, password, port = project(tmp_path_factory, SUITE, MAJOR, "PITR_ENABLED=true\nLOG_FORMAT=json\n",
+                                      "e2e-pitr")
     try:
         yield Stack(compose, password, port)
     finally:
