@@ -8,8 +8,9 @@ Starts a throwaway server of ``--major`` from the test matrix (scripts/bootstrap
 runs ``backupd run`` with PITR on (its WAL stream, and the base backup it takes at start)
 until /status shows a recovery window. Then, beside the running daemon:
 
-1. ``backupd pitr base`` against bare ``pg_basebackup -D - -Ft -X fetch -c fast > /dev/null``,
-   interleaved, the minimum of ``--runs``: time, ratio, stored size, peak RSS;
+1. ``backupd pitr base`` against bare ``pg_basebackup -D - -Ft -X fetch -c fast > /dev/null``
+   (the extraction limit) and the peer ``pg_basebackup ... | zstd -3 -T<cpus> > file`` (what
+   compression alone costs), interleaved, the minimum of ``--runs``: time, ratio, size, peak RSS;
 2. ``--updates`` single-row updates, each its own transaction, so there is WAL to replay;
    once the stream has it (the slot and the window's end are past it) the daemon stops;
 3. the RTO, the minimum of ``--runs``: "build" is ``backupd pitr restore --time latest
@@ -232,31 +233,42 @@ def main() -> None:
         print(f"daemon streaming, first base backup done, window after {time.monotonic() - started:.0f}s", flush=True)
 
         # 1. Base backups, interleaved, beside the running stream.
+        # The peer: the same tar through the same zstd (backupd's default, level 3, a thread per
+        # CPU) into a file: what compression alone costs, apart from backupd's own work.
+        basebackup = f"{bindir}/pg_basebackup -D - -Ft -X fetch -c fast"
+        cpus = os.cpu_count() or 1
         bare = f"bare pg_basebackup -D - -Ft -X fetch -c fast > /dev/null (PostgreSQL {args.major})"
+        peer = f"peer: pg_basebackup -D - -Ft -X fetch -c fast | zstd -3 -T{cpus} > file"
         ours = "backupd pitr base (through zstd and sha256 into BACKUP_DIR, fsynced)"
         pipelines = {
-            bare: (shell(f"{bindir}/pg_basebackup -D - -Ft -X fetch -c fast > /dev/null"), libpq),
+            bare: (shell(f"{basebackup} > /dev/null"), libpq),
+            peer: (shell(f"{basebackup} | zstd -q -3 -T{cpus} > {work}/peer.tar.zst"), libpq),
             ours: (backupd("pitr", "base"), env),
         }
         times: dict[str, list[float]] = {name: [] for name in pipelines}
         rss: dict[str, int] = {}
         inner: list[float] = []
-        stored = 0
+        stored = peer_size = 0
         for _ in range(args.runs):
             for name, (argv, run_env) in pipelines.items():
                 daemon.alive()
                 seconds, peak = timed(argv, run_env)
                 times[name].append(seconds)
                 rss[name] = max(rss.get(name, 0), peak)
+                if name == peer:
+                    peer_size = (work / "peer.tar.zst").stat().st_size
+                    (work / "peer.tar.zst").unlink()
                 if name == ours:
                     manifest = newest_base_manifest(repo)
                     inner.append(manifest["duration_seconds"])
                     stored = manifest["size"]
-        rows = [(bare, min(times[bare]), None, rss[bare]), (ours, min(times[ours]), stored, rss[ours]),
+        rows = [(bare, min(times[bare]), None, rss[bare]), (peer, min(times[peer]), peer_size, rss[peer]),
+                (ours, min(times[ours]), stored, rss[ours]),
                 ("backupd: the base backup itself (manifest duration, no process start)", min(inner), stored, None)]
         print_table(f"base backup of a {size / 1e9:.2f} GB cluster, {os.cpu_count()} CPUs, minimum of "
                     f"{args.runs} interleaved runs (the daemon's WAL stream running beside)", rows, rows[0][1])
-        print(f"\nstored: {stored / 1e6:.1f} MB, {size / stored:.2f}:1 against the cluster's databases", flush=True)
+        print(f"\nstored: {stored / 1e6:.1f} MB, {size / stored:.2f}:1 against the cluster's databases; "
+              f"backupd against the peer: {min(times[ours]) / min(times[peer]):.2f}x", flush=True)
 
         # 2. WAL to replay, until the stream has it all; then the daemon stops.
         marker, wal_bytes, end_lsn = write_wal(cluster, args.updates)
