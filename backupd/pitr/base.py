@@ -172,7 +172,7 @@ def _json(data: dict) -> str:
 
 def needs_base(store: Store | None) -> bool:
     """No base backup that recovers to the newest WAL: one is due now."""
-    return store is None or not any(store.usable(b) for b in store.bases())
+    return store is None or store.window() is None
 
 
 def backup_dir_store(settings) -> Store | None:

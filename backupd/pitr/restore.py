@@ -115,8 +115,7 @@ def choose_base(store: Store, target: datetime | None) -> Base:
         if target > window.end:
             raise RefusedError(f"--time {iso(target)} is after the newest WAL received, at {iso(window.end)}: "
                                "use --time latest for everything there is")
-    numbers = store.segment_numbers()
-    usable = [b for b in store.bases() if store.usable(b, numbers)]
+    usable = store.usable_bases()
     if target is None:
         return usable[0]
     return next(b for b in usable if b.stop_time <= target)

@@ -22,14 +22,14 @@ def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool 
                               "window": None, "base_backups": [], "gaps": [], "last_drill": None,
                               "failures": failures(settings.backup_dir), "receiver": receiver}
     if store is not None:
-        numbers = store.segment_numbers()
+        usable = {b.id for b in store.usable_bases()}
         window = store.window()
         report.update({
             "system_identifier": store.system_identifier,
             "window": {"start": iso(window.start), "end": iso(window.end), "base": window.base.id} if window else None,
             "newest_received": iso(store.newest_received_time()),
             "wal_files": len(store.archived()),
-            "base_backups": [{**b.summary(), "usable": store.usable(b, numbers)} for b in store.bases()],
+            "base_backups": [{**b.summary(), "usable": b.id in usable} for b in store.bases()],
             "gaps": store.gaps(), "last_drill": store.last_drill()})
     if ask_server:
         report["server"] = _ask_server(settings)

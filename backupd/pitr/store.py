@@ -189,12 +189,12 @@ class Store:
         path = self.timeline_path() if path is None else path
         return [timeline for timeline, begin in path if begin <= lsn][-1]
 
-    def segments(self) -> dict[int, tuple[str, Path, bool]]:
+    def segments(self, path: list[tuple[int, int]] | None = None) -> dict[int, tuple[str, Path, bool]]:
         """The WAL recovery reads, by segment number: (segment name, file, stored by backupd),
         only on the newest timeline's path. Of several copies of one segment, a complete one
         wins over a partial, and the receiver's live partial over one kept from a broken
         stream."""
-        path = self.timeline_path()
+        path = self.timeline_path() if path is None else path
         size = self.segment_size
         found: dict[int, tuple[int, tuple[str, Path, bool]]] = {}
         candidates = [(name, p, True) for name, p in self.archived().items()]
@@ -210,9 +210,6 @@ class Store:
             if segno not in found or rank < found[segno][0]:
                 found[segno] = (rank, (plain, file, stored))
         return {segno: entry for segno, (_, entry) in found.items()}
-
-    def segment_numbers(self) -> set[int]:
-        return set(self.segments())
 
     def newest_received_time(self) -> datetime | None:
         """When WAL last reached BACKUP_DIR: the receiver writes (and fsyncs) as it receives."""
@@ -232,27 +229,29 @@ class Store:
         gaps = [*self.gaps(), {"time": iso(when), "reason": reason}]
         write_json_atomically(self.root / "gaps.json", json.dumps(gaps, indent=2))
 
-    def missing_segments(self, base: Base, numbers: set[int] | None = None) -> list[int]:
-        """Segment numbers missing between ``base``'s start and the newest WAL here."""
-        numbers = self.segment_numbers() if numbers is None else numbers
+    @staticmethod
+    def missing_segments(base: Base, numbers: set[int]) -> list[int]:
+        """Segment numbers missing between ``base``'s start and the newest of ``numbers``."""
         newest = max(numbers, default=base.start_segno)
         return [n for n in range(base.start_segno, newest + 1) if n not in numbers]
 
-    def usable(self, base: Base, numbers: set[int] | None = None) -> bool:
-        """A base backup recovers to the newest WAL: no gap after it began, no segment missing,
-        and it lies on the newest timeline's path (not on a branch a restore abandoned)."""
-        if any(parse_iso(g["time"]) >= base.start_time for g in self.gaps()):  # type: ignore[operator]
-            return False
-        if self.timeline_at(wal.parse_lsn(base.manifest["start_lsn"])) != base.manifest["timeline"]:
-            return False
-        return not self.missing_segments(base, numbers)
+    def usable_bases(self) -> list[Base]:
+        """The base backups that recover to the newest WAL, newest first: no gap after one
+        began, no segment missing, and it lies on the newest timeline's path (not on a branch
+        a restore abandoned). The folders and the histories are read once for all of them."""
+        gaps = [parse_iso(g["time"]) for g in self.gaps()]
+        path = self.timeline_path()
+        numbers = set(self.segments(path))
+        return [b for b in self.bases()
+                if not any(gap >= b.start_time for gap in gaps)  # type: ignore[operator]
+                and self.timeline_at(wal.parse_lsn(b.manifest["start_lsn"]), path) == b.manifest["timeline"]
+                and not self.missing_segments(b, numbers)]
 
     def window(self) -> Window | None:
         """The moments a restore can reach now: from the end of the oldest usable base backup
         to the newest WAL received. None when there is no such base backup."""
         end = self.newest_received_time()
-        numbers = self.segment_numbers()
-        usable = [b for b in self.bases() if self.usable(b, numbers)]
+        usable = self.usable_bases()
         if not usable or end is None:
             return None
         oldest = usable[-1]
