@@ -15,10 +15,13 @@ from backupd.pgtools import Tools
 from backupd.repository import Repository, pending_path
 from backupd.stream import COMPRESSIONS, Compression
 
-# pg_dump compresses its own custom-format archive with zstd from major 16 on. At level 3
-# (the default) it is as fast as the external stage, 3% smaller, and the stored file stays
+# pg_dump compresses its own custom-format archive with zstd from major 16 on. At the fast
+# levels it is as fast as the external stage or faster, smaller, and the stored file stays
 # a seekable archive: pg_restore -j and the table-of-contents check read it in place, with
 # no staging. At level 9 the external zstd's threads are 27% faster (bench/dump_compression.py).
+# Its default level is 2: on both kinds of bench data as fast as its level 1 and, unlike
+# level 1, smaller than the seeds' gzip -9 (bench/compression_level.py, bench/README.md).
+INSIDE_ZSTD_DEFAULT_LEVEL = 2
 INSIDE_MAX_LEVEL = 3
 
 
@@ -28,25 +31,44 @@ class Transform:
         self.compression: Compression = COMPRESSIONS[settings.backup_compression]
         self.recipients: tuple[str, ...] = tuple(settings.backup_encryption_recipients)
         self.inside = False  # pg_dump compresses the archive itself (for_dump)
+        self.pg_dump_major = 0
 
     @property
     def level(self) -> int:
         level = self.settings.backup_compression_level
-        return self.compression.default_level if level is None else level
+        if level is not None:
+            return level
+        if self.inside and self.compression.name == "zstd":
+            return INSIDE_ZSTD_DEFAULT_LEVEL
+        return self.compression.default_level
 
     def for_dump(self, fmt: str, tools: Tools) -> Transform:
-        """The transform of one database dump: compression inside pg_dump where that is as
-        fast (custom format, zstd, pg_dump 16 or newer, a fast level), else this one."""
-        if not (fmt == "custom" and self.compression.name == "zstd" and tools.major >= 16
-                and self.level <= INSIDE_MAX_LEVEL):
+        """The transform of one database dump: compression inside pg_dump where that pays,
+        else this one.
+
+        - custom format: zstd, pg_dump 16 or newer, a fast level (as fast, and seekable);
+        - directory format: whenever pg_dump can write the compression asked for (gzip on
+          every major, zstd from 16 on). Its ``-j`` workers then compress in parallel, each
+          beside its own COPY, and the tar that packs their files is not compressed again."""
+        name, major = self.compression.name, tools.major
+        if fmt == "custom":
+            inside = name == "zstd" and major >= 16 and self.level <= INSIDE_MAX_LEVEL
+        elif fmt == "directory":
+            inside = name == "gzip" or (name == "zstd" and major >= 16)
+        else:
+            inside = False
+        if not inside:
             return self
-        inside = copy.copy(self)
-        inside.inside = True
-        return inside
+        transform = copy.copy(self)
+        transform.inside, transform.pg_dump_major = True, major
+        return transform
 
     def pg_dump_compress(self) -> str:
-        """pg_dump's --compress value: its own zstd, or none (the stage after it compresses)."""
-        return f"zstd:{self.level}" if self.inside else "0"
+        """pg_dump's --compress value: its own compression, or none (the stage after it compresses)."""
+        if not self.inside:
+            return "0"
+        # Before 16, --compress takes only a gzip level.
+        return f"{self.compression.name}:{self.level}" if self.pg_dump_major >= 16 else str(self.level)
 
     @property
     def stream_compression(self) -> Compression:
@@ -60,8 +82,7 @@ class Transform:
     def compressor(self) -> list[tuple]:
         if self.inside:
             return []
-        argv = self.compression.compress_argv(self.settings.backup_compression_level,
-                                              self.settings.backup_compression_threads)
+        argv = self.compression.compress_argv(self.level, self.settings.backup_compression_threads)
         return [(argv[0], argv)] if argv else []
 
     def encryptor(self) -> list[tuple]:

@@ -350,10 +350,13 @@ def _lock_key(text: str) -> int:
 
 
 @contextmanager
-def advisory_lock(server: Server, job: str, name: str, wait_seconds: float = 0.0) -> Iterator[bool]:
+def advisory_lock(server: Server, job: str, name: str,
+                  wait_seconds: float = 0.0) -> Iterator[psycopg.Connection | None]:
     """Hold a session-level advisory lock keyed by (job, database) on the server itself,
     so two daemons pointed at one PostgreSQL never run the same job on the same
-    database at once. Yields whether the lock was taken (waiting up to ``wait_seconds``)."""
+    database at once. Yields the connection holding it (to the ``postgres`` database, free
+    for other queries, so a job needs no second one), or None when another holder kept it
+    for ``wait_seconds``."""
     conn = server.wait_connect("postgres")
     try:
         keys = (_lock_key(f"backupd:{job}"), _lock_key(name))
@@ -365,7 +368,7 @@ def advisory_lock(server: Server, job: str, name: str, wait_seconds: float = 0.0
             if reason := cancel.requested():
                 raise Aborted(reason)
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.05)))
-        yield taken
+        yield conn if taken else None
     finally:
         conn.close()  # ending the session releases the lock
 

@@ -40,7 +40,11 @@ class Compression:
     def compress_argv(self, level: int | None, threads: int) -> list[str] | None:
         level = self.default_level if level is None else level
         if self.name == "zstd":
-            return ["zstd", "-q", f"-{level}", f"-T{threads}", "-c"]
+            # A long window finds the repeats a dump is full of (the same texts, keys and
+            # values far apart) at no measurable cost at the fast levels; its 16 MiB stay well
+            # within the 128 MiB that ``zstd -d`` accepts without flags.
+            window = [f"--long={ZSTD_LONG_WINDOW_LOG}"] if level <= ZSTD_LONG_MAX_LEVEL else []
+            return ["zstd", "-q", f"-{level}", *window, f"-T{threads}", "-c"]
         if self.name == "gzip":
             if threads > 1 and shutil.which("pigz"):
                 return ["pigz", f"-{level}", f"-p{threads}", "-c"]
@@ -60,10 +64,15 @@ class Compression:
         }.get(self.name)
 
 
-# Default levels favour throughput: zstd's low levels keep up with pg_dump on two
-# cores and still compress better than gzip -6 (measured in bench/).
+ZSTD_LONG_WINDOW_LOG = 24
+ZSTD_LONG_MAX_LEVEL = 3
+
+# Default levels favour throughput. zstd's was chosen on two kinds of data, 2 CPUs
+# (bench/compression_level.py; the figures and the reasons are in bench/README.md):
+# level 1 with a 16 MiB window is as fast as plain level 1 and, unlike it, smaller than
+# the seeds' gzip -9 on both; when pg_dump compresses itself (artifact.py) it is level 2.
 COMPRESSIONS = {
-    "zstd": Compression("zstd", ".zst", 3),
+    "zstd": Compression("zstd", ".zst", 1),
     "gzip": Compression("gzip", ".gz", 6),
     "bzip2": Compression("bzip2", ".bz2", 9),
     "xz": Compression("xz", ".xz", 3),
@@ -94,17 +103,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Written data is handed to the disk in windows of this size while the stream goes on.
+WRITEBACK_WINDOW = 8 << 20
+
+
 class AtomicFile:
     """A hidden ``.<name>.partial`` beside ``final``; ``commit`` fsyncs and renames it.
 
     Until committed, the file does not look like anything: leaving the context
     without committing removes it.
+
+    While it is written, each full window is pushed to the disk at once (``POSIX_FADV_DONTNEED``
+    starts the writeback of dirty pages and drops the clean ones), so the final fsync only
+    waits for the last window instead of the whole file, and a backup does not push the
+    database's own pages out of the page cache it shares with the server.
     """
 
     def __init__(self, final: Path):
         self.final = final
         self.partial = final.with_name(f".{final.name}.partial")
         self.file: BinaryIO | None = None
+        self._written = 0
+        self._pushed = 0  # where the window not yet handed to the disk starts
 
     def __enter__(self) -> AtomicFile:
         fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -117,6 +137,20 @@ class AtomicFile:
         while view:
             written = self.file.write(view)
             view = view[written:]
+            self._written += written
+        if self._written - self._pushed >= WRITEBACK_WINDOW:
+            self._push()
+
+    def _push(self) -> None:
+        # The window before this one was handed over a window ago: its pages are clean
+        # by now and are dropped; this one's writeback starts.
+        assert self.file is not None, "write inside the with block"
+        start = max(self._pushed - WRITEBACK_WINDOW, 0)
+        try:
+            os.posix_fadvise(self.file.fileno(), start, self._written - start, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass  # only advice: the fsync in commit() is what makes the file durable
+        self._pushed = self._written
 
     def commit(self) -> None:
         assert self.file is not None, "commit inside the with block"

@@ -48,3 +48,29 @@ def print_table(title: str, rows: list[tuple], baseline: float) -> None:
         size_text = f"{size / 1e6:.1f} MB" if size else "—"
         rss_text = f"{rss / 1024:.0f} MB" if rss else "—"
         print(f"| {cell} | {seconds:.2f} s | {seconds / baseline:.2f}x | {size_text} | {rss_text} |", flush=True)
+
+
+class Scheduled:
+    """backupd's backup as the daemon runs it (bench/scheduled.py): one warm process, a
+    backup per ``run()``. Use as a context manager; ``run()`` returns (seconds, peak RSS KiB)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+    def __enter__(self) -> Scheduled:
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench/scheduled.py")], env=self.env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def run(self) -> tuple[float, int]:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().split()
+        if len(answer) != 2:
+            self.proc.kill()
+            raise SystemExit(f"the scheduled backup failed: {' '.join(answer) or 'no answer'}")
+        return float(answer[0]), int(answer[1])
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)

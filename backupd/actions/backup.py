@@ -139,15 +139,23 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
     run = _Run(settings, server, repo, Transform(settings), server_text, tools,
                time.monotonic() + settings.backup_timeout, progress)
     result = BackupResult()
-    if settings.backup_globals:
-        result.globals = _guarded(repo, GLOBALS, "globals",
-                                  lambda: _backup_globals(run, superuser, label, scheduled_for))
-    globals_id = result.globals.backup_id if result.globals and result.globals.ok else None
-    with ThreadPoolExecutor(max_workers=settings.backup_concurrency, thread_name_prefix="backup") as pool:
-        result.outcomes = list(pool.map(
-            lambda name: _guarded(repo, name, "database",
-                                  lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
-            [name for name in names if name not in dict(stranded)]))
+    # The roles dump runs beside the first database dump, not before it: it is small, and
+    # only the manifests need its id, when they are written at the end of each dump.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="globals") as side:
+        roles = side.submit(_guarded, repo, GLOBALS, "globals",
+                            lambda: _backup_globals(run, superuser, label, scheduled_for)) \
+            if settings.backup_globals else None
+
+        def globals_id() -> str | None:
+            outcome = roles.result() if roles else None
+            return outcome.backup_id if outcome and outcome.ok else None
+
+        with ThreadPoolExecutor(max_workers=settings.backup_concurrency, thread_name_prefix="backup") as pool:
+            result.outcomes = list(pool.map(
+                lambda name: _guarded(repo, name, "database",
+                                      lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
+                [name for name in names if name not in dict(stranded)]))
+        result.globals = roles.result() if roles else None
     result.outcomes += [_guarded(repo, live, "database", partial(_stranded, live, now_named))
                         for live, now_named in stranded]
     repo.clear_failure(None)  # the server answered: a run-level failure is over
@@ -273,20 +281,19 @@ class _RowCounter(threading.Thread):
 
 
 def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: datetime | None,
-                     globals_id: str | None) -> Outcome:
+                     globals_id: Callable[[], str | None]) -> Outcome:
     settings, repo, server = run.settings, run.repo, run.server
     folder = repo.folder_for(name)
     started, clock = utc_now(), time.monotonic()
     # A scheduled run gives way to another daemon; a manual one waits its turn.
     wait = 0.0 if scheduled_for else max(run.remaining(), 0.0)
-    with advisory_lock(server, "backup", name, wait) as taken, repo.lock(folder, "backup"):
-        if not taken:
+    with advisory_lock(server, "backup", name, wait) as admin, repo.lock(folder, "backup"):
+        if admin is None:
             return Outcome(database=name, ok=True, skipped="another backupd is backing up this database")
         if scheduled_for and any(b.manifest.get("scheduled_for") == iso(scheduled_for) for b in repo.backups(name)):
             return Outcome(database=name, ok=True, skipped=f"the backup scheduled for {iso(scheduled_for)} exists")
-        with server.wait_connect("postgres") as admin:
-            info = database_info(admin, name)
-            _check_room(repo, admin, name, folder)
+        info = database_info(admin, name)
+        _check_room(repo, admin, name, folder)
         backup_id, _ = repo.reserve_id(name)
         fmt = settings.backup_format
         transform = run.transform.for_dump(fmt, run.tools)
@@ -297,7 +304,7 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
                 counter = _RowCounter(snapshot, settings.backup_row_counts)
                 counter.start()
                 try:
-                    stream, contents = _dump(run, transform, name, fmt, snapshot.snapshot_id, pending)
+                    stream, contents = _dump(run, admin, transform, name, fmt, snapshot.snapshot_id, pending)
                 except BaseException:
                     counter.cancel()
                     raise
@@ -312,13 +319,13 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
             **run.manifest("database", backup_id, label, scheduled_for, started, clock, fmt, final, stream,
                            transform),
             "database": name, "database_info": info.to_json(),
-            "row_counts": settings.backup_row_counts, "tables": tables, "globals_id": globals_id,
+            "row_counts": settings.backup_row_counts, "tables": tables, "globals_id": globals_id(),
         })
     return Outcome(database=name, ok=True, backup_id=backup_id, size=stream.size,
                    seconds=time.monotonic() - clock, path=final)
 
 
-def _dump(run: _Run, transform: Transform, name: str, fmt: str, snapshot_id: str, final: Path):
+def _dump(run: _Run, admin, transform: Transform, name: str, fmt: str, snapshot_id: str, final: Path):
     """Dump into ``final``; returns the stream result, and the archive's contents when
     they were read on the way (directory format) or None."""
     settings, env, secrets = run.settings, run.server.libpq_env(name), run.server.secrets
@@ -342,7 +349,7 @@ def _dump(run: _Run, transform: Transform, name: str, fmt: str, snapshot_id: str
         return stream, inspector.result(final.name)
     # pg_dump -j writes a folder; it is staged beside the backup, then packed into one file.
     staging = final.with_name(f".{final.name}.staging")
-    _check_room_to_stage(run, name, final.parent)
+    _check_room_to_stage(admin, name, final.parent, transform.inside)
     try:
         dumper = Pipeline([("pg_dump", dump_argv(jobs=settings.backup_jobs, directory=staging))],
                           env=env, secrets=secrets, stdout=None)
@@ -378,15 +385,18 @@ def _check_room(repo: Repository, admin, name: str, folder: Path) -> None:
                         f"needed ({basis}), {free} are free")
 
 
-def _check_room_to_stage(run: _Run, name: str, folder: Path) -> None:
+def _check_room_to_stage(admin, name: str, folder: Path, compressed: bool) -> None:
+    """The staged folder and the file packed from it are on one disk until the folder goes:
+    uncompressed, the folder alone takes about the database's size; compressed by pg_dump,
+    both together take about half of it (a quarter each, as for a first backup)."""
     from psycopg import sql
 
-    with run.server.wait_connect("postgres") as conn:
-        (size,) = one(conn.execute(sql.SQL("SELECT pg_database_size({})").format(sql.Literal(name))))
+    (size,) = one(admin.execute(sql.SQL("SELECT pg_database_size({})").format(sql.Literal(name))))
+    needed = size // 2 if compressed else size
     free = shutil.disk_usage(folder).free
-    if free < size:
+    if free < needed:
         raise DumpError(f"not enough free space in {folder} to stage a directory-format dump of {name!r}: "
-                        f"the database takes {size} bytes, {free} are free")
+                        f"about {needed} bytes are needed (the database takes {size}), {free} are free")
 
 
 def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for: datetime | None) -> Outcome:

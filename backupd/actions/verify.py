@@ -111,8 +111,8 @@ def _verify(settings, repo: Repository, backup: Backup) -> tuple[str, str | None
     if backup.manifest.get("encryption") and not settings.identity:
         return UNVERIFIABLE, "encrypted, and BACKUP_ENCRYPTION_IDENTITY is not set: only the checksum was checked"
     server = Server.for_verification(settings)
-    with advisory_lock(server, "verify", backup.database) as taken:
-        if not taken:
+    with advisory_lock(server, "verify", backup.database) as locked:
+        if locked is None:
             return SKIPPED, "another backupd is verifying this database"
         drop_stale_scratch_databases(server, backup.database)
         scratch = scratch_name(backup.database)

@@ -48,3 +48,21 @@ def test_backup_restore_verify_and_swap_with_the_servers_own_tools(server, major
         conn.execute("CREATE TABLE written_after (id int)")
     major_backupd.ok("restore", backup["id"], "--yes")
     assert fingerprint(cluster, AWKWARD_DB) == at_backup
+
+
+def test_a_directory_dump_with_jobs_is_compressed_by_the_workers_and_restores_in_parallel(server, major_backupd):
+    major, cluster = server
+    create_awkward_database(cluster)
+    at_backup = fingerprint(cluster, AWKWARD_DB)
+    extra = {"DB_NAME": AWKWARD_DB, "BACKUP_FORMAT": "directory", "BACKUP_JOBS": "2"}
+    major_backupd.ok("backup", extra_env=extra)
+    backup = major_backupd.listing("--database", AWKWARD_DB)[0]
+    manifest = json.loads(Path(backup["file"]).with_name(Path(backup["file"]).name.split(".")[0] + ".json")
+                          .read_text())
+    # pg_dump writes zstd from 16 on: its workers compress, and the packed folder is not compressed again.
+    inside = major >= 16
+    assert manifest["compressed_by"] == ("pg_dump" if inside else "stream")
+    assert manifest["file"].endswith(".dir.tar" if inside else ".dir.tar.zst")
+    major_backupd.ok("restore", backup["id"], "--into", "directory_copy", "--jobs", "2")
+    assert fingerprint(cluster, "directory_copy")["data"] == at_backup["data"]
+    major_backupd.ok("verify", backup["id"])
