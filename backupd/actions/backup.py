@@ -146,8 +146,15 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
                             lambda: _backup_globals(run, superuser, label, scheduled_for)) \
             if settings.backup_globals else None
 
+        def roles_outcome() -> Outcome | None:
+            try:
+                return roles.result() if roles else None
+            except Exception as err:  # a bug, not a failed dump: the databases' backups still stand
+                log.error("the roles dump failed", error=str(err))
+                return Outcome(database=GLOBALS, ok=False, error=str(err))
+
         def globals_id() -> str | None:
-            outcome = roles.result() if roles else None
+            outcome = roles_outcome()
             return outcome.backup_id if outcome and outcome.ok else None
 
         with ThreadPoolExecutor(max_workers=settings.backup_concurrency, thread_name_prefix="backup") as pool:
@@ -155,7 +162,7 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
                 lambda name: _guarded(repo, name, "database",
                                       lambda: _backup_database(run, name, label, scheduled_for, globals_id)),
                 [name for name in names if name not in dict(stranded)]))
-        result.globals = roles.result() if roles else None
+        result.globals = roles_outcome()
     result.outcomes += [_guarded(repo, live, "database", partial(_stranded, live, now_named))
                         for live, now_named in stranded]
     repo.clear_failure(None)  # the server answered: a run-level failure is over
