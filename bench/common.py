@@ -74,3 +74,22 @@ class Scheduled:
     def __exit__(self, *exc) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+def interleaved(pipelines: dict[str, tuple[str, str | None]], env: dict[str, str], runs: int,
+                work: Path) -> list[tuple]:
+    """Run each shell ``script`` of ``{name: (script, output file in work or None)}`` ``runs``
+    times, interleaved; rows of (name, best seconds, output size, peak RSS KiB)."""
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    sizes: dict[str, int] = {}
+    rss: dict[str, int] = {}
+    for _ in range(runs):
+        for name, (script, output) in pipelines.items():
+            seconds, peak = timed(shell(script), env)
+            times[name].append(seconds)
+            rss[name] = max(rss.get(name, 0), peak)
+            if output:
+                sizes[name] = (work / output).stat().st_size
+                (work / output).unlink()
+            os.sync()  # the next pipeline must not wait for this one's writes to reach the disk
+    return [(name, min(times[name]), sizes.get(name), rss[name]) for name in pipelines]

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import libpq_env, print_table, shell, timed  # noqa: E402
+from common import interleaved, libpq_env, print_table  # noqa: E402
 
 
 def pg_dump_major(pg_dump: str) -> int:
@@ -56,20 +56,7 @@ def measure(database: str, pg_dump: str, runs: int) -> list[tuple]:
     work = Path(tempfile.mkdtemp(prefix="backupd-bench-level-", dir=os.environ.get("BENCH_DIR")))
     env = libpq_env(database)
     try:
-        pipelines = candidates(pg_dump, work)
-        times: dict[str, list[float]] = {name: [] for name in pipelines}
-        sizes: dict[str, int] = {}
-        rss: dict[str, int] = {}
-        for _ in range(runs):
-            for name, (script, output) in pipelines.items():
-                seconds, peak = timed(shell(script), env)
-                times[name].append(seconds)
-                rss[name] = max(rss.get(name, 0), peak)
-                if output:
-                    sizes[name] = (work / output).stat().st_size
-                    (work / output).unlink()
-                os.sync()  # the next pipeline must not wait for this one's writes to reach the disk
-        return [(name, min(times[name]), sizes.get(name), rss[name]) for name in pipelines]
+        return interleaved(candidates(pg_dump, work), env, runs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print_table, shell, timed  # noqa: E402
+from common import ROOT, interleaved, print_table, shell, timed  # noqa: E402
 
 
 def restores(pipelines: dict, bindir: Path, libpq: dict, work: Path, jobs: int, runs: int) -> tuple[list, float]:
@@ -77,18 +77,7 @@ def main() -> None:
             f"inside: pg_dump -Fc --compress=zstd:level={level},long":
                 (f"{pg_dump} -Fc --compress=zstd:level={level},long > {work}/c", "c"),
         }
-        times: dict[str, list[float]] = {name: [] for name in pipelines}
-        sizes: dict[str, int] = {}
-        rss: dict[str, int] = {}
-        for _ in range(args.runs):
-            for name, (script, output) in pipelines.items():
-                seconds, peak = timed(shell(script), libpq)
-                times[name].append(seconds)
-                rss[name] = max(rss.get(name, 0), peak)
-                if output:
-                    sizes[name] = (work / output).stat().st_size
-                    (work / output).unlink()
-        rows = [(name, min(times[name]), sizes.get(name), rss[name]) for name in pipelines]
+        rows = interleaved(pipelines, libpq, args.runs, work)
         print_table(f"custom-format dump of {args.size_mb} MB on PostgreSQL {args.major}, zstd level {level}, "
                     f"{cpus} CPUs, minimum of {args.runs} interleaved runs", rows, rows[0][1])
         print_table(f"restore with pg_restore -j {cpus} into a new database, minimum of {args.runs} runs",
