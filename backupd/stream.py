@@ -37,8 +37,7 @@ class Compression:
     suffix: str
     default_level: int
 
-    def compress_argv(self, level: int | None, threads: int) -> list[str] | None:
-        level = self.default_level if level is None else level
+    def compress_argv(self, level: int, threads: int) -> list[str] | None:
         if self.name == "zstd":
             # A long window finds the repeats a dump is full of (the same texts, keys and
             # values far apart) at no measurable cost at the fast levels; its 16 MiB stay well
