@@ -236,3 +236,10 @@ def test_the_cronjob_backs_up_then_replicates_and_never_overlaps():
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     (spec,) = pod_specs(cronjob)
     assert [c["args"] for c in containers(spec)] == [["backup"], ["replicate"]]
+    for container in containers(spec):
+        environ = environment(container, config_maps(documents()))
+        settings = load_settings({k: v for k, v in environ.items() if not k.endswith("_FILE")})
+        # Health (in the notifications a run sends) reads the schedule, and PITR needs a daemon.
+        assert (settings.backup_schedule, settings.backup_timezone) == (cronjob["spec"]["schedule"],
+                                                                      cronjob["spec"]["timeZone"])
+        assert settings.pitr_enabled is False
