@@ -133,6 +133,36 @@ def test_each_manifest_is_applied_as_it_is():
         assert (DEPLOY / variant / "kustomization.yaml").exists()
 
 
+def variant_documents(folder: Path) -> list[dict]:
+    """The documents `kubectl apply -k folder` applies (its resources, and theirs)."""
+    spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs = []
+    for resource in spec["resources"]:
+        path = (folder / resource).resolve()
+        docs += variant_documents(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_what_each_variant_refers_to_is_in_it():
+    """A name that another file does not define leaves the pod pending, with no error at apply."""
+    for variant in ("sidecar", "cronjob"):
+        docs = variant_documents(DEPLOY / variant)
+        defined = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+        for doc in docs:
+            for spec in pod_specs(doc):
+                wanted = {("ConfigMap", s["configMapRef"]["name"]) for c in containers(spec) for s in c["envFrom"]}
+                wanted |= {("Secret", v["secret"]["secretName"]) for v in spec["volumes"] if "secret" in v}
+                wanted |= {("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"])
+                           for v in spec["volumes"] if "persistentVolumeClaim" in v}
+                mounted = {m["name"] for c in containers(spec) for m in c["volumeMounts"]}
+                volumes = {v["name"] for v in spec["volumes"]}
+                volumes |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+                assert mounted <= volumes, f"{variant}: {mounted - volumes} mounted but not defined"
+                assert wanted <= defined, f"{variant}: {wanted - defined} not defined"
+            if doc["kind"] == "StatefulSet":
+                assert ("Service", doc["spec"]["serviceName"]) in defined
+
+
 # Variables ----------------------------------------------------------------------------------
 def test_manifests_name_only_variables_the_settings_know():
     texts = {path.name: path.read_text() for path in manifests()}
@@ -222,8 +252,7 @@ def test_liveness_never_restarts_a_daemon_for_old_or_failed_backups():
     """/healthz is 503 for an old backup: that may make the pod unready, never restart it."""
     (daemon,) = [c for _, _, c in backupd_containers() if c["args"] == ["run"]]
     assert daemon["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    for probe in ("livenessProbe", "startupProbe"):
-        assert "httpGet" not in daemon[probe], probe
+    assert "httpGet" not in daemon["livenessProbe"] and "httpGet" not in daemon.get("startupProbe", {})
     statefulset = next(doc for _, doc in documents() if doc["kind"] == "StatefulSet")
     assert statefulset["spec"]["replicas"] == 1
     assert statefulset["spec"]["podManagementPolicy"] == "Parallel"  # an unready pod blocks no update
