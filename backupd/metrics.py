@@ -34,7 +34,7 @@ from backupd.repository import Backup, Repository, parse_iso, utc_now
 
 LOCAL = "local"
 # The parts of a scrape that fail alone; each starts at 0 in backupd_metrics_errors_total.
-PARTS = ("repository", "backups", "verification", "replication", "volumes", "disk", "settings", "pitr")
+PARTS = ("repository", "backups", "verification", "replication", "volumes", "disk", "settings", "pitr", "health")
 
 log = get_logger("backupd.metrics")
 disable_created_metrics()  # *_created series only confuse dashboards here
@@ -301,6 +301,20 @@ class PitrCollector:
                                     "When the last PITR drill succeeded", value=success.timestamp())
 
 
+class HealthCollector:
+    """``backupd_healthy``: what /healthz says, so a fleet's health is one query."""
+
+    def __init__(self, health: Callable[[], tuple[bool, dict]], guard: Guard):
+        self.health, self.guard = health, guard
+
+    def describe(self):
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.guard.run("health", lambda: [GaugeMetricFamily(
+            "backupd_healthy", "1 when /healthz answers ok, 0 when unhealthy", value=float(self.health()[0]))])
+
+
 class Metrics:
     def __init__(self, repo: Repository, settings=None):
         self.registry = CollectorRegistry()
@@ -329,6 +343,9 @@ class Metrics:
 
     def add_pitr(self, receiver_state) -> None:
         self.registry.register(PitrCollector(self.repository.settings, receiver_state, self.guard))
+
+    def add_health(self, health: Callable[[], tuple[bool, dict]]) -> None:
+        self.registry.register(HealthCollector(health, self.guard))
 
     def render(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(self.errors_registry)

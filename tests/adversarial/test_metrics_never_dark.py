@@ -29,16 +29,17 @@ def dark_dbs(cluster):
     return FIRST, SECOND
 
 
+def start_without_root_powers(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """``backupd ARGS`` as root without the capabilities that let root ignore file modes, so
+    a folder of mode 000 is as unreadable to it as a folder owned by another user."""
+    full = {"PATH": os.environ["PATH"], "HOME": "/tmp", "LANG": "C.UTF-8", **env}
+    return subprocess.Popen([*WITHOUT_ROOT_POWERS, sys.executable, "-m", "backupd", *args], env=full, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.fixture
 def powerless(monkeypatch):
-    """``backupd run`` as root without the capabilities that let root ignore file modes, so
-    a folder of mode 000 is as unreadable to it as a folder owned by another user."""
-    def start(env: dict[str, str], *args: str):
-        full = {"PATH": os.environ["PATH"], "HOME": "/tmp", "LANG": "C.UTF-8", **env}
-        return subprocess.Popen([*WITHOUT_ROOT_POWERS, sys.executable, "-m", "backupd", *args], env=full, cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    monkeypatch.setattr(daemon_helpers, "start_backupd", start)
+    monkeypatch.setattr(daemon_helpers, "start_backupd", start_without_root_powers)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
