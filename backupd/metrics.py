@@ -13,6 +13,7 @@ the other parts answer.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +31,7 @@ from backupd.actions.replicate import read_runs
 from backupd.errors import RepositoryUnreadable
 from backupd.health import free_ratio, max_age
 from backupd.logging import get_logger
-from backupd.repository import Backup, Repository, parse_iso, utc_now
+from backupd.repository import PITR, Backup, Repository, parse_iso, utc_now
 
 LOCAL = "local"
 # The parts of a scrape that fail alone; each starts at 0 in backupd_metrics_errors_total.
@@ -118,6 +119,10 @@ class RepositoryReader:
         except RepositoryUnreadable:
             return Reading(_newest_first(b for known in self._known.values() for b in known), root_readable=False)
         unreadable = {p.path if p.path in folders else p.path.parent for p in problems if p.kind == "unreadable"}
+        # A folder that held backups and is now a link to nowhere (a disk not mounted) or a
+        # file is not a folder backupd can read; one that is gone altogether was deleted.
+        lost = [f for f in self._known if f not in folders and os.path.lexists(f)]
+        folders, unreadable = [*folders, *lost], unreadable | set(lost)
         known: dict[Path, list[Backup]] = {}
         for folder in folders:
             now = [b for b in backups if b.folder == folder]
@@ -126,9 +131,18 @@ class RepositoryReader:
                 now += [b for b in self._known.get(folder, []) if b.id not in ids]
             known[folder] = now
         self._known = known
-        return Reading(_newest_first(b for found in known.values() for b in found),
-                       {folder.relative_to(self.repo.root).as_posix(): folder not in unreadable
-                        for folder in folders})
+        readable = {folder.relative_to(self.repo.root).as_posix(): folder not in unreadable for folder in folders}
+        if (pitr := self.repo.root / PITR).exists():  # point-in-time recovery's own layout
+            readable[PITR] = _listable(pitr)
+        return Reading(_newest_first(b for found in known.values() for b in found), readable)
+
+
+def _listable(folder: Path) -> bool:
+    try:
+        os.listdir(folder)
+    except OSError:
+        return False
+    return True
 
 
 def _newest_first(backups: Iterable[Backup]) -> list[Backup]:

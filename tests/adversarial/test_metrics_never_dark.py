@@ -122,6 +122,48 @@ def test_an_unreadable_database_folder_keeps_its_series_and_is_named(env, backup
     assert "Traceback" not in daemon.stderr
 
 
+@pytest.mark.parametrize("replacement", ["a link to nowhere", "a file"])
+def test_a_database_folder_that_is_no_folder_any_more_keeps_its_series(env, backupd, backup_dir, dark_dbs,
+                                                                       replacement):
+    """A database's folder on another disk that is not mounted (a dangling link), or a file
+    in its place: its backups cannot be read, which is not the same as deleted."""
+    backupd.ok("backup", "--database", FIRST, "--database", SECOND)
+    daemon = RunningDaemon(env, DB_NAME=f"{FIRST},{SECOND}")
+    folder, moved = backup_dir / SECOND, backup_dir.parent / "elsewhere"
+    try:
+        text = scrape_until(daemon, lambda t: sample(t, "backupd_backup_last_success_timestamp_seconds",
+                                                     database=SECOND), "the first reading")
+        known = sample(text, "backupd_backup_last_success_timestamp_seconds", database=SECOND)
+        folder.rename(moved)
+        if replacement == "a file":
+            folder.write_text("not a folder\n")
+        else:
+            folder.symlink_to(backup_dir.parent / "not-mounted")
+        text = scrape_until(daemon, lambda t: sample(t, "backupd_repository_readable") == 0,
+                            "the folder reported unreadable")
+        assert sample(text, "backupd_repository_folder_readable", folder=SECOND) == 0
+        assert sample(text, "backupd_backup_last_success_timestamp_seconds", database=SECOND) == known
+        folder.unlink()
+        moved.rename(folder)
+        scrape_until(daemon, lambda t: sample(t, "backupd_repository_readable") == 1, "readable again")
+    finally:
+        daemon.stop()
+
+
+def test_an_unreadable_pitr_folder_is_named(tmp_path: Path):
+    from backupd import metrics
+    from backupd.repository import Repository
+
+    pitr = tmp_path / "backups" / "_pitr"
+    pitr.mkdir(parents=True)
+    folder = metrics.RepositoryReader(Repository(tmp_path / "backups"))
+    assert folder.read().folders == {"_pitr": True}
+    pitr.rmdir()
+    pitr.write_text("")  # stands for any folder that cannot be listed (root reads mode 000)
+    reading = folder.read()
+    assert reading.folders == {"_pitr": False} and not reading.readable
+
+
 def test_a_damaged_replication_record_leaves_the_rest_of_the_scrape(env, backupd, backup_dir, dark_dbs):
     backupd.ok("backup", "--database", FIRST)
     (backup_dir / ".replication.json").write_text('["not", "a", "record"]\n')
