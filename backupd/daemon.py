@@ -75,6 +75,7 @@ class Daemon:
         self.settings = settings
         self.repo = Repository(settings.backup_dir)
         self.metrics = Metrics(self.repo, settings)
+        self.metrics.add_health(self.health)
         self.started_at = utc_now()
         self.stopping = threading.Event()
         self.jobs: dict[str, JobState] = {}

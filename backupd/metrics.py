@@ -3,41 +3,169 @@
 Facts about stored backups are read from the repository at scrape time (cached
 for a few seconds), so neither a restart nor a backup made with the CLI leaves
 them wrong. Counters and job gauges belong to this process.
+
+/metrics never goes dark: a folder that cannot be read keeps the series of its last
+good reading and is named by ``backupd_repository_folder_readable``; an unreadable
+BACKUP_DIR sets ``backupd_repository_readable`` to 0; and any part of the scrape that
+fails is logged, left out and counted in ``backupd_metrics_errors_total``, while
+the other parts answer.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from backupd import __version__
 from backupd.actions.replicate import read_runs
+from backupd.errors import RepositoryUnreadable
 from backupd.health import free_ratio, max_age
-from backupd.repository import Repository, parse_iso, utc_now
+from backupd.logging import get_logger
+from backupd.repository import PITR, Backup, Repository, parse_iso, utc_now
 
 LOCAL = "local"
+# The parts of a scrape that fail alone; each starts at 0 in backupd_metrics_errors_total.
+PARTS = ("repository", "backups", "verification", "replication", "volumes", "disk", "settings", "pitr", "health")
 
+log = get_logger("backupd.metrics")
 disable_created_metrics()  # *_created series only confuse dashboards here
+
+Sample = tuple[str, list[str], float]  # (family, label values, value)
+
+# name -> (help, label names); unlabelled families appear only when they have a value.
+FAMILIES: dict[str, tuple[str, list[str]]] = {
+    "backupd_repository_readable": ("1 when BACKUP_DIR and all its folders could be read; 0 when not "
+                                    "(the series of what cannot be read are from its last good reading)", []),
+    "backupd_repository_folder_readable": ("1 when this folder of BACKUP_DIR could be read, 0 when not",
+                                           ["folder"]),
+    "backupd_replication_last_success_timestamp_seconds": (
+        "Finish time of the newest replication run that succeeded", ["target"]),
+    "backupd_backup_last_success_timestamp_seconds": ("Finish time of the newest good backup", ["database"]),
+    "backupd_backup_last_duration_seconds": ("Duration of the newest good backup", ["database"]),
+    "backupd_backup_last_size_bytes": ("Size of the newest good backup", ["database"]),
+    "backupd_stored_backups": ("Backups kept", ["target", "database"]),
+    "backupd_stored_bytes": ("Bytes kept", ["target"]),
+    "backupd_verify_last_success_timestamp_seconds": ("Time of the newest verification that passed", ["database"]),
+    "backupd_volume_backup_last_success_timestamp_seconds": ("Finish time of the newest archive of the volume",
+                                                             ["volume"]),
+    "backupd_disk_free_ratio": ("Free space in BACKUP_DIR, 0 to 1", []),
+    "backupd_health_max_age_seconds": ("HEALTH_MAX_AGE: a newest backup older than this is unhealthy", []),
+}
+
+
+class Guard:
+    """Runs one part of a scrape; a part that raises is logged (once, until it recovers),
+    counted and left out, and the rest of the scrape goes on."""
+
+    def __init__(self, errors: Counter):
+        self.errors = errors
+        self._failing: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def run(self, part: str, produce: Callable[[], Iterable[Any]], **context: str) -> list[Any]:
+        key = " ".join([part, *context.values()])
+        try:
+            produced = list(produce())  # all of the part or none of it: never half a family
+        except Exception as err:  # a bug or a surprise in one part must not take /metrics down
+            self.errors.labels(part).inc()
+            message = f"{type(err).__name__}: {err}"
+            with self._lock:
+                first = self._failing.get(key) != message
+                self._failing[key] = message
+            if first:
+                log.error("a part of /metrics failed and is left out", part=part, error=message, **context)
+            return []
+        with self._lock:
+            if self._failing.pop(key, None) is not None:
+                log.info("a part of /metrics works again", part=part, **context)
+        return produced
+
+
+@dataclass
+class Reading:
+    """The repository as one scrape sees it."""
+
+    backups: list[Backup]  # newest first; those of unreadable folders from their last good reading
+    folders: dict[str, bool] = field(default_factory=dict)  # folder (relative to BACKUP_DIR) -> readable
+    root_readable: bool = True
+
+    @property
+    def readable(self) -> bool:
+        return self.root_readable and all(self.folders.values())
+
+
+class RepositoryReader:
+    """Reads the repository and remembers each folder's backups at its last good reading,
+    so a folder that cannot be read keeps its series instead of vanishing under a 200."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self._known: dict[Path, list[Backup]] = {}
+
+    def read(self) -> Reading:
+        try:
+            backups, problems = self.repo.inventory(kind=None)
+            folders = self.repo.folders()
+        except RepositoryUnreadable:
+            return Reading(_newest_first(b for known in self._known.values() for b in known), root_readable=False)
+        unreadable = {p.path if p.path in folders else p.path.parent for p in problems if p.kind == "unreadable"}
+        # A folder that held backups and is now a link to nowhere (a disk not mounted) or a
+        # file is not a folder backupd can read; one that is gone altogether was deleted.
+        lost = [f for f in self._known if f not in folders and os.path.lexists(f)]
+        folders, unreadable = [*folders, *lost], unreadable | set(lost)
+        known: dict[Path, list[Backup]] = {}
+        for folder in folders:
+            now = [b for b in backups if b.folder == folder]
+            if folder in unreadable:  # what could not be read now is what was there last time
+                ids = {b.id for b in now}
+                now += [b for b in self._known.get(folder, []) if b.id not in ids]
+            known[folder] = now
+        self._known = known
+        readable = {folder.relative_to(self.repo.root).as_posix(): folder not in unreadable for folder in folders}
+        if (pitr := self.repo.root / PITR).exists():  # point-in-time recovery's own layout
+            readable[PITR] = _listable(pitr)
+        return Reading(_newest_first(b for found in known.values() for b in found), readable)
+
+
+def _listable(folder: Path) -> bool:
+    try:
+        os.listdir(folder)
+    except OSError:
+        return False
+    return True
+
+
+def _newest_first(backups: Iterable[Backup]) -> list[Backup]:
+    return sorted(backups, key=lambda b: (b.time, b.id), reverse=True)
 
 
 class RepositoryCollector:
     """Gauges computed from the manifests in BACKUP_DIR."""
 
-    def __init__(self, repo: Repository, settings=None, ttl: float = 5.0):
-        self.repo, self.settings, self.ttl = repo, settings, ttl
-        self._cache: tuple[float, list] | None = None
+    def __init__(self, repo: Repository, guard: Guard, settings=None, ttl: float = 5.0):
+        self.repo, self.settings, self.ttl, self.guard = repo, settings, ttl, guard
+        self.reader = RepositoryReader(repo)
+        self._cache: tuple[float, Reading] | None = None
         self._lock = threading.Lock()
 
-    def _backups(self) -> list:
+    def _reading(self) -> Reading | None:
         with self._lock:
             if self._cache and time.monotonic() - self._cache[0] < self.ttl:
                 return self._cache[1]
-            backups = self.repo.backups(kind=None)
-            self._cache = (time.monotonic(), backups)
-            return backups
+            got = self.guard.run("repository", lambda: [self.reader.read()])
+            if got:
+                self._cache = (time.monotonic(), got[0])
+            return got[0] if got else None
 
     def invalidate(self) -> None:
         with self._lock:
@@ -46,80 +174,122 @@ class RepositoryCollector:
     def describe(self):
         return []
 
-    def collect(self):
-        backups = self._backups()
-        last_success = GaugeMetricFamily("backupd_backup_last_success_timestamp_seconds",
-                                         "Finish time of the newest good backup", labels=["database"])
-        last_duration = GaugeMetricFamily("backupd_backup_last_duration_seconds",
-                                          "Duration of the newest good backup", labels=["database"])
-        last_size = GaugeMetricFamily("backupd_backup_last_size_bytes", "Size of the newest good backup",
-                                      labels=["database"])
-        stored = GaugeMetricFamily("backupd_stored_backups", "Backups kept", labels=["target", "database"])
-        stored_bytes = GaugeMetricFamily("backupd_stored_bytes", "Bytes kept", labels=["target"])
-        verified = GaugeMetricFamily("backupd_verify_last_success_timestamp_seconds",
-                                     "Time of the newest verification that passed", labels=["database"])
-        verified_at: dict[str, float] = {}
-        for backup in backups:
-            verification = backup.state.get("verification") or {}
-            if verification.get("result") == "passed":
-                at = parse_iso(verification["time"]).timestamp()
-                verified_at[backup.database] = max(at, verified_at.get(backup.database, 0.0))
-        for name, at in sorted(verified_at.items()):
-            verified.add_metric([name], at)
-        counts: dict[str, int] = {}
-        seen: set[str] = set()
-        for backup in backups:  # newest first
-            name = backup.database
-            counts[name] = counts.get(name, 0) + 1
-            if name in seen or backup.kind != "database":
-                continue
-            seen.add(name)
-            finished = parse_iso(backup.manifest.get("finished")) or backup.time
-            last_success.add_metric([name], finished.timestamp())
-            last_duration.add_metric([name], float(backup.manifest.get("duration_seconds", 0)))
-            last_size.add_metric([name], float(backup.size))
-        for name, count in sorted(counts.items()):
-            stored.add_metric([LOCAL, name], count)
-        stored_bytes.add_metric([LOCAL], float(sum(b.size for b in backups)))
-        replicated = GaugeMetricFamily("backupd_replication_last_success_timestamp_seconds",
-                                       "Finish time of the newest replication run that succeeded", labels=["target"])
-        for url, run in sorted(read_runs(self.repo).items()):
-            if run.get("last_success"):
-                replicated.add_metric([url], parse_iso(run["last_success"]).timestamp())
-            for name, count in sorted((run.get("stored") or {}).items()):
-                stored.add_metric([url, name], count)
-            if run.get("confirmed", True):
-                stored_bytes.add_metric([url], float(run.get("stored_bytes", 0)))
-        yield replicated
-        volume_success = GaugeMetricFamily("backupd_volume_backup_last_success_timestamp_seconds",
-                                           "Finish time of the newest archive of the volume", labels=["volume"])
-        volumes_seen: set[str] = set()
-        for backup in backups:
-            if backup.kind == "volume" and backup.database not in volumes_seen:
-                volumes_seen.add(backup.database)
-                finished = parse_iso(backup.manifest.get("finished")) or backup.time
-                volume_success.add_metric([backup.database], finished.timestamp())
-        yield from (last_success, last_duration, last_size, stored, stored_bytes, verified, volume_success)
-        free = free_ratio(self.repo)
-        if free is not None:
-            yield GaugeMetricFamily("backupd_disk_free_ratio", "Free space in BACKUP_DIR, 0 to 1", value=free)
+    def collect(self) -> Iterator[Metric]:
+        samples: list[Sample] = []
+        reading = self._reading()
+        if reading is not None:
+            samples.append(("backupd_repository_readable", [], float(reading.readable)))
+            samples += [("backupd_repository_folder_readable", [name], float(ok))
+                        for name, ok in sorted(reading.folders.items())]
+            by_database: dict[str, list[Backup]] = {}
+            for backup in reading.backups:
+                if backup.kind == "database":
+                    by_database.setdefault(backup.database, []).append(backup)
+            for name, backups in sorted(by_database.items()):
+                samples += self.guard.run("backups", partial(_database_samples, name, backups), database=name)
+            samples += self.guard.run("backups", lambda: _local_totals(reading.backups))
+            samples += self.guard.run("verification", lambda: _verified_samples(reading.backups))
+            samples += self.guard.run("volumes", lambda: _volume_samples(reading.backups))
+        samples += self.guard.run("replication", lambda: _replication_samples(self.repo))
+        samples += self.guard.run("disk", lambda: _disk_samples(self.repo))
         if self.settings is not None:
-            limit = max_age(self.settings, utc_now()).total_seconds()
-            yield GaugeMetricFamily("backupd_health_max_age_seconds",
-                                    "HEALTH_MAX_AGE: a newest backup older than this is unhealthy", value=limit)
+            limit = self.guard.run("settings", lambda: [max_age(self.settings, utc_now()).total_seconds()])
+            samples += [("backupd_health_max_age_seconds", [], value) for value in limit]
+        yield from _families(samples)
+
+
+def _families(samples: list[Sample]) -> Iterator[Metric]:
+    """One family per name, in FAMILIES' order (one name twice would be an invalid exposition)."""
+    for name, (documentation, labels) in FAMILIES.items():
+        mine = [(values, value) for family, values, value in samples if family == name]
+        if not mine and not labels:
+            continue
+        family = GaugeMetricFamily(name, documentation, labels=labels or None)
+        for values, value in mine:
+            family.add_metric(values, value)
+        yield family
+
+
+def _database_samples(name: str, backups: list[Backup]) -> list[Sample]:
+    """The newest backup of one database (``backups`` newest first)."""
+    newest = backups[0]
+    finished = parse_iso(newest.manifest.get("finished")) or newest.time
+    return [("backupd_backup_last_success_timestamp_seconds", [name], finished.timestamp()),
+            ("backupd_backup_last_duration_seconds", [name], float(newest.manifest.get("duration_seconds", 0))),
+            ("backupd_backup_last_size_bytes", [name], float(newest.size))]
+
+
+def _local_totals(backups: list[Backup]) -> list[Sample]:
+    counts: dict[str, int] = {}
+    for backup in backups:
+        counts[backup.database] = counts.get(backup.database, 0) + 1
+    return [*(("backupd_stored_backups", [LOCAL, name], float(count)) for name, count in sorted(counts.items())),
+            ("backupd_stored_bytes", [LOCAL], float(sum(b.size for b in backups)))]
+
+
+def _verified_samples(backups: list[Backup]) -> list[Sample]:
+    verified_at: dict[str, float] = {}
+    for backup in backups:
+        verification = backup.state.get("verification") or {}
+        if verification.get("result") == "passed":
+            at = _seconds(verification["time"])
+            verified_at[backup.database] = max(at, verified_at.get(backup.database, 0.0))
+    return [("backupd_verify_last_success_timestamp_seconds", [name], at) for name, at in sorted(verified_at.items())]
+
+
+def _volume_samples(backups: list[Backup]) -> list[Sample]:
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    for backup in backups:
+        if backup.kind == "volume" and backup.database not in seen:
+            seen.add(backup.database)
+            finished = parse_iso(backup.manifest.get("finished")) or backup.time
+            samples.append(("backupd_volume_backup_last_success_timestamp_seconds", [backup.database],
+                            finished.timestamp()))
+    return samples
+
+
+def _replication_samples(repo: Repository) -> list[Sample]:
+    samples: list[Sample] = []
+    for url, run in sorted(read_runs(repo).items()):
+        if run.get("last_success"):
+            samples.append(("backupd_replication_last_success_timestamp_seconds", [url],
+                            _seconds(run["last_success"])))
+        samples += [("backupd_stored_backups", [url, name], float(count))
+                    for name, count in sorted((run.get("stored") or {}).items())]
+        if run.get("confirmed", True):
+            samples.append(("backupd_stored_bytes", [url], float(run.get("stored_bytes", 0))))
+    return samples
+
+
+def _seconds(text: Any) -> float:
+    """A stored ISO time as a Unix time; one that is missing or malformed fails its part."""
+    when = parse_iso(text)
+    if when is None:
+        raise ValueError(f"not a time: {text!r}")
+    return when.timestamp()
+
+
+def _disk_samples(repo: Repository) -> list[Sample]:
+    free = free_ratio(repo)
+    return [] if free is None else [("backupd_disk_free_ratio", [], free)]
 
 
 class PitrCollector:
     """The WAL stream and the recovery window, read at scrape time."""
 
-    def __init__(self, settings, receiver_state):
+    def __init__(self, settings, receiver_state, guard: Guard):
         self.settings = settings
         self.receiver_state = receiver_state
+        self.guard = guard
 
     def describe(self):
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
+        yield from self.guard.run("pitr", self._collect)
+
+    def _collect(self) -> Iterator[Metric]:
         from backupd.pitr.store import Store
 
         stores = Store.all(self.settings.backup_dir)
@@ -145,10 +315,31 @@ class PitrCollector:
                                     "When the last PITR drill succeeded", value=success.timestamp())
 
 
+class HealthCollector:
+    """``backupd_healthy``: what /healthz says, so a fleet's health is one query."""
+
+    def __init__(self, health: Callable[[], tuple[bool, dict]], guard: Guard):
+        self.health, self.guard = health, guard
+
+    def describe(self):
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.guard.run("health", lambda: [GaugeMetricFamily(
+            "backupd_healthy", "1 when /healthz answers ok, 0 when unhealthy", value=float(self.health()[0]))])
+
+
 class Metrics:
     def __init__(self, repo: Repository, settings=None):
         self.registry = CollectorRegistry()
-        self.repository = RepositoryCollector(repo, settings)
+        # Rendered after everything else, so a scrape counts its own failures.
+        self.errors_registry = CollectorRegistry()
+        errors = Counter("backupd_metrics_errors", "Parts of a scrape left out because they failed (see the log)",
+                         ["part"], registry=self.errors_registry)
+        for part in PARTS:
+            errors.labels(part)
+        self.guard = Guard(errors)
+        self.repository = RepositoryCollector(repo, self.guard, settings)
         self.registry.register(self.repository)
         self.backups_total = Counter("backupd_backups", "Backups attempted by this process",
                                      ["database", "result"], registry=self.registry)
@@ -165,7 +356,10 @@ class Metrics:
         build.labels(__version__).set(1)
 
     def add_pitr(self, receiver_state) -> None:
-        self.registry.register(PitrCollector(self.repository.settings, receiver_state))
+        self.registry.register(PitrCollector(self.repository.settings, receiver_state, self.guard))
+
+    def add_health(self, health: Callable[[], tuple[bool, dict]]) -> None:
+        self.registry.register(HealthCollector(health, self.guard))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + generate_latest(self.errors_registry)
