@@ -79,6 +79,7 @@ def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
 
 
 def _choose_recovery_target(settings, folder: Path, target: datetime, built: Built) -> None:
+    log.info("finding the newest commit in the WAL", target=iso(target))
     newest_commit = _newest_commit(settings.pg_bindir, built.major, folder / WAL_FOLDER, built)
     if newest_commit is None or target < newest_commit:
         built.recovery_target_time = target.isoformat(sep=" ")

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -203,32 +204,57 @@ def huge_newest_base(backup_dir: Path) -> None:
     manifest_path.write_text(json.dumps(manifest))
 
 
+def slow_waldump(folder: Path, seconds: float) -> Path:
+    """A PG_BINDIR whose PostgreSQL 17 is the real one but for a slow ``pg_waldump``."""
+    real = matrix_bindir(17)
+    bindir = folder / "17" / "bin"
+    bindir.mkdir(parents=True)
+    for tool in real.iterdir():
+        (bindir / tool.name).symlink_to(tool)
+    (bindir / "pg_waldump").unlink()
+    (bindir / "pg_waldump").write_text(f'#!/bin/sh\nsleep {seconds}\nexec {real / "pg_waldump"} "$@"\n')
+    (bindir / "pg_waldump").chmod(0o755)
+    return folder
+
+
+def start_restore(env: dict[str, str], target: Path, moment: str = "latest") -> subprocess.Popen:
+    return start_backupd(env, "pitr", "restore", "--time", moment, "--to", str(target), "--yes")
+
+
+def wait_for_stage(proc: subprocess.Popen, stage: str, seen: list[str]) -> None:
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:  # type: ignore[union-attr]
+        seen.append(line)
+        if stage in line or time.monotonic() > deadline:
+            break
+    assert seen and stage in seen[-1], "".join(seen)
+
+
 @pytest.mark.parametrize("stage, signum", [
     ("checking the base backup", signal.SIGTERM),
     ("extracting the base backup", signal.SIGTERM),
     ("copying the WAL", signal.SIGTERM),
     ("copying the WAL", signal.SIGINT),
-], ids=["checksum-TERM", "extraction-TERM", "wal-copy-TERM", "wal-copy-INT"])
-def test_a_signal_at_any_stage_leaves_nothing_to_start_from(copy, home, tmp_path, stage, signum):
+    ("finding the newest commit", signal.SIGTERM),
+], ids=["checksum-TERM", "extraction-TERM", "wal-copy-TERM", "wal-copy-INT", "waldump-TERM"])
+def test_a_signal_at_any_stage_leaves_nothing_to_start_from(repo, copy, home, tmp_path, stage, signum):
     backupd, backup_dir = copy
-    tools = tmp_path / "bin"
+    tools, env, moment = tmp_path / "bin", dict(backupd.env), "latest"
     if stage == "checking the base backup":
         huge_newest_base(backup_dir)
     elif stage == "extracting the base backup":
         slow_tool(tools, "tar", 30)
-    else:
+    elif stage == "copying the WAL":
         slow_tool(tools, "zstd", 3)
+    else:
+        env["PG_BINDIR"] = str(slow_waldump(tmp_path / "pg", 30))
+        moment = (repo.after_last_commit - timedelta(seconds=1)).isoformat()
+    env["PATH"] = f"{tools}:{os.environ['PATH']}"
     before = snapshot(backup_dir)
     target = old_content(home / "restored")
-    proc = start_backupd({**backupd.env, "PATH": f"{tools}:{os.environ['PATH']}"},
-                         "pitr", "restore", "--time", "latest", "--to", str(target), "--yes")
-    deadline, seen = time.monotonic() + 60, []
+    proc, seen = start_restore(env, target, moment), []
     try:
-        for line in proc.stderr:
-            seen.append(line)
-            if stage in line or time.monotonic() > deadline:
-                break
-        assert stage in seen[-1], "".join(seen)
+        wait_for_stage(proc, stage, seen)
         time.sleep(0.3)
         proc.send_signal(signum)
         _, rest = proc.communicate(timeout=30)
@@ -241,6 +267,34 @@ def test_a_signal_at_any_stage_leaves_nothing_to_start_from(copy, home, tmp_path
     assert_only_old_content(target)
     after = snapshot(backup_dir)
     assert after.keys() == before.keys(), set(after) ^ set(before)
+
+
+def test_a_signal_as_the_settings_are_written_leaves_all_or_nothing(copy, home):
+    """The last step is too short to aim at: the process is frozen (SIGSTOP) as it begins,
+    then SIGTERM. Either the restore had not put the result in place (143, the old content),
+    or it had (0, a complete data directory); never a half-built one."""
+    backupd, backup_dir = copy
+    target = old_content(home / "restored")
+    proc, seen = start_restore(backupd.env, target), []
+    try:
+        wait_for_stage(proc, "writing the recovery settings", seen)
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    stderr = "".join(seen) + rest
+    assert "Traceback" not in stderr, stderr
+    if proc.returncode == 0:
+        assert (target / "recovery.signal").exists() and (target / "PG_VERSION").exists()
+        (aside,) = home.glob("restored.backupd-replaced-*")
+        assert (aside / "notes.txt").read_text() == "someone's notes"
+        assert sorted(p.name for p in home.iterdir()) == sorted(["restored", aside.name])
+    else:
+        assert proc.returncode == 143, stderr
+        assert_only_old_content(target)
 
 
 # Class 7 --------------------------------------------------------------------------------------
