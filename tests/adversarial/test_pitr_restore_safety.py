@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.adversarial.pitr_repository import build
-from tests.integration.helpers import start_backupd
+from tests.integration.helpers import small_disk, start_backupd
 from tests.pg import matrix_bindir
 from tests.pitr.conftest import RecoveredServer
 from tests.pitr.helpers import rows
@@ -180,6 +180,37 @@ def test_a_truncated_wal_file_fails_and_leaves_the_old_content_in_place(copy, ho
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert victim.name.split(".")[0] in result.stderr and "damaged" in result.stderr, result.stderr
     assert_only_old_content(target)
+
+
+@pytest.mark.parametrize("trouble", ["a truncated WAL file", "a full disk"])
+def test_a_failed_restore_onto_a_mount_point_leaves_it_as_it_was(copy, home, trouble):
+    """A volume mounted right at DIR: the data directory is built inside it, out of sight."""
+    backupd, backup_dir = copy
+    if trouble == "a truncated WAL file":
+        victim = sorted(backup_dir.glob("_pitr/*/wal/0*"))[-1]
+        os.truncate(victim, victim.stat().st_size // 2)
+    with small_disk(home / "volume", "200m" if trouble == "a truncated WAL file" else "24m", "0755") as volume:
+        (volume / "notes.txt").write_text("someone's notes")
+        result = backupd("pitr", "restore", "--time", "latest", "--to", str(volume), "--yes")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert sorted(p.name for p in volume.iterdir()) == ["notes.txt"]
+        assert (volume / "notes.txt").read_text() == "someone's notes"
+
+
+def test_a_restore_onto_a_mount_point_keeps_the_old_content_inside_and_starts(repo, copy, home):
+    backupd, backup_dir = copy
+    with small_disk(home / "volume", "200m", "0755") as volume:
+        (volume / "notes.txt").write_text("someone's notes")
+        backupd.ok("pitr", "restore", "--time", "latest", "--to", str(volume), "--yes")
+        (aside,) = volume.glob("backupd-replaced-*")
+        assert (aside / "notes.txt").read_text() == "someone's notes"
+        assert not list(volume.glob(".backupd-building-*")) and (volume / "recovery.signal").exists()
+        server = RecoveredServer(matrix_bindir(17), volume)
+        try:
+            server.wait_promoted(repo.cluster)
+            assert rows(server.as_cluster(repo.cluster)) == [1, 2]
+        finally:
+            server.stop()
 
 
 # Signals at every stage ------------------------------------------------------------------------
