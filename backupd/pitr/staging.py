@@ -27,6 +27,7 @@ log = get_logger("pitr")
 ASIDE_PREFIX = "backupd-replaced-"
 BUILDING = "backupd-building-"
 LAST = "recovery.signal"  # what makes a server recover: moved in after everything else
+OWNER = ".backupd-building-pid"  # in a staging folder: the pid building it, so a killed one is known
 
 
 def checkpoint() -> None:
@@ -44,13 +45,14 @@ class Staging:
         self.old: list[str] = []
         self.inside = False  # staging inside ``to`` (a mount point: nothing can be renamed onto it)
         if to.is_dir():
-            self.old = [e for e in os.listdir(to) if e != "lost+found" and not e.startswith(ASIDE_PREFIX)]
+            kept = ("lost+found", ASIDE_PREFIX, f".{BUILDING}")  # never the data: not moved aside
+            self.old = [e for e in os.listdir(to) if not e.startswith(kept)]
             self.inside = os.path.ismount(to) or os.stat(to.parent).st_dev != os.stat(to).st_dev
         if self.old and not yes:
             raise RefusedError(f"{to} is not empty: --yes moves what it holds aside, next to it or into "
                                f"{to}/{ASIDE_PREFIX}<time> (kept, never deleted). Stop the server that uses it first")
-        self.folder = to / f".{BUILDING}{self.stamp}" if self.inside else \
-            to.with_name(f".{to.name}.{BUILDING}{self.stamp}")
+        self.pattern = f".{BUILDING}*" if self.inside else f".{to.name}.{BUILDING}*"
+        self.folder = (to if self.inside else to.parent) / self.pattern.replace("*", self.stamp)
 
     @contextmanager
     def building(self) -> Iterator[Path]:
@@ -59,7 +61,9 @@ class Staging:
         try:
             for parent in created:
                 parent.mkdir(mode=0o700)
+            self._remove_killed_builds()
             self.folder.mkdir(mode=0o700)
+            (self.folder / OWNER).write_text(str(os.getpid()))
             yield self.folder
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -70,11 +74,24 @@ class Staging:
                     pass
             raise
 
+    def _remove_killed_builds(self) -> None:
+        """Staging folders of earlier restores to the same place that were killed (``kill -9``):
+        only those that say they are one, built by a process that is gone."""
+        for folder in self.folder.parent.glob(self.pattern):
+            try:
+                pid = int((folder / OWNER).read_text())
+            except (OSError, ValueError):
+                continue  # not one of ours, or not readable: left alone
+            if not Path(f"/proc/{pid}").exists():
+                log.warning("removing what a killed restore left", folder=str(folder))
+                shutil.rmtree(folder, ignore_errors=True)
+
     def commit(self) -> Path | None:
         """Put the built folder in place; returns where the old content went (None: there was
         none). Once begun it finishes or undoes itself, even if a signal comes."""
         with cancel.shielded():
             checkpoint()
+            (self.folder / OWNER).unlink()
             aside = self._commit_inside() if self.inside else self._commit_beside()
         if aside:
             log.warning("moved the folder's old content aside", folder=str(aside))

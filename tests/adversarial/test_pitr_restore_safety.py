@@ -327,6 +327,25 @@ def test_a_signal_as_the_settings_are_written_leaves_all_or_nothing(copy, home):
         assert_only_old_content(target)
 
 
+def test_what_a_killed_restore_left_is_removed_by_the_next_one_and_nothing_else(copy, home, tmp_path):
+    backupd, backup_dir = copy
+    slow_tool(tmp_path / "bin", "tar", 30)
+    target = old_content(home / "restored")
+    proc, seen = start_restore({**backupd.env, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}, target), []
+    try:
+        wait_for_stage(proc, "extracting the base backup", seen)
+    finally:
+        proc.kill()  # SIGKILL: nothing can clean up
+        proc.communicate()
+    (left,) = home.glob(".restored.backupd-building-*")
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]  # a server would not start there
+    look_alike = home / ".restored.backupd-building-someone-elses"
+    look_alike.mkdir()
+    backupd.ok("pitr", "restore", "--time", "latest", "--to", str(target), "--yes")
+    assert not left.exists() and look_alike.exists()
+    assert (target / "recovery.signal").exists() and not (target / ".backupd-building-pid").exists()
+
+
 # Class 7 --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
                                     "0001-01-01T00:00:00", "9999-12-31T23:59:59", "", "yesterday"])
