@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "restore", help="build a data directory that PostgreSQL recovers to a moment, then promotes")
     pitr_restore.add_argument("--time", required=True, metavar="TIME|latest",
                               help="the moment to recover to (ISO 8601; UTC unless it has an offset), or latest")
-    pitr_restore.add_argument("--to", required=True, type=Path, metavar="DIR",
+    pitr_restore.add_argument("--to", required=True, metavar="DIR",
                               help="the data directory to build (the database server must be stopped)")
     pitr_restore.add_argument("--yes", action="store_true",
                               help="a non-empty DIR is emptied first: its content is moved aside inside it, kept")
@@ -220,6 +220,8 @@ def _what_was_left(args) -> str:
                 "for it; checks that had finished before the signal are recorded (backupd list)")
     if args.verb == "replicate":
         return "copies it had not confirmed do not count, and the next run sends them again"
+    if args.verb == "pitr" and args.pitr_verb == "restore":
+        return f"nothing was built: what it had begun was removed, and {args.to} is as it was"
     return "what it had not finished was not kept"
 
 
@@ -438,7 +440,8 @@ def cmd_pitr(settings, args) -> int:
         print(f"{result['base']}: ok in {result['seconds']:.1f}s, recovered to {result['replayed_to']}", flush=True)
         return 0
     if args.pitr_verb == "restore":
-        from backupd.pitr.restore import parse_target, restore
+        from backupd.pitr.moment import parse_target
+        from backupd.pitr.restore import restore
 
         built = restore(settings, parse_target(args.time), args.to, args.yes)
         for note in built.notes:

@@ -1,6 +1,8 @@
 """The PITR drill: the newest base backup and all the WAL received are recovered in a
 scratch data directory by a temporary server on a Unix socket (no TCP), which must reach
-the newest WAL position the receiver had flushed, and promote. Then everything goes."""
+the newest WAL position the receiver had flushed, and promote. Then everything goes.
+The base backup's full sha256 and every WAL file are checked on the way: a damaged newest
+base backup fails the drill (a restore would fall back to an older one; the drill says why)."""
 
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def _drill(settings, store: Store) -> dict[str, Any]:
     scratch = parent / f"{DRILL_PREFIX}{store.system_identifier}-{os.getpid()}"
     scratch.mkdir(mode=0o700)
     try:
-        built = build_data_directory(settings, None, scratch / "data", yes=False, store=store)
+        built = build_data_directory(settings, None, scratch / "data", yes=False, store=store, strict=True)
         postgres = _server_binary(settings.pg_bindir, built.major)
         replayed = _recover(postgres, scratch, settings.db_user, settings.backup_timeout)
     finally:

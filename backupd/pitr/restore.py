@@ -1,8 +1,9 @@
 """A data directory that a stock ``postgres`` of the cluster's major recovers to a moment
 and promotes: the base backup extracted, the WAL it needs copied inside it
 (``backupd_wal/``), ``recovery.signal``, and ``restore_command`` and the target written to
-``postgresql.auto.conf``. Whatever the folder held before is moved aside into it, never
-deleted."""
+``postgresql.auto.conf``. It is built in a staging folder and put in place only once
+complete (``staging``); whatever the folder held before is moved aside then, never deleted.
+The base backup is the newest one that is intact and reaches the target with WAL."""
 
 from __future__ import annotations
 
@@ -14,20 +15,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
+
 from backupd.archive import reader_stages
-from backupd.errors import IntegrityError, NotFoundError, RefusedError, UsageError
+from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, UsageError
 from backupd.logging import get_logger
 from backupd.pgtools import installed
 from backupd.pitr import wal
+from backupd.pitr.destination import check_destination
+from backupd.pitr.integrity import base_damage, check_wal_copy
+from backupd.pitr.staging import Staging, checkpoint
 from backupd.pitr.store import Base, Store
+from backupd.postgres import Server
 from backupd.process import run
 from backupd.repository import iso, utc_now
-from backupd.stream import Pipeline, sha256_of, stream_to_file
+from backupd.stream import Pipeline, stream_to_file
 
 log = get_logger("pitr")
 
 WAL_FOLDER = "backupd_wal"  # inside the data directory: restore_command needs no absolute path
-ASIDE_PREFIX = "backupd-replaced-"
 # COMMIT <time>, ABORT <time>, COMMIT_PREPARED <xid>: <time>, ABORT_PREPARED <xid>: <time>
 _COMMIT = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 
@@ -44,66 +50,78 @@ class Built:
     notes: list[str] = field(default_factory=list)
 
 
-def parse_target(text: str) -> datetime | None:
-    """``latest`` -> None; an ISO 8601 time (without an offset: UTC) -> that moment."""
-    if text == "latest":
-        return None
-    try:
-        when = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
-    except ValueError:
-        raise UsageError(f"--time {text!r}: give 'latest' or a time such as 2026-11-29T14:03:00Z") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
 def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
-                         store: Store | None = None) -> Built:
+                         store: Store | None = None, strict: bool = False) -> Built:
+    """``strict`` (the drill): the newest usable base backup or a failure, never an older one."""
     store = store or Store.only(settings.backup_dir)
-    base = choose_base(store, target)
-    to = Path(os.path.abspath(to))
-    _refuse_a_running_server(to)
+    staging = Staging(to, yes)  # a folder that is not empty is refused before the long checks
+    base, notes = choose_base(store, target, strict)
     if (encrypted := base.path.name.endswith(".age")) and not settings.identity:
         raise UsageError(f"base backup {base.id} is encrypted: restoring it needs BACKUP_ENCRYPTION_IDENTITY")
-    expected = base.manifest.get("sha256")
-    if expected and sha256_of(base.path) != expected:
-        raise IntegrityError(f"base backup {base.id} does not match its manifest (sha256): it cannot be used")
-    aside = _make_room(to, yes)
-    _extract(base, to, settings.identity if encrypted else None)
-    copied = _copy_wal(store, base, to / WAL_FOLDER, settings.identity)
     major = int(base.manifest["server_major"])
-    built = Built(to, base, target, None, copied, aside, major)
-    if target is not None:
-        newest_commit = _newest_commit(settings.pg_bindir, major, to / WAL_FOLDER, built)
-        if newest_commit is None or target < newest_commit:
-            built.recovery_target_time = target.isoformat(sep=" ")
-        else:  # PostgreSQL refuses a target beyond the last commit; recovering all is the same here
-            built.notes.append(f"no commit after {iso(target)} in the WAL (the newest is at "
-                               f"{iso(newest_commit)}): recovering all of it gives that moment")
-    _write_recovery_settings(to, built)
-    _own_like_the_data(to)
+    with staging.building() as folder:
+        log.info("extracting the base backup", base=base.id, folder=str(folder))
+        _extract(base, folder, settings.identity if encrypted else None)
+        checkpoint()
+        log.info("copying the WAL", base=base.id)
+        copied = _copy_wal(store, base, folder / WAL_FOLDER, settings.identity)
+        built = Built(to, base, target, None, copied, None, major, notes)
+        if target is not None:
+            _choose_recovery_target(settings, folder, target, built)
+        checkpoint()
+        log.info("writing the recovery settings", folder=str(folder))
+        _write_recovery_settings(folder, built)
+        _own_like_the_data(folder)
+        built.moved_aside = staging.commit()
     log.info("data directory built for point-in-time recovery", directory=str(to), base=base.id,
              target=iso(target) or "latest", wal_files=copied)
     return built
 
 
-def restore(settings, target: datetime | None, to: Path, yes: bool) -> Built:
+def _choose_recovery_target(settings, folder: Path, target: datetime, built: Built) -> None:
+    log.info("finding the newest commit in the WAL", target=iso(target))
+    newest_commit = _newest_commit(settings.pg_bindir, built.major, folder / WAL_FOLDER, built)
+    if newest_commit is None or target < newest_commit:
+        built.recovery_target_time = target.isoformat(sep=" ")
+    else:  # PostgreSQL refuses a target beyond the last commit; recovering all is the same here
+        built.notes.append(f"no commit after {iso(target)} in the WAL (the newest is at "
+                           f"{iso(newest_commit)}): recovering all of it gives that moment")
+
+
+def restore(settings, target: datetime | None, to: Path | str, yes: bool) -> Built:
     """From the local archive; when it cannot reach ``target`` (or is gone), from the first
-    replication target that has the files."""
+    replication target that has the files. ``to`` is checked before anything else."""
     from backupd.pitr.replicate import fetch_folder, fetch_store
     from backupd.targets import target_urls
 
+    real = check_destination(to, settings.backup_dir, lambda: _server_data_directory(settings))
     try:
         store = Store.only(settings.backup_dir)
         if store.window() is not None or not target_urls(settings):
-            return build_data_directory(settings, target, to, yes, store)
+            return build_data_directory(settings, target, real, yes, store)
     except NotFoundError:
         if not target_urls(settings):
             raise
     log.info("the local archive cannot do this restore; fetching from the replication targets")
     with fetch_folder(settings.backup_dir) as folder:
-        return build_data_directory(settings, target, to, yes, fetch_store(settings, Path(folder), target))
+        return build_data_directory(settings, target, real, yes, fetch_store(settings, Path(folder), target))
 
 
-def choose_base(store: Store, target: datetime | None) -> Base:
+def _server_data_directory(settings) -> str | None:
+    """Where the configured server keeps its data, when it runs and may say (a superuser or
+    pg_read_all_settings; others do not see the setting)."""
+    try:
+        with Server.from_settings(settings).connect() as conn:
+            row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
+    except psycopg.Error:
+        return None
+    return row[0] if row else None
+
+
+def choose_base(store: Store, target: datetime | None, strict: bool = False) -> tuple[Base, list[str]]:
+    """The newest usable base backup that ends before ``target`` and is intact (its size and
+    sha256 checked), and notes that say which one and why. A damaged one is skipped for an
+    older one (its WAL reaches the target too), unless ``strict``."""
     window = store.window()
     if window is None:
         raise NotFoundError("no base backup recovers to the newest WAL received: take one with "
@@ -115,59 +133,21 @@ def choose_base(store: Store, target: datetime | None) -> Base:
         if target > window.end:
             raise RefusedError(f"--time {iso(target)} is after the newest WAL received, at {iso(window.end)}: "
                                "use --time latest for everything there is")
-    usable = store.usable_bases()
-    if target is None:
-        return usable[0]
-    return next(b for b in usable if b.stop_time <= target)
-
-
-def _refuse_a_running_server(to: Path) -> None:
-    """A server of this machine still running on the folder (one in another container is
-    not visible from here: the runbook stops it first)."""
-    try:
-        pid = int((to / "postmaster.pid").read_text().split()[0])
-        running = Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
-    except (OSError, ValueError, IndexError):
-        return
-    if running:
-        raise RefusedError(f"a PostgreSQL server (pid {pid}) is running on {to}: stop it first")
-
-
-def _make_room(to: Path, yes: bool) -> Path | None:
-    """An empty ``to``. What it held moves aside, never deleted: beside it when that is the
-    same disk (``<to>.backupd-replaced-<time>``), else (``to`` is a volume's mount point)
-    into ``<to>/backupd-replaced-<time>``, owned like the data so the server can read it."""
-    if to == Path("/"):
-        raise UsageError("--to /: give the data directory's own folder")
-    if not to.exists():
-        to.mkdir(mode=0o700, parents=True)
-        return None
-    if not to.is_dir():
-        raise UsageError(f"--to {to}: not a folder")
-    entries = [e for e in os.listdir(to) if e != "lost+found" and not e.startswith(ASIDE_PREFIX)]
-    if not entries:
-        return None
-    if not yes:
-        raise RefusedError(f"{to} is not empty: --yes moves what it holds aside, next to it or into "
-                           f"{to}/{ASIDE_PREFIX}<time> (kept, never deleted). Stop the server that uses it first")
-    stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
-    if not os.path.ismount(to) and os.stat(to.parent).st_dev == os.stat(to).st_dev:
-        aside = to.with_name(f"{to.name}.{ASIDE_PREFIX}{stamp}")
-        os.rename(to, aside)
-        to.mkdir(mode=0o700)
-        owner = os.stat(aside)
-        if os.geteuid() == 0:
-            os.chown(to, owner.st_uid, owner.st_gid)
-    else:
-        aside = to / f"{ASIDE_PREFIX}{stamp}"
-        aside.mkdir(mode=0o700)
-        owner = os.stat(to)
-        if os.geteuid() == 0:
-            os.chown(aside, owner.st_uid, owner.st_gid)
-        for name in entries:
-            os.rename(to / name, aside / name)
-    log.warning("moved the folder's old content aside", folder=str(aside))
-    return aside
+    candidates = [b for b in store.usable_bases() if target is None or b.stop_time <= target]
+    notes: list[str] = []
+    for base in candidates:
+        log.info("checking the base backup", base=base.id)
+        if (damage := base_damage(base)) is None:
+            newest = "the newest base backup" if base is candidates[0] else "the newest intact base backup"
+            reach = f"that ends before {iso(target)}" if target else "that reaches the newest WAL"
+            notes.append(f"took base backup {base.id}: {newest} {reach} (size and sha256 checked)")
+            return base, notes
+        log.error("base backup is damaged", base=base.id, reason=damage)
+        notes.append(f"skipped base backup {base.id}: {damage}")
+        if strict:
+            raise IntegrityError(f"base backup {base.id} is damaged: {damage}")
+    raise IntegrityError("no intact base backup reaches " + (iso(target) or "the newest WAL") + ": "
+                         + "; ".join(notes))
 
 
 def _extract(base: Base, to: Path, identity: str | None) -> None:
@@ -181,26 +161,39 @@ def _extract(base: Base, to: Path, identity: str | None) -> None:
 
 def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None) -> int:
     """The WAL recovery reads from the base backup's start on (the newest timeline's path,
-    Store.segments), and every timeline history file."""
+    Store.segments), and every timeline history file; each checked once read back."""
     folder.mkdir(mode=0o700, exist_ok=True)
     wanted = {name: (path, True) for name, path in store.archived().items() if name.endswith(".history")}
     wanted |= {name: (path, False) for name, path in store.received().items() if name.endswith(".history")}
     wanted |= {name: (path, stored) for segno, (name, path, stored) in store.segments().items()
                if segno >= base.start_segno}
     for name, (path, stored) in wanted.items():
+        checkpoint()
         if stored:
-            with open(path, "rb") as source:
-                stages = reader_stages(path, identity) or [("cat", ["cat"])]
-                stream_to_file(Pipeline(stages, stdin=source), folder / name, what=f"restoring {name}")
-            continue
-        try:
-            shutil.copyfile(path, folder / name)
-        except FileNotFoundError:  # the receiver completed it meanwhile: the complete one is newer
-            done = store.received().get(name) or store.archived().get(name)
-            if done is None:
-                raise
-            return _copy_wal(store, base, folder, identity)
+            _read_back(name, path, folder / name, identity)
+        else:
+            try:
+                shutil.copyfile(path, folder / name)
+            except FileNotFoundError:  # the receiver completed it meanwhile: the complete one is newer
+                done = store.received().get(name) or store.archived().get(name)
+                if done is None:
+                    raise
+                return _copy_wal(store, base, folder, identity)
+        check_wal_copy(name, folder / name, store.segment_size)
     return len(wanted)
+
+
+def _read_back(name: str, path: Path, copy: Path, identity: str | None) -> None:
+    """An archived WAL file, decrypted and decompressed; one that cannot be is damaged."""
+    with open(path, "rb") as source:
+        stages = reader_stages(path, identity) or [("cat", ["cat"])]
+        pipeline = Pipeline(stages, stdin=source)
+    try:
+        stream_to_file(pipeline, copy, what=f"restoring {name}")
+    except Aborted:
+        raise
+    except BackupdError as err:
+        raise IntegrityError(f"WAL file {path.name} cannot be read back, it is damaged: {err}") from None
 
 
 def _newest_commit(pg_bindir: Path, major: int, folder: Path, built: Built) -> datetime | None:
