@@ -14,6 +14,7 @@ from backupd.targets.base import (
     RemoteFile,
     Target,
     TargetError,
+    check_local_file,
     check_size,
     unreadable_local_file,
 )
@@ -47,6 +48,7 @@ class FileTarget(Target):
         destination = self._path(file.relative)
         check_size(file)
         if not replace and destination.exists():
+            check_local_file(file)  # a damaged local file is reported even when a good copy is there
             return self._already_there(file, destination)
         try:  # a local file that vanished or cannot be read fails its backup, not the target
             source = open(file.path, "rb", buffering=0)
