@@ -90,26 +90,29 @@ def _ask_docker(settings) -> str | None:
 
 
 def _server_identifier(settings, conn=None) -> str | None:
-    """The connected server's system identifier (asked once per process), None when the
-    server cannot be reached."""
-    if "system_identifier" not in _cache:
-        from backupd.postgres import Server
+    """The server's system identifier: asked on ``conn`` when given (a manifest records the
+    server it was made from), else once per process; None when the server cannot be reached."""
+    from backupd.postgres import Server
 
-        try:
-            if conn is not None:
-                _cache["system_identifier"] = system_identifier(conn)
-            else:
-                with Server.from_settings(settings).connect() as own:
-                    _cache["system_identifier"] = system_identifier(own)
-        except Exception as err:  # unreachable, or a role without the right to ask
-            log.info("the server's system identifier could not be read", error=str(err).strip())
-            return None
-    return _cache["system_identifier"]
+    try:
+        if conn is not None:
+            value = system_identifier(conn)
+        elif "system_identifier" in _cache:
+            return _cache["system_identifier"]
+        else:
+            with Server.from_settings(settings).connect() as own:
+                value = system_identifier(own)
+    except Exception as err:  # unreachable, or a role without the right to ask
+        log.info("the server's system identifier could not be read", error=str(err).strip())
+        return None
+    _cache.setdefault("system_identifier", value)  # the default instance name stays what it was first
+    return value
 
 
 def this_instance(settings, conn=None) -> str:
     """BACKUP_INSTANCE, else the compose project and service, else the system identifier."""
-    name = settings.backup_instance or compose_instance(settings) or _server_identifier(settings, conn)
+    name = (settings.backup_instance or compose_instance(settings) or _cache.get("system_identifier")
+            or _server_identifier(settings, conn))
     if name is None:
         raise OriginUnknown("this sidecar's instance name is unknown: BACKUP_INSTANCE is not set, backupd's "
                             "compose labels cannot be read, and the server cannot be asked for its system "
