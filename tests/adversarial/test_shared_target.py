@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -107,7 +107,7 @@ class Moment:
     refuses requests signed at another), so retention on the target judges these ages."""
 
     def __init__(self, days: int):
-        self.when = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=days, hours=1)
+        self.when = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days, hours=1)
 
     @property
     def clock(self) -> str:

@@ -43,7 +43,8 @@ def test_an_instance_name_is_one_safe_path_component(name):
 def test_an_origin_missing_reads_as_the_reader_and_a_malformed_one_is_invalid():
     assert instance_of({"id": "a-20261201T020000Z"}, "me") == "me"
     assert instance_of({"origin": {"instance": "site-b", "system_identifier": "1"}}, "me") == "site-b"
-    malformed = ("site-b", ["site-b"], {"instance": 3}, {"instance": "../x"}, {"instance": "ok", "system_identifier": 7})
+    malformed = ("site-b", ["site-b"], {"instance": 3}, {"instance": "../x"},
+                 {"instance": "ok", "system_identifier": 7})
     for origin in malformed:
         with pytest.raises(IntegrityError):
             instance_of({"id": "a-20261201T020000Z", "origin": origin}, "me")
