@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = verbs.add_parser("list", help="list backups, newest first")
     listing.add_argument("--database", metavar="NAME")
     listing.add_argument("--target", metavar="URL", help="the backups on a replication target")
+    listing.add_argument("--instance", metavar="NAME", type=_instance_name,
+                         help="only the backups this instance (BACKUP_INSTANCE) made")
     listing.add_argument("--json", action="store_true", help="a JSON document on stdout")
 
     restore = verbs.add_parser(
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--over", metavar="NAME",
                          help="replace this existing database with the backup's data, even when the backup is "
                               "of another database (with --yes)")
+    restore.add_argument("--instance", metavar="NAME", type=_instance_name,
+                         help="another instance's backups on a shared target (by default only this instance's)")
     restore.add_argument("--jobs", type=_positive, default=1, metavar="N", help="pg_restore workers")
     restore.add_argument("--yes", action="store_true", help="restore over an existing database (FORCE_RESTORE=true)")
     restore.add_argument("--drop-old", action="store_true", help="drop the replaced database after the swap")
@@ -111,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
     verbs.add_parser("config", help="print the effective configuration, secrets masked")
     return parser
+
+
+def _instance_name(text: str) -> str:
+    from backupd.origin import check_instance
+
+    try:
+        return check_instance(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive(text: str) -> int:
@@ -255,30 +268,42 @@ def cmd_backup(settings, args) -> int:
     return 0 if result.ok else 1
 
 
-def cmd_list(settings, args) -> int:
+def _listed(settings, args) -> tuple[list[dict], list[dict]]:
+    """(backups, problems) of the repository or of a target, each backup with its instance."""
+    from backupd import origin
     from backupd.repository import Repository
 
-    problems: list[dict] = []
     if args.target:
         from backupd.actions.replicate import list_remote
 
-        found = [b for b in list_remote(settings, args.target) if b.kind == "database"]
-        backups = [{**b.summary(), "status": "ok", "problem": None,
-                    "file": f"{args.target.rstrip('/')}/{b.folder.as_posix()}/{b.manifest['file']}"}
-                   for b in found if args.database is None or b.database == args.database]
-    else:
-        listed, found_problems = Repository(settings.backup_dir).inventory(args.database)
-        backups = [b.summary() for b in listed]
-        problems = [_problem_summary(p) for p in found_problems]
+        found = [(b, i) for b, i in list_remote(settings, args.target, args.instance) if b.kind == "database"]
+        return [{**b.summary(), "instance": instance, "status": "ok", "problem": None,
+                 "file": f"{args.target.rstrip('/')}/{b.folder.as_posix()}/{b.manifest['file']}"}
+                for b, instance in found if args.database is None or b.database == args.database], []
+    me = origin.this_instance_or_none(settings) or "-"
+    listed, found_problems = Repository(settings.backup_dir).inventory(args.database)
+    backups = []
+    for b in listed:
+        try:
+            summary = {**b.summary(), "instance": origin.instance_of(b.manifest, me)}
+        except BackupdError as err:
+            summary = {**b.summary(), "instance": None, "status": "invalid", "problem": str(err)}
+        if args.instance is None or summary["instance"] == args.instance:
+            backups.append(summary)
+    return backups, [_problem_summary(p) for p in found_problems]
+
+
+def cmd_list(settings, args) -> int:
+    backups, problems = _listed(settings, args)
     if args.json:
         json.dump(backups + problems, sys.stdout, indent=2)
         print()
         return _unreadable_exit(problems)
-    rows = [("ID", "DATABASE", "TIME", "SIZE", "FORMAT", "VERIFIED", "STATUS", "LABEL")]
+    rows = [("ID", "DATABASE", "INSTANCE", "TIME", "SIZE", "FORMAT", "VERIFIED", "STATUS", "LABEL")]
     for b in backups:
         fmt = b["format"] + ("" if b["compression"] == "none" else f"+{b['compression']}")
-        rows.append((b["id"], b["database"], b["time"], human_bytes(b["size_bytes"]), fmt, b["verified"] or "-",
-                     b["status"], b["label"] or ""))
+        rows.append((b["id"], b["database"], b["instance"] or "-", b["time"], human_bytes(b["size_bytes"]), fmt,
+                     b["verified"] or "-", b["status"], b["label"] or ""))
     _print_table(rows)
     for b in backups:
         if b["problem"]:
@@ -311,9 +336,14 @@ def _problem_summary(problem) -> dict:
 def cmd_restore(settings, args) -> int:
     from backupd.actions.restore import run_restore
 
-    result = run_restore(settings, args.source, database=args.database, into=args.into, over=args.over,
-                         jobs=args.jobs, yes=args.yes, drop_old=args.drop_old, in_place=args.in_place,
-                         confirm=_ask_at_terminal)
+    try:
+        result = run_restore(settings, args.source, database=args.database, into=args.into, over=args.over,
+                             jobs=args.jobs, yes=args.yes, drop_old=args.drop_old, in_place=args.in_place,
+                             confirm=_ask_at_terminal, instance=args.instance)
+    finally:  # another instance's backup was fetched only for this restore
+        from backupd.actions.replicate import forget_foreign
+
+        forget_foreign(settings)
     print(f"restored {result.backup_id} into {result.database} in {result.seconds:.1f}s "
           f"({human_bytes(result.throughput)}/s of stored backup)")
     if result.previous:
@@ -522,6 +552,13 @@ def cmd_config(settings, args) -> int:
 
     for name, value in settings.effective().items():
         print(f"{name}={value}")
+    if not settings.backup_instance:
+        from backupd import origin
+
+        instance = origin.this_instance_or_none(settings)
+        print(f"# BACKUP_INSTANCE is not set: this instance is {instance!r} by default" if instance else
+              "# BACKUP_INSTANCE is not set, and the default (compose project and service, else the server's "
+              "system identifier) cannot be learnt now")
     # Which PostgreSQL tools serve which server, as comments: the lines above stay a valid env file.
     found = pgtools.summary(settings)
     installed = ", ".join(f"{t['major']} ({t['bindir']})" for t in found["installed"]) or "none"

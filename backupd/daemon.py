@@ -21,7 +21,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import __version__, cancel, pgtools, statuspage
+from backupd import __version__, cancel, origin, pgtools, statuspage
 from backupd.actions.backup import run_backup
 from backupd.actions.prune import run_prune
 from backupd.actions.replicate import read_runs, run_replicate
@@ -300,7 +300,8 @@ class Daemon:
                 jobs[job.id] = {"schedule": state.cron, "next_run": iso(getattr(job, "next_run_time", None)),
                                 "running": state.lock.locked(), "last_run": state.last}
         healthy, health = self.health()
-        return {"started": iso(self.started_at), "health": health, "databases": databases, "jobs": jobs,
+        return {"started": iso(self.started_at), "instance": origin.instance_if_known(self.settings),
+                "health": health, "databases": databases, "jobs": jobs,
                 "targets": read_runs(self.repo), "postgresql": self.tools_view(),
                 "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None}
 
@@ -354,7 +355,7 @@ class Daemon:
         return {"now": now, "health": health, "databases": sorted(databases.values(), key=lambda d: d["name"]),
                 "volumes": sorted(volumes.values(), key=lambda v: v["name"]), "targets": targets, "jobs": jobs,
                 "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None,
-                "title": title, "version": __version__}
+                "title": title, "version": __version__, "instance": origin.instance_if_known(self.settings)}
 
     def tools_view(self) -> dict:
         """Which client tools each server gets, as last looked up. A look costs a connection
@@ -402,6 +403,7 @@ class Daemon:
         self.scheduler.start()
         self._publish_next_runs()
         log.info("backupd is running", http=f"{self.settings.http_host}:{self.settings.http_port}",
+                 instance=origin.this_instance_or_none(self.settings),
                  jobs={name: state.cron for name, state in self.jobs.items()},
                  next_backup=iso(self.scheduler.get_job("backup").next_run_time))
         while not self.stopping.wait(1.0):

@@ -192,6 +192,12 @@ def _check_tools_path(value: Any) -> Path:
     return _absolute_path(value, "/usr/lib/postgresql")
 
 
+def _check_instance(value: str | None) -> str | None:
+    from backupd.origin import check_instance
+
+    return check_instance(value) if value else None  # empty: unset, as compose passes ${VAR:-}
+
+
 def _check_slot_name(value: str) -> str:
     # PostgreSQL's own rule for replication slot names.
     if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
@@ -369,6 +375,8 @@ class Settings(BaseSettings):
     smtp_starttls: bool = True
     notify_webhook_url: Annotated[SecretStr | None, AfterValidator(_check_webhook)] = None
     notify_on: Literal["failure", "always", "never"] = "failure"
+    # This sidecar's name on a shared target (backupd/origin.py); unset: a stable default
+    backup_instance: Annotated[str | None, AfterValidator(_check_instance)] = None
 
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"

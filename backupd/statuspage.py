@@ -317,15 +317,16 @@ def render(view: dict[str, Any]) -> str:
     if not databases:
         databases = '<section><h2>Databases</h2><p class="muted">No backups yet.</p></section>'
     pitr = _pitr(view.get("pitr"), now)
+    instance = _e(view.get("instance") or "-")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
-            f"<title>backupd: {_e(view['title'])}</title><style>{STYLE}</style></head><body>"
+            f"<title>backupd {instance}: {_e(view['title'])}</title><style>{STYLE}</style></head><body>"
             f"<header>{_headline(view['health'])}</header>"
             f"<main>{_overview(view.get('databases', []), now)}{databases}{_volumes(view.get('volumes', []), now)}"
             f"{_targets(view.get('targets', []))}{pitr}{_jobs(view.get('jobs') or {})}</main>"
-            f"<footer>backupd {_e(view.get('version'))} · as of {_e(_when(now))} · refreshes every "
-            f"{REFRESH_SECONDS} s · machine-readable: <a href=\"/status\">/status</a>, "
+            f"<footer>backupd {_e(view.get('version'))} · instance {instance} · as of {_e(_when(now))} · "
+            f"refreshes every {REFRESH_SECONDS} s · machine-readable: <a href=\"/status\">/status</a>, "
             f"<a href=\"/healthz\">/healthz</a>, <a href=\"/metrics\">/metrics</a></footer></body></html>")
 
 

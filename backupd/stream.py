@@ -8,6 +8,7 @@ A non-zero exit or a kill of any stage fails the whole pipeline.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -151,12 +152,17 @@ class AtomicFile:
             pass  # only advice: the fsync in commit() is what makes the file durable
         self._pushed = self._written
 
-    def commit(self) -> None:
+    def commit(self, replace: bool = True) -> None:
+        """``replace=False``: FileExistsError, and nothing changed, when ``final`` exists."""
         assert self.file is not None, "commit inside the with block"
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        os.rename(self.partial, self.final)
+        if replace:
+            os.rename(self.partial, self.final)
+        else:
+            _link_exclusively(self.partial, self.final)
+            self.partial.unlink(missing_ok=True)  # renamed already where links are not supported
         fsync_dir(self.final.parent)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -164,6 +170,23 @@ class AtomicFile:
             self.file.close()
         if exc_type is not None or not self.final.exists():
             self.partial.unlink(missing_ok=True)
+
+
+def _link_exclusively(source: Path, final: Path) -> None:
+    """Give ``source`` the name ``final`` only if nothing has it: a hard link is made or
+    fails with EEXIST in one step, where a rename would replace what another writer put
+    there. A file system without hard links (some SMB and FUSE mounts) gets a check, then
+    the rename: a writer in between could still be replaced there."""
+    try:
+        os.link(source, final)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "exists", str(final)) from None
+        os.rename(source, final)
 
 
 def write_json_atomically(path: Path, text: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from backupd import __version__, cancel, pgtools
+from backupd import __version__, cancel, origin, pgtools
 from backupd.actions.prune import run_prune
 from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform, commit_manifest
@@ -85,6 +85,7 @@ class _Run:
     tools: Tools
     deadline: float
     progress: ProgressFactory | None
+    origin: dict = field(default_factory=dict)  # {"origin": ...}: the server, this instance, the host
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -105,6 +106,7 @@ class _Run:
             "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
             "server": {"host": self.settings.db_host, "port": self.settings.db_port, "version": self.server_version},
             "pg_dump_version": self.tools.version, "tools": self.tools.describe(), "backupd_version": __version__,
+            **self.origin,
         }
 
 
@@ -129,6 +131,7 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
             stranded = stranded_by_a_swap(conn)
             # A server no installed pg_dump can serve safely is refused here, before anything is written.
             tools = pgtools.for_connection(settings.pg_bindir, conn)
+            origin_fields = origin.manifest_fields(settings, conn)
     except UsageError:
         raise
     except BackupdError as err:
@@ -137,7 +140,7 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
         raise
     log.info("client tools chosen", server=server_text, **tools.describe())
     run = _Run(settings, server, repo, Transform(settings), server_text, tools,
-               time.monotonic() + settings.backup_timeout, progress)
+               time.monotonic() + settings.backup_timeout, progress, origin_fields)
     result = BackupResult()
     # The roles dump runs beside the first database dump, not before it: it is small, and
     # only the manifests need its id, when they are written at the end of each dump.

@@ -29,25 +29,31 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from backupd import cancel
+from backupd import cancel, origin
 from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, UsageError
 from backupd.logging import get_logger
+from backupd.origin import INSTANCE_PATTERN, Origin, check_fetched, instance_of, system_identifier_of
 from backupd.repository import (
-    GLOBALS,
-    VOLUMES,
     Backup,
     Repository,
     decode_name,
     encode_name,
     iso,
-    own_file_id,
     parse_id,
     utc_now,
 )
 from backupd.retention import Item, Policy, decide
 from backupd.stream import fsync_dir, sha256_of, write_json_atomically
 from backupd.targets import Target, TargetError, configured_targets
-from backupd.targets.base import LocalFile, LocalFileDamaged, RemoteFile, unreadable_local_file, with_retries
+from backupd.targets.base import (
+    LocalFile,
+    LocalFileDamaged,
+    NotReplaced,
+    RemoteFile,
+    unreadable_local_file,
+    with_retries,
+)
+from backupd.targets.layout import RemoteBackup, on_target, remote_backups, split_instance
 
 log = get_logger("backupd.replicate")
 
@@ -66,6 +72,8 @@ class TargetOutcome:
     # (id, why): backups not sent because their local file is damaged, missing or unreadable.
     # Any of them makes the run a failure (ok False), though every other backup was sent.
     refused: list[tuple[str, str]] = field(default_factory=list)
+    # (id, why): not sent because a different file of that name is on the target (not ours)
+    clashes: list[tuple[str, str]] = field(default_factory=list)
     counted: bool = False  # ``stored`` comes from the target's listing in this run
     pitr_retention: tuple[int, int] = (14, 1)  # PITR_RETENTION_DAYS, BACKUP_MIN_KEEP
 
@@ -85,12 +93,13 @@ def run_replicate(settings, url: str | None = None, budget: float | None = None)
     """Replicate to every target (or the one named) in parallel; each ends within ``budget`` seconds."""
     repo = Repository(settings.backup_dir)
     targets = targets_for(settings, url)
+    mine = origin.this_origin(settings)
     days = settings.replication_retention_days
     policy = Policy.from_settings(settings).with_days(settings.backup_retention_days if days is None else days)
     outcomes = [TargetOutcome(t.url, confirmed=t.confirms,
                               pitr_retention=(settings.pitr_retention_days, settings.backup_min_keep))
                 for t in targets]
-    threads = [threading.Thread(target=_replicate_guarded, args=(t, o, repo, policy), name=f"replicate {t.url}",
+    threads = [threading.Thread(target=_replicate_guarded, args=(t, o, repo, policy, mine), name=f"replicate {t.url}",
                                 daemon=True) for t, o in zip(targets, outcomes, strict=True)]
     for thread in threads:
         thread.start()
@@ -136,9 +145,10 @@ def read_runs(repo: Repository) -> dict[str, dict]:
         return {}
 
 
-def _replicate_guarded(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy) -> None:
+def _replicate_guarded(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy,
+                       mine: Origin) -> None:
     try:
-        _replicate(target, outcome, repo, policy)
+        _replicate(target, outcome, repo, policy, mine)
     except (BackupdError, OSError) as err:  # OSError: the local repository, read mid-run
         error = str(err) if isinstance(err, BackupdError) else f"reading the repository failed: {err.strerror or err}"
         outcome.ok, outcome.error = False, error
@@ -149,25 +159,48 @@ def _replicate_guarded(target: Target, outcome: TargetOutcome, repo: Repository,
             backup_id for backup_id, _ in outcome.refused)
         outcome.ok = False
         outcome.error = "; ".join(filter(None, [outcome.error, not_sent]))
+    if outcome.clashes:
+        outcome.ok = False
+        outcome.error = "; ".join(filter(None, [outcome.error, *(why for _, why in outcome.clashes)]))
     if outcome.ok:
         log.info("replication finished", target=target.url, sent=len(outcome.sent), deleted=len(outcome.deleted),
                  confirmed=target.confirms)
     outcome.finished = utc_now()
 
 
-def relative_paths(backup: Backup, root: Path) -> tuple[str, str]:
-    """(data file, manifest) relative to the repository root: the same layout on every target."""
-    return (backup.path.relative_to(root).as_posix(), backup.manifest_path.relative_to(root).as_posix())
+def relative_paths(backup: Backup, root: Path, instance: str) -> tuple[str, str]:
+    """(data file, manifest) on a target: the repository's layout, under the instance's folder."""
+    return (on_target(instance, backup.path.relative_to(root).as_posix()),
+            on_target(instance, backup.manifest_path.relative_to(root).as_posix()))
 
 
-def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy) -> None:
+def _written_here(backup: Backup, me: str) -> bool:
+    """A local backup of another instance (a BACKUP_DIR moved, BACKUP_INSTANCE changed) is
+    not sent: under this instance's name it would be refused on every fetch."""
+    try:
+        written_by = instance_of(backup.manifest, me)
+    except IntegrityError:
+        written_by = "(an origin that is not valid)"
+    if written_by != me:
+        log.warning("not replicated: the backup was made by another instance", id=backup.id, instance=written_by,
+                    this_instance=me)
+    return written_by == me
+
+
+def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy, mine: Origin) -> None:
     remote = with_retries(f"list {target.url}", target.list)
     refused: set[tuple[str, str]] = set()  # (kind, id): ids can repeat across kinds
     for backup in repo.backups(kind=None):  # newest first: the most valuable copy lands first
         if reason := cancel.requested():
             raise Aborted(reason)
+        if not _written_here(backup, mine.instance):
+            continue
         try:
-            _send(target, outcome, repo, backup, remote)
+            _send(target, outcome, repo, backup, remote, mine.instance)
+        except NotReplaced as err:  # someone else's file has that name: kept, and this one not sent
+            refused.add((backup.kind, backup.id))
+            outcome.clashes.append((backup.id, str(err)))
+            log.error("not replicated", id=backup.id, target=target.url, error=str(err))
         except LocalFileDamaged as err:
             # One bad file never stops the others, nor retention on the target.
             if not backup.manifest_path.exists():
@@ -177,10 +210,10 @@ def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy:
             _refuse(repo, outcome, target, backup, err.reason, err.mismatch)
     if target.confirms:
         remote = with_retries(f"list {target.url}", target.list)
-        outcome.deleted = _apply_retention(target, remote, repo, policy, keep=refused)
+        outcome.deleted = _apply_retention(target, remote, repo, policy, mine, keep=refused)
         _replicate_pitr(target, outcome, repo, remote)
-        for remote_backup in _remote_backups_all(remote):
-            if remote_backup.manifest not in outcome.deleted:
+        for remote_backup in remote_backups(remote):  # this instance's, as retention sees them
+            if remote_backup.in_space(mine.instance, mine.instance) and remote_backup.manifest not in outcome.deleted:
                 name = remote_backup.database
                 outcome.stored[name] = outcome.stored.get(name, 0) + 1
                 outcome.stored_bytes += remote_backup.size
@@ -214,9 +247,9 @@ def _refuse(repo: Repository, outcome: TargetOutcome, target: Target, backup: Ba
         log.warning("could not record the damage in the backup's state", id=backup.id, error=str(err))
 
 
-def _local_files(backup: Backup, root: Path) -> list[LocalFile]:
+def _local_files(backup: Backup, root: Path, instance: str) -> list[LocalFile]:
     """The data file and the manifest, each with what its copy must match."""
-    data_rel, manifest_rel = relative_paths(backup, root)
+    data_rel, manifest_rel = relative_paths(backup, root, instance)
     if backup.damaged:  # known already (its size, or a checksum mismatch found before): not read again
         raise LocalFileDamaged(data_rel, f"is damaged: {backup.damaged}")
     try:
@@ -228,17 +261,21 @@ def _local_files(backup: Backup, root: Path) -> list[LocalFile]:
 
 
 def _send(target: Target, outcome: TargetOutcome, repo: Repository, backup: Backup,
-          remote: dict[str, RemoteFile]) -> None:
+          remote: dict[str, RemoteFile], instance: str) -> None:
     """Send one backup's file, then its manifest, each confirmed by checksum. Each target's
     ``put`` checks the local file against the manifest before a copy can replace anything,
     and raises LocalFileDamaged: a damaged file never replaces a good copy on the target."""
-    files = _local_files(backup, repo.root)
+    files = _local_files(backup, repo.root, instance)
     record = backup.state.get("replicas", {}).get(target.url)
     if record and _still_there(target, files, remote, record):
         return
+    # Only a copy this instance confirmed at that very name before may be replaced (it
+    # changed or was damaged there); any other file of that name is someone else's.
+    ours = record.get("files", {}) if isinstance(record, dict) and isinstance(record.get("files"), dict) else {}
     sent = {}
     for file in files:  # the data file first, the manifest last
-        sent[file.relative] = with_retries(f"send {file.relative}", partial(target.put, file))
+        sent[file.relative] = with_retries(f"send {file.relative}",
+                                           partial(target.put, file, replace=file.relative in ours))
     record = {"time": iso(utc_now()), "confirmed": target.confirms, "files": sent}
 
     def with_this_copy(replicas: Any) -> dict:
@@ -265,151 +302,220 @@ def _still_there(target: Target, files: list[LocalFile], remote: dict[str, Remot
     return True
 
 
-@dataclass(frozen=True)
-class RemoteBackup:
-    id: str
-    database: str
-    manifest: str  # relative path of the manifest on the target
-    data: list[str]  # relative paths of its other files
-    size: int
-
-    @property
-    def kind(self) -> str:
-        if self.manifest.startswith(f"{VOLUMES}/"):
-            return "volume"
-        return "globals" if self.manifest.startswith(f"{GLOBALS}/") else "database"
-
-
-def _remote_backups(remote: dict[str, RemoteFile]) -> dict[str, RemoteBackup]:
-    """Database backups and roles dumps on a target, by id (a volume may share a database's id)."""
-    return {b.id: b for b in _remote_backups_all(remote) if b.kind != "volume"}
-
-
-def _remote_backups_all(remote: dict[str, RemoteFile]) -> list[RemoteBackup]:
-    """Every backup on a target, from file names alone: ``<folder>/<encoded id>.json``."""
-    found = []
-    for relative in remote:
-        folder, _, name = relative.rpartition("/")
-        nested = folder.startswith(f"{VOLUMES}/") and folder.count("/") == 1
-        if not folder or ("/" in folder and not nested) or not name.endswith(".json") or name.endswith(".state.json"):
-            continue
-        stem = name[:-5]
-        try:
-            backup_id = decode_name(stem)
-            database, _ = parse_id(backup_id)
-        except (UsageError, ValueError):
-            continue
-        if folder not in (encode_name(database), GLOBALS, f"{VOLUMES}/{encode_name(database)}"):
-            continue  # not laid out by backupd: never fetched, never deleted
-        data = [r for r in remote if r.startswith(f"{folder}/{stem}.") and r != relative
-                and (own_file_id(r.rpartition("/")[2]) or ("", ""))[0] == backup_id]  # never someone else's
-        found.append(RemoteBackup(backup_id, database, relative, data, sum(remote[r].size for r in [relative, *data])))
-    return found
-
-
 def _apply_retention(target: Target, remote: dict[str, RemoteFile], repo: Repository, policy: Policy,
-                     keep: set[tuple[str, str]] | None = None) -> list[str]:
-    """The whole policy on the target; pins and the newest-backup rule hold there too. The
-    copies named in ``keep`` ((kind, id): backups whose local file is damaged) are kept like
-    pinned ones: a copy there may be the only good one left."""
+                     mine: Origin, keep: set[tuple[str, str]] | None = None) -> list[str]:
+    """The whole policy on this instance's copies on the target; pins and the newest-backup
+    rule hold there too. What another instance wrote is never deleted, nor even counted.
+    The copies named in ``keep`` ((kind, id): backups whose local file is damaged) are kept
+    like pinned ones: a copy there may be the only good one left."""
     keep = keep or set()
-    backups = {b.manifest: b for b in _remote_backups_all(remote)}  # keyed by path: ids can repeat across kinds
     local, problems = repo.inventory(kind=None)
     if any(p.kind == "unreadable" for p in problems):  # pins there are out of sight: delete nothing
         log.warning("retention on the target skipped: part of the local repository cannot be read",
                     target=target.url)
         return []
     pinned = {b.id for b in local if b.pinned}
-    for b in backups.values():
+    confirmed = _confirmed_copies(local, target.url)
+    groups: dict[str, list[RemoteBackup]] = {}  # one item per backup: an older top-level copy joins its newer one
+    for b in remote_backups(remote):
+        if b.in_space(mine.instance, mine.instance) and (b.manifest in confirmed or _written_by(target, b, mine)):
+            groups.setdefault(f"{b.kind}/{b.id}", []).append(b)
+    for b, *_ in groups.values():
         if (b.kind, b.id) in keep:
             log.warning("kept on the target because the local backup is damaged", id=b.id, target=target.url)
-    items = [Item(path, (b.kind, b.database), parse_id(b.id)[1], b.id in pinned or (b.kind, b.id) in keep)
-             for path, b in backups.items()]
+    items = [Item(key, (b.kind, b.database), parse_id(b.id)[1], b.id in pinned or (b.kind, b.id) in keep)
+             for key, (b, *_) in groups.items()]
     deleted = []
     for decision in decide(items, utc_now(), policy):
         if decision.keep:
             continue
-        doomed = backups[decision.item.id]
-        with_retries(f"delete {doomed.manifest}", partial(target.delete, doomed.manifest))  # unlisted first
-        for relative in doomed.data:
-            with_retries(f"delete {relative}", partial(target.delete, relative))
-        deleted.append(doomed.manifest)
-        log.info("deleted on the target by retention", id=doomed.id, target=target.url)
+        for doomed in groups[decision.item.id]:
+            with_retries(f"delete {doomed.manifest}", partial(target.delete, doomed.manifest))  # unlisted first
+            for relative in doomed.data:
+                with_retries(f"delete {relative}", partial(target.delete, relative))
+            deleted.append(doomed.manifest)
+            log.info("deleted on the target by retention", id=doomed.id, target=target.url)
     return deleted
 
 
+def _confirmed_copies(local: list[Backup], url: str) -> set[str]:
+    """Paths this instance sent to the target and confirmed there: its own for sure, since
+    an upload never replaces another's file."""
+    paths: set[str] = set()
+    for backup in local:
+        record = backup.state.get("replicas", {}).get(url)
+        files = record.get("files") if isinstance(record, dict) else None
+        paths.update(files if isinstance(files, dict) else ())
+    return paths
+
+
+def _written_by(target: Target, copy: RemoteBackup, mine: Origin) -> bool:
+    """Did this instance write a copy it has no record of (gone locally, or a new machine)?
+    Its manifest must name this instance and this server; a manifest from before origins
+    were recorded is this instance's. One of this name from another server (two hosts with
+    the same compose project and service) or one that cannot be read is kept."""
+    manifest = _read_manifest(target, copy.manifest)
+    try:
+        instance = instance_of(manifest, mine.instance) if manifest is not None else None
+    except IntegrityError:
+        instance = None
+    server = system_identifier_of(manifest) if manifest is not None else None
+    ours = instance == mine.instance and (server is None or server == mine.system_identifier)
+    if not ours:
+        log.warning("kept on the target: not written by this instance and server", id=copy.id, target=target.url,
+                    manifest=copy.manifest, instance=instance, system_identifier=server,
+                    this_system_identifier=mine.system_identifier)
+    return ours
+
+
+def _read_manifest(target: Target, relative: str) -> dict | None:
+    """A manifest on the target, parsed; None when it cannot be fetched or is not an object."""
+    with tempfile.TemporaryDirectory(prefix="backupd-manifest-") as folder:
+        local = Path(folder) / "manifest.json"
+        try:
+            with_retries(f"fetch {relative}", partial(target.get, relative, local))
+            manifest = json.loads(local.read_text(encoding="utf-8"))
+        except (TargetError, OSError, ValueError) as err:
+            log.warning("a manifest on the target cannot be read", manifest=relative, target=target.url,
+                        error=str(err))
+            return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 # Disaster recovery -------------------------------------------------------------------------
-def list_remote(settings, url: str) -> list[Backup]:
-    """The backups on a target, with their manifests read from there."""
+FOREIGN = ".instances"  # BACKUP_DIR/.instances/<instance>/: another instance's backups, fetched to restore
+
+
+def foreign_repository(settings, instance: str) -> Repository:
+    """Where another instance's backups are fetched: never among this instance's own (an id
+    of the same second would collide, and retention or replication would take them for
+    this instance's). The folder is hidden, so the repository never lists it."""
+    holder = Path(settings.backup_dir) / FOREIGN
+    Repository(Path(settings.backup_dir)).ensure_folder(holder)
+    return Repository(holder / instance)
+
+
+def forget_foreign(settings) -> None:
+    """Remove what was fetched of other instances (after the restore that needed it)."""
+    shutil.rmtree(Path(settings.backup_dir) / FOREIGN, ignore_errors=True)
+
+
+def repository_holding(repo: Repository, backup: Backup) -> Repository:
+    """The repository a backup was found or fetched into (its roles dump is there too)."""
+    holder = repo.root / FOREIGN
+    if backup.folder.is_relative_to(holder) and backup.folder != holder:
+        return Repository(holder / backup.folder.relative_to(holder).parts[0])
+    return repo
+
+
+def list_remote(settings, url: str, instance: str | None = None) -> list[tuple[Backup, str]]:
+    """The backups on a target (every instance's, or ``instance``'s), with their manifests
+    read from there, each with the instance that made it."""
     (target,) = targets_for(settings, url)
+    me = origin.this_instance_or_none(settings) or "-"
     remote = with_retries(f"list {target.url}", target.list)
     backups = []
-    with tempfile.TemporaryDirectory(prefix="backupd-list-") as folder:
-        for remote_backup in _remote_backups(remote).values():
-            local = Path(folder) / "manifest.json"
-            target.get(remote_backup.manifest, local)
-            manifest = json.loads(local.read_text(encoding="utf-8"))
-            backups.append(Backup(manifest=manifest, folder=Path(remote_backup.manifest).parent))
-    backups.sort(key=lambda b: (b.time, b.id), reverse=True)
+    for remote_backup in remote_backups(remote):
+        owner = remote_backup.instance or me
+        if remote_backup.kind == "volume" or (instance is not None and owner != instance):
+            continue
+        manifest = _read_manifest(target, remote_backup.manifest)
+        try:
+            written_by = instance_of(manifest, owner) if manifest is not None else None
+            backup = Backup(manifest=manifest, folder=Path(remote_backup.manifest).parent) if manifest else None
+            if backup is not None and (backup.id != remote_backup.id or written_by is None):
+                backup = None
+        except (IntegrityError, KeyError, TypeError, ValueError, UsageError):
+            backup = None
+        if backup is None or written_by is None:
+            log.warning("not listed: its manifest on the target is not valid", manifest=remote_backup.manifest,
+                        target=target.url)
+            continue
+        backups.append((backup, written_by))
+    backups.sort(key=lambda found: (found[0].time, found[0].id, found[1]), reverse=True)
     return backups
 
 
+def _pick(copies: list[RemoteBackup], instance: str, me: str) -> RemoteBackup | None:
+    """``instance``'s copy, the one under its folder before an older top-level one."""
+    return next((b for b in sorted(copies, key=lambda b: b.instance is None) if b.in_space(instance, me)), None)
+
+
 def fetch(settings, repo: Repository, backup_id: str, targets: list[Target] | None = None,
-          kind: str = "database") -> Backup:
-    """Bring a backup (and its roles dump) or a volume archive from the first target that has
-    it into the local repository, checked against its manifest; the local repository may be
-    empty (a new machine)."""
+          kind: str = "database", instance: str | None = None) -> Backup:
+    """Bring a backup (and its roles dump) or a volume archive of this instance, or of
+    ``instance``, from the first target that has it into the local repository, checked
+    against its manifest; the local repository may be empty (a new machine). Another
+    instance's backup goes to a repository of its own (``foreign_repository``)."""
+    me = origin.this_instance(settings)
+    asked = instance or me
+    into = repo if asked == me else foreign_repository(settings, asked)
+    elsewhere: set[str] = set()
     for target in targets if targets is not None else [t for t in configured_targets(settings) if t.confirms]:
         try:
             remote = with_retries(f"list {target.url}", target.list)
         except TargetError as err:
             log.warning("target not reachable", target=target.url, error=str(err))
             continue
-        found = next((b for b in _remote_backups_all(remote) if b.id == backup_id
-                      and (b.kind == kind or kind == "database" and b.kind == "globals")), None)
+        every = remote_backups(remote)
+        copies = [b for b in every
+                  if b.id == backup_id and (b.kind == kind or kind == "database" and b.kind == "globals")]
+        found = _pick(copies, asked, me)
         if found is None:
+            elsewhere.update(b.instance for b in copies if b.instance and b.instance != asked)
             continue
-        backup = _fetch_files(target, repo, found)
-        log.info("fetched from a target", id=backup_id, target=target.url)
+        backup = _fetch_files(target, into, found, asked)
+        log.info("fetched from a target", id=backup_id, target=target.url, instance=asked)
         globals_id = backup.manifest.get("globals_id")
         if globals_id and globals_id != backup_id:
             try:
-                repo.find(globals_id, kind="globals")
+                into.find(globals_id, kind="globals")
             except NotFoundError:
-                remote_globals = next((b for b in _remote_backups_all(remote)
-                                       if b.id == globals_id and b.kind == "globals"), None)
+                remote_globals = _pick([b for b in every if b.id == globals_id and b.kind == "globals"], asked, me)
                 if remote_globals:
-                    _fetch_files(target, repo, remote_globals)
+                    _fetch_files(target, into, remote_globals, asked)
         return backup
-    raise NotFoundError(f"no backup with id {backup_id!r} locally or on any replication target")
+    hint = (f"; instance {', '.join(sorted(elsewhere))} has a backup of that id: name it with --instance"
+            if elsewhere else "")
+    raise NotFoundError(f"no backup with id {backup_id!r} of instance {asked!r} locally or on any replication "
+                        f"target{hint}")
 
 
-def newest_remote_id(settings, database: str | None, kind: str = "database") -> str:
-    """The newest backup id of ``database`` (or volume) on the targets (``latest`` on a new machine)."""
+def newest_remote_id(settings, database: str | None, kind: str = "database", instance: str | None = None) -> str:
+    """The newest backup id of ``database`` (or volume) of this instance (or ``instance``) on
+    the targets (``latest`` on a new machine)."""
     noun, option = ("volume", "--volume") if kind == "volume" else ("database", "--database")
+    me = origin.this_instance(settings)
+    asked = instance or me
     ids = []
     for target in (t for t in configured_targets(settings) if t.confirms):
         try:
             remote = with_retries(f"list {target.url}", target.list)
         except TargetError:
             continue
-        ids += [b for b in _remote_backups_all(remote) if b.kind == kind
+        ids += [b for b in remote_backups(remote) if b.kind == kind and b.in_space(asked, me)
                 and (database is None or b.database == database)]
     if not ids:
-        raise NotFoundError(f"no backups of {noun} {database or ''!r} locally or on any replication target")
+        raise NotFoundError(f"no backups of {noun} {database or ''!r} of instance {asked!r} locally or on any "
+                            f"replication target")
     if database is None and len({b.database for b in ids}) > 1:
         raise UsageError(f"'latest' needs {option}: the targets hold backups of several")
     return max(ids, key=lambda b: parse_id(b.id)[1]).id
 
 
-def _fetch_files(target: Target, repo: Repository, found: RemoteBackup) -> Backup:
-    remote_folder = found.manifest.rpartition("/")[0]  # e.g. "shop" or "_volumes/uploads"
-    folder = repo.ensure_folder(repo.root / remote_folder)
+def _fetch_files(target: Target, repo: Repository, found: RemoteBackup, instance: str) -> Backup:
+    remote_folder = found.manifest.rpartition("/")[0]  # e.g. "site-a/shop", "shop" or "site-a/_volumes/uploads"
+    folder = repo.ensure_folder(repo.root / split_instance(found.manifest)[1].rpartition("/")[0])
     with repo.lock(folder, "fetch"), tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as staging:
         staged_manifest = Path(staging) / "manifest.json"
         with_retries(f"fetch {found.manifest}", lambda: target.get(found.manifest, staged_manifest))
-        manifest = json.loads(staged_manifest.read_text(encoding="utf-8"))
-        if not _describes(manifest, found.id, folder):
+        try:
+            manifest = json.loads(staged_manifest.read_text(encoding="utf-8"))
+        except ValueError:
+            manifest = None
+        if isinstance(manifest, dict):  # refused (exit 2) before anything of it is kept
+            check_fetched(manifest, instance, f"{target.url}/{found.manifest}")
+        if not isinstance(manifest, dict) or not _describes(manifest, found.id, folder):
             raise IntegrityError(f"the manifest of {found.id} on {target.url} is not backupd's manifest of "
                                  f"that backup (its id, file name, size or checksum); nothing was fetched")
         data_name = manifest["file"]
@@ -436,22 +542,39 @@ def _describes(manifest: dict, backup_id: str, folder: Path) -> bool:
 
 
 def fetch_url(settings, repo: Repository, url: str) -> Backup:
-    """``backupd restore URL``: the URL of a backup file (or its manifest) on a target."""
+    """``backupd restore URL``: the URL of a backup file (or its manifest) on a target. The
+    path names the instance (its folder; the top level is this instance's): naming the
+    file is naming the instance."""
     from backupd.redact import strip_url_credentials
-    from backupd.targets import make_target
 
     shown = strip_url_credentials(url)
     for target in configured_targets(settings):
         if target.confirms and shown.startswith(target.url.rstrip("/") + "/"):
             relative = shown[len(target.url.rstrip("/")) + 1:]
             break
-    else:  # not a configured target: the layout is always <root>/<folder>/<file>
-        root, folder, name = url.rsplit("/", 2)
-        target, relative = make_target(root, settings), f"{folder}/{name}"
+    else:
+        target, relative = _unconfigured_target(settings, url)
     match = _FILE_OF_BACKUP.match(relative.rpartition("/")[2])
     if not match:
         raise UsageError(f"{shown!r} does not name a backup file (<id>.<ext> or <id>.json)")
-    return fetch(settings, repo, decode_name(match.group(1)), [target])
+    return fetch(settings, repo, decode_name(match.group(1)), [target], instance=split_instance(relative)[0])
+
+
+def _unconfigured_target(settings, url: str) -> tuple[Target, str]:
+    """Not a configured target: the layout is ``<root>/<instance>/<folder>/<file>``, or
+    ``<root>/<folder>/<file>`` from before instances; the first that the target has."""
+    from backupd.targets import make_target
+
+    parts = url.rsplit("/", 3)
+    if len(parts) == 4 and INSTANCE_PATTERN.fullmatch(parts[1]) and "://" in parts[0][:-1]:
+        target, relative = make_target(parts[0], settings), "/".join(parts[1:])
+        try:
+            if relative in with_retries(f"list {target.url}", target.list):
+                return target, relative
+        except TargetError:
+            pass  # perhaps not a root at all: the older layout below
+    root, folder, name = url.rsplit("/", 2)
+    return make_target(root, settings), f"{folder}/{name}"
 
 
 # "<encoded id>.<ext>": the id ends with its time, so a dot inside a database name is no trouble.

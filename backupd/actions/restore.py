@@ -80,11 +80,21 @@ class RestoreResult:
         return self.size / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_source(repo: Repository, source: str, database: str | None, settings=None) -> Backup:
+def resolve_source(repo: Repository, source: str, database: str | None, settings=None,
+                   instance: str | None = None) -> Backup:
     """``latest``, an id (looked up inside the repository, then on the replication targets,
-    never anywhere else), a URL of a file on a target, or a path to a backup file."""
+    never anywhere else), a URL of a file on a target, or a path to a backup file. Only this
+    instance's backups, unless ``instance`` names another one: then only its, from the targets."""
     from backupd.actions import replicate
+    from backupd.origin import this_instance
 
+    if instance is not None and (settings is None or instance != this_instance(settings)):
+        if source != "latest" and not looks_like_id(source):
+            raise UsageError(f"--instance selects backups on the replication targets: {source!r} is neither "
+                             f"'latest' nor a backup id")
+        backup_id = replicate.newest_remote_id(settings, database, instance=instance) if source == "latest" \
+            else source
+        return replicate.fetch(settings, repo, backup_id, instance=instance)
     if source == "latest":
         try:
             return repo.latest(database)
@@ -157,16 +167,19 @@ Confirm = Callable[[Backup, str], bool]
 def run_restore(settings, source: str, database: str | None = None, into: str | None = None, jobs: int = 1,
                 yes: bool = False, drop_old: bool = False, in_place: bool = False,
                 confirm: Confirm | None = None, show_progress: bool | None = None,
-                over: str | None = None) -> RestoreResult:
+                over: str | None = None, instance: str | None = None) -> RestoreResult:
     """Restore ``source`` into its own database (a new one when it is gone), into a new
     database ``into``, or over the existing database ``over``. Over an existing database
     only with ``yes`` (or FORCE_RESTORE, or ``confirm`` answering yes): by a safe swap, or
     ``in_place``. ``database`` only selects backups and is never the destination. Raises
     RefusedError (exit 2), with nothing touched, when the destination is not the one the
     user named or an existing database would be touched without consent."""
+    from backupd.actions.replicate import repository_holding
+
     _check_destination_options(into, over)
     repo = Repository(settings.backup_dir)
-    backup = resolve_source(repo, source, database, settings)
+    backup = resolve_source(repo, source, database, settings, instance)
+    repo = repository_holding(repo, backup)  # another instance's: fetched apart, with its roles dump
     if backup.kind != "database":
         raise UsageError(f"{backup.id} is a {backup.kind} backup, not a database backup")
     target = restore_destination(backup, database, into, over)

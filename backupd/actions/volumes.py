@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backupd import __version__
+from backupd import __version__, origin
 from backupd.archive import reader_stages
 from backupd.artifact import Transform, commit_manifest
 from backupd.docker_ctl import containers_stopped
@@ -125,6 +125,7 @@ def _archive(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome
             "format": "tar", **transform.manifest_fields(),
             "file": final.name, "size_bytes": stream.size, "sha256": stream.sha256,
             "file_count": files, "source_bytes": source_bytes, "warnings": warnings, "backupd_version": __version__,
+            **origin.manifest_fields(settings),
         })
     return VolumeOutcome(name, ok=True, backup_id=backup_id, warnings=warnings, size=stream.size)
 

@@ -75,7 +75,8 @@ def replicate_store(target: Target, remote: dict[str, RemoteFile], store: Store,
         if (record and record.get("sha256") == file.sha256 and copy is not None
                 and target.is_intact(file, copy, record.get("record", {}))):
             continue
-        confirmation = with_retries(f"send {file.relative}", partial(target.put, file))
+        # Under this cluster's own folder; metadata and gaps change, and their copy follows.
+        confirmation = with_retries(f"send {file.relative}", partial(target.put, file, replace=True))
         known[file.relative] = {"sha256": file.sha256, "size": file.size, "mtime": file.path.stat().st_mtime,
                                 "record": confirmation}
         sent.append(file.relative)

@@ -36,6 +36,16 @@ class LocalFileDamaged(TargetError):
         super().__init__(f"{relative} {reason}; it is not sent")
 
 
+class NotReplaced(TargetError):
+    """A different file of that name is on the target already: someone else's, kept."""
+
+    permanent = True
+
+    def __init__(self, relative: str, url: str):
+        super().__init__(f"a different {relative} is already at {url}; it is not replaced (is another sidecar "
+                         f"using the same BACKUP_INSTANCE?)")
+
+
 def unreadable_local_file(relative: str, err: OSError) -> LocalFileDamaged:
     if isinstance(err, FileNotFoundError):
         return LocalFileDamaged(relative, "is missing", mismatch=False)
@@ -92,9 +102,14 @@ class Target:
     def list(self) -> dict[str, RemoteFile]:
         raise NotImplementedError
 
-    def put(self, file: LocalFile) -> dict:
+    def put(self, file: LocalFile, replace: bool = False) -> dict:
         """Send and confirm the copy by checksum; TargetError when it does not match.
-        Returns what to remember to recognise the copy later (e.g. its ETag)."""
+        Returns what to remember to recognise the copy later (e.g. its ETag).
+
+        Several sidecars may share a target, so a copy never replaces a different file of
+        the same name unless ``replace`` (the caller knows that file is its own earlier
+        copy, now changed or damaged): ``NotReplaced`` instead. An identical file already
+        there is the copy."""
         raise NotImplementedError
 
     def is_intact(self, file: LocalFile, remote: RemoteFile, record: dict) -> bool:

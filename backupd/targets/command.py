@@ -22,7 +22,7 @@ class CommandTarget(Target):
     def list(self) -> dict[str, RemoteFile]:
         return {}
 
-    def put(self, file: LocalFile) -> dict:
+    def put(self, file: LocalFile, replace: bool = False) -> dict:  # the command decides
         check_local_file(file)
         code, _, err = run(self.argv[0], [*self.argv, str(file.path), f"{self.destination}/{file.relative}"],
                            timeout=3600, user_command=True)

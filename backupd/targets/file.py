@@ -10,9 +10,11 @@ from backupd.stream import AtomicFile, fsync_dir, pump
 from backupd.targets.base import (
     LocalFile,
     LocalFileDamaged,
+    NotReplaced,
     RemoteFile,
     Target,
     TargetError,
+    check_local_file,
     check_size,
     unreadable_local_file,
 )
@@ -39,11 +41,15 @@ class FileTarget(Target):
                 found[relative] = RemoteFile(relative, stat.st_size, stat.st_mtime)
         return found
 
-    def put(self, file: LocalFile) -> dict:
+    def put(self, file: LocalFile, replace: bool = False) -> dict:
         """The copy is written beside the destination and renamed into place only when its
-        sha256 matches the manifest, so a damaged local file never replaces a good copy."""
+        sha256 matches the manifest, so a damaged local file never replaces a good copy;
+        without ``replace`` it is linked into place, which never replaces another's file."""
         destination = self._path(file.relative)
         check_size(file)
+        if not replace and destination.exists():
+            check_local_file(file)  # a damaged local file is reported even when a good copy is there
+            return self._already_there(file, destination)
         try:  # a local file that vanished or cannot be read fails its backup, not the target
             source = open(file.path, "rb", buffering=0)
         except OSError as err:
@@ -56,12 +62,20 @@ class FileTarget(Target):
                 size, sha = pump(source, out)
                 if sha != file.sha256:
                     raise LocalFileDamaged(file.relative)
-                out.commit()
+                out.commit(replace=replace)
+        except FileExistsError:  # written by someone else since the check above
+            return self._already_there(file, destination)
         except OSError as err:
             raise TargetError(f"copying {file.relative} to {self.url} failed: {err.strerror or err}") from None
         # Confirm by reading the copy back, as the target's disk has it.
         if self._sha256(destination) != file.sha256:
             raise TargetError(f"the copy of {file.relative} at {self.url} does not match its checksum")
+        return {"mtime": destination.stat().st_mtime}
+
+    def _already_there(self, file: LocalFile, destination: Path) -> dict:
+        """The file of that name on the target: the copy when identical, else not ours."""
+        if self._sha256(destination) != file.sha256:
+            raise NotReplaced(file.relative, self.url)
         return {"mtime": destination.stat().st_mtime}
 
     def _sha256(self, path: Path) -> str:

@@ -19,13 +19,17 @@ import queue
 import re
 import tempfile
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from backupd.logging import get_logger
 from backupd.stream import BLOCK
 from backupd.targets.base import (
     LocalFile,
     LocalFileDamaged,
+    NotReplaced,
     RemoteFile,
     Target,
     TargetError,
@@ -33,11 +37,38 @@ from backupd.targets.base import (
     unreadable_local_file,
 )
 
+log = get_logger("backupd.s3")
+
 MIN_PART = 16 * 1024 * 1024
 MAX_PARTS = 10000
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 _PERMANENT_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
                     "AuthorizationHeaderMalformed", "InvalidBucketName", "AllAccessDisabled"}
+
+
+class _Exists(Exception):
+    """The conditional write found an object of that name (412 Precondition Failed)."""
+
+
+class _NotImplemented(Exception):
+    """The store does not implement the condition."""
+
+
+def _conditional(call: Callable[[], Any]) -> Any:
+    from botocore.exceptions import ClientError
+
+    try:
+        return call()
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "PreconditionFailed" or status == 412:
+            raise _Exists() from None
+        if code == "ConditionalRequestConflict" or status == 409:  # another conditional write of that name
+            raise _Exists() from None
+        if code == "NotImplemented" or status == 501:
+            raise _NotImplemented() from None
+        raise
 
 
 def part_size(size: int) -> int:
@@ -144,12 +175,12 @@ class S3Target(Target):
                 extra["SSEKMSKeyId"] = self.settings.aws_s3_sse_kms_key_id
         return extra
 
-    def put(self, file: LocalFile) -> dict:
+    def put(self, file: LocalFile, replace: bool = False) -> dict:
         """The local file is hashed before it is uploaded: an upload replaces the object, so a
         file that no longer matches its manifest must never start one (a good copy there would
-        be lost). The ETag computed in the same pass then confirms the upload."""
-        from boto3.s3.transfer import TransferConfig
-
+        be lost). The ETag computed in the same pass then confirms the upload. Without
+        ``replace`` the upload is conditional (If-None-Match), so it never replaces an object
+        another sidecar wrote, even one written a moment ago."""
         part = part_size(file.size)
         check_size(file)
         try:
@@ -159,11 +190,13 @@ class S3Target(Target):
         if sha != file.sha256:
             raise LocalFileDamaged(file.relative)
         key = self._key(file.relative)
-        config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
+        if not replace and (existing := self._head(key)) is not None:
+            return self._already_there(file, existing, expected_etag)
         try:
-            self.client.upload_file(str(file.path), self.bucket, key, ExtraArgs=self._extra_args(file.sha256),
-                                    Config=config)
+            self._upload(file, key, part, conditional=not replace)
             etag = self.client.head_object(Bucket=self.bucket, Key=key)["ETag"].strip('"')
+        except _Exists:  # written by someone else since the check above
+            return self._already_there(file, self._head(key) or {}, expected_etag)
         except Exception as err:
             raise self._fail(f"uploading {file.relative}", err) from None
         if _MD5_ETAG.match(etag) and self.settings.aws_s3_sse != "aws:kms":
@@ -173,6 +206,74 @@ class S3Target(Target):
         elif self._read_back_sha256(file.relative) != sha:
             raise TargetError(f"the copy of {file.relative} at {self.url} does not match its checksum")
         return {"etag": etag}
+
+    def _head(self, key: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail(f"checking {key}", err) from None
+        except Exception as err:
+            raise self._fail(f"checking {key}", err) from None
+
+    def _already_there(self, file: LocalFile, head: dict, expected_etag: str) -> dict:
+        """The object of that name: the copy when it is the same file (its sha256 recorded
+        by backupd, or its ETag), else someone else's, never replaced."""
+        etag = str(head.get("ETag", "")).strip('"')
+        same = head.get("ContentLength") == file.size and (
+            head.get("Metadata", {}).get("sha256") == file.sha256 or etag == expected_etag)
+        if not same:
+            raise NotReplaced(file.relative, self.url)
+        return {"etag": etag}
+
+    def _upload(self, file: LocalFile, key: str, part: int, conditional: bool) -> None:
+        """One PUT, or a multipart upload in ``part``-sized parts (the ETag computed above
+        assumes exactly these parts). boto3's transfer manager cannot pass If-None-Match,
+        hence the calls by hand. A store that does not implement the condition (older
+        S3-compatible ones answer 501) is written without it: the check in ``put`` came first,
+        and only a writer in between could then be replaced."""
+        condition = {"IfNoneMatch": "*"} if conditional else {}
+        try:
+            self._upload_with(file, key, part, condition)
+        except _NotImplemented:
+            log.warning("the store does not support conditional writes; checked before writing instead",
+                        target=self.url)
+            self._upload_with(file, key, part, {})
+
+    def _upload_with(self, file: LocalFile, key: str, part: int, condition: dict) -> None:
+        extra = self._extra_args(file.sha256)
+        if file.size < part:
+            with open(file.path, "rb") as body:
+                _conditional(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                                            ContentLength=file.size, **extra, **condition))
+            return
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+        try:
+            parts = self._upload_parts(file, key, part, upload_id)
+            _conditional(lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": [*parts]}, **condition))
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception as err:  # the store expires it (lifecycle); the upload's own error matters
+                log.warning("could not abort an unfinished upload", key=key, error=str(err))
+            raise
+
+    def _upload_parts(self, file: LocalFile, key: str, part: int, upload_id: str) -> tuple[dict, ...]:
+        def send(number: int) -> dict:
+            with open(file.path, "rb") as source:
+                source.seek((number - 1) * part)
+                body = source.read(part)
+            answer = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                             Body=body)
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
+        count = max(1, -(-file.size // part))
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3-part") as pool:
+            return tuple(pool.map(send, range(1, count + 1)))
 
     def _read_back_sha256(self, relative: str) -> str:
         with tempfile.TemporaryDirectory(prefix="backupd-s3-") as folder:

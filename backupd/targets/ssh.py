@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 from backupd.process import run
-from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError, check_local_file
+from backupd.targets.base import LocalFile, NotReplaced, RemoteFile, Target, TargetError, check_local_file
 
 TIMEOUT = 3600.0
 
@@ -52,8 +52,8 @@ class SshTarget(Target):
             found[relative] = RemoteFile(relative, int(size), float(mtime))
         return found
 
-    def _rsync(self, what: str, source: str, destination: str) -> None:
-        argv = ["rsync", "--protect-args", "--times", "--chmod=D700,F600", "--mkpath",
+    def _rsync(self, what: str, source: str, destination: str, options: tuple[str, ...] = ()) -> None:
+        argv = ["rsync", "--protect-args", "--times", "--chmod=D700,F600", "--mkpath", *options,
                 "-e", shlex.join(self.ssh), source, destination]
         code, _, err = run("rsync", argv, timeout=TIMEOUT)
         if code != 0:
@@ -64,9 +64,21 @@ class SshTarget(Target):
         out = self._run_remote("checking a copy", f"sha256sum {quoted} && stat -c %Y {quoted}").split()
         return out[0], float(out[-1])
 
-    def put(self, file: LocalFile) -> dict:
+    def _existing_sha256(self, relative: str) -> str | None:
+        quoted = shlex.quote(self._remote(relative))
+        out = self._run_remote("checking a copy", f"if [ -e {quoted} ]; then sha256sum {quoted}; fi").split()
+        return out[0] if out else None
+
+    def put(self, file: LocalFile, replace: bool = False) -> dict:
         check_local_file(file)  # rsync would replace a good copy there with a damaged one
-        self._rsync("sending to", str(file.path), f"{self.login}:{self._remote(file.relative)}")
+        if not replace and (existing := self._existing_sha256(file.relative)) is not None:
+            if existing != file.sha256:
+                raise NotReplaced(file.relative, self.url)
+            return {"mtime": self._remote_facts(file.relative)[1]}
+        # rsync has no exclusive create: the check above, then --ignore-existing, leaves only
+        # the moment between rsync's own check and its rename; the checksum below catches that.
+        self._rsync("sending to", str(file.path), f"{self.login}:{self._remote(file.relative)}",
+                    () if replace else ("--ignore-existing",))
         remote_sha, mtime = self._remote_facts(file.relative)
         if remote_sha != file.sha256:
             raise TargetError(f"the copy of {file.relative} at {self.url} does not match its checksum")

@@ -46,11 +46,11 @@ def test_a_damaged_backup_fails_alone_and_the_rest_is_replicated_and_pruned(back
     s3.client().create_bucket(Bucket=bucket)
     s3_url = f"s3://{bucket}/offsite"
     targets = {**s3.env(bucket), "REPLICATION_TARGETS": f"{offsite.as_uri()},{s3_url}", "DB_NAME": DB,
-               "BACKUP_GLOBALS": "false"}
+               "BACKUP_GLOBALS": "false", "BACKUP_INSTANCE": "here"}  # on the targets: under here/
     first, second = backup_now(backupd, targets), backup_now(backupd, targets)
     backupd.ok("replicate", extra_env=targets)  # both are off site, confirmed
     third, newest = backup_now(backupd, targets), backup_now(backupd, targets)
-    relative = Path(second["file"]).relative_to(backup_dir).as_posix()
+    relative = "here/" + Path(second["file"]).relative_to(backup_dir).as_posix()
     good_second = Path(second["file"]).read_bytes()
 
     flip_a_byte(newest["file"])  # never sent yet
@@ -76,13 +76,13 @@ def test_a_damaged_backup_fails_alone_and_the_rest_is_replicated_and_pruned(back
     listed = {b["id"]: b for b in backupd.listing()}
     assert set(listed[third["id"]]["replicated_to"]) == {offsite.as_uri(), s3_url}
     remote_files = {p.relative_to(offsite).as_posix() for p in offsite.rglob("*") if p.is_file()}
-    newest_rel = Path(newest["file"]).relative_to(backup_dir).as_posix()
-    third_rel = Path(third["file"]).relative_to(backup_dir).as_posix()
+    newest_rel = "here/" + Path(newest["file"]).relative_to(backup_dir).as_posix()
+    third_rel = "here/" + Path(third["file"]).relative_to(backup_dir).as_posix()
     assert third_rel in remote_files and f"offsite/{third_rel}" in s3_keys(s3, bucket)
     assert newest_rel not in remote_files and f"offsite/{newest_rel}" not in s3_keys(s3, bucket)
 
     # Retention ran on both targets (keep the newest one there: the oldest went) ...
-    first_rel = Path(first["file"]).relative_to(backup_dir).as_posix()
+    first_rel = "here/" + Path(first["file"]).relative_to(backup_dir).as_posix()
     assert first_rel not in remote_files and f"offsite/{first_rel}" not in s3_keys(s3, bucket)
     assert "deleted 1" in result.stdout
     # ... but the good copies of the backup damaged here were neither overwritten nor deleted.
@@ -104,12 +104,14 @@ def test_a_damaged_backup_fails_alone_and_the_rest_is_replicated_and_pruned(back
 def test_a_file_that_vanishes_between_listing_and_sending_fails_alone(backupd, backup_dir, tmp_path, env):
     """The race itself, in process: the repository is listed, then the newest file goes."""
     from backupd.actions.replicate import TargetOutcome, _replicate_guarded
+    from backupd.origin import this_origin
     from backupd.retention import Policy
     from backupd.targets import make_target
 
     offsite = tmp_path / "offsite"
     offsite.mkdir()
-    targets = {"REPLICATION_TARGETS": offsite.as_uri(), "DB_NAME": DB, "BACKUP_GLOBALS": "false"}
+    targets = {"REPLICATION_TARGETS": offsite.as_uri(), "DB_NAME": DB, "BACKUP_GLOBALS": "false",
+               "BACKUP_INSTANCE": "here"}
     older, newest = backup_now(backupd, targets), backup_now(backupd, targets)
     listed = Repository(backup_dir).backups(kind=None)
 
@@ -120,9 +122,10 @@ def test_a_file_that_vanishes_between_listing_and_sending_fails_alone(backupd, b
     Path(newest["file"]).unlink()
     settings = load_settings({**env, **targets})
     target, outcome = make_target(offsite.as_uri(), settings), TargetOutcome(offsite.as_uri())
-    _replicate_guarded(target, outcome, ListedBeforeTheFileWent(backup_dir), Policy.from_settings(settings))
+    _replicate_guarded(target, outcome, ListedBeforeTheFileWent(backup_dir), Policy.from_settings(settings),
+                       this_origin(settings))
     assert not outcome.ok and outcome.sent == [older["id"]]
     assert [(backup_id, "is missing") for backup_id, why in outcome.refused if why.endswith("is missing")] == \
         [(newest["id"], "is missing")], outcome.refused
-    assert (offsite / Path(older["file"]).relative_to(backup_dir)).exists()
+    assert (offsite / "here" / Path(older["file"]).relative_to(backup_dir)).exists()
     assert outcome.counted and outcome.stored == {DB: 1}  # retention and the count still ran

@@ -31,7 +31,7 @@ def test_list_json_goes_to_stdout_and_every_log_line_is_json(backupd, two_dbs):
     assert sorted(b["id"] for b in json.loads(listed.stdout)) == sorted(ids)
     assert [b["database"] for b in backupd.listing("--database", "cli_two")] == ["cli_two"]
     table = backupd.ok("list").stdout.splitlines()
-    assert table[0].split()[:3] == ["ID", "DATABASE", "TIME"] and len(table) == 3
+    assert table[0].split()[:3] == ["ID", "DATABASE", "INSTANCE"] and len(table) == 3
 
 
 def test_all_databases_excludes_templates_excluded_names_and_scratch_databases(cluster, backupd, two_dbs):
