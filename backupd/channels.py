@@ -96,8 +96,7 @@ def configured(settings) -> list[Channel]:
     if settings.notification_email:
         channels.append(_apprise_channel("mailto", f"mailto://{settings.smtp_host}", _email_details(settings), []))
     if settings.notify_webhook_url:
-        url = settings.notify_webhook_url.get_secret_value()
-        channels.append(Channel(scheme_of(url), shown(url), lambda title, body, payload: _post_json(url, payload)))
+        channels.append(_webhook_channel(settings.notify_webhook_url.get_secret_value()))
     if settings.notification_urls:
         for url in split_urls(settings.notification_urls.get_secret_value()):
             channels.append(_apprise_channel(scheme_of(url), shown(url), url, _pieces(url)))
@@ -123,11 +122,16 @@ def _default_sender() -> str:
     return sender if is_email(sender) else "backupd@localhost"
 
 
+# Apprise's message types (colours and icons on most services) for the report's severity.
+_NOTIFY_TYPES = {"failure": "failure", "warning": "warning", "recovery": "success", "success": "success"}
+
+
 def _apprise_channel(scheme: str, name: str, url: str | dict[str, Any], secrets: list[str]) -> Channel:
     def deliver(title: str, body: str, payload: dict[str, Any]) -> None:
         with _apprise_log() as lines:
             plugin = _instantiate(url)
-            sent = plugin is not None and plugin.notify(body=body, title=title)
+            kind = _NOTIFY_TYPES.get(payload.get("severity", ""), "info")
+            sent = plugin is not None and plugin.notify(body=body, title=title, notify_type=kind)
         if not sent:
             raise DeliveryFailed(_mask(_reason(lines), secrets))
     return Channel(scheme, name, deliver)
@@ -139,6 +143,10 @@ def _reason(lines: list[tuple[int, str]]) -> str:
     causes = [m.group(0) for level, text in lines if (m := re.search(r"\[Errno -?\d+\] [\w ,.-]+", text))]
     reason = warnings[-1] if warnings else "Apprise did not say why"
     return f"{reason} ({causes[-1]})" if causes else reason
+
+
+def _webhook_channel(url: str) -> Channel:
+    return Channel(scheme_of(url), shown(url), lambda title, body, payload: _post_json(url, payload))
 
 
 def _post_json(url: str, payload: dict[str, Any]) -> None:

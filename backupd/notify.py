@@ -60,7 +60,7 @@ class Report:
         lines = []
         for event in self.events:
             lines.append(f"{_headline(event)}: {event.message}")
-            if event.kind != "recovery":
+            if event.kind in ("failure", "warning"):
                 lines.append(f"  more: {more_command(event.key, self.backup_dir)}")
         lines += ["", f"Status of {self.instance}: {self.status.get('status', 'unknown')}"]
         lines += [f"  - {reason}" for reason in self.status.get("reasons", [])]
