@@ -58,9 +58,9 @@ def shown(url: str) -> str:
         host = urlsplit(url).hostname or ""
     except ValueError:
         host = ""
-    # Some services put the token where the host goes (tgram://TOKEN/chat): only a name with a
-    # dot, or an address, is shown.
-    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+|\[?[0-9a-f:.]+\]?|localhost", host):
+    # Some services put a token or an id where the host goes (tgram://TOKEN/chat,
+    # discord://ID/TOKEN): only a name with a dot, an IP address or localhost is shown.
+    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+|[0-9a-f]*:[0-9a-f:.]+|localhost", host):
         host = ""
     return f"{scheme_of(url)}://{host}"
 
