@@ -94,7 +94,9 @@ def configured(settings) -> list[Channel]:
     """Every channel the settings name, in the order given."""
     channels = []
     if settings.notification_email:
-        channels.append(_apprise_channel("mailto", f"mailto://{settings.smtp_host}", _email_details(settings), []))
+        password = [settings.smtp_pass.get_secret_value()] if settings.smtp_pass else []
+        channels.append(_apprise_channel("mailto", f"mailto://{settings.smtp_host}", _email_details(settings),
+                                         password))
     if settings.notify_webhook_url:
         channels.append(_webhook_channel(settings.notify_webhook_url.get_secret_value()))
     if settings.notification_urls:
@@ -127,9 +129,14 @@ _NOTIFY_TYPES = {"failure": "failure", "warning": "warning", "recovery": "succes
 
 
 def _apprise_channel(scheme: str, name: str, url: str | dict[str, Any], secrets: list[str]) -> Channel:
+    made: list[Any] = []  # one plugin for every attempt: Apprise's e-mail skips, on a retry,
+    # the recipients that already took the message
+
     def deliver(title: str, body: str, payload: dict[str, Any]) -> None:
         with _apprise_log() as lines:
-            plugin = _instantiate(url)
+            if not made:
+                made.append(_instantiate(url))
+            plugin = made[0]
             kind = _NOTIFY_TYPES.get(payload.get("severity", ""), "info")
             sent = plugin is not None and plugin.notify(body=body, title=title, notify_type=kind)
         if not sent:
@@ -137,10 +144,13 @@ def _apprise_channel(scheme: str, name: str, url: str | dict[str, Any], secrets:
     return Channel(scheme, name, deliver)
 
 
+_CAUSE = re.compile(r"\[Errno -?\d+\] [\w ,.-]+|Read timed out|timed out")
+
+
 def _reason(lines: list[tuple[int, str]]) -> str:
     """Apprise's last warning, with the system's cause from its debug lines ("Connection refused")."""
     warnings = [text for level, text in lines if level >= logging.WARNING]
-    causes = [m.group(0) for level, text in lines if (m := re.search(r"\[Errno -?\d+\] [\w ,.-]+", text))]
+    causes = [m.group(0) for level, text in lines if (m := _CAUSE.search(text))]
     reason = warnings[-1] if warnings else "Apprise did not say why"
     return f"{reason} ({causes[-1]})" if causes else reason
 

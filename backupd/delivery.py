@@ -41,13 +41,19 @@ def deliver_all(channels: list[Channel], title: str, body: str, payload: dict[st
     deadline = time.monotonic() + DEADLINE
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
+    # One still trying is left to finish alone (its thread writes to an outcome no longer
+    # returned) and is reported as failed now.
+    outcomes = [o if o.done else _late(o.channel) for o in outcomes]
     for outcome in outcomes:
-        if not outcome.done:  # still trying: left to finish alone, reported as failed now
-            outcome.error = f"no answer within {DEADLINE:g} s"
-            log.error("notification failed", channel=outcome.channel.shown, error=outcome.error)
         if not outcome.ok and count_failure:
             count_failure(outcome.channel.scheme)
     return outcomes
+
+
+def _late(channel: Channel) -> Outcome:
+    outcome = Outcome(channel, f"no answer within {DEADLINE:g} s", True)
+    log.error("notification failed", channel=channel.shown, error=outcome.error)
+    return outcome
 
 
 def _deliver(outcome: Outcome, title: str, body: str, payload: dict[str, Any]) -> None:
