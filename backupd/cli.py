@@ -549,5 +549,4 @@ def cmd_notify(settings, args) -> int:
 
 COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune,
             "restore": cmd_restore, "verify": cmd_verify, "replicate": cmd_replicate, "volumes": cmd_volumes,
-            "pitr": cmd_pitr, "run": cmd_run, "config": cmd_config,
-            "notify": cmd_notify}
+            "pitr": cmd_pitr, "run": cmd_run, "config": cmd_config, "notify": cmd_notify}
