@@ -53,7 +53,7 @@ def scheme_of(url: str) -> str:
 
 
 def shown(url: str) -> str:
-    """``tgram://123:token@/chat`` -> ``tgram://``; ``ntfy://ntfy.sh/topic`` -> ``ntfy://ntfy.sh``."""
+    """``tgram://BOT_TOKEN/CHAT_ID`` -> ``tgram://``; ``ntfy://ntfy.sh/topic`` -> ``ntfy://ntfy.sh``."""
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
@@ -205,8 +205,12 @@ class _Keep(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         lines = self.kept.get(threading.get_ident())
-        if lines is not None:
+        if lines is None:
+            return
+        try:
             lines.append((record.levelno, record.getMessage()))
+        except Exception:  # never logging's own report of it: that prints the record, URL and all
+            pass
 
 
 _KEEP = _Keep()
