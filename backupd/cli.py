@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("run", help="the daemon: scheduled jobs, /metrics, /healthz and /status")
     verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
     verbs.add_parser("config", help="print the effective configuration, secrets masked")
+    notify = verbs.add_parser("notify", help="notification channels (NOTIFICATION_URLS, e-mail, webhook)")
+    notify_verbs = notify.add_subparsers(dest="notify_verb", required=True, metavar="COMMAND")
+    notify_verbs.add_parser("test", help="send a test message to every channel; one line per channel")
     return parser
 
 
@@ -559,6 +562,11 @@ def cmd_config(settings, args) -> int:
         print(f"# BACKUP_INSTANCE is not set: this instance is {instance!r} by default" if instance else
               "# BACKUP_INSTANCE is not set, and the default (compose project and service, else the server's "
               "system identifier) cannot be learnt now")
+    # Only scheme and host of each channel: their URLs carry tokens.
+    from backupd.channels import configured
+
+    if channels := configured(settings):
+        print(f"# notification channels: {', '.join(c.shown for c in channels)}")
     # Which PostgreSQL tools serve which server, as comments: the lines above stay a valid env file.
     found = pgtools.summary(settings)
     installed = ", ".join(f"{t['major']} ({t['bindir']})" for t in found["installed"]) or "none"
@@ -573,6 +581,12 @@ def cmd_config(settings, args) -> int:
     return 0
 
 
+def cmd_notify(settings, args) -> int:
+    from backupd.notify_test import send_test
+
+    return send_test(settings)
+
+
 COMMANDS = {"backup": cmd_backup, "list": cmd_list, "pin": cmd_pin, "unpin": cmd_pin, "prune": cmd_prune,
             "restore": cmd_restore, "verify": cmd_verify, "replicate": cmd_replicate, "volumes": cmd_volumes,
-            "pitr": cmd_pitr, "run": cmd_run, "config": cmd_config}
+            "pitr": cmd_pitr, "run": cmd_run, "config": cmd_config, "notify": cmd_notify}

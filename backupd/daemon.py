@@ -27,6 +27,7 @@ from backupd.actions.prune import run_prune
 from backupd.actions.replicate import read_runs, run_replicate
 from backupd.actions.verify import run_verify
 from backupd.actions.volumes import prune_volumes, run_volume_backup
+from backupd.channels import configured as configured_channels
 from backupd.errors import BackupdError, NotFoundError, UsageError
 from backupd.health import evaluate, newest_verifications
 from backupd.httpserver import Endpoints, serve
@@ -76,6 +77,8 @@ class Daemon:
         self.repo = Repository(settings.backup_dir)
         self.metrics = Metrics(self.repo, settings)
         self.metrics.add_health(self.health)
+        for channel in configured_channels(settings):  # each configured channel's series starts at 0
+            self.metrics.notifications_failed_total.labels(channel.scheme)
         self.started_at = utc_now()
         self.stopping = threading.Event()
         self.jobs: dict[str, JobState] = {}
@@ -160,7 +163,8 @@ class Daemon:
         """Tell people what changed (new problems, recoveries); never fails the job."""
         try:
             health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running())
-            report_changes(self.settings, health, job if job != "monitor" else None, result, error)
+            report_changes(self.settings, health, job if job != "monitor" else None, result, error,
+                           count_failure=lambda scheme: self.metrics.notifications_failed_total.labels(scheme).inc())
         except Exception as err:
             log.error("could not send notifications", error=str(err))
 

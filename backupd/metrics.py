@@ -349,6 +349,9 @@ class Metrics:
                                                ["target"], registry=self.registry)
         self.replication_total = Counter("backupd_replication", "Replication runs by this process",
                                          ["target", "result"], registry=self.registry)
+        self.notifications_failed_total = Counter(
+            "backupd_notifications_failed", "Notifications a channel did not take after every retry",
+            ["channel"], registry=self.registry)
         self.job_running = Gauge("backupd_job_running", "1 while the job runs", ["job"], registry=self.registry)
         self.next_run = Gauge("backupd_next_run_timestamp_seconds", "When the job runs next", ["job"],
                               registry=self.registry)

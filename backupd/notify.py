@@ -1,36 +1,30 @@
-"""Telling people: e-mail (SMTP, STARTTLS) and a webhook (JSON POST with a Slack-style
-``text`` field plus structured fields).
+"""Telling people what changed: every channel of ``backupd.channels`` gets the same report.
 
 What to say is decided by comparing the conditions health finds now with those
-reported last time (kept in ``BACKUP_DIR/.notified.json``): a new failure or
-warning is sent once, and so is its recovery. ``NOTIFY_ON=always`` also reports
-every job's result; ``never`` sends nothing. Sending is retried a bounded number
-of times and never fails the job that asked; no secret is ever part of a message.
+reported last time (kept, with when each began, in ``BACKUP_DIR/.notified.json``):
+a new failure or warning is sent once, and so is its recovery, with how long the
+trouble lasted. ``NOTIFY_ON=always`` also reports every job's result; ``never``
+sends nothing. Each message names the instance, what failed since when, and the
+one command that shows more; no secret is ever part of it.
 """
 
 from __future__ import annotations
 
 import json
-import smtplib
+import shlex
 import socket
-import ssl
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from datetime import datetime
 
-from backupd.health import Health
-from backupd.logging import get_logger
+from backupd.channels import configured
+from backupd.delivery import Outcome, deliver_all
+from backupd.health import Health, describe_age
 from backupd.redact import redact_text
-from backupd.repository import Repository, iso, utc_now
+from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.stream import write_json_atomically
 
-log = get_logger("backupd.notify")
-
 STATE_FILE = ".notified.json"
-ATTEMPTS = 3
-TIMEOUT = 10.0
 
 
 @dataclass
@@ -38,12 +32,16 @@ class Event:
     kind: str  # failure, warning, recovery, success
     key: str
     message: str
+    since: datetime | None = None  # when the condition began
+    lasted: str | None = None  # for a recovery: how long the trouble lasted
 
 
 @dataclass
 class Report:
     events: list[Event] = field(default_factory=list)
     status: dict = field(default_factory=dict)
+    instance: str = field(default_factory=socket.gethostname)
+    backup_dir: str = "/backups"
 
     @property
     def severity(self) -> str:
@@ -56,118 +54,129 @@ class Report:
     def subject(self) -> str:
         first = next(e for e in self.events if e.kind == self.severity)
         more = f" (+{len(self.events) - 1} more)" if len(self.events) > 1 else ""
-        return f"[backupd] {self.severity}: {first.message}"[:180] + more
+        return f"[backupd] {self.severity} on {self.instance}: {first.message}"[:180] + more
 
     def text(self) -> str:
-        lines = [f"{e.kind.upper()}: {e.message}" for e in self.events]
-        lines += ["", f"Status on {socket.gethostname()}: {self.status.get('status', 'unknown')}"]
+        lines = []
+        for event in self.events:
+            lines.append(f"{_headline(event)}: {event.message}")
+            if event.kind in ("failure", "warning"):
+                lines.append(f"  more: {more_command(event.key, self.backup_dir)}")
+        lines += ["", f"Status of {self.instance}: {self.status.get('status', 'unknown')}"]
         lines += [f"  - {reason}" for reason in self.status.get("reasons", [])]
         lines += [f"  - warning: {warning}" for warning in self.status.get("warnings", [])]
         return "\n".join(lines)
 
 
+def _headline(event: Event) -> str:
+    if event.kind == "recovery":
+        return f"RECOVERED after {event.lasted}" if event.lasted else "RECOVERED"
+    if event.since and event.kind in ("failure", "warning"):
+        return f"{event.kind.upper()} since {event.since.strftime('%Y-%m-%d %H:%M UTC')}"
+    return event.kind.upper()
+
+
+def more_command(key: str, backup_dir: str) -> str:
+    """The one command that shows more about a condition (its key is health's)."""
+    kind, _, name = key.partition(":")
+    if kind.startswith("pitr"):
+        return "backupd pitr status"
+    if kind == "disk":
+        return f"df -h {shlex.quote(backup_dir)}"
+    if kind in ("backup", "stale", "min-keep", "size-drop", "verify", "unverifiable") and name:
+        return f"backupd list {shlex.quote('--database=' + name)}"
+    if kind in ("run", "globals", "scheduler", "replication", "job"):
+        return "backupd health"
+    return "backupd list"
+
+
 def channels_configured(settings) -> bool:
-    return bool(settings.notification_email or settings.notify_webhook_url) and settings.notify_on != "never"
+    return bool(configured(settings)) and settings.notify_on != "never"
 
 
 def report_changes(settings, health: Health, job: str | None = None, result: str | None = None,
-                   error: str | None = None) -> Report | None:
+                   error: str | None = None, count_failure: Callable[[str], None] | None = None) -> Report | None:
     """Compare the health found now with what was reported before; send what changed."""
     if not channels_configured(settings):
         return None
     repo = Repository(settings.backup_dir)
     repo.ensure_folder(repo.root)
+    now = utc_now()
     with repo.lock(repo.root, "notifications", lock_name=".notify.lock"):
         previous = _read_state(repo)
         current = {c.key: c for c in health.conditions}
-        report = Report(status=health.to_json())
+        report = Report(status=health.to_json(), instance=instance_name(settings), backup_dir=str(repo.root))
+        active = {}
         for key, condition in current.items():
+            since = (_when(previous[key]["since"]) if key in previous else None) or now
+            active[key] = {"message": condition.message, "since": iso(since)}
             if key not in previous:
-                report.events.append(Event(condition.severity, key, condition.message))
-        for key, message in previous.items():
+                report.events.append(Event(condition.severity, key, condition.message, since))
+        for key, before in previous.items():
             if key not in current:
-                report.events.append(Event("recovery", key, f"resolved: {message}"))
+                began = _when(before["since"])
+                lasted = describe_age(now - began) if began else None
+                report.events.append(Event("recovery", key, f"resolved: {before['message']}", began, lasted))
         if settings.notify_on == "always" and job:
             kind = "success" if result == "success" else "failure"
             report.events.append(Event(kind, f"job:{job}", f"job {job} finished: {result}" +
                                        (f": {error}" if error else "")))
-        write_json_atomically(repo.root / STATE_FILE, json.dumps(
-            {"time": iso(utc_now()), "active": {k: c.message for k, c in current.items()}}, sort_keys=True))
+        write_json_atomically(repo.root / STATE_FILE, json.dumps({"time": iso(now), "active": active},
+                                                                 sort_keys=True))
     if report.events:
-        send(settings, report)
+        send(settings, report, count_failure)
     return report
 
 
-def _read_state(repo: Repository) -> dict[str, str]:
+def instance_name(settings) -> str:
+    # BACKUP_INSTANCE, where this version has it; the host name otherwise.
+    return getattr(settings, "backup_instance", None) or socket.gethostname()
+
+
+def _when(text: str | None) -> datetime | None:
     try:
-        return json.loads((repo.root / STATE_FILE).read_text(encoding="utf-8")).get("active", {})
-    except (OSError, ValueError):
+        return parse_iso(text)
+    except (TypeError, ValueError):  # a state file edited by hand: the start is unknown
+        return None
+
+
+def _read_state(repo: Repository) -> dict[str, dict[str, str | None]]:
+    """The conditions reported last time; the older form kept only messages, so their
+    start is taken as the time of that report."""
+    try:
+        state = json.loads((repo.root / STATE_FILE).read_text(encoding="utf-8"))
+        active = state.get("active", {})
+        return {str(k): {"message": str(v.get("message", "")), "since": v.get("since")} if isinstance(v, dict)
+                else {"message": str(v), "since": state.get("time")} for k, v in active.items()}
+    except (OSError, ValueError, AttributeError):
         return {}
 
 
 def _secrets(settings) -> list[str]:
     values = [settings.password, settings.identity, settings.auth_token]
-    for secret in (settings.smtp_pass, settings.notify_webhook_url, settings.aws_secret_access_key):
+    for secret in (settings.smtp_pass, settings.notify_webhook_url, settings.aws_secret_access_key,
+                   settings.notification_urls):
         values.append(secret.get_secret_value() if secret else None)
     return [v for v in values if v]
 
 
-def send(settings, report: Report) -> None:
-    """Every configured channel, each with bounded retries; failures are logged, never raised."""
+def send(settings, report: Report, count_failure: Callable[[str], None] | None = None) -> list[Outcome]:
+    """Every configured channel at once, each with bounded retries; failures are logged and
+    counted, never raised."""
     secrets = _secrets(settings)
     subject, text = redact_text(report.subject(), secrets), redact_text(report.text(), secrets)
-    if settings.notification_email:
-        _with_retries("e-mail", lambda: _send_mail(settings, subject, text))
-    if settings.notify_webhook_url:
-        payload = {"text": f"{subject}\n{text}", "source": "backupd", "host": socket.gethostname(),
-                   "severity": report.severity, "status": report.status,
-                   "events": [{"kind": e.kind, "key": e.key, "message": redact_text(e.message, secrets)}
-                              for e in report.events]}
-        _with_retries("webhook", lambda: _post_webhook(settings, payload))
+    payload = {"text": f"{subject}\n{text}", "source": "backupd", "host": socket.gethostname(),
+               "instance": report.instance, "severity": report.severity, "status": report.status,
+               "events": [_event_json(e, secrets) for e in report.events]}
+    return deliver_all(configured(settings), subject, text, json.loads(redact_text(json.dumps(payload), secrets)),
+                       count_failure)
 
 
-def _with_retries(channel: str, action) -> None:
-    delay = 1.0
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            action()
-            log.info("notification sent", channel=channel)
-            return
-        except Exception as err:  # a notifier must never break what it reports on
-            if attempt == ATTEMPTS:
-                log.error("notification failed", channel=channel, attempts=attempt, error=_describe(err))
-                return
-            log.warning("notification failed; retrying", channel=channel, attempt=attempt, error=_describe(err))
-            time.sleep(delay)
-            delay *= 2
-
-
-def _describe(err: Exception) -> str:
-    # Never the webhook URL itself: it carries a token.
-    if isinstance(err, urllib.error.HTTPError):
-        return f"HTTP {err.code}"
-    if isinstance(err, urllib.error.URLError):
-        return f"{type(err.reason).__name__}: {err.reason}"
-    return f"{type(err).__name__}: {err}"
-
-
-def _send_mail(settings, subject: str, text: str) -> None:
-    message = EmailMessage()
-    message["Subject"] = subject
-    message["From"] = settings.smtp_from or settings.smtp_user or f"backupd@{socket.gethostname()}"
-    message["To"] = ", ".join(settings.notification_email)
-    message.set_content(text)
-    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=TIMEOUT) as smtp:
-        if settings.smtp_starttls:
-            smtp.starttls(context=ssl.create_default_context())
-        if settings.smtp_user:
-            smtp.login(settings.smtp_user, settings.smtp_pass.get_secret_value() if settings.smtp_pass else "")
-        smtp.send_message(message)
-
-
-def _post_webhook(settings, payload: dict) -> None:
-    request = urllib.request.Request(settings.notify_webhook_url.get_secret_value(),
-                                     data=json.dumps(payload).encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "backupd"})
-    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-        response.read()
+def _event_json(event: Event, secrets: list[str]) -> dict:
+    message = redact_text(event.message, secrets)
+    shown: dict[str, str | None] = {"kind": event.kind, "key": event.key, "message": message}
+    if event.since:
+        shown["since"] = iso(event.since)
+    if event.lasted:
+        shown["lasted"] = event.lasted
+    return shown

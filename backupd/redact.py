@@ -1,7 +1,7 @@
 """Which values are secret, and how to show them without revealing them.
 
 Names follow the interface: *PASSWORD*, *PASS, *SECRET*, *IDENTITY*, *TOKEN*,
-NOTIFY_WEBHOOK_URL, and credentials inside any URL.
+NOTIFY_WEBHOOK_URL, NOTIFICATION_URLS, and credentials inside any URL.
 """
 
 import re
@@ -9,7 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 MASK = "********"
 
-_SECRET_NAME = re.compile(r"PASSWORD|PASS$|SECRET|IDENTITY|TOKEN|^NOTIFY_WEBHOOK_URL$", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"PASSWORD|PASS$|SECRET|IDENTITY|TOKEN|^NOTIFY_WEBHOOK_URL$|^NOTIFICATION_URLS$",
+                          re.IGNORECASE)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 
 

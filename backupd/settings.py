@@ -155,6 +155,14 @@ def _check_webhook(url: SecretStr | None) -> SecretStr | None:
     return url
 
 
+def _check_notification_urls(urls: SecretStr | None) -> SecretStr | None:
+    from backupd.channels import check_urls
+
+    if urls is not None and (problems := check_urls(urls.get_secret_value())):
+        raise ValueError("; ".join(problems))
+    return urls
+
+
 def _check_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
     from backupd.encryption import check_recipient
 
@@ -377,6 +385,7 @@ class Settings(BaseSettings):
     notify_on: Literal["failure", "always", "never"] = "failure"
     # This sidecar's name on a shared target (backupd/origin.py); unset: a stable default
     backup_instance: Annotated[str | None, AfterValidator(_check_instance)] = None
+    notification_urls: Annotated[SecretStr | None, AfterValidator(_check_notification_urls)] = None
 
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -395,6 +404,11 @@ class Settings(BaseSettings):
     def _email_has_a_server(self) -> Settings:
         if self.notification_email and not self.smtp_host:
             raise ValueError("SMTP_HOST: NOTIFICATION_EMAIL needs an SMTP server")
+        if self.notification_email:
+            from backupd.channels import check_email
+
+            if problem := check_email(self):
+                raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from tests.conftest import REPO
 from tests.integration.daemon_helpers import RunningDaemon
 from tests.integration.helpers import make_database
 from tests.pg import free_port
+from tests.receivers import http_recorder, smtp_sink
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +30,8 @@ def notify_db(cluster):
 
 @pytest.fixture
 def smtp(tmp_path):
-    """aiosmtpd with STARTTLS required, and a certificate the client trusts via SSL_CERT_FILE."""
-    import ssl
-
-    from aiosmtpd.controller import Controller
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    received = []
-
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):
-            received.append((envelope.rcpt_tos, envelope.content.decode("utf-8", "replace")))
-            return "250 OK"
-
-    port = free_port()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True)
-    controller.start()
-    yield {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "NOTIFICATION_EMAIL": "ops@example.com",
-           "SMTP_FROM": "backupd@example.com", "SSL_CERT_FILE": str(cert)}, received
-    controller.stop()
+    with smtp_sink(tmp_path) as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -83,14 +62,14 @@ def test_failure_then_recovery_by_mail_with_starttls_and_by_webhook(backupd, clu
     assert failed.returncode == 1
     assert len(mails) == 1 and len(posts) == 1
     recipients, content = mails[0]
-    assert recipients == ["ops@example.com"] and "Subject: [backupd] failure:" in content
+    assert recipients == ["ops@example.com"] and "Subject: [backupd] failure on " in content
     assert posts[0][0] == "/hooks/secret-token-123"
     assert posts[0][1]["severity"] == "failure" and "text" in posts[0][1]
     assert cluster.password not in content and cluster.password not in json.dumps(posts)
     assert "secret-token-123" not in failed.stdout + failed.stderr
 
     backupd.ok("backup", extra_env=env)
-    assert len(mails) == 2 and "Subject: [backupd] recovery:" in mails[1][1]
+    assert len(mails) == 2 and "Subject: [backupd] recovery on " in mails[1][1]
     assert posts[1][1]["severity"] == "recovery"
     backupd.ok("backup", extra_env=env)
     assert len(mails) == 2  # nothing changed: nothing sent
@@ -201,3 +180,80 @@ def test_the_daemon_reports_a_failed_scheduled_job(env, notify_db, webhook):
         assert any(e["key"] == f"backup:{notify_db}" or e["key"] == "run" for e in posts[0][1]["events"])
     finally:
         daemon.stop()
+
+
+def test_notify_test_reaches_every_kind_of_receiver(tmp_path, smtp):
+    """Apprise's json://, form://, ntfy:// and gotify:// to a local server, the webhook and
+    the e-mail settings: one line per channel, and each receiver got the test message."""
+    from tests.conftest import Backupd
+
+    mail_env, mails = smtp
+    with http_recorder() as http:
+        host = f"127.0.0.1:{http.port}"
+        urls = (f"json://{host}/json-tok-111, form://{host}/form-tok-222 "
+                f"ntfy://{host}/topic-tok-333,gotify://{host}/GotifyTok444")
+        result = Backupd({"BACKUP_DIR": str(tmp_path / "b"), "LOG_FORMAT": "json"})(
+            "notify", "test", timeout=60, extra_env={**mail_env, "NOTIFICATION_URLS": urls,
+                                                     "NOTIFY_WEBHOOK_URL": f"http://{host}/hooks/hook-tok-555"})
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines() == [
+            "mailto://127.0.0.1: ok", "http://127.0.0.1: ok", "json://127.0.0.1: ok", "form://127.0.0.1: ok",
+            "ntfy://127.0.0.1: ok", "gotify://127.0.0.1: ok"]
+        (json_post,), (form_post,) = http.at("/json-tok-111"), http.at("/form-tok-222")
+        (ntfy_post,), (gotify_post,), (hook_post,) = http.at("/"), http.at("/message"), http.at("/hooks/hook-tok-555")
+    assert json_post.json()["title"].startswith("[backupd] success on ") and json_post.json()["type"] == "success"
+    assert "a test message" in json_post.json()["message"]
+    assert "a test message" in form_post.form()["message"]
+    assert ntfy_post.json()["topic"] == "topic-tok-333" and "a test message" in ntfy_post.json()["message"]
+    assert gotify_post.headers["X-Gotify-Key"] == "GotifyTok444" and "a test message" in gotify_post.json()["message"]
+    assert hook_post.json()["severity"] == "success" and "a test message" in hook_post.json()["text"]
+    assert len(mails) == 1 and mails[0][0] == ["ops@example.com"] and "a test message" in mails[0][1]
+    for token in ("tok-111", "tok-222", "tok-333", "Tok444", "tok-555"):
+        assert token not in result.stdout + result.stderr
+
+
+def test_notify_test_without_channels_is_a_usage_error(tmp_path):
+    from tests.conftest import Backupd
+
+    result = Backupd({"BACKUP_DIR": str(tmp_path / "b")})("notify", "test", timeout=60)
+    assert result.returncode == 2 and "no notification channel is configured" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_failure_names_instance_database_since_and_command_then_recovery_says_how_long(
+        backupd, notify_db, tmp_path):
+    with http_recorder() as http:
+        env = {"NOTIFICATION_URLS": f"json://127.0.0.1:{http.port}/tok", "DB_NAME": notify_db,
+               "BACKUP_INSTANCE": "shop-stack"}
+        backupd.at("-2h", "backup", check=False,
+                   extra_env={**env, "DB_PORT": str(free_port()), "DB_WAIT_TIMEOUT": "1s"})
+        backupd.ok("backup", extra_env=env)
+        failure, recovery = (r.json() for r in http.at("/tok"))
+    import socket
+
+    instance = "shop-stack" if "shop-stack" in failure["title"] else socket.gethostname()
+    assert failure["title"].startswith(f"[backupd] failure on {instance}: ") and failure["type"] == "failure"
+    assert notify_db in failure["message"] and "FAILURE since " in failure["message"]
+    assert f"more: backupd list --database={notify_db}" in failure["message"]
+    assert recovery["type"] == "success" and "RECOVERED after 2.0h" in recovery["message"]
+
+
+def test_a_refused_channel_stops_nothing_and_is_counted(tmp_path):
+    """The daemon's first backup fails: ntfy is refused (nothing listens), json:// and the
+    webhook still get the failure, and the refusal is counted by scheme."""
+    with http_recorder() as http:
+        daemon = RunningDaemon({"BACKUP_DIR": str(tmp_path / "b"), "LOG_FORMAT": "json"}, BACKUP_ON_START="true",
+                               DB_PORT=str(free_port()), DB_WAIT_TIMEOUT="1s", DB_NAME="shop",
+                               NOTIFICATION_URLS=f"ntfy://127.0.0.1:{free_port()}/t json://127.0.0.1:{http.port}/j",
+                               NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{http.port}/w")
+        try:
+            daemon.wait_until(lambda: http.at("/j") and http.at("/w"), what="the failure on json:// and the webhook")
+            counted = 'backupd_notifications_failed_total{channel="ntfy"} 1.0'
+            metrics = daemon.wait_until(lambda: counted in (text := daemon.get("/metrics")[1]) and text,
+                                        timeout=30, what="the refusal counted")
+        finally:
+            daemon.stop()
+    assert 'backupd_notifications_failed_total{channel="json"} 0.0' in metrics
+    assert 'backupd_notifications_failed_total{channel="http"} 0.0' in metrics
+    assert http.at("/j")[0].json()["type"] == "failure"
+    assert '"notification failed"' in daemon.stderr and "ntfy://127.0.0.1" in daemon.stderr

@@ -93,7 +93,7 @@ def test_secrets_are_masked_in_errors_and_in_the_effective_configuration():
 @hsettings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(["DB_PORT", "BACKUP_FORMAT", "BACKUP_TIMEOUT", "BACKUP_JOBS", "DB_NAME",
                                         "BACKUP_COMPRESSION_LEVEL", "BACKUP_SCHEDULE", "BACKUP_TIMEZONE",
-                                        "BACKUP_EXTRA_OPTS", "BACKUP_ON_START", "LOG_LEVEL"]),
+                                        "BACKUP_EXTRA_OPTS", "BACKUP_ON_START", "LOG_LEVEL", "NOTIFICATION_URLS"]),
                        st.text(max_size=20)))
 def test_any_environment_either_loads_or_raises_a_config_error(environ):
     try:
@@ -110,6 +110,9 @@ def test_any_environment_either_loads_or_raises_a_config_error(environ):
     ({"DB_WAIT_TIMEOUT": "99999999999999999999"}, "DB_WAIT_TIMEOUT"),
     ({"BACKUP_RETENTION_DAYS": "99999999999"}, "BACKUP_RETENTION_DAYS"),
     ({"DB_PASSWORD_FILE": "/dev/zero"}, "DB_PASSWORD_FILE"),
+    ({"NOTIFICATION_URLS": "tgram://not-a-bot-token"}, "NOTIFICATION_URLS"),
+    ({"NOTIFICATION_EMAIL": "ops", "SMTP_HOST": "mail.example.com"}, "NOTIFICATION_EMAIL"),
+    ({"NOTIFICATION_EMAIL": "ops@example.com", "SMTP_HOST": "mail.example.com", "SMTP_FROM": "me"}, "SMTP_FROM"),
 ])
 def test_values_that_would_overflow_hang_or_fail_every_run_stop_the_start(environ, variable):
     with pytest.raises(ConfigError) as err:
