@@ -129,8 +129,11 @@ def report_changes(settings, health: Health, job: str | None = None, result: str
 
 
 def instance_name(settings) -> str:
-    # BACKUP_INSTANCE, where this version has it; the host name otherwise.
-    return getattr(settings, "backup_instance", None) or socket.gethostname()
+    """This sidecar's instance name as far as it is known without asking the server (a
+    notification must not wait for it), else the host name."""
+    from backupd import origin
+
+    return origin.instance_if_known(settings) or origin.host_name(settings)
 
 
 def _when(text: str | None) -> datetime | None:
