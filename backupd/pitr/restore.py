@@ -7,7 +7,6 @@ deleted."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -17,10 +16,8 @@ from pathlib import Path
 from backupd.archive import reader_stages
 from backupd.errors import IntegrityError, NotFoundError, RefusedError, UsageError
 from backupd.logging import get_logger
-from backupd.pgtools import installed
-from backupd.pitr import wal
+from backupd.pitr import wal, waldump
 from backupd.pitr.store import Base, Store
-from backupd.process import run
 from backupd.repository import iso, utc_now
 from backupd.stream import Pipeline, sha256_of, stream_to_file
 
@@ -28,8 +25,6 @@ log = get_logger("pitr")
 
 WAL_FOLDER = "backupd_wal"  # inside the data directory: restore_command needs no absolute path
 ASIDE_PREFIX = "backupd-replaced-"
-# COMMIT <time>, ABORT <time>, COMMIT_PREPARED <xid>: <time>, ABORT_PREPARED <xid>: <time>
-_COMMIT = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 
 
 @dataclass
@@ -206,18 +201,15 @@ def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None) -> i
 def _newest_commit(pg_bindir: Path, major: int, folder: Path, built: Built) -> datetime | None:
     """The time of the newest commit in the copied WAL (pg_waldump), newest segment first.
     Only segments on the recovery's path were copied, so a branch never answers."""
-    tools = next((t for t in installed(pg_bindir) if t.major == major and (t.bindir / "pg_waldump").exists()), None)
-    if tools is None:
+    tool = waldump.tool(pg_bindir, major)
+    if tool is None:
         built.notes.append(f"pg_waldump {major} is not installed: the target is written as given; PostgreSQL "
                            "refuses one after the last commit")
         return None
     segments = sorted((n for n in os.listdir(folder) if wal.SEGMENT.fullmatch(n)), key=lambda n: n[8:], reverse=True)
     for name in segments:
-        _, out, _ = run("pg_waldump", [str(tools.bindir / "pg_waldump"), "--rmgr=Transaction",
-                                       str(folder / name), str(folder / name)], env={"TZ": "UTC"}, timeout=300)
-        stamps = _COMMIT.findall(out.decode("utf-8", "replace"))
-        if stamps:
-            return max(datetime.fromisoformat(s).replace(tzinfo=UTC) for s in stamps)
+        if (newest := waldump.newest_commit(tool, folder / name)) is not None:
+            return newest
     return None
 
 
