@@ -28,6 +28,7 @@ from backupd.errors import BackupdError
 from backupd.logging import get_logger
 from backupd.pitr import cluster, wal, waldump, walrecords
 from backupd.pitr.archiver import archive_completed, archive_partial, remove_stale_temporaries
+from backupd.pitr.records import LiveProof
 from backupd.pitr.store import Store, clear_failure, failures, record_failure
 from backupd.postgres import Server
 from backupd.process import Child, spawn
@@ -69,6 +70,8 @@ class Receiver:
         self.waldump: Path | None = None  # of the server's major: what each WAL file proves
         self._live_seen: tuple[str, int] | None = None  # the partial segment last proven, and its mtime
         self._proven_at = 0.0
+        self._live: LiveProof | None = None
+        self._caught_up: datetime | None = None  # when the server was last at a position already received
         self._unreadable: set[str] = set()  # archived files without a record that cannot be read here
 
     # Lifecycle --------------------------------------------------------------------------
@@ -229,13 +232,14 @@ class Receiver:
         self._set(archive_error=None)
 
     def _prove(self, store: Store) -> None:
-        """What the segment being written proves, when it changed (at most every few
-        seconds); and, a few at a time, records for archived files that have none."""
+        """What the segment being written proves (read again when it changed, at most every
+        few seconds); and, a few at a time, records for archived files that have none."""
         partials = sorted(n for n in store.received() if wal.PARTIAL.fullmatch(n))
         try:
             seen = (partials[-1], (store.spool / partials[-1]).stat().st_mtime_ns) if partials else None
-            if seen != self._live_seen and time.monotonic() - self._proven_at >= PROBE_SECONDS:
-                walrecords.prove_live(store, self.waldump)
+            again = seen != self._live_seen and time.monotonic() - self._proven_at >= PROBE_SECONDS
+            self._live = walrecords.prove_live(store, self.waldump, self._live, self._caught_up, again)
+            if again:
                 self._live_seen, self._proven_at = seen, time.monotonic()
             walrecords.backfill(store, self.waldump, self.settings.identity, BACKFILL_PER_TURN, self._unreadable)
         except (BackupdError, OSError) as err:
@@ -246,6 +250,7 @@ class Receiver:
         now = time.monotonic()
         if self._samples and now - self._samples[-1][0] < PROBE_SECONDS:
             return
+        asked = utc_now()
         try:
             if self._probe_conn is None or self._probe_conn.closed:
                 self._probe_conn = self.server.connect()
@@ -263,6 +268,8 @@ class Receiver:
         while self._samples and now - self._samples[0][0] > horizon:
             self._samples.popleft()
         flushed = found.restart_lsn if found else None
+        if self._attached and flushed is not None and flushed >= position:
+            self._caught_up = asked  # all the server had written then is in BACKUP_DIR
         behind = [t for t, lsn in self._samples if flushed is None or lsn > flushed]
         with self._lock:
             self.lag_bytes = max(position - flushed, 0) if flushed is not None else None

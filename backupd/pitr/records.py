@@ -104,13 +104,21 @@ class FailureRecord(Document):
 
 
 class WalProof(Document):
-    """``received.json``: what the WAL of the segment the receiver is still writing proves
-    (where it ends, the time of its last commit or abort), and when backupd looked."""
+    """What a WAL file proves (where its WAL ends, the time of its last commit or abort),
+    and when backupd looked."""
 
     name: Annotated[str, StringConstraints(pattern=WAL_NAME)]
     end_lsn: Lsn | None = None  # None for a timeline history file
     last_commit: Moment | None = None  # None: no transaction ended in it
     recorded: Moment  # backupd's clock when it was archived (or its record computed)
+
+
+class LiveProof(WalProof):
+    """``received.json``: the proof of the segment the receiver is still writing, and the
+    last time the receiver saw the server at a position it had already received (nothing
+    happened between the last commit and then)."""
+
+    caught_up: Moment | None = None
 
 
 class WalRecord(WalProof):

@@ -22,6 +22,7 @@ from backupd.pitr.records import (
     FailureRecord,
     Gap,
     Invalid,
+    LiveProof,
     WalProof,
     WalRecord,
     read_list,
@@ -187,7 +188,7 @@ class Store:
             (self.root / "cluster.json", partial(read, ClusterDoc, self.root / "cluster.json")),
             (self.root / "gaps.json", partial(read_list, Gap, self.root / "gaps.json")),
             (self.root / "verify.json", partial(read, DrillRecord, self.root / "verify.json")),
-            (self.root / LIVE, partial(read, WalProof, self.root / LIVE))]
+            (self.root / LIVE, partial(read, LiveProof, self.root / LIVE))]
         docs += [(p, partial(self._load_base, p)) for p in _listing(self.base_dir) if _BASE_MANIFEST.fullmatch(p.name)]
         docs += [(p, partial(self._load_record, p)) for p in _listing(self.wal_dir) if _is_record(p.name)]
         return docs
@@ -272,12 +273,12 @@ class Store:
                 damaged.append(name)
         return sorted(damaged)
 
-    def live(self) -> WalProof | None:
+    def live(self) -> LiveProof | None:
         """What the segment the receiver is writing proves, when that segment is still there."""
-        proof = self._load(WalProof, self.root / LIVE)
+        proof = self._load(LiveProof, self.root / LIVE)
         return proof if proof is not None and (self.spool / proof.name).exists() else None
 
-    def remember_live(self, proof: WalProof) -> None:
+    def remember_live(self, proof: LiveProof) -> None:
         write_json_atomically(self.root / LIVE, proof.model_dump_json(indent=2))
 
     def remember_record(self, record: WalRecord) -> None:
@@ -367,6 +368,9 @@ class Store:
             proof = records.get(own) if stored else (live if live is not None and live.name == own else None)
             if segno >= since and proof is not None and proof.last_commit is not None:
                 times.append(proof.last_commit)
+        if live is not None and live.caught_up is not None and any(
+                not stored and file.name == live.name for _, file, stored in segments.values()):
+            times.append(live.caught_up)
         return max(times, default=None)
 
     # Gaps, and the window --------------------------------------------------------------

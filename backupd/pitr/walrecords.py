@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from backupd.archive import reader_stages
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
 from backupd.pitr import wal, waldump
-from backupd.pitr.records import WalProof, WalRecord
+from backupd.pitr.records import LiveProof, WalProof, WalRecord
 from backupd.pitr.store import RECORD_SUFFIX, Store
 from backupd.repository import utc_now
 from backupd.stream import Pipeline, StreamResult, sha256_of, stream_to_file
@@ -41,15 +42,22 @@ def record(store: Store, proven: WalProof, stored: StreamResult) -> None:
     store.remember_record(WalRecord(**proven.model_dump(), size=stored.size, sha256=stored.sha256))
 
 
-def prove_live(store: Store, tool: Path | None) -> None:
-    """The proof of the partial segment the receiver writes (the newest one)."""
+def prove_live(store: Store, tool: Path | None, known: LiveProof | None, caught_up: datetime | None,
+               again: bool) -> LiveProof | None:
+    """The proof of the partial segment the receiver writes (the newest one): read again
+    when ``again`` (it grew), else ``known``'s, with ``caught_up``; written when it says more."""
     partials = sorted(name for name in store.received() if wal.PARTIAL.fullmatch(name))
     if not partials or tool is None:
-        return
-    found = proof(store, tool, store.spool / partials[-1], partials[-1])
-    known = store.live()
-    if known is None or (known.name, known.end_lsn) != (found.name, found.end_lsn):  # WAL came: not a touch
-        store.remember_live(found)
+        return None
+    if again or known is None or known.name != partials[-1]:
+        found = proof(store, tool, store.spool / partials[-1], partials[-1])
+        if known is not None and (known.name, known.end_lsn) == (found.name, found.end_lsn):
+            found = known  # no WAL came (a touch): when it was received stays
+        known = LiveProof(**found.model_dump(exclude={"caught_up"}))
+    live = known.model_copy(update={"caught_up": caught_up})
+    if live != store.live():
+        store.remember_live(live)
+    return live
 
 
 def backfill(store: Store, tool: Path | None, identity: str | None, limit: int, skip: set[str]) -> int:
