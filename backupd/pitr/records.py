@@ -166,7 +166,7 @@ def read_list(model: type[M], path: Path) -> list[M]:
     """A document that is a JSON list of ``model`` (``gaps.json``). OSError when unreadable."""
     try:
         items = json.loads(path.read_bytes())
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidDocument("not JSON") from None
     if not isinstance(items, list):
         raise InvalidDocument("the document: a list is expected")

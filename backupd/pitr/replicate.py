@@ -102,8 +102,8 @@ def _load_state(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
                 parse(ReplicatedFile, entry)
     except OSError:
         return {}
-    except (ValueError, InvalidDocument) as err:
-        warn_invalid(Invalid(path.name, str(err)))
+    except (ValueError, RecursionError, InvalidDocument) as err:
+        warn_invalid(Invalid(path.name, str(err) if isinstance(err, InvalidDocument) else "not JSON"))
         return {}
     return state
 

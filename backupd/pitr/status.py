@@ -61,7 +61,8 @@ def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[
         if job == "receiver":
             continue  # judged below by how long the stream has been down
         what = {"base": "the newest base backup", "verify": "the last PITR drill"}[job]
-        fails.append((f"pitr-{job}", f"{what} failed at {record.get('time')}: {record.get('error')}"))
+        when = f" at {record['time']}" if record.get("time") else ""
+        fails.append((f"pitr-{job}", f"{what} failed{when}: {record.get('error')}"))
     if receiver is not None:
         down_since = parse_iso(receiver.get("down_since"))
         if down_since is not None and (now - down_since).total_seconds() > limit:

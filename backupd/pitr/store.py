@@ -39,6 +39,7 @@ _ARCHIVED = re.compile(r"(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.histor
 _BASE_MANIFEST = re.compile(r"base-\d{8}T\d{6}Z\.json")
 RECORD_SUFFIX = ".json"  # wal/<name>.json beside each archived WAL file
 LIVE = "received.json"
+MAX_DOCUMENT_BYTES = 16 << 20
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Base:
         """The base backup whose manifest is ``path``; OSError, or InvalidDocument."""
         try:
             manifest = json.loads(path.read_bytes())
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidDocument("not JSON") from None
         if not isinstance(manifest, dict):
             raise InvalidDocument("the document: an object is expected")
@@ -445,6 +446,8 @@ def _cached(path: Path, load: Any) -> Any:
     """``load()``'s answer for ``path``, remembered while the file is unchanged (the status
     page reads every record every few seconds). Raises what ``load`` raises."""
     stat = path.stat()
+    if stat.st_size > MAX_DOCUMENT_BYTES:  # not read at all: no document of ours is near this
+        raise InvalidDocument(f"{stat.st_size} bytes: far larger than any document backupd writes")
     key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if (known := _CACHE.get(path)) is not None and known[0] == key:
         if isinstance(known[1], InvalidDocument):

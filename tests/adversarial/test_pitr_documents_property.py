@@ -1,5 +1,6 @@
 """Class 4, every field: any JSON value in any field of a base manifest, cluster.json,
-gaps.json, verify.json, a WAL record or received.json gives no exception in what
+gaps.json, verify.json, a WAL record, received.json, a job's failure record or the
+replication state gives no exception in what
 ``pitr status [--json]``, ``prune --dry-run``, ``health`` and the endpoints (/healthz,
 /status, /metrics, /) compute. In-process, on a repository laid out as backupd writes it;
 the process-level paths are the same functions (test_pitr_stored_files runs them for real)."""
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from backupd.metrics import PitrCollector
 from backupd.pitr import status
+from backupd.pitr.replicate import _load_state
 from backupd.pitr.retention import prune
 from backupd.pitr.store import Store
 from backupd.settings import load_settings
@@ -39,6 +41,9 @@ DOCUMENTS = {
     "received.json": {"name": "000000010000000000000003.partial", "end_lsn": "0/3000100",
                       "last_commit": "2026-12-01T00:20:00Z", "recorded": "2026-12-01T00:20:01Z",
                       "caught_up": "2026-12-01T00:30:00Z"},
+    "../.last-failure-base.json": {"job": "base", "time": "2026-12-01T02:00:00Z", "error": "disk full"},
+    ".replicated.json": {"file:///mnt/copy": {f"wal/{SEGMENT}": {"sha256": SHA, "size": 4, "mtime": 1.5,
+                                                                 "record": {}}}},
 }
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
@@ -80,7 +85,7 @@ def _edit(store: Path, name: str, field: str | None, value) -> None:
     (store / name).write_text(json.dumps(document))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits)
 def test_any_json_in_any_field_is_never_an_exception(edit):
     root = Path(tempfile.mkdtemp(prefix="backupd-pitr-prop-"))
@@ -96,5 +101,6 @@ def test_any_json_in_any_field_is_never_an_exception(edit):
         list(PitrCollector(config, lambda: None).collect())
         for store in Store.all(root):
             prune(config, store, now, dry_run=True)
+        _load_state(store_dir / ".replicated.json")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -107,15 +107,25 @@ def test_bad_documents_are_one_item_each_and_everything_else_goes_on(pitr_repo, 
     assert "Traceback" not in daemon.stderr
 
 
-def test_a_base_file_one_byte_short_is_damaged_at_once(pitr_repo, pitr_backupd):
+def health_warnings(env: dict[str, str]) -> list[str]:
+    """What /healthz warns about PITR (the same function the daemon's /healthz calls)."""
+    from backupd.pitr.status import problems
+    from backupd.settings import load_settings
+
+    return [message for _, message in problems(load_settings(env), None, datetime.now(UTC))[1]]
+
+
+def test_a_base_file_one_byte_short_is_damaged_at_once(pitr_repo, pitr_env, pitr_backupd):
     (stored,) = [p for p in (pitr_repo / "base").iterdir() if ".tar" in p.name]
     assert not status_json(pitr_backupd)["base_backups"][0]["damaged"]
+    assert not any("damaged" in w for w in health_warnings(pitr_env))
     with open(stored, "r+b") as data:
         data.truncate(stored.stat().st_size - 1)
     base = status_json(pitr_backupd)["base_backups"][0]
     assert base["damaged"] and not base["usable"], base
     assert not any(i["file"].startswith("base/") for i in status_json(pitr_backupd)["invalid"])
     assert "damaged" in pitr_backupd("pitr", "status").stdout
+    assert any("damaged" in w for w in health_warnings(pitr_env))
 
 
 def test_touched_or_copied_segments_never_move_the_window_end(pitr_cluster, pitr_env, pitr_backupd, backup_dir,
@@ -134,6 +144,9 @@ def test_touched_or_copied_segments_never_move_the_window_end(pitr_cluster, pitr
         assert daemon.stop() == 0, daemon.stderr
     root = cluster_root(backup_dir)
     end = datetime.fromisoformat(status_json(pitr_backupd)["window"]["end"])
+    records = {p.name: json.loads(p.read_text()) for p in (root / "wal").glob("*.json")}
+    proven = [datetime.fromisoformat(r["last_commit"]) for r in records.values() if r.get("last_commit")]
+    assert len(proven) >= 3 and max(proven) > last - timedelta(seconds=30), records  # the switched segments
     time.sleep(2)
     segments = sorted(p for p in (root / "wal").iterdir() if len(p.name.split(".")[0]) == 24
                       and not p.name.endswith(".json"))
@@ -157,8 +170,18 @@ def test_touched_or_copied_segments_never_move_the_window_end(pitr_cluster, pitr
     assert legacy and datetime.fromisoformat(legacy["end"]) < after, legacy
     daemon = RunningDaemon(pitr_env)
     try:
-        daemon.wait_until(lambda: len(list((root / "wal").glob("*.json"))) >= len(segments), 60, "the records")
+        daemon.wait_until(lambda: len(list((root / "wal").glob("*.json"))) >= len(records), 60, "the records")
         window = wait_for_window(daemon, last)
         assert datetime.fromisoformat(window["end"]) >= last
     finally:
         assert daemon.stop() == 0, daemon.stderr
+    for name, record in records.items():  # read back from the content: what the WAL proves, as before
+        again = json.loads((root / "wal" / name).read_text())
+        assert (again["last_commit"], again["end_lsn"]) == (record["last_commit"], record["end_lsn"]), name
+
+    # An archived segment of the wrong size is damaged at once: the base before it no longer reaches on.
+    with open(segments[-1], "ab") as data:
+        data.write(b"\0")
+    report = status_json(pitr_backupd)
+    assert segments[-1].name.split(".")[0] in report["damaged_wal"], report["damaged_wal"]
+    assert "damaged" in pitr_backupd("pitr", "status").stdout
