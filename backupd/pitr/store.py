@@ -159,8 +159,13 @@ class Store:
     def _load(self, model: type[D], path: Path) -> D | None:
         """The document at ``path``; None when it is absent, unreadable or invalid (warned
         about once, listed by ``invalid``)."""
+        return self._try(path, partial(read, model, path))
+
+    def _try(self, path: Path, load: Any) -> Any:
+        """``load()`` (cached, see _cached); None when it is absent, unreadable or invalid.
+        Each path is always read by the same loader: the cache holds its checked answer."""
         try:
-            return _cached(path, lambda: read(model, path))
+            return _cached(path, load)
         except OSError:
             return None
         except InvalidDocument as err:
@@ -223,14 +228,7 @@ class Store:
         for path in _listing(self.base_dir):
             if not _BASE_MANIFEST.fullmatch(path.name):
                 continue
-            try:
-                base = _cached(path, partial(self._load_base, path))
-            except OSError:
-                continue
-            except InvalidDocument as err:
-                warn_invalid(Invalid(self._relative(path), str(err)))
-                continue
-            if base.path.exists():
+            if (base := self._try(path, partial(self._load_base, path))) is not None and base.path.exists():
                 found.append(base)
         return sorted(found, key=lambda b: b.start_time, reverse=True)
 
@@ -258,16 +256,14 @@ class Store:
         """The valid records of archived WAL files, by the file's own name."""
         found = {}
         for path in _listing(self.wal_dir):
-            if _is_record(path.name) and (record := self._load(WalRecord, path)) is not None:
-                if record.name + RECORD_SUFFIX == path.name:
-                    found[record.name] = record
-                else:
-                    warn_invalid(Invalid(self._relative(path), f"name: {record.name!r} is not its own name"))
+            if _is_record(path.name) and (record := self._try(path, partial(self._load_record, path))) is not None:
+                found[record.name] = record
         return found
 
-    def damaged_wal(self, records: dict[str, WalRecord] | None = None) -> list[str]:
-        """Archived WAL files whose size is not what their record says (a stat each)."""
-        records = self.records() if records is None else records
+    def damaged_wal(self) -> list[str]:
+        """Archived WAL files whose size is not what their record says (a stat each); their
+        sha256 (``records()[name].sha256``) is for a full check."""
+        records = self.records()
         damaged = []
         for name, path in self.archived().items():
             if (record := records.get(name)) is not None and _size(path) != record.size:
