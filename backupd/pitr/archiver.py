@@ -12,9 +12,12 @@ import shutil
 from pathlib import Path
 
 from backupd.artifact import Transform
+from backupd.errors import BackupdError
 from backupd.logging import get_logger
 from backupd.pitr import wal, walrecords
+from backupd.pitr.records import WalProof
 from backupd.pitr.store import Store, remove_files
+from backupd.repository import utc_now
 from backupd.stream import Pipeline, StreamResult, stream_to_file
 
 log = get_logger("pitr")
@@ -43,7 +46,12 @@ def store_file(source: Path, final: Path, transform: Transform) -> StreamResult:
 def archive_one(store: Store, source: Path, name: str, transform: Transform, tool: Path | None) -> None:
     """One WAL file into the archive, then its record: what its plain WAL proves (read
     before it is compressed or encrypted), its stored size and sha256."""
-    proven = walrecords.proof(store, tool, source, name)
+    try:
+        proven = walrecords.proof(store, tool, source, name)
+    except (BackupdError, OSError, ValueError) as err:  # archived all the same: it just proves nothing
+        log.error("could not read what a received WAL file proves: it never extends the recovery window",
+                  file=name, error=str(err))
+        proven = WalProof(name=name, recorded=utc_now())
     stored = store_file(source, store.wal_dir / (name + transform.suffix("")), transform)
     walrecords.record(store, proven, stored)
 
@@ -54,10 +62,15 @@ def archive_completed(store: Store, transform: Transform, tool: Path | None = No
     completed = [name for name in received if wal.is_wal_name(name)]
     segments = [name for name in completed if not name.endswith(".history")]
     newest = max(segments, key=lambda n: wal.parse_segment(n, store.segment_size)[::-1], default=None)
-    archived = store.archived()
+    archived, records = store.archived(), store.records()
     done = []
     for name in sorted(completed, key=lambda n: (not n.endswith(".history"), n)):
-        if name not in archived:
+        # Archived means archived by backupd, with its record: a file of that name without
+        # one (copied in by hand, or left by a kill before its record) gives way to the WAL
+        # received, which would otherwise be removed from here unarchived.
+        if name not in archived or name not in records:
+            if name in archived:
+                log.warning("an archived WAL file without a record is replaced by the one received", file=name)
             if name.endswith(".history"):
                 store.remember_history(name, received[name].read_bytes())
             archive_one(store, received[name], name, transform, tool)

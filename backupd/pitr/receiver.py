@@ -242,7 +242,7 @@ class Receiver:
             if again:
                 self._live_seen, self._proven_at = seen, time.monotonic()
             walrecords.backfill(store, self.waldump, self.settings.identity, BACKFILL_PER_TURN, self._unreadable)
-        except (BackupdError, OSError) as err:
+        except (BackupdError, OSError, ValueError) as err:
             log.warning("could not read what received WAL proves", error=_one_line(err))
 
     # How far behind ------------------------------------------------------------------

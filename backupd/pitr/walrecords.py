@@ -7,6 +7,7 @@ content when it can be read: never from a file's time."""
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,10 @@ from backupd.stream import Pipeline, StreamResult, sha256_of, stream_to_file
 
 log = get_logger("pitr")
 
+# xlp_magic, xlp_info, xlp_tli, (padding), xlp_pageaddr, xlp_rem_len, (padding), xlp_sysid,
+# xlp_seg_size, xlp_xlog_blcksz: little-endian, as every platform backupd runs on writes it.
+_LONG_HEADER = struct.Struct("<HHI Q I 4x Q I I")
+
 
 def proof(store: Store, tool: Path | None, plain: Path, name: str) -> WalProof:
     """What the plain WAL file ``plain`` (called ``name``) proves; nothing when it is a
@@ -29,12 +34,31 @@ def proof(store: Store, tool: Path | None, plain: Path, name: str) -> WalProof:
     shown one through a link of that name."""
     if tool is None or name.endswith(".history"):
         return WalProof(name=name, recorded=utc_now())
+    check_identity(store, plain, name)
     with tempfile.TemporaryDirectory(prefix=".proof-", dir=store.root) as folder:
         link = Path(folder) / name.removesuffix(".partial")
         os.symlink(plain.resolve(), link)
         found = waldump.prove(tool, link, name, store.segment_size)
     return WalProof(name=name, end_lsn=wal.format_lsn(found.end_lsn), last_commit=found.last_commit,
                     recorded=utc_now())
+
+
+def check_identity(store: Store, plain: Path, name: str) -> None:
+    """ValueError unless the plain segment is the one its name says, of this cluster: its
+    first page's long header (xlog_internal.h, XLogLongPageHeaderData) gives the timeline,
+    the position, the system identifier and the segment size. A file copied in by hand
+    from another cluster, or renamed, proves nothing here. A segment whose first page was
+    never written (a preallocated partial) holds no WAL and passes."""
+    with open(plain, "rb") as data:
+        header = data.read(_LONG_HEADER.size)
+    if len(header) < _LONG_HEADER.size or header[:2] == b"\0\0":
+        return
+    _, _, timeline, address, _, sysid, size, _ = _LONG_HEADER.unpack(header)
+    own_timeline, segno = wal.parse_segment(name.removesuffix(".partial"), store.segment_size)
+    if (str(sysid), size, timeline, address) != (store.system_identifier, store.segment_size, own_timeline,
+                                                 segno * store.segment_size):
+        raise ValueError(f"{name} is not this cluster's segment of that name (its header says system {sysid}, "
+                         f"timeline {timeline}, position {wal.format_lsn(address)})")
 
 
 def record(store: Store, proven: WalProof, stored: StreamResult) -> None:

@@ -168,13 +168,28 @@ def test_touched_or_copied_segments_never_move_the_window_end(pitr_cluster, pitr
     os.utime(segments[-1])
     legacy = status_json(pitr_backupd)["window"]
     assert legacy and datetime.fromisoformat(legacy["end"]) < after, legacy
+    # And a hand copy of an old segment under the name of one the stream has not sent yet.
+    newest = int(segments[-1].name[:24], 16) & 0xFFFFFFFF  # timeline 1, below 4 GB of WAL
+    future = f"{1:08X}{0:08X}{newest + 2:08X}"
+    planted = segments[-1].with_name(future + segments[0].name[24:])
+    shutil.copyfile(segments[0], planted)
     daemon = RunningDaemon(pitr_env)
     try:
         daemon.wait_until(lambda: len(list((root / "wal").glob("*.json"))) >= len(records), 60, "the records")
         window = wait_for_window(daemon, last)
         assert datetime.fromisoformat(window["end"]) >= last
+        assert not (root / "wal" / f"{future}.json").exists()  # its content is not what its name says
+        with pitr_cluster.connect() as conn:
+            for _ in range(3):  # the stream reaches that segment: the WAL received replaces the copy
+                commit(pitr_cluster, 3)
+                conn.execute("SELECT pg_switch_wal()")
+        real = daemon.wait_until(lambda: (root / "wal" / f"{future}.json").exists()
+                                 and json.loads((root / "wal" / f"{future}.json").read_text()), 60, "the segment")
+        assert real["last_commit"] and datetime.fromisoformat(real["last_commit"]) > last, real
+        assert planted.stat().st_size == real["size"]
     finally:
         assert daemon.stop() == 0, daemon.stderr
+    assert "is not this cluster's segment" in daemon.stderr
     for name, record in records.items():  # read back from the content: what the WAL proves, as before
         again = json.loads((root / "wal" / name).read_text())
         assert (again["last_commit"], again["end_lsn"]) == (record["last_commit"], record["end_lsn"]), name
