@@ -71,6 +71,7 @@ class Receiver:
         self._live_seen: tuple[str, int] | None = None  # the partial segment last proven, and its mtime
         self._proven_at = 0.0
         self._live: LiveProof | None = None
+        self._backfilled = False  # every archived file without a record was tried
         self._caught_up: datetime | None = None  # when the server was last at a position already received
         self._unreadable: set[str] = set()  # archived files without a record that cannot be read here
 
@@ -152,7 +153,7 @@ class Receiver:
                     clear_failure(self.settings.backup_dir, "receiver")
                     log.info("WAL stream is running")
                 if time.monotonic() - checked > WINDOW_CHECK_SECONDS:
-                    checked = time.monotonic()
+                    checked, self._backfilled = time.monotonic(), False
                     if store.window() is None:  # a segment went missing, or the base backup failed
                         self.on_gap("no base backup recovers to the newest WAL")
                     elif "base" in failures(self.settings.backup_dir):
@@ -241,7 +242,9 @@ class Receiver:
             self._live = walrecords.prove_live(store, self.waldump, self._live, self._caught_up, again)
             if again:
                 self._live_seen, self._proven_at = seen, time.monotonic()
-            walrecords.backfill(store, self.waldump, self.settings.identity, BACKFILL_PER_TURN, self._unreadable)
+            if not self._backfilled:  # archives made here come with their records: a pass now and then
+                self._backfilled = not walrecords.backfill(store, self.waldump, self.settings.identity,
+                                                           BACKFILL_PER_TURN, self._unreadable)
         except (BackupdError, OSError, ValueError) as err:
             log.warning("could not read what received WAL proves", error=_one_line(err))
 

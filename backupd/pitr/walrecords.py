@@ -87,7 +87,7 @@ def prove_live(store: Store, tool: Path | None, known: LiveProof | None, caught_
 def backfill(store: Store, tool: Path | None, identity: str | None, limit: int, skip: set[str]) -> int:
     """Records for up to ``limit`` archived files that have none, the newest first; a file
     that cannot be read here (encrypted without the identity, damaged) is added to ``skip``
-    and never extends the window. Returns how many were recorded."""
+    and never extends the window. Returns how many were tried (0: none is missing)."""
     if tool is None:
         return 0
     records = {p.name.removesuffix(RECORD_SUFFIX) for p in store.wal_dir.glob(f"*{RECORD_SUFFIX}")}
