@@ -208,7 +208,15 @@ class Store:
         known = {"system_identifier": self.system_identifier, "wal_segment_size": segment_size, "server_major": major}
         current = self.cluster
         if current is None or current.model_dump() != known:
+            self._keep_invalid_aside("cluster.json")
             write_json_atomically(self.root / "cluster.json", json.dumps(known, indent=2))
+
+    def _keep_invalid_aside(self, name: str) -> None:
+        """Before backupd writes ``name`` afresh: an invalid one is renamed, never lost
+        (``<name>.invalid-<time>``), so what it held can still be looked at."""
+        if (self.root / name).exists() and any(item.file == name for item in self.invalid()):
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            os.replace(self.root / name, self.root / f"{name}.invalid-{stamp}")
 
     @property
     def segment_size(self) -> int:
@@ -384,11 +392,10 @@ class Store:
             return []
 
     def record_gap(self, reason: str, when: datetime) -> None:
-        path = self.root / "gaps.json"
         gaps = [to_json(gap) for gap in self.gaps()]
-        if not gaps and path.exists() and any(i.file == "gaps.json" for i in self.invalid()):
-            os.replace(path, self.root / f"gaps.invalid-{when.strftime('%Y%m%dT%H%M%SZ')}.json")  # kept
-        write_json_atomically(path, json.dumps([*gaps, {"time": iso(when), "reason": reason}], indent=2))
+        self._keep_invalid_aside("gaps.json")
+        write_json_atomically(self.root / "gaps.json",
+                              json.dumps([*gaps, {"time": iso(when), "reason": reason}], indent=2))
 
     @staticmethod
     def missing_segments(base: Base, numbers: set[int]) -> list[int]:
@@ -431,6 +438,7 @@ class Store:
     def record_drill(self, result: dict[str, Any]) -> None:
         drills = self.last_drill() or {}
         drills = {**result, "last_success": result["time"] if result["ok"] else drills.get("last_success")}
+        self._keep_invalid_aside("verify.json")
         write_json_atomically(self.root / "verify.json", json.dumps(drills, indent=2))
 
 

@@ -83,3 +83,17 @@ def test_a_segment_is_what_its_first_page_says(tmp_path):
     for sysid, timeline, address in ((int(SYSID) + 1, 1, 3 << 24), (int(SYSID), 2, 3 << 24), (int(SYSID), 1, 2 << 24)):
         with pytest.raises(ValueError, match="not this cluster's segment"):
             check_identity(store, _segment(tmp_path / "b", sysid, timeline, address), name)
+
+
+def test_an_invalid_document_backupd_writes_afresh_is_kept_aside(tmp_path):
+    from datetime import UTC, datetime
+
+    store = Store(tmp_path, SYSID)
+    store.ensure()
+    (store.root / "gaps.json").write_text('{"time": "not a list"}')
+    assert [item.file for item in store.invalid()] == ["gaps.json"]
+    store.record_gap("slot dropped", datetime(2026, 12, 1, tzinfo=UTC))
+    assert [gap.reason for gap in store.gaps()] == ["slot dropped"]
+    (aside,) = store.root.glob("gaps.json.invalid-*")
+    assert aside.read_text() == '{"time": "not a list"}'
+    assert store.invalid() == []
