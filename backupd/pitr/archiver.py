@@ -62,13 +62,13 @@ def archive_completed(store: Store, transform: Transform, tool: Path | None = No
     completed = [name for name in received if wal.is_wal_name(name)]
     segments = [name for name in completed if not name.endswith(".history")]
     newest = max(segments, key=lambda n: wal.parse_segment(n, store.segment_size)[::-1], default=None)
-    archived, records = store.archived(), store.records()
+    archived = store.archived()
     done = []
     for name in sorted(completed, key=lambda n: (not n.endswith(".history"), n)):
         # Archived means archived by backupd, with its record: a file of that name without
         # one (copied in by hand, or left by a kill before its record) gives way to the WAL
         # received, which would otherwise be removed from here unarchived.
-        if name not in archived or name not in records:
+        if name not in archived or store.record(name) is None:
             if name in archived:
                 log.warning("an archived WAL file without a record is replaced by the one received", file=name)
             if name.endswith(".history"):

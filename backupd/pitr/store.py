@@ -268,6 +268,11 @@ class Store:
                 found[record.name] = record
         return found
 
+    def record(self, name: str) -> WalRecord | None:
+        """The valid record of the archived WAL file ``name``, if it has one."""
+        path = self.wal_dir / (name + RECORD_SUFFIX)
+        return self._try(path, partial(self._load_record, path)) if path.exists() else None
+
     def damaged_wal(self) -> list[str]:
         """Archived WAL files whose size is not what their record says (a stat each); their
         sha256 (``records()[name].sha256``) is for a full check."""
@@ -356,12 +361,13 @@ class Store:
         return {segno: entry for segno, (_, entry) in found.items()}
 
     def newest_received_time(self) -> datetime | None:
-        """When WAL last reached BACKUP_DIR, by backupd's own records (never a file's time:
-        a copy or a ``touch`` changes that)."""
+        """The time of the newest WAL record in BACKUP_DIR that has one (a commit or an
+        abort), from the WAL itself as the records say: never a file's time, which a copy or
+        a ``touch`` changes. It stands still while the server writes nothing."""
         proofs: list[WalProof] = [*self.records().values()]
         if (live := self.live()) is not None:
             proofs.append(live)
-        return max((p.recorded for p in proofs), default=None)
+        return max((p.last_commit for p in proofs if p.last_commit is not None), default=None)
 
     def _proven_end(self, segments: dict[int, tuple[str, Path, bool]], since: int) -> datetime | None:
         """The newest commit the WAL recovery reads proves, from ``since`` (a segment

@@ -143,7 +143,8 @@ def test_touched_or_copied_segments_never_move_the_window_end(pitr_cluster, pitr
     finally:
         assert daemon.stop() == 0, daemon.stderr
     root = cluster_root(backup_dir)
-    end = datetime.fromisoformat(status_json(pitr_backupd)["window"]["end"])
+    before = status_json(pitr_backupd)
+    end = datetime.fromisoformat(before["window"]["end"])
     records = {p.name: json.loads(p.read_text()) for p in (root / "wal").glob("*.json")}
     proven = [datetime.fromisoformat(r["last_commit"]) for r in records.values() if r.get("last_commit")]
     assert len(proven) >= 3 and max(proven) > last - timedelta(seconds=30), records  # the switched segments
@@ -155,7 +156,9 @@ def test_touched_or_copied_segments_never_move_the_window_end(pitr_cluster, pitr
     shutil.copyfile(segments[1], copy)  # a plain cp, without -p
     shutil.copyfile(copy, segments[1])
     after = datetime.now(UTC)
-    assert datetime.fromisoformat(status_json(pitr_backupd)["window"]["end"]) == end
+    touched = status_json(pitr_backupd)
+    assert datetime.fromisoformat(touched["window"]["end"]) == end
+    assert touched["newest_received"] == before["newest_received"] and before["newest_received"]  # the metric's
     refused = pitr_backupd("pitr", "restore", "--time", (after - timedelta(seconds=1)).isoformat(),
                            "--to", str(data_home / "restored"))
     assert refused.returncode == 2, refused.stderr
