@@ -433,8 +433,9 @@ class Store:
         if not usable:
             return None
         oldest = usable[-1]
+        newest_base = usable[0].stop_time
         proven = self._proven_end(segments, oldest.start_segno)
-        return Window(oldest.stop_time, max(filter(None, (proven, usable[0].stop_time))), oldest)
+        return Window(oldest.stop_time, max(proven, newest_base) if proven else newest_base, oldest)
 
     # The drill ------------------------------------------------------------------------
     def last_drill(self) -> dict[str, Any] | None:
