@@ -501,9 +501,13 @@ def cmd_pitr(settings, args) -> int:
     for gap in report["gaps"]:
         print(f"gap at {gap['time']}: {gap['reason']}")
     rows = [("BASE BACKUP", "STARTED", "ENDED", "SIZE", "USABLE")]
-    rows += [(b["id"], b["start_time"], b["stop_time"], human_bytes(b["size"]), "yes" if b["usable"] else "no")
-             for b in report["base_backups"]]
+    rows += [(b["id"], b["start_time"], b["stop_time"], human_bytes(b["size"]),
+              "damaged" if b["damaged"] else "yes" if b["usable"] else "no") for b in report["base_backups"]]
     _print_table(rows)
+    for name in report.get("damaged_wal") or []:
+        print(f"damaged WAL file: {name} (not the size its record says)")
+    for item in report["invalid"]:
+        print(f"invalid: {item['file']}: {item['reason']} (ignored)")
     if drill := report["last_drill"]:
         print(f"last drill: {drill['time']}: " + ("ok" if drill["ok"] else f"FAILED: {drill.get('reason')}"))
     return 0

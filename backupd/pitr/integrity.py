@@ -9,6 +9,7 @@ from pathlib import Path
 
 from backupd.errors import IntegrityError
 from backupd.pitr import wal
+from backupd.pitr.records import WalRecord
 from backupd.pitr.store import Base
 from backupd.stream import sha256_of
 
@@ -39,3 +40,17 @@ def check_wal_copy(name: str, copy: Path, segment_size: int) -> None:
     if size != segment_size:
         raise IntegrityError(f"WAL file {name} is damaged: it is {size} bytes once read back, where a WAL segment "
                              f"of this cluster is {segment_size}; recovery would stop there")
+
+
+def check_stored_wal(name: str, path: Path, record: WalRecord | None) -> None:
+    """An archived WAL file against the record written when it was archived: its size, then
+    its full sha256. A file damaged in place may still decompress (an uncompressed archive,
+    or bytes changed before compression), and recovery would replay it. A file archived
+    before records existed has only the read-back check."""
+    if record is None:
+        return
+    size = os.stat(path).st_size
+    if size != record.size:
+        raise IntegrityError(f"WAL file {name} is damaged: {path.name} is {size} bytes, its record says {record.size}")
+    if sha256_of(path) != record.sha256:
+        raise IntegrityError(f"WAL file {name} is damaged: {path.name} does not match the sha256 in its record")

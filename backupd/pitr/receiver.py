@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,8 +26,9 @@ import psycopg
 from backupd.artifact import Transform
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
-from backupd.pitr import cluster, wal
+from backupd.pitr import cluster, wal, waldump, walrecords
 from backupd.pitr.archiver import archive_completed, archive_partial, remove_stale_temporaries
+from backupd.pitr.records import LiveProof
 from backupd.pitr.store import Store, clear_failure, failures, record_failure
 from backupd.postgres import Server
 from backupd.process import Child, spawn
@@ -38,6 +40,7 @@ WINDOW_CHECK_SECONDS = 60.0  # how often the stream checks that a base backup re
 PROBE_SECONDS = 5.0  # how often the server is asked for its position and the slot's
 MAX_BACKOFF = 60.0
 STEADY_SECONDS = 60.0  # a child that ran this long was healthy: the backoff starts again from 1 s
+BACKFILL_PER_TURN = 2  # archived files without a record, read each second: the stream comes first
 
 
 class Receiver:
@@ -64,6 +67,13 @@ class Receiver:
         self.application_name = f"backupd_receiver_{os.getpid()}"
         self._attached = False  # the slot is held by our own pg_receivewal's walsender
         self._lock_fd: int | None = None
+        self.waldump: Path | None = None  # of the server's major: what each WAL file proves
+        self._live_seen: tuple[str, int] | None = None  # the partial segment last proven, and its mtime
+        self._proven_at = 0.0
+        self._live: LiveProof | None = None
+        self._backfilled = False  # every archived file without a record was tried
+        self._caught_up: datetime | None = None  # when the server was last at a position already received
+        self._unreadable: set[str] = set()  # archived files without a record that cannot be read here
 
     # Lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -124,6 +134,7 @@ class Receiver:
     def _stream(self) -> None:
         store, tools = self._prepare()
         self.store = store
+        self.waldump = waldump.tool(self.settings.pg_bindir, tools.major)
         argv = [tools.path("pg_receivewal"), "--directory", str(store.spool), "--slot", self.settings.pitr_slot,
                 "--synchronous", "--no-loop", "--no-password"]
         # Its own application name: the probe tells our walsender from another process's.
@@ -135,13 +146,14 @@ class Receiver:
             while self.child.popen.poll() is None and not self.stopping.is_set():
                 self._archive(store)
                 self._probe()
+                self._prove(store)
                 if self.streaming_since is None and self._attached:
                     with self._lock:
                         self.streaming_since, self.down_since, self.error = utc_now(), None, None
                     clear_failure(self.settings.backup_dir, "receiver")
                     log.info("WAL stream is running")
                 if time.monotonic() - checked > WINDOW_CHECK_SECONDS:
-                    checked = time.monotonic()
+                    checked, self._backfilled = time.monotonic(), False
                     if store.window() is None:  # a segment went missing, or the base backup failed
                         self.on_gap("no base backup recovers to the newest WAL")
                     elif "base" in failures(self.settings.backup_dir):
@@ -204,13 +216,13 @@ class Receiver:
 
     def _gap(self, store: Store, reason: str) -> None:
         log.error("the WAL stream has a gap; a new base backup follows", reason=reason)
-        archive_partial(store, self.transform)
+        archive_partial(store, self.transform, self.waldump)
         store.record_gap(reason, utc_now())
         self.on_gap(reason)
 
     def _archive(self, store: Store) -> None:
         try:
-            archive_completed(store, self.transform)
+            archive_completed(store, self.transform, self.waldump)
         except (BackupdError, OSError) as err:
             if self.archive_error is None:
                 log.error("archiving received WAL failed; it stays in the receiver's folder", error=_one_line(err))
@@ -220,11 +232,28 @@ class Receiver:
             log.info("archiving received WAL works again")
         self._set(archive_error=None)
 
+    def _prove(self, store: Store) -> None:
+        """What the segment being written proves (read again when it changed, at most every
+        few seconds); and, a few at a time, records for archived files that have none."""
+        partials = sorted(n for n in store.received() if wal.PARTIAL.fullmatch(n))
+        try:
+            seen = (partials[-1], (store.spool / partials[-1]).stat().st_mtime_ns) if partials else None
+            again = seen != self._live_seen and time.monotonic() - self._proven_at >= PROBE_SECONDS
+            self._live = walrecords.prove_live(store, self.waldump, self._live, self._caught_up, again)
+            if again:
+                self._live_seen, self._proven_at = seen, time.monotonic()
+            if not self._backfilled:  # archives made here come with their records: a pass now and then
+                self._backfilled = not walrecords.backfill(store, self.waldump, self.settings.identity,
+                                                           BACKFILL_PER_TURN, self._unreadable)
+        except (BackupdError, OSError, ValueError) as err:
+            log.warning("could not read what received WAL proves", error=_one_line(err))
+
     # How far behind ------------------------------------------------------------------
     def _probe(self) -> None:
         now = time.monotonic()
         if self._samples and now - self._samples[-1][0] < PROBE_SECONDS:
             return
+        asked = utc_now()
         try:
             if self._probe_conn is None or self._probe_conn.closed:
                 self._probe_conn = self.server.connect()
@@ -242,6 +271,8 @@ class Receiver:
         while self._samples and now - self._samples[0][0] > horizon:
             self._samples.popleft()
         flushed = found.restart_lsn if found else None
+        if self._attached and flushed is not None and flushed >= position:
+            self._caught_up = asked  # all the server had written then is in BACKUP_DIR
         behind = [t for t, lsn in self._samples if flushed is None or lsn > flushed]
         with self._lock:
             self.lag_bytes = max(position - flushed, 0) if flushed is not None else None

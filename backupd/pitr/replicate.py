@@ -15,9 +15,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from backupd.documents import InvalidDocument, parse
 from backupd.logging import get_logger
+from backupd.pitr.records import Invalid, ReplicatedFile, warn_invalid
 from backupd.pitr.retention import bases_to_keep, wal_to_delete
-from backupd.pitr.store import _ARCHIVED, Base, Store
+from backupd.pitr.store import _ARCHIVED, RECORD_SUFFIX, Base, Store
 from backupd.repository import PITR, utc_now
 from backupd.stream import sha256_of, write_json_atomically
 from backupd.targets import configured_targets
@@ -49,7 +51,10 @@ def local_files(store: Store, root: Path, known: dict[str, dict[str, Any]]) -> l
     files = [described(store.root / name) for name in _METADATA if (store.root / name).exists()]
     if store.timelines_dir.exists():
         files += [described(p) for p in sorted(store.timelines_dir.iterdir()) if not p.name.startswith(".")]
-    files += [described(path) for _, path in sorted(store.archived().items())]
+    for name, path in sorted(store.archived().items()):  # each WAL file, then its record
+        files.append(described(path))
+        if (record := store.wal_dir / (name + RECORD_SUFFIX)).exists():
+            files.append(described(record))
     for base in reversed(store.bases()):  # oldest first
         files.append(described(base.path, base.manifest["sha256"]))
         if base.server_manifest_path.exists():
@@ -63,10 +68,7 @@ def replicate_store(target: Target, remote: dict[str, RemoteFile], store: Store,
     """Send what the target lacks or holds changed; then retention there (``retention``:
     PITR_RETENTION_DAYS, BACKUP_MIN_KEEP). Returns (sent, deleted)."""
     state_path = store.root / STATE
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        state = {}
+    state = _load_state(state_path)
     known: dict[str, dict[str, Any]] = state.get(target.url, {})
     sent = []
     for file in local_files(store, root, known):
@@ -89,6 +91,24 @@ def replicate_store(target: Target, remote: dict[str, RemoteFile], store: Store,
     return sent, deleted
 
 
+def _load_state(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """What was sent to each target; when it is invalid, nothing is known to be there, and
+    every file is checked against the target again (costly once, never wrong)."""
+    try:
+        state = json.loads(path.read_bytes())
+        if not isinstance(state, dict) or not all(isinstance(files, dict) for files in state.values()):
+            raise InvalidDocument("an object of targets, each an object of files, is expected")
+        for files in state.values():
+            for entry in files.values():
+                parse(ReplicatedFile, entry)
+    except OSError:
+        return {}
+    except (ValueError, RecursionError, InvalidDocument) as err:
+        warn_invalid(Invalid(path.name, str(err) if isinstance(err, InvalidDocument) else "not JSON"))
+        return {}
+    return state
+
+
 def _remote_bases(target: Target, remote: dict[str, RemoteFile], prefix: str) -> list[tuple[Base, str]]:
     """The base backups on the target, by their own manifests there: (base, manifest path)."""
     found = []
@@ -96,14 +116,14 @@ def _remote_bases(target: Target, remote: dict[str, RemoteFile], prefix: str) ->
         for relative in remote:
             name = relative.removeprefix(f"{prefix}/base/")
             if relative.startswith(f"{prefix}/base/base-") and "/" not in name and name.endswith(".json"):
-                local = Path(folder) / "manifest.json"
+                local = Path(folder) / name  # its own name: Base.load checks the id against it
                 with_retries(f"fetch {relative}", partial(target.get, relative, local))
                 try:
-                    manifest = json.loads(local.read_text(encoding="utf-8"))
-                    found.append((Base(manifest, Path(folder)), relative))
-                except ValueError:
-                    continue
-    return sorted(found, key=lambda f: f[0].manifest["start_time"], reverse=True)
+                    found.append((Base.load(local), relative))
+                except (OSError, InvalidDocument) as err:  # never followed, never deleted there
+                    log.warning("an invalid base backup manifest on a target is ignored", target=target.url,
+                                file=relative, error=str(err))
+    return sorted(found, key=lambda f: f[0].start_time, reverse=True)
 
 
 def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root: Path,
@@ -122,14 +142,16 @@ def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root
         for relative in doomed:  # the manifest first: a base without one is never listed
             with_retries(f"delete {relative}", partial(target.delete, relative))
         deleted += doomed
-    wal_names = {}
+    wal_names: dict[str, str] = {}
     for relative in remote:
         name = relative.removeprefix(f"{prefix}/wal/")
         if relative.startswith(f"{prefix}/wal/") and (match := _ARCHIVED.fullmatch(name)):
             wal_names[match.group("name")] = relative
     for name in wal_to_delete(list(wal_names), [b for b, _ in bases if b.id in keep], store.segment_size):
-        with_retries(f"delete {wal_names[name]}", partial(target.delete, wal_names[name]))
-        deleted.append(wal_names[name])
+        for relative in (wal_names[name], f"{prefix}/wal/{name}{RECORD_SUFFIX}"):
+            if relative in remote:
+                with_retries(f"delete {relative}", partial(target.delete, relative))
+                deleted.append(relative)
     return deleted
 
 
@@ -168,13 +190,14 @@ def fetch_store(settings, into: Path, target_time: datetime | None) -> Store:
 
 
 def _manifests(store: Store) -> list[Base]:
+    """The fetched manifests, newest first (without their files yet: not Store.bases)."""
     found = []
     for path in store.base_dir.glob("base-*.json"):
         try:
-            found.append(Base(json.loads(path.read_text(encoding="utf-8")), store.base_dir))
-        except ValueError:
-            continue
-    return sorted(found, key=lambda b: b.manifest["start_time"], reverse=True)
+            found.append(Base.load(path))
+        except (OSError, InvalidDocument) as err:
+            log.warning("an invalid base backup manifest on a target is ignored", file=path.name, error=str(err))
+    return sorted(found, key=lambda b: b.start_time, reverse=True)
 
 
 def fetch_folder(backup_dir: Path) -> tempfile.TemporaryDirectory:

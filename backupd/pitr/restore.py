@@ -8,11 +8,10 @@ The base backup is the newest one that is intact and reaches the target with WAL
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -20,22 +19,18 @@ import psycopg
 from backupd.archive import reader_stages
 from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, UsageError
 from backupd.logging import get_logger
-from backupd.pgtools import installed
-from backupd.pitr import wal
+from backupd.pitr import wal, waldump
 from backupd.pitr.destination import check_destination
-from backupd.pitr.integrity import base_damage, check_wal_copy
+from backupd.pitr.integrity import base_damage, check_stored_wal, check_wal_copy
 from backupd.pitr.staging import Staging, checkpoint
 from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
-from backupd.process import run
 from backupd.repository import iso, utc_now
 from backupd.stream import Pipeline, stream_to_file
 
 log = get_logger("pitr")
 
 WAL_FOLDER = "backupd_wal"  # inside the data directory: restore_command needs no absolute path
-# COMMIT <time>, ABORT <time>, COMMIT_PREPARED <xid>: <time>, ABORT_PREPARED <xid>: <time>
-_COMMIT = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED \d+:)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 
 
 @dataclass
@@ -167,9 +162,11 @@ def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None) -> i
     wanted |= {name: (path, False) for name, path in store.received().items() if name.endswith(".history")}
     wanted |= {name: (path, stored) for segno, (name, path, stored) in store.segments().items()
                if segno >= base.start_segno}
+    records = store.records()
     for name, (path, stored) in wanted.items():
         checkpoint()
         if stored:
+            check_stored_wal(name, path, records.get(name))
             _read_back(name, path, folder / name, identity)
         else:
             try:
@@ -199,18 +196,15 @@ def _read_back(name: str, path: Path, copy: Path, identity: str | None) -> None:
 def _newest_commit(pg_bindir: Path, major: int, folder: Path, built: Built) -> datetime | None:
     """The time of the newest commit in the copied WAL (pg_waldump), newest segment first.
     Only segments on the recovery's path were copied, so a branch never answers."""
-    tools = next((t for t in installed(pg_bindir) if t.major == major and (t.bindir / "pg_waldump").exists()), None)
-    if tools is None:
+    tool = waldump.tool(pg_bindir, major)
+    if tool is None:
         built.notes.append(f"pg_waldump {major} is not installed: the target is written as given; PostgreSQL "
                            "refuses one after the last commit")
         return None
     segments = sorted((n for n in os.listdir(folder) if wal.SEGMENT.fullmatch(n)), key=lambda n: n[8:], reverse=True)
     for name in segments:
-        _, out, _ = run("pg_waldump", [str(tools.bindir / "pg_waldump"), "--rmgr=Transaction",
-                                       str(folder / name), str(folder / name)], env={"TZ": "UTC"}, timeout=300)
-        stamps = _COMMIT.findall(out.decode("utf-8", "replace"))
-        if stamps:
-            return max(datetime.fromisoformat(s).replace(tzinfo=UTC) for s in stamps)
+        if (newest := waldump.newest_commit(tool, folder / name)) is not None:
+            return newest
     return None
 
 

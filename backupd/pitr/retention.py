@@ -11,7 +11,7 @@ from pathlib import Path
 
 from backupd.logging import get_logger
 from backupd.pitr import wal
-from backupd.pitr.store import Base, Store, remove_files
+from backupd.pitr.store import RECORD_SUFFIX, Base, Store, remove_files
 
 log = get_logger("pitr")
 
@@ -46,13 +46,14 @@ def prune(settings, store: Store, now: datetime, dry_run: bool = False) -> list[
         if base.id not in keep:
             gone += [p for p in (base.manifest_path, base.path, base.server_manifest_path) if p.exists()]
     archived = store.archived()
-    old_wal = [archived[name] for name in wal_to_delete(list(archived), [b for b in bases if b.id in keep],
-                                                        store.segment_size)]
+    old_names = wal_to_delete(list(archived), [b for b in bases if b.id in keep], store.segment_size)
+    old_wal = [archived[name] for name in old_names]
+    old_wal += [record for name in old_names if (record := store.wal_dir / (name + RECORD_SUFFIX)).exists()]
     if dry_run:
         return gone + old_wal
     remove_files(gone)  # the manifest first: a base without one is never listed
     remove_files(old_wal)
     if gone or old_wal:
         log.info("PITR retention", base_backups_deleted=len([p for p in gone if p.suffix == ".json"]),
-                 wal_files_deleted=len(old_wal))
+                 wal_files_deleted=len(old_names))
     return gone + old_wal

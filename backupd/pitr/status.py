@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from backupd.pitr import cluster
+from backupd.pitr.records import to_json
 from backupd.pitr.store import Store, failures
 from backupd.postgres import Server
 from backupd.repository import iso, parse_iso
@@ -19,7 +20,7 @@ def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool 
     stores = Store.all(Path(settings.backup_dir))
     store = stores[0] if stores else None
     report: dict[str, Any] = {"enabled": settings.pitr_enabled, "slot": settings.pitr_slot, "system_identifier": None,
-                              "window": None, "base_backups": [], "gaps": [], "last_drill": None,
+                              "window": None, "base_backups": [], "gaps": [], "last_drill": None, "invalid": [],
                               "failures": failures(settings.backup_dir), "receiver": receiver}
     if store is not None:
         usable = {b.id for b in store.usable_bases()}
@@ -28,9 +29,10 @@ def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool 
             "system_identifier": store.system_identifier,
             "window": {"start": iso(window.start), "end": iso(window.end), "base": window.base.id} if window else None,
             "newest_received": iso(store.newest_received_time()),
-            "wal_files": len(store.archived()),
+            "wal_files": len(store.archived()), "damaged_wal": store.damaged_wal(),
             "base_backups": [{**b.summary(), "usable": b.id in usable} for b in store.bases()],
-            "gaps": store.gaps(), "last_drill": store.last_drill()})
+            "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
+            "invalid": [item.describe() for item in store.invalid()]})
     if ask_server:
         report["server"] = _ask_server(settings)
     return report
@@ -59,7 +61,8 @@ def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[
         if job == "receiver":
             continue  # judged below by how long the stream has been down
         what = {"base": "the newest base backup", "verify": "the last PITR drill"}[job]
-        fails.append((f"pitr-{job}", f"{what} failed at {record['time']}: {record['error']}"))
+        when = f" at {record['time']}" if record.get("time") else ""
+        fails.append((f"pitr-{job}", f"{what} failed{when}: {record.get('error')}"))
     if receiver is not None:
         down_since = parse_iso(receiver.get("down_since"))
         if down_since is not None and (now - down_since).total_seconds() > limit:
@@ -81,7 +84,22 @@ def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[
     drill = stores[0].last_drill() if stores else None
     if drill and drill.get("ok") is None:
         warns.append(("pitr-verify", f"the PITR drill is not possible here: {drill.get('reason')}"))
+    if stores:
+        warns += _stored_problems(stores[0])
     if stores and stores[0].window() is None:
         warns.append(("pitr-window", "no base backup recovers to the newest WAL yet (a new one is being taken "
                                      "or failed): there is no recovery window"))
     return fails, warns
+
+
+def _stored_problems(store: Store) -> list[tuple[str, str]]:
+    """Damaged and invalid stored files: each is left out of the window, and said here."""
+    warns = [("pitr-damaged", f"base backup {b.id} is damaged: its file is not the size its manifest records")
+             for b in store.bases() if not b.intact_by_size()]
+    if damaged := store.damaged_wal():
+        warns.append(("pitr-damaged-wal", f"{len(damaged)} archived WAL file(s) are damaged (not the size their "
+                                          f"record says), the first {damaged[0]}"))
+    if invalid := store.invalid():
+        warns.append(("pitr-invalid", f"{len(invalid)} stored PITR document(s) are invalid and ignored, the first "
+                                      f"{invalid[0].file}: {invalid[0].reason}"))
+    return warns

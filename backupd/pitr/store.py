@@ -6,33 +6,75 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from backupd.documents import Document, InvalidDocument, parse, read
 from backupd.errors import NotFoundError
 from backupd.pitr import wal
-from backupd.repository import PITR, iso, parse_iso
+from backupd.pitr.records import (
+    BaseManifest,
+    ClusterDoc,
+    DrillRecord,
+    FailureRecord,
+    Gap,
+    Invalid,
+    LiveProof,
+    WalProof,
+    WalRecord,
+    read_list,
+    to_json,
+    warn_invalid,
+)
+from backupd.repository import PITR, iso
 from backupd.stream import AtomicFile, fsync_dir, write_json_atomically
 
-# An archived WAL file: the segment (or history file) name, then the transform's suffixes.
-_ARCHIVED = re.compile(r"(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)(?P<suffix>(?:\.[a-z0-9]+)*)")
+# An archived WAL file: the segment (or history file) name, then the transform's suffixes;
+# never its record (``<name>.json``).
+_ARCHIVED = re.compile(r"(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)"
+                       r"(?P<suffix>(?:\.(?!json$)[a-z0-9]+)*)")
 _BASE_MANIFEST = re.compile(r"base-\d{8}T\d{6}Z\.json")
+RECORD_SUFFIX = ".json"  # wal/<name>.json beside each archived WAL file
+LIVE = "received.json"
+MAX_DOCUMENT_BYTES = 16 << 20
 
 
 @dataclass
 class Base:
+    """A base backup, by its manifest: validated when made (InvalidDocument), so every path
+    it gives is inside its folder and names one of its own files."""
+
     manifest: dict[str, Any]
     folder: Path
+    doc: BaseManifest = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.doc = parse(BaseManifest, self.manifest)
+
+    @classmethod
+    def load(cls, path: Path) -> Base:
+        """The base backup whose manifest is ``path``; OSError, or InvalidDocument."""
+        try:
+            manifest = json.loads(path.read_bytes())
+        except (ValueError, RecursionError):
+            raise InvalidDocument("not JSON") from None
+        if not isinstance(manifest, dict):
+            raise InvalidDocument("the document: an object is expected")
+        base = cls(manifest, path.parent)
+        if f"{base.id}.json" != path.name:
+            raise InvalidDocument(f"id: {base.id!r} is not this manifest's own name")
+        return base
 
     @property
     def id(self) -> str:
-        return self.manifest["id"]
+        return self.doc.id
 
     @property
     def path(self) -> Path:
-        return self.folder / self.manifest["file"]
+        return self.folder / self.doc.file
 
     @property
     def manifest_path(self) -> Path:
@@ -44,19 +86,34 @@ class Base:
 
     @property
     def start_time(self) -> datetime:
-        return parse_iso(self.manifest["start_time"])  # type: ignore[return-value]
+        return self.doc.start_time
 
     @property
     def stop_time(self) -> datetime:
-        return parse_iso(self.manifest["stop_time"])  # type: ignore[return-value]
+        return self.doc.stop_time
 
     @property
     def start_segno(self) -> int:
-        return wal.segment_of(wal.parse_lsn(self.manifest["start_lsn"]), self.manifest["wal_segment_size"])
+        return wal.segment_of(wal.parse_lsn(self.doc.start_lsn), self.doc.wal_segment_size)
+
+    @property
+    def sha256(self) -> str:
+        """What its file's sha256 must be (the drill and restore check it in full)."""
+        return self.doc.sha256
+
+    def intact_by_size(self) -> bool:
+        """Whether its file has the size its manifest records: a stat, free. False when the
+        file cannot be read."""
+        try:
+            return self.path.stat().st_size == self.doc.size
+        except OSError:
+            return False
 
     def summary(self) -> dict[str, Any]:
-        keys = ("id", "start_time", "stop_time", "start_lsn", "stop_lsn", "timeline", "size", "sha256")
-        return {key: self.manifest.get(key) for key in keys}
+        doc = self.doc
+        return {"id": doc.id, "start_time": iso(doc.start_time), "stop_time": iso(doc.stop_time),
+                "start_lsn": doc.start_lsn, "stop_lsn": doc.stop_lsn, "timeline": doc.timeline, "size": doc.size,
+                "sha256": doc.sha256, "damaged": not self.intact_by_size()}
 
 
 @dataclass
@@ -98,39 +155,90 @@ class Store:
         for folder in (self.root.parent.parent, self.root.parent, self.root, self.base_dir, self.wal_dir, self.spool):
             folder.mkdir(mode=0o700, exist_ok=True)
 
+    # Stored documents -------------------------------------------------------------------
+    def _load(self, model: type[D], path: Path) -> D | None:
+        """The document at ``path``; None when it is absent, unreadable or invalid (warned
+        about once, listed by ``invalid``)."""
+        return self._try(path, partial(read, model, path))
+
+    def _try(self, path: Path, load: Any) -> Any:
+        """``load()`` (cached, see _cached); None when it is absent, unreadable or invalid.
+        Each path is always read by the same loader: the cache holds its checked answer."""
+        try:
+            return _cached(path, load)
+        except OSError:
+            return None
+        except InvalidDocument as err:
+            warn_invalid(Invalid(self._relative(path), str(err)))
+            return None
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def invalid(self) -> list[Invalid]:
+        """Every stored document of this cluster that does not validate."""
+        found = []
+        for path, check in self._documents():
+            try:
+                _cached(path, check)
+            except OSError:
+                continue
+            except InvalidDocument as err:
+                found.append(Invalid(self._relative(path), str(err)))
+        for item in found:
+            warn_invalid(item)
+        return found
+
+    def _documents(self) -> list[tuple[Path, Any]]:
+        docs: list[tuple[Path, Any]] = [
+            (self.root / "cluster.json", partial(read, ClusterDoc, self.root / "cluster.json")),
+            (self.root / "gaps.json", partial(read_list, Gap, self.root / "gaps.json")),
+            (self.root / "verify.json", partial(read, DrillRecord, self.root / "verify.json")),
+            (self.root / LIVE, partial(read, LiveProof, self.root / LIVE))]
+        docs += [(p, partial(self._load_base, p)) for p in _listing(self.base_dir) if _BASE_MANIFEST.fullmatch(p.name)]
+        docs += [(p, partial(self._load_record, p)) for p in _listing(self.wal_dir) if _is_record(p.name)]
+        return docs
+
     # What the cluster is -----------------------------------------------------------
     @property
-    def cluster(self) -> dict[str, Any]:
-        return self._read_json("cluster.json") or {}
+    def cluster(self) -> ClusterDoc | None:
+        return self._load(ClusterDoc, self.root / "cluster.json")
 
     def remember_cluster(self, segment_size: int, major: int) -> None:
         known = {"system_identifier": self.system_identifier, "wal_segment_size": segment_size, "server_major": major}
-        if self.cluster != known:
+        current = self.cluster
+        if current is None or current.model_dump() != known:
+            self._keep_invalid_aside("cluster.json")
             write_json_atomically(self.root / "cluster.json", json.dumps(known, indent=2))
+
+    def _keep_invalid_aside(self, name: str) -> None:
+        """Before backupd writes ``name`` afresh: an invalid one is renamed, never lost
+        (``<name>.invalid-<time>``), so what it held can still be looked at."""
+        if (self.root / name).exists() and any(item.file == name for item in self.invalid()):
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            os.replace(self.root / name, self.root / f"{name}.invalid-{stamp}")
 
     @property
     def segment_size(self) -> int:
-        return int(self.cluster.get("wal_segment_size", 16 * 1024 * 1024))
+        return self.cluster.wal_segment_size if self.cluster else 16 * 1024 * 1024
 
     # Base backups ------------------------------------------------------------------
+    def _load_base(self, path: Path) -> Base:
+        base = Base.load(path)
+        if base.doc.system_identifier != self.system_identifier:
+            raise InvalidDocument(f"system_identifier: {base.doc.system_identifier} is another cluster's")
+        return base
+
     def bases(self) -> list[Base]:
-        """Complete base backups (a manifest and its file), newest first."""
+        """Complete base backups (a valid manifest and its file), newest first; a damaged
+        one too (``intact_by_size``), so that it is shown."""
         found = []
-        try:
-            entries = list(os.scandir(self.base_dir))
-        except FileNotFoundError:
-            return []
-        for entry in entries:
-            if not _BASE_MANIFEST.fullmatch(entry.name):
+        for path in _listing(self.base_dir):
+            if not _BASE_MANIFEST.fullmatch(path.name):
                 continue
-            try:
-                manifest = json.loads(Path(entry.path).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            base = Base(manifest, self.base_dir)
-            if base.path.exists():
+            if (base := self._try(path, partial(self._load_base, path))) is not None and base.path.exists():
                 found.append(base)
-        return sorted(found, key=lambda b: b.manifest["start_time"], reverse=True)
+        return sorted(found, key=lambda b: b.start_time, reverse=True)
 
     # WAL ---------------------------------------------------------------------------
     def archived(self) -> dict[str, Path]:
@@ -145,6 +253,46 @@ class Store:
             if match := _ARCHIVED.fullmatch(entry.name):
                 found[match.group("name")] = Path(entry.path)
         return found
+
+    def _load_record(self, path: Path) -> WalRecord:
+        record = read(WalRecord, path)
+        if record.name + RECORD_SUFFIX != path.name:
+            raise InvalidDocument(f"name: {record.name!r} is not this record's own name")
+        return record
+
+    def records(self) -> dict[str, WalRecord]:
+        """The valid records of archived WAL files, by the file's own name."""
+        found = {}
+        for path in _listing(self.wal_dir):
+            if _is_record(path.name) and (record := self._try(path, partial(self._load_record, path))) is not None:
+                found[record.name] = record
+        return found
+
+    def record(self, name: str) -> WalRecord | None:
+        """The valid record of the archived WAL file ``name``, if it has one."""
+        path = self.wal_dir / (name + RECORD_SUFFIX)
+        return self._try(path, partial(self._load_record, path)) if path.exists() else None
+
+    def damaged_wal(self) -> list[str]:
+        """Archived WAL files whose size is not what their record says (a stat each); their
+        sha256 (``records()[name].sha256``) is for a full check."""
+        records = self.records()
+        damaged = []
+        for name, path in self.archived().items():
+            if (record := records.get(name)) is not None and _size(path) != record.size:
+                damaged.append(name)
+        return sorted(damaged)
+
+    def live(self) -> LiveProof | None:
+        """What the segment the receiver is writing proves, when that segment is still there."""
+        proof = self._load(LiveProof, self.root / LIVE)
+        return proof if proof is not None and (self.spool / proof.name).exists() else None
+
+    def remember_live(self, proof: LiveProof) -> None:
+        write_json_atomically(self.root / LIVE, proof.model_dump_json(indent=2))
+
+    def remember_record(self, record: WalRecord) -> None:
+        write_json_atomically(self.wal_dir / (record.name + RECORD_SUFFIX), record.model_dump_json(indent=2))
 
     def received(self) -> dict[str, Path]:
         """What the receiver's folder holds: completed files not yet archived, and the partial."""
@@ -193,11 +341,12 @@ class Store:
         """The WAL recovery reads, by segment number: (segment name, file, stored by backupd),
         only on the newest timeline's path. Of several copies of one segment, a complete one
         wins over a partial, and the receiver's live partial over one kept from a broken
-        stream."""
+        stream. An archived file whose size is not its record's is damaged: not there."""
         path = self.timeline_path() if path is None else path
         size = self.segment_size
+        damaged = set(self.damaged_wal())
         found: dict[int, tuple[int, tuple[str, Path, bool]]] = {}
-        candidates = [(name, p, True) for name, p in self.archived().items()]
+        candidates = [(name, p, True) for name, p in self.archived().items() if name not in damaged]
         candidates += [(name, p, False) for name, p in self.received().items()]
         for name, file, stored in candidates:
             if name.endswith(".history"):
@@ -212,22 +361,47 @@ class Store:
         return {segno: entry for segno, (_, entry) in found.items()}
 
     def newest_received_time(self) -> datetime | None:
-        """When WAL last reached BACKUP_DIR: the receiver writes (and fsyncs) as it receives."""
+        """The time of the newest WAL record in BACKUP_DIR that has one (a commit or an
+        abort), from the WAL itself as the records say: never a file's time, which a copy or
+        a ``touch`` changes. It stands still while the server writes nothing."""
+        proofs: list[WalProof] = [*self.records().values()]
+        if (live := self.live()) is not None:
+            proofs.append(live)
+        return max((p.last_commit for p in proofs if p.last_commit is not None), default=None)
+
+    def _proven_end(self, segments: dict[int, tuple[str, Path, bool]], since: int) -> datetime | None:
+        """The newest commit the WAL recovery reads proves, from ``since`` (a segment
+        number) on: by the records, and what the receiver's live segment proves."""
+        records, live = self.records(), self.live()
         times = []
-        for path in [*self.received().values(), *self.archived().values()]:
-            try:
-                times.append(path.stat().st_mtime)
-            except OSError:
-                pass
-        return datetime.fromtimestamp(max(times), UTC) if times else None
+        for segno, (_, file, stored) in segments.items():
+            own = file.name if not stored else _ARCHIVED.fullmatch(file.name).group("name")  # type: ignore[union-attr]
+            proof = records.get(own) if stored else (live if live is not None and live.name == own else None)
+            if segno >= since and proof is not None and proof.last_commit is not None:
+                times.append(proof.last_commit)
+        if live is not None and live.caught_up is not None and any(
+                not stored and file.name == live.name for _, file, stored in segments.values()):
+            times.append(live.caught_up)
+        return max(times, default=None)
 
     # Gaps, and the window --------------------------------------------------------------
-    def gaps(self) -> list[dict[str, Any]]:
-        return self._read_json("gaps.json") or []
+    def gaps(self) -> list[Gap]:
+        return self._load_list(Gap, self.root / "gaps.json")
+
+    def _load_list(self, model: type[Gap], path: Path) -> list[Gap]:
+        try:
+            return _cached(path, partial(read_list, model, path))
+        except OSError:
+            return []
+        except InvalidDocument as err:
+            warn_invalid(Invalid(self._relative(path), str(err)))
+            return []
 
     def record_gap(self, reason: str, when: datetime) -> None:
-        gaps = [*self.gaps(), {"time": iso(when), "reason": reason}]
-        write_json_atomically(self.root / "gaps.json", json.dumps(gaps, indent=2))
+        gaps = [to_json(gap) for gap in self.gaps()]
+        self._keep_invalid_aside("gaps.json")
+        write_json_atomically(self.root / "gaps.json",
+                              json.dumps([*gaps, {"time": iso(when), "reason": reason}], indent=2))
 
     @staticmethod
     def missing_segments(base: Base, numbers: set[int]) -> list[int]:
@@ -235,42 +409,90 @@ class Store:
         newest = max(numbers, default=base.start_segno)
         return [n for n in range(base.start_segno, newest + 1) if n not in numbers]
 
-    def usable_bases(self) -> list[Base]:
-        """The base backups that recover to the newest WAL, newest first: no gap after one
-        began, no segment missing, and it lies on the newest timeline's path (not on a branch
-        a restore abandoned). The folders and the histories are read once for all of them."""
-        gaps = [parse_iso(g["time"]) for g in self.gaps()]
-        path = self.timeline_path()
-        numbers = set(self.segments(path))
+    def usable_bases(self, segments: dict[int, tuple[str, Path, bool]] | None = None,
+                     path: list[tuple[int, int]] | None = None) -> list[Base]:
+        """The base backups that recover to the newest WAL, newest first: intact by size, no
+        gap after one began, no segment missing, and it lies on the newest timeline's path
+        (not on a branch a restore abandoned). The folders and histories are read once."""
+        gaps = [g.time for g in self.gaps()]
+        path = self.timeline_path() if path is None else path
+        numbers = set(self.segments(path) if segments is None else segments)
         return [b for b in self.bases()
-                if not any(gap >= b.start_time for gap in gaps)  # type: ignore[operator]
-                and self.timeline_at(wal.parse_lsn(b.manifest["start_lsn"]), path) == b.manifest["timeline"]
+                if b.intact_by_size()
+                and not any(gap >= b.start_time for gap in gaps)
+                and self.timeline_at(wal.parse_lsn(b.doc.start_lsn), path) == b.doc.timeline
                 and not self.missing_segments(b, numbers)]
 
     def window(self) -> Window | None:
         """The moments a restore can reach now: from the end of the oldest usable base backup
-        to the newest WAL received. None when there is no such base backup."""
-        end = self.newest_received_time()
-        usable = self.usable_bases()
-        if not usable or end is None:
+        to the newest commit the WAL proves (or the newest usable base backup's end). None
+        when there is no such base backup."""
+        path = self.timeline_path()
+        segments = self.segments(path)
+        usable = self.usable_bases(segments, path)
+        if not usable:
             return None
         oldest = usable[-1]
-        return Window(oldest.stop_time, max(end, oldest.stop_time), oldest)
+        newest_base = usable[0].stop_time
+        proven = self._proven_end(segments, oldest.start_segno)
+        return Window(oldest.stop_time, max(proven, newest_base) if proven else newest_base, oldest)
 
     # The drill ------------------------------------------------------------------------
     def last_drill(self) -> dict[str, Any] | None:
-        return self._read_json("verify.json")
+        drill = self._load(DrillRecord, self.root / "verify.json")
+        return to_json(drill) if drill is not None else None
 
     def record_drill(self, result: dict[str, Any]) -> None:
-        drills = self._read_json("verify.json") or {}
+        drills = self.last_drill() or {}
         drills = {**result, "last_success": result["time"] if result["ok"] else drills.get("last_success")}
+        self._keep_invalid_aside("verify.json")
         write_json_atomically(self.root / "verify.json", json.dumps(drills, indent=2))
 
-    def _read_json(self, name: str) -> Any:
-        try:
-            return json.loads((self.root / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+
+D = TypeVar("D", bound=Document)
+_CACHE: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+
+
+def _cached(path: Path, load: Any) -> Any:
+    """``load()``'s answer for ``path``, remembered while the file is unchanged (the status
+    page reads every record every few seconds). Raises what ``load`` raises."""
+    stat = path.stat()
+    if stat.st_size > MAX_DOCUMENT_BYTES:  # not read at all: no document of ours is near this
+        raise InvalidDocument(f"{stat.st_size} bytes: far larger than any document backupd writes")
+    key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if (known := _CACHE.get(path)) is not None and known[0] == key:
+        if isinstance(known[1], InvalidDocument):
+            raise known[1]
+        return known[1]
+    try:
+        value = load()
+    except InvalidDocument as err:
+        _CACHE[path] = (key, err)
+        raise
+    _CACHE[path] = (key, value)
+    return value
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        found = [Path(entry.path) for entry in os.scandir(folder)]
+    except FileNotFoundError:
+        found = []
+    present = set(found)
+    for gone in [p for p in _CACHE if p.parent == folder and p not in present]:  # deleted: forgotten
+        _CACHE.pop(gone, None)
+    return found
+
+
+def _is_record(name: str) -> bool:
+    return name.endswith(RECORD_SUFFIX) and wal.is_archived_name(name.removesuffix(RECORD_SUFFIX))
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def remove_files(paths: list[Path]) -> None:
@@ -315,8 +537,12 @@ def failures(backup_dir: Path) -> dict[str, dict[str, Any]]:
     removed it) is newer than a record this process could not write."""
     found = {job: record for (root, job), record in _FAILURES_IN_MEMORY.items() if root == str(backup_dir)}
     for job in ("base", "verify", "receiver"):
+        path = _failure_file(backup_dir, job)
         try:
-            found[job] = json.loads(_failure_file(backup_dir, job).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            found[job] = to_json(read(FailureRecord, path))
+        except OSError:
             pass
+        except InvalidDocument as err:  # still a failure of that job, of which little is known
+            warn_invalid(Invalid(path.name, str(err)))
+            found[job] = {"job": job, "time": None, "error": f"its record {path.name} is invalid ({err})"}
     return found

@@ -7,6 +7,7 @@ import re
 SEGMENT = re.compile(r"[0-9A-F]{24}")
 HISTORY = re.compile(r"[0-9A-F]{8}\.history")
 PARTIAL = re.compile(r"[0-9A-F]{24}\.partial")
+_HISTORY_LINE = re.compile(r"\s*(\d{1,10})\s+([0-9A-F]{1,8}/[0-9A-F]{1,8})\b")
 
 
 def parse_lsn(text: str) -> int:
@@ -47,9 +48,8 @@ def parse_history(text: str) -> list[tuple[int, int]]:
     """A timeline history file's entries: (ancestor timeline, the LSN where it ended), oldest first."""
     entries = []
     for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0].isdigit() and "/" in fields[1]:
-            entries.append((int(fields[0]), parse_lsn(fields[1])))
+        if match := _HISTORY_LINE.match(line):  # anything else (comments, damage) says nothing
+            entries.append((int(match.group(1)), parse_lsn(match.group(2))))
     return entries
 
 
@@ -62,3 +62,9 @@ def timeline_path(latest: int, history: list[tuple[int, int]]) -> list[tuple[int
         begin = ended
     path.append((latest, begin))
     return path
+
+
+def is_archived_name(name: str) -> bool:
+    """What an archived WAL file is called before its suffixes: a segment, a partial one
+    kept from a broken stream, or a timeline history file."""
+    return bool(is_wal_name(name) or PARTIAL.fullmatch(name))

@@ -5,6 +5,7 @@ and holds every committed row."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -35,8 +36,11 @@ def test_stream_base_drill_and_restore(pitr_cluster, pitr_env, pitr_backupd, bac
     (cluster_folder,) = (backup_dir / "_pitr").iterdir()
     (base,) = (cluster_folder / "base").glob("base-*.tar.zst.age")
     assert base.with_name(base.name.split(".")[0] + ".backup_manifest").exists()
-    archived = list((cluster_folder / "wal").iterdir())
+    archived = [p for p in (cluster_folder / "wal").iterdir() if not p.name.endswith(".json")]
     assert archived and all(p.name.endswith(".zst.age") for p in archived), archived
+    # Each beside its record, read by that major's pg_waldump before encryption.
+    records = [json.loads(p.with_name(p.name.removesuffix(".zst.age") + ".json").read_text()) for p in archived]
+    assert any(r["last_commit"] for r in records), records
 
     drill = pitr_backupd.ok("pitr", "verify", extra_env=env)
     assert "ok in" in drill.stdout

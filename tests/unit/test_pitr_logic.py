@@ -28,17 +28,24 @@ def test_a_timeline_path_follows_the_history_of_the_newest_timeline():
     assert path == [(1, 0), (2, 0x3000000), (3, 0x5000158)]
 
 
+def ident(day: int) -> str:
+    return f"base-{NOW - timedelta(days=day):%Y%m%dT%H%M%SZ}"
+
+
 def base(day: int, start_segno: int) -> Base:
     stop = NOW - timedelta(days=day)
-    return Base({"id": f"base-{day}", "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "start_lsn": wal.format_lsn(start_segno * SIZE),
-                 "wal_segment_size": SIZE}, Path("/nonexistent"))
+    return Base({"id": ident(day), "file": f"{ident(day)}.tar.zst", "system_identifier": "7400000000000000001",
+                 "server_major": 17, "wal_segment_size": SIZE, "timeline": 1,
+                 "start_lsn": wal.format_lsn(start_segno * SIZE), "stop_lsn": wal.format_lsn(start_segno * SIZE + 400),
+                 "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "size": 1, "sha256": "0" * 64},
+                Path("/nonexistent"))
 
 
 def test_retention_keeps_the_window_and_the_base_it_starts_from():
     bases = [base(1, 40), base(8, 30), base(15, 20), base(22, 10)]  # newest first
     keep = bases_to_keep(bases, NOW, days=14, min_keep=1)
     # Inside 14 days: day 1 and day 8; the newest before the window (day 15) reaches its start.
-    assert keep == {"base-1", "base-8", "base-15"}
+    assert keep == {ident(1), ident(8), ident(15)}
     names = [wal.segment_name(1, n, SIZE) for n in (9, 10, 19, 20, 21)] + ["00000002.history",
                                                                            wal.segment_name(1, 12, SIZE) + ".partial"]
     gone = wal_to_delete(names, [b for b in bases if b.id in keep], SIZE)
@@ -48,5 +55,5 @@ def test_retention_keeps_the_window_and_the_base_it_starts_from():
 
 def test_retention_never_drops_below_the_minimum_even_with_no_window():
     bases = [base(100, 50), base(200, 40)]
-    assert bases_to_keep(bases, NOW, days=0, min_keep=2) == {"base-100", "base-200"}
-    assert bases_to_keep(bases, NOW, days=0, min_keep=1) == {"base-100"}
+    assert bases_to_keep(bases, NOW, days=0, min_keep=2) == {ident(100), ident(200)}
+    assert bases_to_keep(bases, NOW, days=0, min_keep=1) == {ident(100)}

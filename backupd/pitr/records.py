@@ -1,0 +1,185 @@
+"""The documents point-in-time recovery writes and reads back, one typed model each (see
+backupd.documents): a base backup's manifest, what the cluster is, the gaps, the drill's
+result, a job's last failure, and each archived WAL file's record. A document that does
+not validate is ``Invalid``: listed, warned about once, never followed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints, model_validator
+
+from backupd.documents import Document, FileName, InvalidDocument, M, parse
+from backupd.logging import get_logger
+from backupd.repository import iso
+
+log = get_logger("pitr")
+
+
+def _utc(when: datetime) -> datetime:
+    """Every stored time as UTC: one outside what a datetime holds in UTC (year 1 east of
+    Greenwich, 9999-12-31 west of it) is invalid here, not an OverflowError later."""
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+
+
+def _segment_size(size: int) -> int:
+    if size & (size - 1) or not 1 << 20 <= size <= 1 << 30:
+        raise ValueError("a WAL segment size is a power of two from 1 MB to 1 GB")
+    return size
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(_utc)]
+Lsn = Annotated[str, StringConstraints(pattern=r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+SegmentSize = Annotated[int, AfterValidator(_segment_size)]
+Count = Annotated[int, Field(ge=0, le=1 << 62)]
+Timeline = Annotated[int, Field(ge=1, le=0xFFFFFFFF)]
+Major = Annotated[int, Field(ge=9, le=99)]
+BASE_ID = r"^base-\d{8}T\d{6}Z$"
+WAL_NAME = r"^(?:[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)$"
+
+
+class BaseManifest(Document):
+    """``base/<id>.json``. Its files are named after its id: a manifest names only its own."""
+
+    id: Annotated[str, StringConstraints(pattern=BASE_ID)]
+    file: FileName
+    system_identifier: Annotated[str, StringConstraints(pattern=r"^\d{1,20}$")]
+    server_major: Major
+    wal_segment_size: SegmentSize
+    timeline: Timeline
+    start_lsn: Lsn
+    stop_lsn: Lsn
+    start_time: Moment
+    stop_time: Moment
+    size: Count
+    sha256: Sha256
+    server_manifest: FileName | None = None
+
+    @model_validator(mode="after")
+    def _own_files(self) -> BaseManifest:
+        for name in (self.file, self.server_manifest):
+            if name is not None and not name.startswith(f"{self.id}."):
+                raise ValueError(f"{name!r} is not a file of base backup {self.id}")
+        return self
+
+
+class ClusterDoc(Document):
+    """``cluster.json``."""
+
+    system_identifier: str
+    wal_segment_size: SegmentSize
+    server_major: Major
+
+
+class Gap(Document):
+    """One entry of ``gaps.json`` (a list)."""
+
+    time: Moment
+    reason: str
+
+
+class DrillRecord(Document):
+    """``verify.json``: the last drill, and when one last succeeded."""
+
+    time: Moment
+    ok: bool | None
+    reason: str | None = None
+    last_success: Moment | None = None
+
+
+class FailureRecord(Document):
+    """``.last-failure-<job>.json``."""
+
+    job: str
+    time: Moment
+    error: str
+
+
+class WalProof(Document):
+    """What a WAL file proves (where its WAL ends, the time of its last commit or abort),
+    and when backupd looked."""
+
+    name: Annotated[str, StringConstraints(pattern=WAL_NAME)]
+    end_lsn: Lsn | None = None  # None for a timeline history file
+    last_commit: Moment | None = None  # None: no transaction ended in it
+    recorded: Moment  # backupd's clock when it was archived (or its record computed)
+
+
+class LiveProof(WalProof):
+    """``received.json``: the proof of the segment the receiver is still writing, and the
+    last time the receiver saw the server at a position it had already received (nothing
+    happened between the last commit and then)."""
+
+    caught_up: Moment | None = None
+
+
+class WalRecord(WalProof):
+    """``wal/<name>.json``, written when the file is archived: what its WAL proves and what
+    was stored (size, sha256), so neither a file's time nor a copy made by hand can move
+    the recovery window."""
+
+    size: Count
+    sha256: Sha256
+
+
+class ReplicatedFile(Document):
+    """One file's entry in ``.replicated.json`` (per target, by its path there)."""
+
+    sha256: Sha256
+    size: Count
+    mtime: float
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A stored document that did not validate: where (relative to the cluster's folder)
+    and why, never its content."""
+
+    file: str
+    reason: str
+
+    def describe(self) -> dict[str, str]:
+        return {"file": self.file, "reason": self.reason}
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def warn_invalid(found: Invalid) -> None:
+    """Once per file and reason per process: the status page reads these every few seconds."""
+    if (key := (found.file, found.reason)) not in _WARNED:
+        _WARNED.add(key)
+        log.warning("a stored PITR document is invalid: it is ignored, never followed", file=found.file,
+                    reason=found.reason)
+
+
+def read_list(model: type[M], path: Path) -> list[M]:
+    """A document that is a JSON list of ``model`` (``gaps.json``). OSError when unreadable."""
+    try:
+        items = json.loads(path.read_bytes())
+    except (ValueError, RecursionError):
+        raise InvalidDocument("not JSON") from None
+    if not isinstance(items, list):
+        raise InvalidDocument("the document: a list is expected")
+    parsed = []
+    for index, item in enumerate(items):
+        try:
+            parsed.append(parse(model, item))
+        except InvalidDocument as err:
+            raise InvalidDocument(f"{index}.{err}") from None
+    return parsed
+
+
+def to_json(doc: Document) -> dict[str, Any]:
+    """A document as it is shown (``pitr status --json``, /status): times as backupd writes them."""
+    return {key: iso(value) if isinstance(value, datetime) else value
+            for key, value in doc.model_dump(mode="python").items()}
