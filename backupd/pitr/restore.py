@@ -51,6 +51,12 @@ def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
     store = store or Store.only(settings.backup_dir)
     staging = Staging(to, yes)  # a folder that is not empty is refused before the long checks
     base, notes = choose_base(store, target, strict)
+    if damaged := store.damaged_wal():  # left out of the window already; say so, and fail a drill
+        listed = ", ".join(damaged)
+        if strict:
+            raise IntegrityError(f"archived WAL files are damaged (their size is not their record's): {listed}")
+        notes.append(f"left out damaged WAL files (their size is not their record's): {listed}; the recovery "
+                     "window ends before the first of them (backupd pitr status)")
     if (encrypted := base.path.name.endswith(".age")) and not settings.identity:
         raise UsageError(f"base backup {base.id} is encrypted: restoring it needs BACKUP_ENCRYPTION_IDENTITY")
     major = int(base.manifest["server_major"])

@@ -166,7 +166,10 @@ def test_a_damaged_newest_base_falls_back_to_the_older_one_and_the_drill_says_so
 @pytest.mark.parametrize("which", ["compressed", "copied by hand"])
 def test_a_truncated_wal_file_fails_and_leaves_the_old_content_in_place(copy, home, which):
     backupd, backup_dir = copy
-    victim = sorted(backup_dir.glob("_pitr/*/wal/0*"))[-1]  # the newest: every restore reads it
+    victim = sorted(backup_dir.glob("_pitr/*/wal/0*.zst"))[-1]  # the newest: every restore reads it
+    # Without its record (an archive written before records existed): the size check cannot
+    # see it, so reading it back must.
+    victim.with_name(victim.name.split(".")[0] + ".json").unlink()
     if which == "compressed":
         os.truncate(victim, victim.stat().st_size // 2)
     else:  # a plain segment put into the archive by hand, cut short (a full disk)
@@ -181,12 +184,26 @@ def test_a_truncated_wal_file_fails_and_leaves_the_old_content_in_place(copy, ho
     assert_only_old_content(target)
 
 
+def test_a_recorded_wal_file_cut_short_is_left_out_and_named(copy, home):
+    """With its record, a cut file is damaged by its size alone: the window ends before it,
+    a restore says so, and the drill fails."""
+    backupd, backup_dir = copy
+    victim = sorted(backup_dir.glob("_pitr/*/wal/0*.zst"))[-1]
+    os.truncate(victim, victim.stat().st_size - 1)
+    segment = victim.name.split(".")[0]
+    result = backupd.ok("pitr", "restore", "--time", "latest", "--to", str(home / "restored"))
+    assert "left out damaged WAL files" in result.stdout and segment in result.stdout, result.stdout
+    drill = backupd("pitr", "verify")
+    assert drill.returncode == 1 and segment in drill.stderr and "Traceback" not in drill.stderr, drill.stderr
+
+
 @pytest.mark.parametrize("trouble", ["a truncated WAL file", "a full disk"])
 def test_a_failed_restore_onto_a_mount_point_leaves_it_as_it_was(copy, home, trouble):
     """A volume mounted right at DIR: the data directory is built inside it, out of sight."""
     backupd, backup_dir = copy
     if trouble == "a truncated WAL file":
-        victim = sorted(backup_dir.glob("_pitr/*/wal/0*"))[-1]
+        victim = sorted(backup_dir.glob("_pitr/*/wal/0*.zst"))[-1]
+        victim.with_name(victim.name.split(".")[0] + ".json").unlink()  # as an older archive has it
         os.truncate(victim, victim.stat().st_size // 2)
     with small_disk(home / "volume", "200m" if trouble == "a truncated WAL file" else "24m", "0755") as volume:
         (volume / "notes.txt").write_text("someone's notes")
