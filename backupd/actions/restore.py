@@ -53,6 +53,7 @@ from backupd.postgres import (
     database_grants,
     database_info,
     drop_database,
+    one,
     rename_database,
     role_exists,
     set_allow_connections,
@@ -173,6 +174,8 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
     server = Server.from_settings(settings)
     with server.wait_connect("postgres") as admin:
         exists = database_exists(admin, target)
+        if exists:
+            _check_replaceable(admin, target)
         restore_tools(settings, admin, backup)  # a server no tools can serve is refused before roles are made
     _check_consent(settings, backup, target, exists, into, over, yes, confirm)
     check_checksum(backup, TerminalProgress(f"checking {backup.id}", enabled=show_progress))
@@ -242,6 +245,22 @@ def _check_consent(settings, backup: Backup, target: str, exists: bool, into: st
     if exists and not (yes or settings.force_restore or (confirm and confirm(backup, target))):
         raise RefusedError(f"database {target!r} exists: restoring over it needs {_over_advice(backup, target)} "
                            f"(or FORCE_RESTORE=true); nothing was touched")
+
+
+# Databases that are never replaced: every new database is copied from a template (a
+# replaced template1 puts the backup's tables into each later CREATE DATABASE), and
+# ``postgres`` is where backupd and other tools connect to administer the server.
+_NEVER_REPLACED = ("template0", "template1", "postgres")
+
+
+def _check_replaceable(admin: psycopg.Connection, target: str) -> None:
+    """Refuse (exit 2, before anything is touched) to replace a template, by its name or by
+    its ``datistemplate`` flag, or ``postgres``."""
+    (is_template,) = one(admin.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (target,)))
+    if target in _NEVER_REPLACED or is_template:
+        what = "a template database" if is_template or target.startswith("template") else "the maintenance database"
+        raise RefusedError(f"{target!r} is {what}: a restore never replaces it (restore into a new database "
+                           f"with --into NEWDB instead); nothing was touched")
 
 
 def _over_advice(backup: Backup, target: str) -> str:
