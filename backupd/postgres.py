@@ -302,11 +302,27 @@ def count_rows(conn: psycopg.Connection, mode: str) -> Iterator[TableCount]:
     if mode == "off":
         return
     for schema, name, oid, estimate in tables_with_data(conn):
-        if mode == "exact":
-            rows = count_table_rows(conn, schema, name)
-        else:
-            rows = max(estimate, 0)
+        rows = count_or_unknown(conn, schema, name) if mode == "exact" else max(estimate, 0)
         yield TableCount(schema, name, oid, rows)
+
+
+def count_or_unknown(conn: psycopg.Connection, schema: str, name: str) -> int | None:
+    """The table's own rows, or None when they cannot be counted (a lock not granted in
+    time, a privilege missing, a damaged page): the reason is logged, and the dump that
+    pg_dump completes is kept. The count runs in a savepoint, so that its failure does not
+    abort the transaction whose snapshot pg_dump imports. A cancel (a signal, the backup's
+    timeout) and a lost connection are not a count's failure: they end the backup."""
+    try:
+        with conn.transaction():
+            return count_table_rows(conn, schema, name)
+    except psycopg.errors.QueryCanceled:
+        raise
+    except psycopg.Error as err:
+        if conn.broken or conn.closed:
+            raise
+        log.warning("the rows of a table could not be counted; its count is recorded as unknown",
+                    table=f"{schema}.{name}", error=str(err).strip())
+        return None
 
 
 class ExportedSnapshot:
@@ -423,7 +439,9 @@ def rename_database(conn: psycopg.Connection, name: str, new_name: str, attempts
 
 
 def count_table_rows(conn: psycopg.Connection, schema: str, name: str) -> int:
-    query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    """The table's own rows (``ONLY``): not its inheritance children's, which the manifest
+    counts on their own (and which may be left out of a dump, or be foreign tables)."""
+    query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
     (rows,) = one(conn.execute(query))
     return rows
 
