@@ -43,14 +43,16 @@ from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError,
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
 from backupd.postgres import (
+    DatabaseAccess,
     DatabaseInfo,
+    Grant,
     Server,
-    apply_database_grants,
+    apply_database_access,
     apply_database_settings,
     compare_with_manifest,
     create_database_like,
+    database_access,
     database_exists,
-    database_grants,
     database_info,
     drop_database,
     one,
@@ -184,7 +186,7 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
     builder = DatabaseBuilder(settings, repo, backup, server, jobs)
     previous, mode = None, "new"
     if not exists:
-        builder.build(target, manifest_info(backup))
+        builder.build(target, manifest_info(backup), backup_access(backup, None))
     elif in_place:
         mode = "in-place"
         _restore_in_place(builder, server, target)
@@ -278,23 +280,16 @@ class DatabaseBuilder:
         self.settings, self.repo, self.backup, self.server = settings, repo, backup, server
         self.jobs, self.no_owner = jobs, no_owner
 
-    def build(self, name: str, info: DatabaseInfo | None, grants=None) -> None:
+    def build(self, name: str, info: DatabaseInfo | None, access: DatabaseAccess | None = None) -> None:
+        """Create ``name`` like ``info``, restore the data, then set its settings and its
+        ``access`` (grants, connection limit): last, so neither can refuse the restore."""
         with self.server.wait_connect("postgres") as admin:
             tools = restore_tools(self.settings, admin, self.backup)
             _create_database(admin, name, info)
-            try:
-                apply_database_grants(admin, name, grants)
-            except psycopg.Error as err:
-                drop_database(admin, name)
-                raise RestoreError(f"granting on database {name!r} failed: {str(err).strip()}") from None
         try:
             _restore_data(self.settings, self.repo, self.backup, self.server, tools, name, self.jobs, self.no_owner)
-            if info is not None:
-                with self.server.wait_connect("postgres") as admin:
-                    try:
-                        apply_database_settings(admin, name, info)
-                    except psycopg.Error as err:
-                        raise RestoreError(f"the settings of {name!r} failed: {str(err).strip()}") from None
+            with self.server.wait_connect("postgres") as admin:
+                _finish_database(admin, name, info, access)
         except BaseException as err:
             log.error("restore failed; dropping the database it created", database=name, error=str(err))
             self.drop(name)
@@ -325,6 +320,32 @@ def restore_tools(settings, admin: psycopg.Connection, backup: Backup) -> Tools:
     return pgtools.for_connection(settings.pg_bindir, admin, archive_major)
 
 
+def _finish_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | None,
+                     access: DatabaseAccess | None) -> None:
+    try:
+        if info is not None:
+            apply_database_settings(admin, name, info)
+        if access is not None:
+            apply_database_access(admin, name, access)
+    except psycopg.Error as err:
+        raise RestoreError(f"the settings or grants of {name!r} failed: {str(err).strip()}") from None
+
+
+def backup_access(backup: Backup, live: DatabaseAccess | None) -> DatabaseAccess:
+    """The grants and connection limit the backed-up database had. A backup made before
+    backupd recorded grants keeps what a restore gave before: the replaced database's grants
+    (``live``), or a new database's defaults; the connection limit it recorded still counts."""
+    recorded = backup.manifest.get("database_info") or {}
+    if "grants" in recorded:
+        grants = recorded["grants"]
+        return DatabaseAccess(None if grants is None else tuple(Grant(**grant) for grant in grants),
+                              recorded.get("connection_limit", -1), recorded.get("owner"))
+    kept = live or DatabaseAccess(None)
+    log.warning("this backup did not record the database's grants: they are "
+                + ("the replaced database's" if live else "a new database's defaults"), id=backup.id)
+    return DatabaseAccess(kept.grants, recorded.get("connection_limit", kept.connection_limit), kept.owner)
+
+
 def manifest_info(backup: Backup) -> DatabaseInfo | None:
     info = backup.manifest.get("database_info")
     return DatabaseInfo.from_json(info) if info else None
@@ -335,8 +356,8 @@ def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop
     Anything failing before the swap leaves the live database untouched."""
     side, old = side_name(target), old_name(target)
     with server.wait_connect("postgres") as admin:
-        live_info, grants = database_info(admin, target), database_grants(admin, target)
-    builder.build(side, live_info, grants)
+        live_info, live_access = database_info(admin, target), database_access(admin, target)
+    builder.build(side, live_info, backup_access(builder.backup, live_access))
     try:
         builder.check(side)
         if reason := cancel.requested():  # the last moment the live database is still untouched
@@ -376,10 +397,10 @@ def _restore_in_place(builder: DatabaseBuilder, server: Server, target: str) -> 
     if reason := cancel.requested():  # the last moment the live database is still untouched
         raise Aborted(reason)
     with cancel.shielded(), server.wait_connect("postgres") as admin:
-        info, grants = database_info(admin, target), database_grants(admin, target)
+        info, access = database_info(admin, target), backup_access(builder.backup, database_access(admin, target))
         set_allow_connections(admin, target, False)
         drop_database(admin, target)
-    builder.build(target, info, grants)
+    builder.build(target, info, access)
 
 
 def restore_roles(repo: Repository, backup: Backup, server: Server, identity: str | None) -> list[str]:
