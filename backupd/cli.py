@@ -265,9 +265,13 @@ def cmd_list(settings, args) -> int:
                     "file": f"{args.target.rstrip('/')}/{b.folder.as_posix()}/{b.manifest['file']}"}
                    for b in found if args.database is None or b.database == args.database]
     else:
+        from backupd import leftovers
+
         listed, found_problems = Repository(settings.backup_dir).inventory(args.database)
         backups = [b.summary() for b in listed]
         problems = [_problem_summary(p) for p in found_problems]
+        problems += [left.summary() for left in leftovers.look(settings)
+                     if args.database is None or left.live == args.database]
     if args.json:
         json.dump(backups + problems, sys.stdout, indent=2)
         print()
@@ -284,7 +288,7 @@ def cmd_list(settings, args) -> int:
     for problem in problems:
         hint = f"; restore it by path: backupd restore {problem['file']} --into NEWDB" \
             if problem["status"] == "unaccounted" else ""
-        print(f"{problem['status'].upper()} {problem['file']}: {problem['problem']}{hint}")
+        print(f"{problem['status'].upper()} {problem['file'] or problem['database']}: {problem['problem']}{hint}")
     return _unreadable_exit(problems)
 
 

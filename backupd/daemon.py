@@ -30,6 +30,7 @@ from backupd.actions.volumes import prune_volumes, run_volume_backup
 from backupd.errors import BackupdError, NotFoundError, UsageError
 from backupd.health import evaluate, newest_verifications
 from backupd.httpserver import Endpoints, serve
+from backupd.leftovers import LeftoverView
 from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
@@ -82,6 +83,7 @@ class Daemon:
         self._idle = threading.Condition()
         self._tools_view: tuple[float, dict] | None = None  # (monotonic time, pgtools.summary)
         self._tools_lock = threading.Lock()
+        self.leftovers = LeftoverView(settings)  # side databases that interrupted restores left
         self._tools_refreshing = False
         self.scheduler = BackgroundScheduler(
             timezone=settings.backup_timezone,
@@ -158,7 +160,8 @@ class Daemon:
     def _report(self, job: str | None = None, result: str | None = None, error: str | None = None) -> None:
         """Tell people what changed (new problems, recoveries); never fails the job."""
         try:
-            health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running())
+            health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running(),
+                              leftovers=self.leftovers.current())
             report_changes(self.settings, health, job if job != "monitor" else None, result, error)
         except Exception as err:
             log.error("could not send notifications", error=str(err))
@@ -266,7 +269,7 @@ class Daemon:
 
     def health(self) -> tuple[bool, dict]:
         health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running(),
-                          self.pitr_state())
+                          self.pitr_state(), self.leftovers.current())
         return health.healthy, health.to_json()
 
     def pitr_state(self) -> dict | None:
@@ -301,6 +304,7 @@ class Daemon:
         healthy, health = self.health()
         return {"started": iso(self.started_at), "health": health, "databases": databases, "jobs": jobs,
                 "targets": read_runs(self.repo), "postgresql": self.tools_view(),
+                "leftovers": [leftover.summary() for leftover in self.leftovers.current()],
                 "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None}
 
     def page_view(self) -> dict:

@@ -85,10 +85,11 @@ class Server:
     def secrets(self) -> tuple[str, ...]:
         return (self.password,) if self.password else ()
 
-    def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+    def connect(self, dbname: str = "postgres", autocommit: bool = True,
+                connect_timeout: int = 10) -> psycopg.Connection:
         """Connect once; raises psycopg.OperationalError."""
         return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                               dbname=dbname, sslmode=self.sslmode, connect_timeout=10,
+                               dbname=dbname, sslmode=self.sslmode, connect_timeout=connect_timeout,
                                application_name="backupd", autocommit=autocommit)
 
     def wait_connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:

@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backupd import cancel, pgtools
+from backupd import cancel, leftovers, pgtools
 from backupd.archive import (
     decompress_to,
     is_transformed,
@@ -47,6 +47,7 @@ from backupd.postgres import (
     DatabaseInfo,
     Grant,
     Server,
+    advisory_lock,
     apply_database_access,
     apply_database_settings,
     compare_with_manifest,
@@ -181,6 +182,15 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
         restore_tools(settings, admin, backup)  # a server no tools can serve is refused before roles are made
     _check_consent(settings, backup, target, exists, into, over, yes, confirm)
     check_checksum(backup, TerminalProgress(f"checking {backup.id}", enabled=show_progress))
+    with advisory_lock(server, "restore", target) as locked:
+        if locked is None:
+            raise RefusedError(f"another restore of {target!r} is running; nothing was touched")
+        leftovers.drop_for(locked, target)  # what killed restores of it left: no restore of it runs now
+        return _restore(settings, repo, backup, server, target, exists, jobs, in_place, drop_old)
+
+
+def _restore(settings, repo: Repository, backup: Backup, server: Server, target: str, exists: bool, jobs: int,
+             in_place: bool, drop_old: bool) -> RestoreResult:
     started = time.monotonic()
     roles_created = restore_roles(repo, backup, server, settings.identity)
     builder = DatabaseBuilder(settings, repo, backup, server, jobs)
@@ -280,12 +290,20 @@ class DatabaseBuilder:
         self.settings, self.repo, self.backup, self.server = settings, repo, backup, server
         self.jobs, self.no_owner = jobs, no_owner
 
-    def build(self, name: str, info: DatabaseInfo | None, access: DatabaseAccess | None = None) -> None:
+    def build(self, name: str, info: DatabaseInfo | None, access: DatabaseAccess | None = None,
+              side_of: str | None = None) -> None:
         """Create ``name`` like ``info``, restore the data, then set its settings and its
-        ``access`` (grants, connection limit): last, so neither can refuse the restore."""
+        ``access`` (grants, connection limit): last, so neither can refuse the restore.
+        ``side_of``: the live database this one is built beside, marked as such at once."""
         with self.server.wait_connect("postgres") as admin:
             tools = restore_tools(self.settings, admin, self.backup)
             _create_database(admin, name, info)
+            if side_of is not None:
+                try:
+                    leftovers.mark(admin, name, side_of)
+                except psycopg.Error as err:
+                    drop_database(admin, name)
+                    raise RestoreError(f"marking {name!r} as backupd's failed: {str(err).strip()}") from None
         try:
             _restore_data(self.settings, self.repo, self.backup, self.server, tools, name, self.jobs, self.no_owner)
             with self.server.wait_connect("postgres") as admin:
@@ -357,7 +375,7 @@ def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop
     side, old = side_name(target), old_name(target)
     with server.wait_connect("postgres") as admin:
         live_info, live_access = database_info(admin, target), database_access(admin, target)
-    builder.build(side, live_info, backup_access(builder.backup, live_access))
+    builder.build(side, live_info, backup_access(builder.backup, live_access), side_of=target)
     try:
         builder.check(side)
         if reason := cancel.requested():  # the last moment the live database is still untouched
@@ -375,6 +393,8 @@ def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop
 
 
 def _swap(admin: psycopg.Connection, live: str, side: str, old: str) -> None:
+    (comment,) = one(admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                                   "WHERE datname = %s", (live,)))
     set_allow_connections(admin, live, False)
     try:
         rename_database(admin, live, old)
@@ -388,6 +408,8 @@ def _swap(admin: psycopg.Connection, live: str, side: str, old: str) -> None:
         set_allow_connections(admin, live, True)
         raise RestoreError(f"could not move the restored database into place: {str(err).strip()}; "
                            f"{live!r} is back as it was") from None
+    # In place, it is no side database any more: it takes the replaced database's comment.
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(live), sql.Literal(comment)))
     set_allow_connections(admin, old, True)  # so it can be inspected before it is dropped
 
 
