@@ -20,8 +20,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
+from backupd.documents import InvalidDocument
 from backupd.health import Health
 from backupd.logging import get_logger
+from backupd.manifests import Notified, read_as
 from backupd.redact import redact_text
 from backupd.repository import Repository, iso, utc_now
 from backupd.stream import write_json_atomically
@@ -100,8 +102,11 @@ def report_changes(settings, health: Health, job: str | None = None, result: str
 
 def _read_state(repo: Repository) -> dict[str, str]:
     try:
-        return json.loads((repo.root / STATE_FILE).read_text(encoding="utf-8")).get("active", {})
-    except (OSError, ValueError):
+        return read_as(Notified, repo.root / STATE_FILE).active
+    except OSError:
+        return {}
+    except InvalidDocument as err:  # rewritten below: it only remembers what was reported
+        log.warning("ignoring an invalid record of what was reported", error=str(err))
         return {}
 
 

@@ -15,7 +15,6 @@ swap leaves the live database untouched.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
@@ -39,8 +38,10 @@ from backupd.archive import (
 )
 from backupd.dbnames import old_name, side_name
 from backupd.docker_ctl import containers_stopped
+from backupd.documents import InvalidDocument
 from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
+from backupd.manifests import as_dict, read_manifest
 from backupd.pgtools import Tools
 from backupd.postgres import (
     DatabaseAccess,
@@ -132,11 +133,12 @@ def backup_from_path(path: Path) -> Backup:
     manifest_path = path.with_name(f"{stem}.json")
     if manifest_path.is_file():
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = as_dict(read_manifest(manifest_path))
             if manifest.get("file") == path.name:
                 return Backup(manifest=manifest, folder=path.parent)
-        except ValueError:
-            log.warning("ignoring unreadable manifest beside the file", manifest=str(manifest_path))
+        except (OSError, InvalidDocument) as err:
+            log.warning("ignoring a manifest beside the file that cannot be used", manifest=str(manifest_path),
+                        error=str(err))
     log.warning("restoring a file without its manifest: no checksum to check", file=str(path))
     manifest = {"id": stem if looks_like_id(stem) else f"{stem}-00000000T000000Z", "kind": "database",
                 "database": None, "file": path.name, "format": fmt, "compression": compression.name,
@@ -356,7 +358,8 @@ def backup_access(backup: Backup, live: DatabaseAccess | None) -> DatabaseAccess
     recorded = backup.manifest.get("database_info") or {}
     if "grants" in recorded:
         grants = recorded["grants"]
-        return DatabaseAccess(None if grants is None else tuple(Grant(**grant) for grant in grants),
+        return DatabaseAccess(None if grants is None else tuple(
+                                  Grant(g["grantee"], g["privilege"], g.get("grantable", False)) for g in grants),
                               recorded.get("connection_limit", -1), recorded.get("owner"))
     kept = live or DatabaseAccess(None)
     log.warning("this backup did not record the database's grants: they are "

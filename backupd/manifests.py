@@ -1,0 +1,249 @@
+"""The dump side's stored documents, one typed model per kind: a database backup's manifest,
+a roles dump's, a volume archive's, a backup's ``<id>.state.json``, and backupd's own
+bookkeeping (``.last-failure.json``, ``.replication.json``, ``.notified.json``).
+
+Each is validated where it is read (``backupd.documents``), so that no later access by key
+can meet a value of the wrong type. Readers get plain dicts back (``as_dict``): the fields
+the model knows hold values of the declared types, times in backupd's own ISO form, and a
+field absent from the file stays absent (its reader's default applies, as it always did).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer
+
+from backupd.documents import Document, FileName, InvalidDocument, M, parse
+
+Count = Annotated[int, Field(ge=0)]
+Time = Annotated[AwareDatetime, PlainSerializer(lambda t: t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                                 return_type=str)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _globals_id(text: str) -> str:
+    from backupd.repository import GLOBALS, is_globals_id, looks_like_id, parse_id
+
+    # Roles dumps of older versions had ids "_globals-<time>".
+    if not (is_globals_id(text) or (looks_like_id(text) and parse_id(text)[0] == GLOBALS)):
+        raise ValueError("not the id of a roles dump")
+    return text
+
+
+def _backup_id(text: str) -> str:
+    from backupd.repository import looks_like_id
+
+    if not looks_like_id(text):
+        raise ValueError("not a backup id")
+    return text
+
+
+BackupId = Annotated[str, AfterValidator(_backup_id)]
+GlobalsId = Annotated[str, AfterValidator(_globals_id)]
+
+
+class Encryption(Document):
+    tool: Literal["age"]
+    recipients: list[str] = []
+
+
+class ServerSeen(Document):
+    host: str | None = None
+    port: int | None = None
+    version: str | None = None
+
+
+class ToolsUsed(Document):
+    major: int | None = None
+    bindir: str | None = None
+    version: str | None = None
+
+
+class Manifest(Document):
+    """What every stored artifact's manifest has."""
+
+    id: BackupId
+    file: FileName
+    size_bytes: Count
+    sha256: Sha256
+    format: Literal["custom", "directory", "tar", "plain"]
+    compression: Literal["zstd", "gzip", "bzip2", "xz", "none"] = "none"
+    compression_level: int | None = None
+    compressed_by: Literal["pg_dump", "stream"] | None = None
+    encryption: Encryption | None = None
+    label: str | None = None
+    scheduled_for: Time | None = None
+    started: Time | None = None
+    finished: Time | None = None
+    duration_seconds: Annotated[float, Field(ge=0)] | None = None
+    backupd_version: str | None = None
+
+
+class Grant(Document):
+    grantee: str | None
+    privilege: Literal["CONNECT", "CREATE", "TEMPORARY"]
+    grantable: bool = False
+
+
+class DatabaseInfoRecord(Document):
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    locale_provider: Literal["libc", "icu"] = "libc"
+    icu_locale: str | None = None
+    settings: list[str] = []
+    acl: list[str] = []
+    connection_limit: Annotated[int, Field(ge=-1)] = -1
+    grants: list[Grant] | None = None  # absent in backups made before grants were recorded
+
+
+class TableRecord(Document):
+    schema_: str = Field(alias="schema")
+    name: str
+    rows: Count | None = None
+
+
+class DumpManifest(Manifest):
+    kind: Literal["database"] = "database"
+    database: str
+    database_info: DatabaseInfoRecord | None = None
+    row_counts: Literal["exact", "estimate", "off"] | None = None
+    tables: list[TableRecord] = []
+    globals_id: GlobalsId | None = None
+    server: ServerSeen | None = None
+    pg_dump_version: str | None = None
+    tools: ToolsUsed | None = None
+
+
+class RolesManifest(Manifest):
+    kind: Literal["globals"]
+    database: None = None
+    role_passwords: bool | None = None
+    server: ServerSeen | None = None
+    pg_dump_version: str | None = None
+    tools: ToolsUsed | None = None
+
+
+class VolumeManifest(Manifest):
+    kind: Literal["volume"]
+    volume: str = Field(min_length=1)
+    database: None = None
+    source: str | None = None
+    file_count: Count | None = None
+    source_bytes: Count | None = None
+    warnings: list[str] = []
+
+
+MANIFESTS: dict[str, type[Manifest]] = {"database": DumpManifest, "globals": RolesManifest, "volume": VolumeManifest}
+
+
+class Verification(Document):
+    time: Time
+    result: Literal["passed", "failed", "unverifiable"]
+    reason: str | None = None
+    duration_seconds: Annotated[float, Field(ge=0)] | None = None
+
+
+class CopySent(Document):
+    mtime: float | None = None
+
+
+class Replica(Document):
+    time: Time
+    confirmed: bool
+    files: dict[str, CopySent] = {}
+
+
+class Integrity(Document):
+    time: Time
+    reason: str
+    mtime: float
+
+
+class BackupState(Document):
+    """``<id>.state.json``: the later facts about one backup."""
+
+    pinned: bool = False
+    verification: Verification | None = None
+    replicas: dict[str, Replica] = {}
+    integrity: Integrity | None = None
+
+
+class FailureRecord(Document):
+    """``.last-failure.json``: the newest failure of a database (or of a whole run)."""
+
+    database: str | None
+    kind: Literal["database", "volume", "globals"] = "database"
+    time: Time
+    error: str
+
+
+class Refused(Document):
+    id: str
+    reason: str
+
+
+class TargetRun(Document):
+    """One target's newest replication run in ``.replication.json``."""
+
+    time: Time
+    ok: bool
+    error: str | None = None
+    sent: Count = 0
+    deleted: Count = 0
+    confirmed: bool | None = None
+    refused: list[Refused] = []
+    last_success: Time | None = None
+    stored: dict[str, Count] = {}
+    stored_bytes: Count = 0
+
+
+class ReplicationRuns(Document):
+    runs: dict[str, TargetRun]
+
+
+class Notified(Document):
+    """``.notified.json``: the conditions reported last time, by key."""
+
+    time: Time | None = None
+    active: dict[str, str] = {}
+
+
+def decode(text: str | bytes) -> Any:
+    """JSON text, or InvalidDocument (not JSON, or nested too deep to read)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise InvalidDocument(f"it is not JSON: {str(err)[:120]}") from None
+
+
+def as_dict(document: Document) -> dict[str, Any]:
+    """The validated document as the plain dict its readers use: fields the file did not
+    have stay absent, times are backupd's ISO text."""
+    return document.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest at ``path``, of the model its ``kind`` names. OSError when it cannot be
+    read; InvalidDocument when it is not a manifest of backupd's."""
+    data = decode(path.read_bytes())
+    kind = data.get("kind", "database") if isinstance(data, dict) else None
+    model = MANIFESTS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise InvalidDocument("it is not an object with a known kind (database, globals or volume)")
+    return parse(model, data)
+
+
+def read_as(model: type[M], path: Path) -> M:
+    """Any other stored document; OSError or InvalidDocument as for a manifest."""
+    return parse(model, decode(path.read_bytes()))
+
+
+def read_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """``.replication.json`` (target URL -> its newest run)."""
+    return as_dict(parse(ReplicationRuns, {"runs": decode(path.read_bytes())}))["runs"]
