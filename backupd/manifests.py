@@ -11,7 +11,7 @@ field absent from the file stays absent (its reader's default applies, as it alw
 from __future__ import annotations
 
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,8 +20,18 @@ from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer
 from backupd.documents import Document, FileName, InvalidDocument, M, parse
 
 Count = Annotated[int, Field(ge=0)]
-Time = Annotated[AwareDatetime, PlainSerializer(lambda t: t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                                                 return_type=str)]
+
+
+def _in_utc(when: datetime) -> datetime:
+    """A time that exists in UTC (``0001-01-01T00:00:00+01:00`` does not)."""
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+
+
+Time = Annotated[AwareDatetime, AfterValidator(_in_utc),
+                 PlainSerializer(lambda t: t.replace(microsecond=0).isoformat().replace("+00:00", "Z"), return_type=str)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 

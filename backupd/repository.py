@@ -538,8 +538,8 @@ class Repository:
             if not self.accounts_for(backup, manifest_path.name):
                 raise ValueError("it does not describe a file of backupd's in its folder")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, UsageError) as err:
-            detail = f"the manifest cannot be read: {_reason(err)}"
-            log.warning("ignoring unreadable manifest", file=str(manifest_path), error=detail)
+            detail = f"the manifest {'cannot be read' if isinstance(err, OSError) else 'is invalid'}: {_reason(err)}"
+            log.warning("ignoring a manifest that cannot be used", file=str(manifest_path), error=detail)
             if problems is not None:
                 problems.append(Problem("unreadable" if isinstance(err, OSError) else "invalid", manifest_path,
                                         detail))
