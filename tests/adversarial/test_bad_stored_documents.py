@@ -88,8 +88,7 @@ CHANGES = st.sampled_from(sorted(DOCUMENTS)).flatmap(
 def scene(cluster, tmp_path_factory):
     """The environment, and a copy of the fixture repository for each example."""
     base = tmp_path_factory.mktemp("bad-docs")
-    env = {**cluster.env(), "LOG_FORMAT": "json", "DB_WAIT_TIMEOUT": "5s", "DB_NAME": "shop",
-           "REPLICATION_TARGETS": f"file://{base / 'offsite'}"}
+    env = {**cluster.env(), "LOG_FORMAT": "json", "DB_WAIT_TIMEOUT": "5s", "DB_NAME": "shop"}
     with cluster.connect() as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH)))
     yield base, env
