@@ -30,8 +30,12 @@ def _in_utc(when: datetime) -> datetime:
         raise ValueError("the time is out of range") from None
 
 
-Time = Annotated[AwareDatetime, AfterValidator(_in_utc),
-                 PlainSerializer(lambda t: t.replace(microsecond=0).isoformat().replace("+00:00", "Z"), return_type=str)]
+def _iso(when: datetime) -> str:
+    """backupd's own form, ``2026-11-21T02:00:00Z`` (a year below 1000 keeps four digits)."""
+    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+Time = Annotated[AwareDatetime, AfterValidator(_in_utc), PlainSerializer(_iso, return_type=str)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
