@@ -37,6 +37,8 @@ def _iso(when: datetime) -> str:
 
 Time = Annotated[AwareDatetime, AfterValidator(_in_utc), PlainSerializer(_iso, return_type=str)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the default of a time an older document may lack
 
 
 def _globals_id(text: str) -> str:
@@ -66,19 +68,21 @@ class Encryption(Document):
 
 
 class ServerSeen(Document):
-    host: str | None = None
-    port: int | None = None
-    version: str | None = None
+    host: str = ""
+    port: int = 0
+    version: str = ""
 
 
 class ToolsUsed(Document):
-    major: int | None = None
-    bindir: str | None = None
-    version: str | None = None
+    major: int = 0
+    bindir: str = ""
+    version: str = ""
 
 
 class Manifest(Document):
-    """What every stored artifact's manifest has."""
+    """What every stored artifact's manifest has. A field that backupd never writes as null
+    does not accept null (a reader may do arithmetic with it); one absent from an older
+    manifest stays absent, and its reader's default applies."""
 
     id: BackupId
     file: FileName
@@ -86,15 +90,15 @@ class Manifest(Document):
     sha256: Sha256
     format: Literal["custom", "directory", "tar", "plain"]
     compression: Literal["zstd", "gzip", "bzip2", "xz", "none"] = "none"
-    compression_level: int | None = None
-    compressed_by: Literal["pg_dump", "stream"] | None = None
+    compression_level: int = 0
+    compressed_by: Literal["pg_dump", "stream"] = "stream"
     encryption: Encryption | None = None
     label: str | None = None
     scheduled_for: Time | None = None
-    started: Time | None = None
-    finished: Time | None = None
-    duration_seconds: Annotated[float, Field(ge=0)] | None = None
-    backupd_version: str | None = None
+    started: Time = EPOCH
+    finished: Time = EPOCH
+    duration_seconds: Seconds = 0.0
+    backupd_version: str = ""
 
 
 class Grant(Document):
@@ -126,30 +130,30 @@ class DumpManifest(Manifest):
     kind: Literal["database"] = "database"
     database: str
     database_info: DatabaseInfoRecord | None = None
-    row_counts: Literal["exact", "estimate", "off"] | None = None
+    row_counts: Literal["exact", "estimate", "off"] = "exact"
     tables: list[TableRecord] = []
     globals_id: GlobalsId | None = None
-    server: ServerSeen | None = None
-    pg_dump_version: str | None = None
-    tools: ToolsUsed | None = None
+    server: ServerSeen = ServerSeen()
+    pg_dump_version: str = ""
+    tools: ToolsUsed = ToolsUsed()
 
 
 class RolesManifest(Manifest):
     kind: Literal["globals"]
     database: None = None
-    role_passwords: bool | None = None
-    server: ServerSeen | None = None
-    pg_dump_version: str | None = None
-    tools: ToolsUsed | None = None
+    role_passwords: bool = False
+    server: ServerSeen = ServerSeen()
+    pg_dump_version: str = ""
+    tools: ToolsUsed = ToolsUsed()
 
 
 class VolumeManifest(Manifest):
     kind: Literal["volume"]
     volume: str = Field(min_length=1)
     database: None = None
-    source: str | None = None
-    file_count: Count | None = None
-    source_bytes: Count | None = None
+    source: str = ""
+    file_count: Count = 0
+    source_bytes: Count = 0
     warnings: list[str] = []
 
 
@@ -160,11 +164,11 @@ class Verification(Document):
     time: Time
     result: Literal["passed", "failed", "unverifiable"]
     reason: str | None = None
-    duration_seconds: Annotated[float, Field(ge=0)] | None = None
+    duration_seconds: Seconds = 0.0
 
 
 class CopySent(Document):
-    mtime: float | None = None
+    mtime: float = 0.0
 
 
 class Replica(Document):
@@ -210,7 +214,7 @@ class TargetRun(Document):
     error: str | None = None
     sent: Count = 0
     deleted: Count = 0
-    confirmed: bool | None = None
+    confirmed: bool = True
     refused: list[Refused] = []
     last_success: Time | None = None
     stored: dict[str, Count] = {}
@@ -224,7 +228,7 @@ class ReplicationRuns(Document):
 class Notified(Document):
     """``.notified.json``: the conditions reported last time, by key."""
 
-    time: Time | None = None
+    time: Time = EPOCH
     active: dict[str, str] = {}
 
 

@@ -222,7 +222,7 @@ class Backup:
             "id": self.id, "kind": self.kind, "database": self.database, "time": iso(self.time),
             "size_bytes": self.size, "format": m.get("format"), "compression": m.get("compression"),
             "encrypted": bool(m.get("encryption")), "label": m.get("label"), "pinned": self.pinned,
-            "verified": self.state.get("verification", {}).get("result"),
+            "verified": (self.state.get("verification") or {}).get("result"),
             "replicated_to": sorted(self.state.get("replicas", {})),
             "status": "damaged" if self.damaged else "ok", "problem": self.damaged,
             "file": str(self.path),
