@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer
+from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, model_validator
 
 from backupd.documents import Document, FileName, InvalidDocument, M, parse
 
@@ -137,9 +137,24 @@ class DumpManifest(Manifest):
     pg_dump_version: str = ""
     tools: ToolsUsed = ToolsUsed()
 
+    @model_validator(mode="after")
+    def _names_its_own_database(self) -> DumpManifest:
+        """The database a restore goes to by default is the one the id (and so the folder)
+        names: a manifest that says another cannot steer a restore elsewhere."""
+        _id_names(self.id, self.database)
+        return self
+
+
+def _id_names(backup_id: str, name: str) -> None:
+    from backupd.repository import parse_id
+
+    if parse_id(backup_id)[0] != name:
+        raise ValueError(f"its id {backup_id!r} is not of {name!r}")
+
 
 class RolesManifest(Manifest):
     kind: Literal["globals"]
+    id: GlobalsId
     database: None = None
     role_passwords: bool = False
     server: ServerSeen = ServerSeen()
@@ -155,6 +170,11 @@ class VolumeManifest(Manifest):
     file_count: Count = 0
     source_bytes: Count = 0
     warnings: list[str] = []
+
+    @model_validator(mode="after")
+    def _names_its_own_volume(self) -> VolumeManifest:
+        _id_names(self.id, self.volume)
+        return self
 
 
 MANIFESTS: dict[str, type[Manifest]] = {"database": DumpManifest, "globals": RolesManifest, "volume": VolumeManifest}
