@@ -188,3 +188,18 @@ def test_an_empty_value_in_every_field_never_gives_a_traceback(cluster, scene):
             for value in EMPTY:
                 folder = fresh_repository(base, kind, put(ORIGINALS[kind], path, value))
                 every_view(cluster, folder, env, restore=None)
+
+
+def test_an_invalid_state_file_is_listed_kept_and_never_written_over(cluster, scene, capsys):
+    base, env = scene
+    state = put(ORIGINALS["state file"], ("pinned",), "yes")
+    folder = fresh_repository(base, "state file", state)
+    codes = every_view(cluster, folder, env, restore=True)
+    assert codes["verify"] == 1 and codes["restore"] == 0, codes  # verified, but not recorded over the file
+    assert json.loads((folder / DOCUMENTS["state file"]).read_text()) == state
+    capsys.readouterr()
+    with mock.patch.dict(os.environ, {**env, "BACKUP_DIR": str(folder)}):
+        assert run("list", "--json") == 0
+    listed = {entry.get("id") or entry["file"]: entry for entry in json.loads(capsys.readouterr().out)}
+    assert listed[DUMP_ID]["status"] == "ok"
+    assert listed[str(folder / DOCUMENTS["state file"])]["status"] == "invalid"
