@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, model_validator
 
-from backupd.documents import Document, FileName, InvalidDocument, M, parse
+from backupd.documents import Document, InvalidDocument, M, parse
 
 Count = Annotated[int, Field(ge=0)]
 
@@ -58,7 +58,16 @@ def _backup_id(text: str) -> str:
     return text
 
 
+def _stored_file_name(name: str) -> str:
+    """A file directly in the manifest's folder. Unlike ``documents.FileName`` a backslash is
+    allowed: a database's name may hold one, and its backups' file names keep it."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"{name!r} is not a plain file name inside its folder")
+    return name
+
+
 BackupId = Annotated[str, AfterValidator(_backup_id)]
+StoredFileName = Annotated[str, AfterValidator(_stored_file_name)]
 GlobalsId = Annotated[str, AfterValidator(_globals_id)]
 
 
@@ -85,7 +94,7 @@ class Manifest(Document):
     manifest stays absent, and its reader's default applies."""
 
     id: BackupId
-    file: FileName
+    file: StoredFileName
     size_bytes: Count
     sha256: Sha256
     format: Literal["custom", "directory", "tar", "plain"]
