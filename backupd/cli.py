@@ -273,7 +273,7 @@ def cmd_backup(settings, args) -> int:
 
 def _listed(settings, args) -> tuple[list[dict], list[dict]]:
     """(backups, problems) of the repository or of a target, each backup with its instance."""
-    from backupd import origin
+    from backupd import leftovers, origin
     from backupd.repository import Repository
 
     if args.target:
@@ -293,7 +293,10 @@ def _listed(settings, args) -> tuple[list[dict], list[dict]]:
             summary = {**b.summary(), "instance": None, "status": "invalid", "problem": str(err)}
         if args.instance is None or summary["instance"] == args.instance:
             backups.append(summary)
-    return backups, [_problem_summary(p) for p in found_problems]
+    problems = [_problem_summary(p) for p in found_problems]
+    problems += [left.summary() for left in leftovers.look(settings)
+                 if args.database is None or left.live == args.database]
+    return backups, problems
 
 
 def cmd_list(settings, args) -> int:
@@ -314,7 +317,7 @@ def cmd_list(settings, args) -> int:
     for problem in problems:
         hint = f"; restore it by path: backupd restore {problem['file']} --into NEWDB" \
             if problem["status"] == "unaccounted" else ""
-        print(f"{problem['status'].upper()} {problem['file']}: {problem['problem']}{hint}")
+        print(f"{problem['status'].upper()} {problem['file'] or problem['database']}: {problem['problem']}{hint}")
     return _unreadable_exit(problems)
 
 

@@ -31,6 +31,7 @@ from backupd.channels import configured as configured_channels
 from backupd.errors import BackupdError, NotFoundError, UsageError
 from backupd.health import evaluate, newest_verifications
 from backupd.httpserver import Endpoints, serve
+from backupd.leftovers import LeftoverView
 from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
@@ -86,6 +87,7 @@ class Daemon:
         self._idle = threading.Condition()
         self._tools_view: tuple[float, dict] | None = None  # (monotonic time, pgtools.summary)
         self._tools_lock = threading.Lock()
+        self.leftovers = LeftoverView(settings)  # side databases that interrupted restores left
         self._tools_refreshing = False
         self.scheduler = BackgroundScheduler(
             timezone=settings.backup_timezone,
@@ -162,7 +164,8 @@ class Daemon:
     def _report(self, job: str | None = None, result: str | None = None, error: str | None = None) -> None:
         """Tell people what changed (new problems, recoveries); never fails the job."""
         try:
-            health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running())
+            health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running(),
+                              leftovers=self.leftovers.current())
             report_changes(self.settings, health, job if job != "monitor" else None, result, error,
                            count_failure=lambda scheme: self.metrics.notifications_failed_total.labels(scheme).inc())
         except Exception as err:
@@ -271,7 +274,7 @@ class Daemon:
 
     def health(self) -> tuple[bool, dict]:
         health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running(),
-                          self.pitr_state())
+                          self.pitr_state(), self.leftovers.current())
         return health.healthy, health.to_json()
 
     def pitr_state(self) -> dict | None:
@@ -307,6 +310,7 @@ class Daemon:
         return {"started": iso(self.started_at), "instance": origin.instance_if_known(self.settings),
                 "health": health, "databases": databases, "jobs": jobs,
                 "targets": read_runs(self.repo), "postgresql": self.tools_view(),
+                "leftovers": [leftover.summary() for leftover in self.leftovers.current()],
                 "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None}
 
     def page_view(self) -> dict:

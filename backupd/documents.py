@@ -22,8 +22,9 @@ class InvalidDocument(ValueError):
 
 
 def plain_file_name(name: str) -> str:
-    """``name`` when it names a file directly inside a folder, else ValueError."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+    """``name`` when it names a file directly inside a folder, else ValueError. A backslash
+    is an ordinary character here (a database's name may hold one, and so do its files)."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise ValueError(f"{name!r} is not a plain file name inside its folder")
     return name
 

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from backupd.errors import RepositoryUnreadable
+from backupd.leftovers import Leftover
 from backupd.repository import Backup, Problem, Repository, iso
 from backupd.schedule import longest_gap, next_runs
 
@@ -80,9 +81,13 @@ def describe_age(age: timedelta) -> str:
 
 
 def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
-             scheduler_running: bool | None = None, pitr_receiver: dict[str, Any] | None = None) -> Health:
-    """``pitr_receiver``: the daemon's WAL stream (Receiver.state), judged with the PITR files."""
+             scheduler_running: bool | None = None, pitr_receiver: dict[str, Any] | None = None,
+             leftovers: Iterable[Leftover] = ()) -> Health:
+    """``pitr_receiver``: the daemon's WAL stream (Receiver.state), judged with the PITR files;
+    ``leftovers``: side databases that interrupted restores left on the server."""
     health = Health()
+    for leftover in leftovers:
+        health.warn(f"leftover:{leftover.name}", leftover.detail)
     if scheduler_running is False:
         health.fail("scheduler", "the scheduler is not running")
     if settings.pitr_enabled:

@@ -19,10 +19,15 @@ from datetime import datetime
 
 from backupd.channels import configured
 from backupd.delivery import Outcome, deliver_all
+from backupd.documents import InvalidDocument
 from backupd.health import Health, describe_age
+from backupd.logging import get_logger
+from backupd.manifests import Notified, read_as
 from backupd.redact import redact_text
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.stream import write_json_atomically
+
+log = get_logger("backupd.notify")
 
 STATE_FILE = ".notified.json"
 
@@ -139,7 +144,7 @@ def instance_name(settings) -> str:
 def _when(text: str | None) -> datetime | None:
     try:
         return parse_iso(text)
-    except (TypeError, ValueError):  # a state file edited by hand: the start is unknown
+    except (TypeError, ValueError):  # a start that cannot be read: unknown
         return None
 
 
@@ -147,12 +152,14 @@ def _read_state(repo: Repository) -> dict[str, dict[str, str | None]]:
     """The conditions reported last time; the older form kept only messages, so their
     start is taken as the time of that report."""
     try:
-        state = json.loads((repo.root / STATE_FILE).read_text(encoding="utf-8"))
-        active = state.get("active", {})
-        return {str(k): {"message": str(v.get("message", "")), "since": v.get("since")} if isinstance(v, dict)
-                else {"message": str(v), "since": state.get("time")} for k, v in active.items()}
-    except (OSError, ValueError, AttributeError):
+        state = read_as(Notified, repo.root / STATE_FILE)
+    except OSError:
         return {}
+    except InvalidDocument as err:  # rewritten after this report: it only remembers what was reported
+        log.warning("ignoring an invalid record of what was reported", error=str(err))
+        return {}
+    return {key: {"message": value.message, "since": iso(value.since)} if not isinstance(value, str)
+            else {"message": value, "since": iso(state.time)} for key, value in state.active.items()}
 
 
 def _secrets(settings) -> list[str]:

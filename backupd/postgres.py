@@ -85,10 +85,11 @@ class Server:
     def secrets(self) -> tuple[str, ...]:
         return (self.password,) if self.password else ()
 
-    def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+    def connect(self, dbname: str = "postgres", autocommit: bool = True,
+                connect_timeout: int = 10) -> psycopg.Connection:
         """Connect once; raises psycopg.OperationalError."""
         return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                               dbname=dbname, sslmode=self.sslmode, connect_timeout=10,
+                               dbname=dbname, sslmode=self.sslmode, connect_timeout=connect_timeout,
                                application_name="backupd", autocommit=autocommit)
 
     def wait_connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
@@ -302,11 +303,27 @@ def count_rows(conn: psycopg.Connection, mode: str) -> Iterator[TableCount]:
     if mode == "off":
         return
     for schema, name, oid, estimate in tables_with_data(conn):
-        if mode == "exact":
-            rows = count_table_rows(conn, schema, name)
-        else:
-            rows = max(estimate, 0)
+        rows = count_or_unknown(conn, schema, name) if mode == "exact" else max(estimate, 0)
         yield TableCount(schema, name, oid, rows)
+
+
+def count_or_unknown(conn: psycopg.Connection, schema: str, name: str) -> int | None:
+    """The table's own rows, or None when they cannot be counted (a lock not granted in
+    time, a privilege missing, a damaged page): the reason is logged, and the dump that
+    pg_dump completes is kept. The count runs in a savepoint, so that its failure does not
+    abort the transaction whose snapshot pg_dump imports. A cancel (a signal, the backup's
+    timeout) and a lost connection are not a count's failure: they end the backup."""
+    try:
+        with conn.transaction():
+            return count_table_rows(conn, schema, name)
+    except psycopg.errors.QueryCanceled:
+        raise
+    except psycopg.Error as err:
+        if conn.broken or conn.closed:
+            raise
+        log.warning("the rows of a table could not be counted; its count is recorded as unknown",
+                    table=f"{schema}.{name}", error=str(err).strip())
+        return None
 
 
 class ExportedSnapshot:
@@ -373,28 +390,74 @@ def advisory_lock(server: Server, job: str, name: str,
         conn.close()  # ending the session releases the lock
 
 
-def database_grants(conn: psycopg.Connection, name: str) -> list[tuple[str | None, str, bool]] | None:
-    """The database-level grants (CONNECT, CREATE, TEMPORARY) of ``name``; None for the defaults.
-    A grantee of None is PUBLIC."""
-    (has_acl,) = one(conn.execute("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (name,)))
+DATABASE_PRIVILEGES = ("CONNECT", "CREATE", "TEMPORARY")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One database-level privilege; a grantee of None is PUBLIC."""
+
+    grantee: str | None
+    privilege: str
+    grantable: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"grantee": self.grantee, "privilege": self.privilege, "grantable": self.grantable}
+
+
+@dataclass(frozen=True)
+class DatabaseAccess:
+    """Who may connect, create and make temporary tables, and how many at once: what
+    ``pg_dump --create`` carries besides the data. ``grants`` None: the defaults (no ACL)."""
+
+    grants: tuple[Grant, ...] | None
+    connection_limit: int = -1
+    owner: str | None = None  # the owner the grants were read with: its grants go to the owner here
+
+
+def database_access(conn: psycopg.Connection, name: str) -> DatabaseAccess:
+    row = conn.execute("SELECT datacl IS NOT NULL, datconnlimit FROM pg_database WHERE datname = %s",
+                       (name,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"database {name!r} does not exist")
+    has_acl, limit = row
     if not has_acl:
-        return None
-    return [tuple(row) for row in conn.execute(
+        return DatabaseAccess(None, limit, owner_of(conn, name))
+    rows = conn.execute(
         "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, "
         "       a.privilege_type, a.is_grantable "
-        "FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s", (name,)).fetchall()]
+        "FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s ORDER BY 1, 2", (name,)).fetchall()
+    return DatabaseAccess(tuple(Grant(*row) for row in rows), limit, owner_of(conn, name))
 
 
-def apply_database_grants(conn: psycopg.Connection, name: str,
-                          grants: list[tuple[str | None, str, bool]] | None) -> None:
-    if grants is None:
+def owner_of(conn: psycopg.Connection, name: str) -> str:
+    return one(conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)))[0]
+
+
+def apply_database_access(conn: psycopg.Connection, name: str, access: DatabaseAccess) -> None:
+    """Make ``name``'s grants and connection limit those of ``access``, as pg_dump --create
+    does: revoke what a new database has (PUBLIC's and the owner's defaults), then grant.
+    The recorded owner's grants go to the database's owner here (another role when the
+    recorded one does not exist); a grant to a role that does not exist is left out, and
+    said."""
+    target = sql.Identifier(name)
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(
+        target, sql.Literal(int(access.connection_limit))))
+    if access.grants is None:
         return  # the defaults, which a new database has already
-    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
-    for grantee, privilege, grantable in grants:
+    owner = owner_of(conn, name)
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC, {}").format(target, sql.Identifier(owner)))
+    for grant in access.grants:
+        grantee = owner if grant.grantee is not None and grant.grantee == access.owner else grant.grantee
+        if grant.privilege not in DATABASE_PRIVILEGES:
+            raise ValueError(f"{grant.privilege!r} is not a database privilege")
+        if grantee is not None and not role_exists(conn, grantee):
+            log.warning("a grant on the database is left out: its role does not exist here", database=name,
+                        role=grantee, privilege=grant.privilege)
+            continue
         conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
-            sql.SQL(privilege), sql.Identifier(name),
-            sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
-            sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")))
+            sql.SQL(grant.privilege), target, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+            sql.SQL(" WITH GRANT OPTION") if grant.grantable else sql.SQL("")))
 
 
 def end_sessions(conn: psycopg.Connection, name: str) -> int:
@@ -423,7 +486,9 @@ def rename_database(conn: psycopg.Connection, name: str, new_name: str, attempts
 
 
 def count_table_rows(conn: psycopg.Connection, schema: str, name: str) -> int:
-    query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    """The table's own rows (``ONLY``): not its inheritance children's, which the manifest
+    counts on their own (and which may be left out of a dump, or be foreign tables)."""
+    query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
     (rows,) = one(conn.execute(query))
     return rows
 

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from backupd.documents import InvalidDocument
 from backupd.errors import NotFoundError, RepositoryUnreadable, StorageError, UsageError
 from backupd.logging import get_logger
+from backupd.manifests import BackupState, FailureRecord, Notified, as_dict, read_as, read_manifest, read_runs
 from backupd.stream import write_json_atomically
 
 log = get_logger("backupd.repository")
@@ -163,6 +165,7 @@ class Backup:
     state: dict[str, Any] = field(default_factory=dict)
     stored_size: int | None = None  # the file's size and modification time on disk when it was listed
     stored_mtime: float | None = None
+    state_problem: str | None = None  # why its state file is not valid (it is kept, and not followed)
 
     @property
     def id(self) -> str:
@@ -199,7 +202,8 @@ class Backup:
 
     @property
     def pinned(self) -> bool:
-        return bool(self.state.get("pinned"))
+        """An invalid state file may hold a pin that cannot be read: kept as if pinned."""
+        return bool(self.state.get("pinned")) or self.state_problem is not None
 
     @property
     def damaged(self) -> str | None:
@@ -218,7 +222,7 @@ class Backup:
             "id": self.id, "kind": self.kind, "database": self.database, "time": iso(self.time),
             "size_bytes": self.size, "format": m.get("format"), "compression": m.get("compression"),
             "encrypted": bool(m.get("encryption")), "label": m.get("label"), "pinned": self.pinned,
-            "verified": self.state.get("verification", {}).get("result"),
+            "verified": (self.state.get("verification") or {}).get("result"),
             "replicated_to": sorted(self.state.get("replicas", {})),
             "status": "damaged" if self.damaged else "ok", "problem": self.damaged,
             "file": str(self.path),
@@ -375,10 +379,9 @@ class Repository:
 
     def _finish_deletion(self, marker: Path) -> list[Path]:
         try:
-            manifest = json.loads(marker.read_text(encoding="utf-8"))
-            backup = Backup(manifest=manifest, folder=marker.parent)
+            backup = Backup(manifest=as_dict(read_manifest(marker)), folder=marker.parent)
             files = [backup.path, backup.state_path] if self.accounts_for(backup, marker.name[1:-9]) else []
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, UsageError):
             files = []  # not a manifest we can trust: delete nothing it names
         for path in files:
             path.unlink(missing_ok=True)
@@ -465,8 +468,11 @@ class Repository:
             for path in [self.root / self.FAILURE_FILE, *self.root.glob(f"*/{self.FAILURE_FILE}"),
                          *self.root.glob(f"{VOLUMES}/*/{self.FAILURE_FILE}")]:
                 try:
-                    record = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
+                    record = as_dict(read_as(FailureRecord, path))
+                except OSError:
+                    continue
+                except InvalidDocument as err:
+                    log.warning("ignoring an invalid failure record", file=str(path), error=str(err))
                     continue
                 if self._failure_key(record.get("database"), record.get("kind", "database")) not in unwritten:
                     found.append(record)
@@ -491,12 +497,14 @@ class Repository:
         another's with what it read before."""
         path = backup.state_path
         with self.lock(backup.folder, "state", lock_name=".state.lock"):
-            state = {}
+            state: dict[str, Any] = {}
             if path.exists():
                 try:
-                    state = json.loads(path.read_text(encoding="utf-8"))
-                except ValueError:
-                    log.warning("replacing an unreadable state file", file=str(path))
+                    state = as_dict(read_as(BackupState, path))
+                except InvalidDocument as err:
+                    raise StorageError(f"the state file {path} is not valid ({err}): it is kept for a person "
+                                       f"to look at, and nothing is recorded in it; move it away to record "
+                                       f"again") from None
             state[key] = change(state.get(key))
             write_json_atomically(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
         backup.state = state
@@ -526,13 +534,12 @@ class Repository:
 
     def _load(self, manifest_path: Path, problems: list[Problem] | None = None) -> Backup | None:
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            backup = Backup(manifest=manifest, folder=manifest_path.parent)
+            backup = Backup(manifest=as_dict(read_manifest(manifest_path)), folder=manifest_path.parent)
             if not self.accounts_for(backup, manifest_path.name):
                 raise ValueError("it does not describe a file of backupd's in its folder")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, UsageError) as err:
-            detail = f"the manifest cannot be read: {_reason(err)}"
-            log.warning("ignoring unreadable manifest", file=str(manifest_path), error=detail)
+            detail = f"the manifest {'cannot be read' if isinstance(err, OSError) else 'is invalid'}: {_reason(err)}"
+            log.warning("ignoring a manifest that cannot be used", file=str(manifest_path), error=detail)
             if problems is not None:
                 problems.append(Problem("unreadable" if isinstance(err, OSError) else "invalid", manifest_path,
                                         detail))
@@ -546,12 +553,25 @@ class Repository:
             if problems is not None:
                 problems.append(Problem("unreadable", backup.path, _reason(err)))
             return None
-        if backup.state_path.exists():
-            try:
-                backup.state = json.loads(backup.state_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                log.warning("ignoring unreadable state file", file=str(backup.state_path))
+        self._load_state(backup, problems)
         return backup
+
+    @staticmethod
+    def _load_state(backup: Backup, problems: list[Problem] | None) -> None:
+        """The backup's later facts. An invalid state file is a problem of its own: the backup
+        is still listed, kept as if pinned, and nothing is recorded over the file."""
+        try:
+            backup.state = as_dict(read_as(BackupState, backup.state_path))
+        except FileNotFoundError:
+            return
+        except (OSError, InvalidDocument) as err:
+            kind = "unreadable" if isinstance(err, OSError) else "invalid"
+            backup.state_problem = f"its state file cannot be used: {_reason(err)}"
+            log.warning("ignoring a state file that cannot be used", file=str(backup.state_path),
+                        error=backup.state_problem)
+            if problems is not None:
+                problems.append(Problem(kind, backup.state_path, backup.state_problem + "; the backup is kept as "
+                                        "if pinned, and the file is never deleted"))
 
     def _scan(self, folder: Path, required: bool = True) -> _FolderScan:
         """The backups in one folder, and the stored files no manifest accounts for."""
@@ -565,6 +585,9 @@ class Repository:
             return scan
         data_files: dict[str, Path] = {}
         for entry in entries:
+            if entry.name in BOOKKEEPING:
+                scan.problems += invalid_bookkeeping(Path(entry.path))
+                continue
             own = own_file_id(entry.name)
             if own is None:
                 continue  # not backupd's: never read, listed or deleted
@@ -599,6 +622,9 @@ class Repository:
         RepositoryUnreadable when BACKUP_DIR (or the one folder asked for) cannot be read."""
         backups: list[Backup] = []
         problems: list[Problem] = []
+        if database is None:
+            for name in sorted(BOOKKEEPING):
+                problems += invalid_bookkeeping(self.root / name)
         for folder in self._folders_of(database, kind):
             scan = self._scan(folder, required=database is not None or folder == self.root / GLOBALS)
             backups += [b for b in scan.backups if (kind is None or b.kind == kind)
@@ -652,6 +678,23 @@ class Repository:
 # Failures this process could not write into the repository: (root, kind, name) -> record.
 _UNWRITTEN_FAILURES: dict[tuple[str, str, str | None], dict[str, Any]] = {}
 _UNWRITTEN_LOCK = threading.Lock()
+
+
+def invalid_bookkeeping(path: Path) -> list[Problem]:
+    """backupd's own bookkeeping file at ``path`` as a problem when it is not valid (a
+    missing or unreadable one is none: it is only a cache of what happened)."""
+    try:
+        if path.name == ".last-failure.json":
+            read_as(FailureRecord, path)
+        elif path.name == ".notified.json":
+            read_as(Notified, path)
+        else:
+            read_runs(path)
+    except OSError:
+        return []
+    except InvalidDocument as err:
+        return [Problem("invalid", path, f"backupd's bookkeeping file is not valid: {err}; it is ignored")]
+    return []
 
 
 def storage_error(err: OSError, doing: str) -> StorageError:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -28,11 +29,13 @@ from backupd.errors import Aborted, BackupdError, DumpError, UsageError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
 from backupd.postgres import (
+    DatabaseAccess,
     ExportedSnapshot,
     Server,
     TableCount,
     advisory_lock,
     count_rows,
+    database_access,
     database_info,
     list_databases,
     one,
@@ -302,7 +305,7 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
             return Outcome(database=name, ok=True, skipped="another backupd is backing up this database")
         if scheduled_for and any(b.manifest.get("scheduled_for") == iso(scheduled_for) for b in repo.backups(name)):
             return Outcome(database=name, ok=True, skipped=f"the backup scheduled for {iso(scheduled_for)} exists")
-        info = database_info(admin, name)
+        info, access = database_info(admin, name), database_access(admin, name)
         _check_room(repo, admin, name, folder)
         backup_id, _ = repo.reserve_id(name)
         fmt = settings.backup_format
@@ -328,11 +331,16 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
         commit_manifest(repo, folder, final, {
             **run.manifest("database", backup_id, label, scheduled_for, started, clock, fmt, final, stream,
                            transform),
-            "database": name, "database_info": info.to_json(),
+            "database": name, "database_info": {**info.to_json(), "grants": _grants_json(access)},
             "row_counts": settings.backup_row_counts, "tables": tables, "globals_id": globals_id(),
         })
     return Outcome(database=name, ok=True, backup_id=backup_id, size=stream.size,
                    seconds=time.monotonic() - clock, path=final)
+
+
+def _grants_json(access: DatabaseAccess) -> list[dict[str, Any]] | None:
+    """The database-level grants as the manifest keeps them; None for the defaults (no ACL)."""
+    return None if access.grants is None else [grant.to_json() for grant in access.grants]
 
 
 def _dump(run: _Run, admin, transform: Transform, name: str, fmt: str, snapshot_id: str, final: Path):

@@ -29,7 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from backupd import cancel, origin
+from backupd import cancel, manifests, origin
+from backupd.documents import InvalidDocument
 from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, UsageError
 from backupd.logging import get_logger
 from backupd.origin import INSTANCE_PATTERN, Origin, check_fetched, instance_of, system_identifier_of
@@ -140,8 +141,11 @@ def record_runs(repo: Repository, outcomes: list[TargetOutcome]) -> None:
 
 def read_runs(repo: Repository) -> dict[str, dict]:
     try:
-        return json.loads((repo.root / RUNS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return manifests.read_runs(repo.root / RUNS_FILE)
+    except OSError:
+        return {}
+    except InvalidDocument as err:  # listed as invalid by the inventory; never a crash of a view
+        log.warning("ignoring an invalid run history", file=str(repo.root / RUNS_FILE), error=str(err))
         return {}
 
 

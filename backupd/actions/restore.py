@@ -15,7 +15,6 @@ swap leaves the live database untouched.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backupd import cancel, pgtools
+from backupd import cancel, leftovers, pgtools
 from backupd.archive import (
     decompress_to,
     is_transformed,
@@ -39,20 +38,26 @@ from backupd.archive import (
 )
 from backupd.dbnames import old_name, side_name
 from backupd.docker_ctl import containers_stopped
+from backupd.documents import InvalidDocument
 from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
+from backupd.manifests import as_dict, read_manifest
 from backupd.pgtools import Tools
 from backupd.postgres import (
+    DatabaseAccess,
     DatabaseInfo,
+    Grant,
     Server,
-    apply_database_grants,
+    advisory_lock,
+    apply_database_access,
     apply_database_settings,
     compare_with_manifest,
     create_database_like,
+    database_access,
     database_exists,
-    database_grants,
     database_info,
     drop_database,
+    one,
     rename_database,
     role_exists,
     set_allow_connections,
@@ -138,11 +143,12 @@ def backup_from_path(path: Path) -> Backup:
     manifest_path = path.with_name(f"{stem}.json")
     if manifest_path.is_file():
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = as_dict(read_manifest(manifest_path))
             if manifest.get("file") == path.name:
                 return Backup(manifest=manifest, folder=path.parent)
-        except ValueError:
-            log.warning("ignoring unreadable manifest beside the file", manifest=str(manifest_path))
+        except (OSError, InvalidDocument) as err:
+            log.warning("ignoring a manifest beside the file that cannot be used", manifest=str(manifest_path),
+                        error=str(err))
     log.warning("restoring a file without its manifest: no checksum to check", file=str(path))
     manifest = {"id": stem if looks_like_id(stem) else f"{stem}-00000000T000000Z", "kind": "database",
                 "database": None, "file": path.name, "format": fmt, "compression": compression.name,
@@ -186,15 +192,26 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
     server = Server.from_settings(settings)
     with server.wait_connect("postgres") as admin:
         exists = database_exists(admin, target)
+        if exists:
+            _check_replaceable(admin, target)
         restore_tools(settings, admin, backup)  # a server no tools can serve is refused before roles are made
     _check_consent(settings, backup, target, exists, into, over, yes, confirm)
     check_checksum(backup, TerminalProgress(f"checking {backup.id}", enabled=show_progress))
+    with advisory_lock(server, "restore", target) as locked:
+        if locked is None:
+            raise RefusedError(f"another restore of {target!r} is running; nothing was touched")
+        leftovers.drop_for(locked, target)  # what killed restores of it left: no restore of it runs now
+        return _restore(settings, repo, backup, server, target, exists, jobs, in_place, drop_old)
+
+
+def _restore(settings, repo: Repository, backup: Backup, server: Server, target: str, exists: bool, jobs: int,
+             in_place: bool, drop_old: bool) -> RestoreResult:
     started = time.monotonic()
     roles_created = restore_roles(repo, backup, server, settings.identity)
     builder = DatabaseBuilder(settings, repo, backup, server, jobs)
     previous, mode = None, "new"
     if not exists:
-        builder.build(target, manifest_info(backup))
+        builder.build(target, manifest_info(backup), backup_access(backup, None))
     elif in_place:
         mode = "in-place"
         _restore_in_place(builder, server, target)
@@ -257,6 +274,22 @@ def _check_consent(settings, backup: Backup, target: str, exists: bool, into: st
                            f"(or FORCE_RESTORE=true); nothing was touched")
 
 
+# Databases that are never replaced: every new database is copied from a template (a
+# replaced template1 puts the backup's tables into each later CREATE DATABASE), and
+# ``postgres`` is where backupd and other tools connect to administer the server.
+_NEVER_REPLACED = ("template0", "template1", "postgres")
+
+
+def _check_replaceable(admin: psycopg.Connection, target: str) -> None:
+    """Refuse (exit 2, before anything is touched) to replace a template, by its name or by
+    its ``datistemplate`` flag, or ``postgres``."""
+    (is_template,) = one(admin.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (target,)))
+    if target in _NEVER_REPLACED or is_template:
+        what = "a template database" if is_template or target.startswith("template") else "the maintenance database"
+        raise RefusedError(f"{target!r} is {what}: a restore never replaces it (restore into a new database "
+                           f"with --into NEWDB instead); nothing was touched")
+
+
 def _over_advice(backup: Backup, target: str) -> str:
     if target == backup.manifest.get("database"):
         return "--yes"
@@ -272,23 +305,24 @@ class DatabaseBuilder:
         self.settings, self.repo, self.backup, self.server = settings, repo, backup, server
         self.jobs, self.no_owner = jobs, no_owner
 
-    def build(self, name: str, info: DatabaseInfo | None, grants=None) -> None:
+    def build(self, name: str, info: DatabaseInfo | None, access: DatabaseAccess | None = None,
+              side_of: str | None = None) -> None:
+        """Create ``name`` like ``info``, restore the data, then set its settings and its
+        ``access`` (grants, connection limit): last, so neither can refuse the restore.
+        ``side_of``: the live database this one is built beside, marked as such at once."""
         with self.server.wait_connect("postgres") as admin:
             tools = restore_tools(self.settings, admin, self.backup)
             _create_database(admin, name, info)
-            try:
-                apply_database_grants(admin, name, grants)
-            except psycopg.Error as err:
-                drop_database(admin, name)
-                raise RestoreError(f"granting on database {name!r} failed: {str(err).strip()}") from None
+            if side_of is not None:
+                try:
+                    leftovers.mark(admin, name, side_of)
+                except psycopg.Error as err:
+                    drop_database(admin, name)
+                    raise RestoreError(f"marking {name!r} as backupd's failed: {str(err).strip()}") from None
         try:
             _restore_data(self.settings, self.repo, self.backup, self.server, tools, name, self.jobs, self.no_owner)
-            if info is not None:
-                with self.server.wait_connect("postgres") as admin:
-                    try:
-                        apply_database_settings(admin, name, info)
-                    except psycopg.Error as err:
-                        raise RestoreError(f"the settings of {name!r} failed: {str(err).strip()}") from None
+            with self.server.wait_connect("postgres") as admin:
+                _finish_database(admin, name, info, access)
         except BaseException as err:
             log.error("restore failed; dropping the database it created", database=name, error=str(err))
             self.drop(name)
@@ -319,6 +353,33 @@ def restore_tools(settings, admin: psycopg.Connection, backup: Backup) -> Tools:
     return pgtools.for_connection(settings.pg_bindir, admin, archive_major)
 
 
+def _finish_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | None,
+                     access: DatabaseAccess | None) -> None:
+    try:
+        if info is not None:
+            apply_database_settings(admin, name, info)
+        if access is not None:
+            apply_database_access(admin, name, access)
+    except psycopg.Error as err:
+        raise RestoreError(f"the settings or grants of {name!r} failed: {str(err).strip()}") from None
+
+
+def backup_access(backup: Backup, live: DatabaseAccess | None) -> DatabaseAccess:
+    """The grants and connection limit the backed-up database had. A backup made before
+    backupd recorded grants keeps what a restore gave before: the replaced database's grants
+    (``live``), or a new database's defaults; the connection limit it recorded still counts."""
+    recorded = backup.manifest.get("database_info") or {}
+    if "grants" in recorded:
+        grants = recorded["grants"]
+        return DatabaseAccess(None if grants is None else tuple(
+                                  Grant(g["grantee"], g["privilege"], g.get("grantable", False)) for g in grants),
+                              recorded.get("connection_limit", -1), recorded.get("owner"))
+    kept = live or DatabaseAccess(None)
+    log.warning("this backup did not record the database's grants: they are "
+                + ("the replaced database's" if live else "a new database's defaults"), id=backup.id)
+    return DatabaseAccess(kept.grants, recorded.get("connection_limit", kept.connection_limit), kept.owner)
+
+
 def manifest_info(backup: Backup) -> DatabaseInfo | None:
     info = backup.manifest.get("database_info")
     return DatabaseInfo.from_json(info) if info else None
@@ -329,8 +390,8 @@ def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop
     Anything failing before the swap leaves the live database untouched."""
     side, old = side_name(target), old_name(target)
     with server.wait_connect("postgres") as admin:
-        live_info, grants = database_info(admin, target), database_grants(admin, target)
-    builder.build(side, live_info, grants)
+        live_info, live_access = database_info(admin, target), database_access(admin, target)
+    builder.build(side, live_info, backup_access(builder.backup, live_access), side_of=target)
     try:
         builder.check(side)
         if reason := cancel.requested():  # the last moment the live database is still untouched
@@ -348,6 +409,8 @@ def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop
 
 
 def _swap(admin: psycopg.Connection, live: str, side: str, old: str) -> None:
+    (comment,) = one(admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                                   "WHERE datname = %s", (live,)))
     set_allow_connections(admin, live, False)
     try:
         rename_database(admin, live, old)
@@ -361,6 +424,8 @@ def _swap(admin: psycopg.Connection, live: str, side: str, old: str) -> None:
         set_allow_connections(admin, live, True)
         raise RestoreError(f"could not move the restored database into place: {str(err).strip()}; "
                            f"{live!r} is back as it was") from None
+    # In place, it is no side database any more: it takes the replaced database's comment.
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(live), sql.Literal(comment)))
     set_allow_connections(admin, old, True)  # so it can be inspected before it is dropped
 
 
@@ -370,10 +435,10 @@ def _restore_in_place(builder: DatabaseBuilder, server: Server, target: str) -> 
     if reason := cancel.requested():  # the last moment the live database is still untouched
         raise Aborted(reason)
     with cancel.shielded(), server.wait_connect("postgres") as admin:
-        info, grants = database_info(admin, target), database_grants(admin, target)
+        info, access = database_info(admin, target), backup_access(builder.backup, database_access(admin, target))
         set_allow_connections(admin, target, False)
         drop_database(admin, target)
-    builder.build(target, info, grants)
+    builder.build(target, info, access)
 
 
 def restore_roles(repo: Repository, backup: Backup, server: Server, identity: str | None) -> list[str]:

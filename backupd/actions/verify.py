@@ -30,7 +30,7 @@ from backupd.actions.restore import (
     restore_tools,
 )
 from backupd.dbnames import scratch_name, scratch_prefix
-from backupd.errors import Aborted, BackupdError, NotFoundError, RestoreError
+from backupd.errors import Aborted, BackupdError, NotFoundError, RestoreError, StorageError
 from backupd.logging import get_logger
 from backupd.postgres import Server, advisory_lock, drop_database
 from backupd.repository import Backup, Problem, Repository, decode_name, iso, storage_error, utc_now
@@ -185,8 +185,9 @@ def _record(repo: Repository, backup: Backup, result: str, reason: str | None, s
                                                        "duration_seconds": round(seconds, 3)})
             if result == PASSED and backup.state.get("integrity"):  # restored and checked in full: it is good
                 repo.update_state(backup, "integrity", None)
-        except OSError as err:  # a full disk or a read-only repository: the result is still told
-            unrecorded = storage_error(err, f"record the verification of {backup.id}").args[0]
+        except (OSError, StorageError) as err:  # a full disk, a read-only repository, an invalid state file
+            unrecorded = (storage_error(err, f"record the verification of {backup.id}") if isinstance(err, OSError)
+                          else err).args[0]
             log.error("verification result not recorded", id=backup.id, result=result, error=unrecorded)
     log_call = log.error if result == FAILED else (log.warning if result == UNVERIFIABLE else log.info)
     log_call("verification finished", id=backup.id, database=backup.database, result=result, reason=reason,
