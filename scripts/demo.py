@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,8 +16,14 @@ from tests.content import AWKWARD_DB, create_awkward_database  # noqa: E402
 from tests.pg import remove_cluster, start_cluster  # noqa: E402
 
 
+def shown(*args: str) -> str:
+    """The command as a person would type it: each argument quoted for the shell where it needs it,
+    so a name with spaces or quotes stays one word when copied from the screen."""
+    return shlex.join(["backupd", *args])
+
+
 def backupd(*args: str, env: dict[str, str]) -> None:
-    print(f"\n$ backupd {' '.join(args)}", flush=True)
+    print(f"\n$ {shown(*args)}", flush=True)
     subprocess.run([sys.executable, "-m", "backupd", *args], env=env, check=True, cwd=ROOT)
 
 

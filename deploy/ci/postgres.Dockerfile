@@ -10,7 +10,7 @@ RUN mkdir -p /etc/postgresql-common/createcluster.d \
  && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/ci.conf \
  && apt-get update && apt-get install -y --no-install-recommends "postgresql-${PG_MAJOR}" \
  && rm -rf /var/lib/apt/lists/*
-# As in the official image: PGDATA names the data directory (the README's runbooks use
+# As in the official image: PGDATA names the data directory (the runbooks in docs/ use
 # "$PGDATA" in `dc exec db ...`); PGHOST points psql at the socket the entrypoint makes in /tmp.
 ENV PGDATA=/var/lib/postgresql/data PGHOST=/tmp
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh

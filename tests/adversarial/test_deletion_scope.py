@@ -105,7 +105,7 @@ def test_a_stored_file_without_its_manifest_is_reported_never_deleted(backupd, b
     table = backupd.ok("list").stdout
     assert "UNACCOUNTED" in table and str(stored) in table and "restore it by path" in table
 
-    # The README's way back: restore by path.
+    # The documented way back: restore by path.
     with cluster.connect() as admin:
         admin.execute("DROP DATABASE IF EXISTS scope_orphan")
     backupd.ok("restore", str(stored), "--into", "scope_orphan", "--yes")

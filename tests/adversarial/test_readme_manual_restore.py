@@ -1,10 +1,10 @@
-"""Class 9: the README's manual restore works as written.
+"""Class 9: the documented manual restore works as written.
 
-The shell blocks of README.md's "Restoring by hand" section (each marked with
-``<!-- manual-restore: NAME -->``) are run verbatim with bash against a real
+The shell blocks of docs/storage-layout.md's "Restoring by hand" section (each marked
+with ``<!-- manual-restore: NAME -->``) are run verbatim with bash against a real
 backup that backupd just made, after replacing only the example values that the
-README names as such: the backup folder, the database, the times, the new
-database and the age key.
+page names as such: the backup folder, the database, the times, the new database
+and the age key.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from tests.pg import MATRIX, Cluster, matrix_bindir, remove_cluster, start_clust
 
 OWNER = "manual_restore_owner"
 BLOCK = re.compile(r"<!-- manual-restore: (?P<name>[\w-]+) -->\s*```sh\n(?P<body>.*?)```", re.DOTALL)
-# The README's example values, longest first where one contains another.
+# The page's example values, longest first where one contains another.
 PLACEHOLDER = re.compile(r"/backups\b|globals@20261121T020000Z|20261121T020000Z|\bshop_restored\b|\bshop\b|"
                          r"\bkey\.txt\b")
 
 
 def readme_blocks() -> dict[str, str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "storage-layout.md").read_text(encoding="utf-8")
     section = text[text.index("## Restoring by hand"):]
-    section = section[:section.index("\n## ", 1)]
+    end = section.find("\n## ", 1)  # the next section, or the page's end
+    section = section if end < 0 else section[:end]
     return {match["name"]: match["body"] for match in BLOCK.finditer(section)}
 
 
@@ -41,7 +42,7 @@ def test_every_manual_restore_block_is_run_by_this_module():
 
 def with_real_values(block: str, values: dict[str, str]) -> str:
     for placeholder in ("/backups", "shop", "20261121T020000Z"):
-        assert placeholder in block, f"the README block no longer uses the example value {placeholder!r}"
+        assert placeholder in block, f"the documented block no longer uses the example value {placeholder!r}"
     return PLACEHOLDER.sub(lambda match: values[match.group(0)], block)
 
 
@@ -52,7 +53,7 @@ def run_block(cluster: Cluster, block: str, tmp_path: Path) -> subprocess.Comple
            "PGPORT": str(cluster.port), "PGUSER": cluster.user, "PGPASSWORD": cluster.password}
     result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, f"the README's commands failed:\n{block}\n{result.stderr}"
+    assert result.returncode == 0, f"the documented commands failed:\n{block}\n{result.stderr}"
     return result
 
 
@@ -92,7 +93,7 @@ def age_key(tmp_path) -> tuple[Path, str]:
 
 
 def example_values(backup_dir: Path, database: str, backup_id: str, manifest: dict, key: str) -> dict[str, str]:
-    """The README's example values, and what stands for each in this test."""
+    """The page's example values, and what stands for each in this test."""
     return {"/backups": str(backup_dir), "shop": database, "shop_restored": f"{database}_restored",
             "20261121T020000Z": backup_id.rsplit("-", 1)[1], "globals@20261121T020000Z": manifest["globals_id"],
             "key.txt": key}
@@ -130,7 +131,7 @@ def test_the_documented_manual_restore_brings_back_the_data_and_the_roles(cluste
             execute(cluster, sql.SQL("DROP ROLE {}").format(sql.Identifier(OWNER)))  # and the role with it
         values = example_values(backup_dir, database, backup_id, manifest, str(age_key[0]))
         result = run_block(cluster, with_real_values(readme_blocks()[variant], values), tmp_path)
-        if variant == "custom":  # the README says the manifest names the roles dump
+        if variant == "custom":  # the page says the manifest names the roles dump
             assert manifest["globals_id"] in result.stdout
         assert role_exists(cluster)
         assert_restored(cluster, f"{database}_restored")

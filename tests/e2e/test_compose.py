@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
+from backupd.settings import Settings, load_settings
 from tests.conftest import REPO
 from tests.dockerd import ensure_busybox, ensure_engine
 from tests.pg import free_port
@@ -136,3 +139,27 @@ def test_the_monitoring_profile_is_a_valid_compose_configuration(tmp_path):
     services = json.loads(result.stdout)["services"]
     assert {"db", "app", "backup", "prometheus", "grafana"} <= set(services)
     assert services["backup"]["healthcheck"]["test"] == ["CMD", "backupd", "health"]
+
+
+def test_the_readme_quick_start_is_a_valid_compose_file_with_valid_settings(tmp_path):
+    """The README's quick start, copied as it stands beside a checkout and a db service:
+    compose accepts it, and backupd knows and accepts its settings."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Quick start with docker compose\n.*?```yaml\n(?P<body>.*?)```", readme, re.DOTALL)
+    assert block, "the README has no quick start compose file"
+    stack = yaml.safe_load(block["body"])
+    stack["services"]["db"] = {"image": "postgres:17", "environment": {"POSTGRES_PASSWORD": "change-me"}}
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump(stack))
+    (tmp_path / "backupd").symlink_to(REPO)  # "checked out beside your compose.yaml, as ./backupd"
+    config = tmp_path / "docker-config"
+    compose_plugin(config)
+    result = subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=tmp_path,
+                            env={**os.environ, "DOCKER_CONFIG": str(config)}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    backup = json.loads(result.stdout)["services"]["backup"]
+    assert backup["build"]["dockerfile"] == "Dockerfile.backup"
+    assert any(volume["target"] == "/backups" for volume in backup["volumes"])
+    assert {name.lower() for name in backup["environment"]} <= set(Settings.model_fields)
+    settings = load_settings(backup["environment"])
+    assert settings.db_host == "db" and settings.backup_on_start

@@ -1,4 +1,4 @@
-"""Point-in-time recovery end to end, with the real compose stack: what the README tells a
+"""Point-in-time recovery end to end, with the real compose stack: what docs/pitr.md tells a
 compose user to do, step by step ("What the server needs", then the runbook "bring a
 database back to one second before a mistake"), with the project's compose.yaml and
 compose.backup.yaml and deploy/ci/compose.ci.yaml on top (host networking, images built
@@ -39,7 +39,7 @@ class Stack:
                                dbname=database, autocommit=True, connect_timeout=5)
 
     def pitr_status(self) -> dict:
-        """`dc exec backup backupd pitr status --json`, as the README shows it."""
+        """`dc exec backup backupd pitr status --json`, as docs/pitr.md shows it."""
         result = self.compose("exec", "-T", "backup", "backupd", "pitr", "status", "--json", check=False)
         return json.loads(result.stdout) if result.returncode == 0 and result.stdout.strip() else {}
 
@@ -63,15 +63,16 @@ def wait_for(what: str, probe: Callable[[], object], timeout: float, stack: Stac
         time.sleep(interval)
 
 
-README = " ".join((REPO / "README.md").read_text(encoding="utf-8").replace("\\\n", " ").split())
-EXAMPLE_TIME = "2026-11-29T14:03:00Z"  # the runbook's noted time
+PAGE = REPO / "docs" / "pitr.md"  # the runbook this test follows
+RUNBOOK = " ".join(PAGE.read_text(encoding="utf-8").replace("\\\n", " ").split())
+EXAMPLE_TIME = "2026-11-29T14:03:00Z"  # the noted time of the runbook in docs/pitr.md
 
 
-def readme(command: str, time_: str | None = None) -> list[str]:
-    """A `dc ...` command exactly as the README writes it (so this test follows the runbook
+def runbook(command: str, time_: str | None = None) -> list[str]:
+    """A `dc ...` command exactly as docs/pitr.md writes it (so this test follows the runbook
     as it stands), as arguments for the stack's compose: `exec` gets -T (no terminal here),
     and the runbook's example time becomes ``time_``."""
-    assert " ".join(command.split()) in README, f"the README no longer says: {command}"
+    assert " ".join(command.split()) in RUNBOOK, f"docs/pitr.md no longer says: {command}"
     args = shlex.split(command)
     assert args[0] == "dc", command
     args = args[1:]
@@ -115,7 +116,7 @@ def test_the_runbook_brings_a_database_back_to_one_second_before_a_mistake(pitr_
     phase("db up")
     # CI only: initdb's pg_hba.conf allows replication from 127.0.0.1, which is where the sidecar
     # comes from with host networking. Those lines go, so that, as with the official image seen
-    # from a sidecar on the compose network, only the README's line lets the stream in.
+    # from a sidecar on the compose network, only the documented line lets the stream in.
     compose("exec", "-T", "--user", "postgres", "db", "sed", "-i", r"/^host[[:space:]]\+replication/d",
             f"{DATA}/pg_hba.conf")
     compose("exec", "-T", "db", "psql", "-U", "postgres", "-c", "SELECT pg_reload_conf()")
@@ -124,11 +125,11 @@ def test_the_runbook_brings_a_database_back_to_one_second_before_a_mistake(pitr_
     refused = wait_for("replication from 127.0.0.1 to be refused",
                        lambda: (r := compose(*identify, check=False)).returncode != 0 and r, 10, stack)
     assert "no pg_hba.conf entry for replication connection" in refused.stderr, refused.stderr
-    # The README's two commands.
-    compose(*readme("""dc exec db sh -c 'echo "host replication postgres samenet scram-sha-256" >> """
+    # The two commands of docs/pitr.md.
+    compose(*runbook("""dc exec db sh -c 'echo "host replication postgres samenet scram-sha-256" >> """
                     """"$PGDATA/pg_hba.conf"'"""))
-    compose(*readme("dc exec db psql -U postgres -c 'SELECT pg_reload_conf()'"))
-    wait_for("the README's replication line to let the stream in",
+    compose(*runbook("dc exec db psql -U postgres -c 'SELECT pg_reload_conf()'"))
+    wait_for("the documented replication line to let the stream in",
              lambda: compose(*identify, check=False).returncode == 0, 10, stack)
     rules = compose("exec", "-T", "db", "psql", "-U", "postgres", "-Atc",
                     "SELECT count(*) FILTER (WHERE error IS NOT NULL) || ' ' || "
@@ -167,16 +168,16 @@ def test_the_runbook_brings_a_database_back_to_one_second_before_a_mistake(pitr_
     phase("window past the mistake")
 
     # --- Runbook step 2: the noted time is inside the recovery window -------------------------
-    status = compose(*readme("dc exec backup backupd pitr status")).stdout
+    status = compose(*runbook("dc exec backup backupd pitr status")).stdout
     assert f"recovery window: {window['start']} to " in status, status
 
     # --- Step 3: stop the app, backupd and the database ---------------------------------------
-    compose(*readme("dc stop app backup db"), timeout=180)
+    compose(*runbook("dc stop app backup db"), timeout=180)
     assert not compose("ps", "--status", "running", "--services").stdout.split()
     phase("stopped")
 
     # --- Step 4: build the data directory in the database's volume ----------------------------
-    restored = compose(*readme("dc run --rm --no-deps --user root -v db-data:/var/lib/postgresql/data "
+    restored = compose(*runbook("dc run --rm --no-deps --user root -v db-data:/var/lib/postgresql/data "
                                f"backup pitr restore --time '{EXAMPLE_TIME}' --to /var/lib/postgresql/data --yes",
                                noted_text), timeout=300)
     assert f"{DATA} holds base backup {window['base']}" in restored.stdout, restored.stdout
@@ -185,7 +186,7 @@ def test_the_runbook_brings_a_database_back_to_one_second_before_a_mistake(pitr_
     phase("restore built")
 
     # --- Step 5: start the database and watch it recover --------------------------------------
-    compose(*readme("dc start db"), timeout=120)
+    compose(*runbook("dc start db"), timeout=120)
 
     def promoted():
         with stack.connect() as conn:
@@ -194,12 +195,12 @@ def test_the_runbook_brings_a_database_back_to_one_second_before_a_mistake(pitr_
     db_logs = stack.logs("db")
     for line in ("recovery stopping before commit", "archive recovery complete",
                  "database system is ready to accept connections"):  # what the runbook says to watch for
-        assert line in README, line
+        assert line in RUNBOOK, line
         assert line in db_logs, f"{line!r} not in the db logs:\n{db_logs}"
     phase("db recovered")
 
     # --- Step 6: check the data: exactly the rows committed before the noted time --------------
-    count = compose(*readme("dc exec db psql -U postgres -d shop -c 'SELECT count(*) FROM orders'")).stdout
+    count = compose(*runbook("dc exec db psql -U postgres -d shop -c 'SELECT count(*) FROM orders'")).stdout
     assert count.split()[2] == "5", count
     with stack.connect() as conn:
         assert [n for (n,) in conn.execute("SELECT n FROM orders ORDER BY n")] == [1, 2, 3, 4, 5]
@@ -212,9 +213,9 @@ def test_the_runbook_brings_a_database_back_to_one_second_before_a_mistake(pitr_
                    '"$PGDATA"/backupd-replaced-* "$PGDATA"/backupd-replaced-*/PG_VERSION "$PGDATA"/backupd_wal')
     owners = [line.split()[0] for line in left.stdout.splitlines()]
     assert owners == ["postgres"] * 5, left.stdout
-    compose(*readme("""dc exec db sh -c 'rm -rf "$PGDATA"/backupd-replaced-* "$PGDATA".backupd-replaced-* """
+    compose(*runbook("""dc exec db sh -c 'rm -rf "$PGDATA"/backupd-replaced-* "$PGDATA".backupd-replaced-* """
                     """"$PGDATA"/backupd_wal'"""))
-    compose(*readme("dc start backup app"), timeout=120)
+    compose(*runbook("dc start backup app"), timeout=120)
 
     # backupd finds the slot missing (a base backup has no slots): a gap, a new slot, a new base
     # backup, and a new window that starts after the restore.

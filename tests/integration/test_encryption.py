@@ -88,7 +88,7 @@ def test_a_missing_or_wrong_identity_fails_clearly(cluster, backupd, content, ke
 
 
 def test_manual_decryption_with_the_standard_tools(cluster, backupd, backup_dir, tmp_path, content, keys):
-    """The README's recipe: age -d -i key.txt X.dump.zst.age | zstd -d | pg_restore -d mydb"""
+    """The recipe of docs/storage-layout.md: age -d -i key.txt X.dump.zst.age | zstd -d | pg_restore -d mydb"""
     recipient, identity = keys["x25519"]
     backupd.ok("backup", extra_env={"DB_NAME": AWKWARD_DB, "BACKUP_ENCRYPTION_RECIPIENTS": recipient,
                                     "BACKUP_GLOBALS": "false"})

@@ -60,7 +60,7 @@ def test_manifest_row_counts_cover_exactly_the_tables_whose_data_is_dumped(clust
 
 
 def test_manual_restore_with_standard_tools(cluster, backupd, backup_dir, awkward):
-    """The README's recipe: zstd -dc X.dump.zst | pg_restore -d db."""
+    """The recipe of docs/storage-layout.md: zstd -dc X.dump.zst | pg_restore -d db."""
     backupd.ok("backup", extra_env={"DB_NAME": AWKWARD_DB, "BACKUP_GLOBALS": "false"})
     (dump,) = backup_dir.rglob("*.dump.zst")
     with cluster.connect() as admin:

@@ -1,4 +1,4 @@
-"""The README's upgrade runbook, done for real: a stack on PostgreSQL 15 moves to 17.
+"""The upgrade runbook of docs/restore.md, done for real: a stack on PostgreSQL 15 moves to 17.
 A pinned backup before the upgrade, the new server, a restore (roles first, from the
 roles dump), a verify on the new server. The same BACKUP_DIR and image serve both."""
 
