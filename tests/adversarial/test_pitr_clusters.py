@@ -6,6 +6,9 @@ rows; without a server to ask, a restore that does not name its cluster is refus
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 from datetime import datetime
 
 import pytest
@@ -68,6 +71,11 @@ def test_two_clusters_share_a_folder_and_each_restores_to_its_own_rows(two_clust
     for cluster in two_clusters:
         make_shop(cluster)
     stream_rows(first, env_for(first, backup_dir), 1, 2)
+    # The first cluster's drill fails (no server binary here): its failure, not the second's.
+    empty = data_home / "no-postgres"
+    empty.mkdir()
+    failed = Backupd({**env_for(first, backup_dir), "PG_BINDIR": str(empty)})("pitr", "verify")
+    assert failed.returncode != 0, failed.stdout
     stream_rows(second, env_for(second, backup_dir), 10, 20)
     ids = sorted([identifier(first), identifier(second)])
     assert sorted(p.name for p in (backup_dir / "_pitr").iterdir() if p.name.isdigit()) == ids
@@ -97,7 +105,59 @@ def test_two_clusters_share_a_folder_and_each_restores_to_its_own_rows(two_clust
             assert [n for (n,) in conn.execute("SELECT n FROM orders ORDER BY n")] == expected
         server.stop()
 
-    # With its server up, the connected server's cluster is the default.
+    first_failures = {c["system_identifier"]: c["failures"] for c in listed["clusters"]}
+    assert set(first_failures[identifier(first)]) == {"verify"} and not first_failures[identifier(second)]
+
+    # With its server up, the connected server's cluster is the default; the other cluster's
+    # drill is not judged by this server's slot.
     online = Backupd(env_for(first, backup_dir))
     default = online.ok("pitr", "restore", "--time", "latest", "--to", str(data_home / "default"))
     assert f"cluster {identifier(first)}" in default.stdout, default.stdout
+    drilled = online.ok("pitr", "verify", "--cluster", identifier(second))
+    assert "ok" in drilled.stdout, drilled.stdout
+    listed = json.loads(online.ok("pitr", "status", "--json").stdout)
+    assert [c["connected"] for c in listed["clusters"] if c["system_identifier"] == identifier(first)] == [True]
+    assert not {c["system_identifier"]: c["failures"] for c in listed["clusters"]}[identifier(second)]
+
+
+def reinitialise(cluster) -> None:
+    """The same server address, a new cluster: initdb again (a new system identifier)."""
+    cluster.stop()
+    shutil.rmtree(cluster.data)
+    pwfile = cluster.base / "pwfile"
+    pwfile.write_text(cluster.password + "\n")
+    entry = pwd.getpwnam("postgres")
+    os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+    cluster._as_postgres([str(cluster.bindir / "initdb"), "-D", str(cluster.data), "--auth=scram-sha-256",
+                          f"--pwfile={pwfile}", "-U", "postgres", "--encoding=UTF8", "--locale=C.UTF-8"])
+    pwfile.unlink()
+    cluster.start()
+
+
+def test_a_server_initialised_again_starts_a_new_cluster_and_the_old_one_stays_restorable(
+        two_clusters, backup_dir, data_home, recovered):  # noqa: F811
+    server = two_clusters[0]
+    env = env_for(server, backup_dir)
+    make_shop(server)
+    stream_rows(server, env, 1, 2)
+    old = identifier(server)
+    reinitialise(server)
+    new = identifier(server)
+    assert new != old
+    make_shop(server)
+    stream_rows(server, env, 7)
+
+    backupd = Backupd(env)
+    backupd.ok("prune")  # each cluster by its own retention: the old one keeps its base backup
+    listed = json.loads(backupd.ok("pitr", "status", "--json").stdout)
+    assert {c["system_identifier"]: c["connected"] for c in listed["clusters"]} == {old: False, new: True}
+    assert all(c["window"] for c in listed["clusters"])
+    for cluster_id, flag, expected in ((old, ["--cluster", old], [1, 2]), (new, [], [7])):
+        target = data_home / cluster_id
+        built = backupd.ok("pitr", "restore", *flag, "--time", "latest", "--to", str(target))
+        assert f"cluster {cluster_id}" in built.stdout, built.stdout
+        restored = recovered(matrix_bindir(17), target)
+        restored.wait_promoted(server)
+        with restored.as_cluster(server).connect("shop") as conn:
+            assert [n for (n,) in conn.execute("SELECT n FROM orders ORDER BY n")] == expected
+        restored.stop()
