@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from backupd.errors import NotFoundError, RefusedError, UsageError
+from backupd.errors import NotFoundError, RefusedError
 from backupd.pitr.store import Store
 from backupd.postgres import Server
 from backupd.repository import PITR
@@ -38,10 +38,11 @@ def connected(settings) -> str | None:
 
 
 def named(backup_dir: Path, system_identifier: str) -> Store:
-    """The cluster ``--cluster`` names; an unknown one is refused, naming those there are."""
+    """The cluster ``--cluster`` names; an unknown one is refused, naming those there are
+    (not found: a restore then looks for it on the replication targets)."""
     clusters = known(backup_dir)
     if system_identifier not in clusters:
-        raise UsageError(f"--cluster {system_identifier}: no such cluster in {Path(backup_dir) / PITR} "
+        raise NotFoundError(f"--cluster {system_identifier}: no such cluster in {Path(backup_dir) / PITR} "
                          f"({_listed(clusters)})")
     return Store(Path(backup_dir), system_identifier)
 

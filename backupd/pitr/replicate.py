@@ -192,7 +192,8 @@ def fetch_store(settings, into: Path, target_time: datetime | None, cluster: str
                          partial(target.get, f"{prefix}/base/{base.manifest['file']}", base.path))
             log.info("fetched PITR files from a target", target=target.url, base=base.id)
             return store
-    raise NotFoundError("no point-in-time recovery files locally or on any replication target")
+    raise NotFoundError("no point-in-time recovery files" + (f" of cluster {cluster}" if cluster else "")
+                        + " locally or on any replication target")
 
 
 def _manifests(store: Store) -> list[Base]:
