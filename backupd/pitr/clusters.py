@@ -6,7 +6,6 @@ there is; with several and no server to ask, the command is refused and names th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,7 @@ from backupd.repository import PITR
 
 def known(backup_dir: Path) -> list[str]:
     """The system identifiers with a folder in BACKUP_DIR, sorted."""
-    try:
-        return sorted(e.name for e in os.scandir(Path(backup_dir) / PITR) if e.is_dir() and e.name.isdigit())
-    except FileNotFoundError:
-        return []
+    return [store.system_identifier for store in Store.all(Path(backup_dir))]
 
 
 def connected(settings) -> str | None:

@@ -133,14 +133,13 @@ class Store:
 
     @classmethod
     def all(cls, backup_dir: Path) -> list[Store]:
-        """Every cluster with PITR files, the one that received WAL last first."""
+        """Every cluster with PITR files, by system identifier. Never ranked by what changed
+        last: which cluster a decision is about is for ``clusters`` to say."""
         try:
             names = [e.name for e in os.scandir(Path(backup_dir) / PITR) if e.is_dir() and e.name.isdigit()]
         except FileNotFoundError:
             return []
-        stores = [cls(backup_dir, name) for name in names]
-        return sorted(stores, key=lambda s: s.newest_received_time() or datetime.min.replace(tzinfo=UTC),
-                      reverse=True)
+        return [cls(backup_dir, name) for name in sorted(names)]
 
     def ensure(self) -> None:
         for folder in (self.root.parent.parent, self.root.parent, self.root, self.base_dir, self.wal_dir, self.spool):
