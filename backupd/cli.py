@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     pitr_verbs.add_parser("base", help="a base backup now")
     pitr_status = pitr_verbs.add_parser("status", help="the recovery window, the slot, the lag, the base backups")
     pitr_status.add_argument("--json", action="store_true")
+    pitr_status.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
     pitr_restore = pitr_verbs.add_parser(
         "restore", help="build a data directory that PostgreSQL recovers to a moment, then promotes")
     pitr_restore.add_argument("--time", required=True, metavar="TIME|latest",
@@ -109,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                               help="the data directory to build (the database server must be stopped)")
     pitr_restore.add_argument("--yes", action="store_true",
                               help="a non-empty DIR is emptied first: its content is moved aside inside it, kept")
-    pitr_verbs.add_parser("verify", help="the PITR drill now: recover the newest base backup and WAL, check, remove")
+    pitr_restore.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
+    pitr_verify = pitr_verbs.add_parser(
+        "verify", help="the PITR drill now: recover the newest base backup and WAL, check, remove")
+    pitr_verify.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
 
     verbs.add_parser("run", help="the daemon: scheduled jobs, /metrics, /healthz and /status")
     verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
@@ -458,6 +462,10 @@ def cmd_replicate(settings, args) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
+CLUSTER_HELP = ("the cluster (system identifier, a folder under BACKUP_DIR/_pitr); default: the connected "
+                "server's, or the only one")
+
+
 def cmd_pitr(settings, args) -> int:
     from backupd.pitr import status as pitr_status
 
@@ -467,9 +475,10 @@ def cmd_pitr(settings, args) -> int:
         print(run_base_backup(settings).id, flush=True)
         return 0
     if args.pitr_verb == "verify":
+        from backupd.pitr.clusters import choose
         from backupd.pitr.drill import run_drill
 
-        result = run_drill(settings)
+        result = run_drill(settings, choose(settings, args.cluster))
         if result["ok"] is None:
             print(f"unverifiable: {result['reason']}", flush=True)
             return 0
@@ -479,41 +488,56 @@ def cmd_pitr(settings, args) -> int:
         from backupd.pitr.moment import parse_target
         from backupd.pitr.restore import restore
 
-        built = restore(settings, parse_target(args.time), args.to, args.yes)
+        built = restore(settings, parse_target(args.time), args.to, args.yes, args.cluster)
         for note in built.notes:
             print(f"note: {note}")
         if built.moved_aside:
             print(f"the folder's old content is in {built.moved_aside}")
         target = built.recovery_target_time or "the end of the WAL received"
-        print(f"{built.directory} holds base backup {built.base.id} and {built.wal_files} WAL files; "
+        print(f"{built.directory} holds base backup {built.base.id} of cluster {built.base.doc.system_identifier} "
+              f"and {built.wal_files} WAL files; "
               f"a PostgreSQL {built.major} server started on it recovers to {target}, then promotes")
         return 0
-    report = pitr_status.describe(settings, ask_server=True)
+    report = pitr_status.describe(settings, ask_server=True, cluster=args.cluster)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
         return 0
-    window = report["window"]
-    print(f"recovery window: {window['start']} to {window['end']}" if window else "recovery window: none")
     server = report.get("server") or {}
     if server.get("reachable"):
         lag = f", {server['lag_bytes']} bytes behind" if server["lag_bytes"] is not None else ""
         print(f"slot {settings.pitr_slot}: {server['slot']}{lag}")
     else:
         print(f"server: not reachable ({server.get('error')})")
-    for gap in report["gaps"]:
+    for job, failure in report["failures"].items():
+        if failure.get("cluster") is None:  # before the server said which cluster it is
+            print(f"last {job} failed at {failure.get('time')}: {failure.get('error')}")
+    if not report["clusters"]:
+        print("no point-in-time recovery files yet")
+    for entry in report["clusters"]:
+        _print_pitr_cluster(entry)
+    return 0
+
+
+def _print_pitr_cluster(entry: dict) -> None:
+    """One cluster of ``pitr status``: each is about its own files alone."""
+    print(f"\ncluster {entry['system_identifier']}" + (" (the connected server)" if entry["connected"] else ""))
+    window = entry["window"]
+    print(f"recovery window: {window['start']} to {window['end']}" if window else "recovery window: none")
+    for job, failure in entry["failures"].items():
+        print(f"last {job} failed at {failure.get('time')}: {failure.get('error')}")
+    for gap in entry["gaps"]:
         print(f"gap at {gap['time']}: {gap['reason']}")
     rows = [("BASE BACKUP", "STARTED", "ENDED", "SIZE", "USABLE")]
     rows += [(b["id"], b["start_time"], b["stop_time"], human_bytes(b["size"]),
-              "damaged" if b["damaged"] else "yes" if b["usable"] else "no") for b in report["base_backups"]]
+              "damaged" if b["damaged"] else "yes" if b["usable"] else "no") for b in entry["base_backups"]]
     _print_table(rows)
-    for name in report.get("damaged_wal") or []:
+    for name in entry.get("damaged_wal") or []:
         print(f"damaged WAL file: {name} (not the size its record says)")
-    for item in report["invalid"]:
+    for item in entry["invalid"]:
         print(f"invalid: {item['file']}: {item['reason']} (ignored)")
-    if drill := report["last_drill"]:
+    if drill := entry["last_drill"]:
         print(f"last drill: {drill['time']}: " + ("ok" if drill["ok"] else f"FAILED: {drill.get('reason')}"))
-    return 0
 
 
 def cmd_run(settings, args) -> int:

@@ -35,11 +35,13 @@ from backupd.leftovers import LeftoverView
 from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
+from backupd.pitr import clusters as pitr_clusters
 from backupd.pitr import status as pitr_status
-from backupd.pitr.base import backup_dir_store, needs_base, run_base_backup
+from backupd.pitr.base import needs_base, run_base_backup
 from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.retention import prune as prune_pitr
+from backupd.pitr.store import Store
 from backupd.pitr.store import failures as pitr_failures
 from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now
@@ -210,8 +212,9 @@ class Daemon:
 
     def _prune(self, scheduled_for: datetime | None) -> bool:
         deleted = len(run_prune(self.settings).deleted) + len(prune_volumes(self.settings))
-        if self.settings.pitr_enabled and (store := backup_dir_store(self.settings)) is not None:
-            prune_pitr(self.settings, store, utc_now())
+        if self.settings.pitr_enabled:  # each cluster by its own window: an old one stays restorable
+            for name in pitr_clusters.known(self.settings.backup_dir):
+                prune_pitr(self.settings, Store(self.settings.backup_dir, name), utc_now())
         self.metrics.retention_deleted_total.labels(LOCAL).inc(deleted)
         return True
 
@@ -230,16 +233,18 @@ class Daemon:
         """On its schedule; at start and after a gap only when no base backup recovers to
         the newest WAL. The stream runs first, so the WAL from the backup's start on arrives."""
         assert self.receiver is not None
-        if scheduled_for is None and not needs_base(backup_dir_store(self.settings)) \
-                and "base" not in pitr_failures(self.settings.backup_dir):
-            return True
+        if scheduled_for is None:
+            # The server's own cluster, asked (the stream may not have begun): never another
+            # cluster's base backups in the same folder.
+            server = self.pitr_cluster() or pitr_clusters.connected(self.settings)
+            store = Store(self.settings.backup_dir, server) if server else None
+            if not needs_base(store) and "base" not in pitr_failures(self.settings.backup_dir, server):
+                return True
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
                         error=self.receiver.state()["error"])
         base = run_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
-        store = backup_dir_store(self.settings)
-        if store is not None:
-            prune_pitr(self.settings, store, utc_now())
+        prune_pitr(self.settings, Store(self.settings.backup_dir, base.doc.system_identifier), utc_now())
         log.info("base backup done", id=base.id)
         if self.replicating:
             self.replicate_soon()
@@ -248,7 +253,7 @@ class Daemon:
     def pitr_base_soon(self) -> None:
         """After a gap, or while no base backup recovers to the stream; a failed one is tried
         again after PITR_BASE_RETRY, not at every check."""
-        failed = pitr_failures(self.settings.backup_dir).get("base")
+        failed = pitr_failures(self.settings.backup_dir, self.pitr_cluster()).get("base")
         if failed and (utc_now() - (parse_iso(failed["time"]) or utc_now())).total_seconds() < PITR_BASE_RETRY:
             return
         state = self.jobs["pitr-base"]
@@ -256,8 +261,15 @@ class Daemon:
                                name="pitr-base (after a gap)", next_run_time=datetime.now(UTC), replace_existing=True)
 
     def _pitr_verify(self, scheduled_for: datetime | None) -> bool:
+        """The drill of the cluster the daemon streams from (its server's, asked when the
+        stream has not begun)."""
+        server = self.pitr_cluster() or pitr_clusters.connected(self.settings)
+        store = Store(self.settings.backup_dir, server) if server else None
+        if store is None or not store.bases():
+            log.info("no base backup to drill yet")
+            return True
         try:
-            run_drill(self.settings)
+            run_drill(self.settings, store)
         except NotFoundError:
             log.info("no base backup to drill yet")
         return True
@@ -279,6 +291,10 @@ class Daemon:
 
     def pitr_state(self) -> dict | None:
         return self.receiver.state() if self.receiver else None
+
+    def pitr_cluster(self) -> str | None:
+        """The system identifier of the cluster the WAL stream last came from."""
+        return self.receiver.store.system_identifier if self.receiver and self.receiver.store else None
 
     def status(self) -> dict:
         databases: dict[str, dict] = {}

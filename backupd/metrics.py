@@ -290,16 +290,14 @@ class PitrCollector:
         yield from self.guard.run("pitr", self._collect)
 
     def _collect(self) -> Iterator[Metric]:
-        from backupd.pitr.store import Store
+        from backupd.pitr.clusters import current
 
-        stores = Store.all(self.settings.backup_dir)
         state = self.receiver_state() or {}
         if state.get("lag_bytes") is not None:
             yield GaugeMetricFamily("backupd_pitr_lag_bytes", "The server's current WAL position minus the "
                                     "newest received", value=state["lag_bytes"])
-        if not stores:
+        if (store := current(self.settings, state)) is None:  # the cluster this daemon streams from
             return
-        store = stores[0]
         if (received := store.newest_received_time()) is not None:
             yield GaugeMetricFamily("backupd_pitr_last_received_timestamp_seconds",
                                     "When WAL last reached BACKUP_DIR", value=received.timestamp())

@@ -274,10 +274,23 @@ def _pitr(pitr: dict[str, Any] | None, now: datetime) -> str:
     gaps = pitr.get("gaps") or []
     gap = _status("warn", f"last at {_when(_at(gaps[-1]['time']))}: {gaps[-1]['reason']}") if gaps else "none"
     rows = [f'<tr><th scope="row">{label}</th><td>{value}</td></tr>' for label, value in
-            (("Restorable", reach), ("WAL stream", stream), ("Newest base backup", base), ("Drill", drilled),
-             ("Gaps", gap))]
+            (("Cluster", _e(pitr.get("system_identifier") or "not known yet")), ("Restorable", reach),
+             ("WAL stream", stream), ("Newest base backup", base), ("Drill", drilled), ("Gaps", gap),
+             *_other_clusters(pitr))]
     return ('<section aria-labelledby="pitr"><h2 id="pitr">Point-in-time recovery</h2><table><tbody>'
             f'{"".join(rows)}</tbody></table></section>')
+
+
+def _other_clusters(pitr: dict[str, Any]) -> list[tuple[str, str]]:
+    """Clusters in the folder beside this server's (an earlier initdb, another server): each
+    restorable on its own with ``--cluster``; none of what is above is about them."""
+    others = [c for c in pitr.get("clusters") or [] if c.get("system_identifier") != pitr.get("system_identifier")]
+    lines = []
+    for other in others:
+        window = other.get("window")
+        reach = f"{_when(_at(window['start']))} to {_when(_at(window['end']))}" if window else "no window"
+        lines.append(f"<code>{_e(other.get('system_identifier'))}</code>: {reach}")
+    return [("Other clusters", "<br>".join(lines))] if lines else []
 
 
 def _jobs(jobs: dict[str, dict[str, Any]]) -> str:

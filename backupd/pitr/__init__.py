@@ -11,5 +11,10 @@ Layout, under ``BACKUP_DIR/_pitr/<system identifier>/``:
   (``.partial``, fsynced on every write) and the newest completed one, from which a
   restarted receiver resumes;
 - ``gaps.json``: where the stream broke (a lost slot), so no window ever spans one;
-- ``verify.json``: the last drill.
+- ``verify.json``: the last drill;
+- ``.last-failure-<job>.json``: the cluster's failed base backup, drill or stream (one that
+  failed before the server said which cluster it is: in ``_pitr/`` itself).
+
+Each ``<system identifier>`` folder is one cluster, and every decision is about one cluster
+alone (``clusters`` says which: the one named, the connected server's, or the only one).
 """

@@ -13,12 +13,12 @@ import re
 import tarfile
 import threading
 import time
-from pathlib import Path
 
 from backupd import __version__
 from backupd.artifact import Transform
 from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
+from backupd.pgtools import Tools
 from backupd.pitr import cluster
 from backupd.pitr.store import Base, Store, clear_failure, record_failure
 from backupd.postgres import Server
@@ -73,12 +73,10 @@ class ManifestCatcher:
         return self.manifest
 
 
-def take_base_backup(settings, reason: str = "manual") -> Base:
-    """A base backup now; returns it once its file and manifest are in place."""
+def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:
+    """A base backup of the cluster ``info`` describes, now; returns it once its file and
+    manifest are in place."""
     server = Server.from_settings(settings)
-    with server.wait_connect() as conn:
-        info = cluster.cluster_info(conn)
-        tools = cluster.pitr_tools(settings.pg_bindir, info.major)
     store = Store(settings.backup_dir, info.system_identifier)
     store.ensure()
     store.remember_cluster(info.segment_size, info.major)
@@ -129,13 +127,22 @@ def take_base_backup(settings, reason: str = "manual") -> Base:
 
 
 def run_base_backup(settings, reason: str = "manual") -> Base:
-    """``take_base_backup``, with its failure recorded for /healthz (and cleared by a success)."""
+    """``take_base_backup`` of the server's cluster, with its failure recorded for /healthz
+    (and cleared by a success): as that cluster's, or as no cluster's when the server could
+    not be asked which it is."""
     try:
-        base = take_base_backup(settings, reason)
+        with Server.from_settings(settings).wait_connect() as conn:
+            info = cluster.cluster_info(conn)
+            tools = cluster.pitr_tools(settings.pg_bindir, info.major)
     except BackupdError as err:
         record_failure(settings.backup_dir, "base", str(err), utc_now())
         raise
-    clear_failure(settings.backup_dir, "base")
+    try:
+        base = take_base_backup(settings, info, tools, reason)
+    except BackupdError as err:
+        record_failure(settings.backup_dir, "base", str(err), utc_now(), info.system_identifier)
+        raise
+    clear_failure(settings.backup_dir, "base", info.system_identifier)
     return base
 
 
@@ -173,8 +180,3 @@ def _json(data: dict) -> str:
 def needs_base(store: Store | None) -> bool:
     """No base backup that recovers to the newest WAL: one is due now."""
     return store is None or store.window() is None
-
-
-def backup_dir_store(settings) -> Store | None:
-    stores = Store.all(Path(settings.backup_dir))
-    return stores[0] if stores else None

@@ -35,9 +35,9 @@ DRILL_PREFIX = ".backupd-pitr-drill-"
 STOP_SECONDS = 60.0
 
 
-def run_drill(settings) -> dict[str, Any]:
-    """Recover, check, clean up; the result is recorded (verify.json, the failure file)."""
-    store = Store.only(settings.backup_dir)
+def run_drill(settings, store: Store) -> dict[str, Any]:
+    """Recover ``store``'s cluster, check, clean up; the result is recorded (its verify.json,
+    its failure file)."""
     started, clock = utc_now(), time.monotonic()
     result: dict[str, Any] = {"time": iso(started), "ok": False}
     try:
@@ -49,11 +49,11 @@ def run_drill(settings) -> dict[str, Any]:
             return result
         result.update(_drill(settings, store))
         result["ok"] = True
-        clear_failure(settings.backup_dir, "verify")
+        clear_failure(settings.backup_dir, "verify", store.system_identifier)
     except (BackupdError, OSError) as err:
         reason = str(err) if isinstance(err, BackupdError) else f"{err.filename or ''}: {err.strerror or err}"
         result["reason"] = reason
-        record_failure(settings.backup_dir, "verify", reason, utc_now())
+        record_failure(settings.backup_dir, "verify", reason, utc_now(), store.system_identifier)
         raise
     finally:
         result["seconds"] = round(time.monotonic() - clock, 1)
@@ -69,7 +69,7 @@ def _drill(settings, store: Store) -> dict[str, Any]:
     parent = _scratch_parent(store)
     for stale in parent.glob(f"{DRILL_PREFIX}{store.system_identifier}-*"):  # a drill killed before it cleaned up
         shutil.rmtree(stale, ignore_errors=True)
-    expected = _flushed_position(settings)
+    expected = _flushed_position(settings, store.system_identifier)
     scratch = parent / f"{DRILL_PREFIX}{store.system_identifier}-{os.getpid()}"
     scratch.mkdir(mode=0o700)
     try:
@@ -91,13 +91,16 @@ def _scratch_parent(store: Store) -> Path:
     return store.root if os.geteuid() != 0 else Path(tempfile.gettempdir())
 
 
-def _flushed_position(settings) -> int | None:
+def _flushed_position(settings, system_identifier: str) -> int | None:
     """What the receiver had flushed when the drill began (the slot's position); None when
-    the server cannot be asked (the drill then checks that recovery ends and promotes)."""
+    the server cannot be asked, or is another cluster (its slot says nothing of this one's
+    WAL): the drill then checks that recovery ends and promotes."""
     try:
         with Server.from_settings(settings).connect() as conn:
+            if cluster.cluster_info(conn).system_identifier != system_identifier:
+                return None
             found = cluster.slot(conn, settings.pitr_slot)
-    except psycopg.Error:
+    except (psycopg.Error, RefusedError):
         return None
     return found.restart_lsn if found else None
 

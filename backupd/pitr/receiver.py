@@ -51,7 +51,8 @@ class Receiver:
         self.on_gap = on_gap
         self.stopping = threading.Event()
         self.child: Child | None = None
-        self.store: Store | None = None
+        self.store: Store | None = None  # the cluster last streamed from: the daemon's cluster
+        self._cluster_now: str | None = None  # the cluster of this attempt, once the server said
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._probe_conn: psycopg.Connection | None = None
@@ -104,7 +105,7 @@ class Receiver:
     def _supervise(self) -> None:
         backoff = 1.0
         while not self.stopping.is_set():
-            started = time.monotonic()
+            started, self._cluster_now = time.monotonic(), None
             try:
                 self._stream()
             except (BackupdError, psycopg.Error, OSError) as err:
@@ -121,7 +122,7 @@ class Receiver:
             if self.stopping.is_set():
                 break
             if self.error:
-                record_failure(self.settings.backup_dir, "receiver", self.error, utc_now())
+                record_failure(self.settings.backup_dir, "receiver", self.error, utc_now(), self._cluster_now)
             backoff = 1.0 if time.monotonic() - started > STEADY_SECONDS else min(backoff * 2, MAX_BACKOFF)
             log.warning("the WAL receiver stopped; starting it again", error=self.error, retry_in=backoff)
             self.restarts += 1
@@ -150,13 +151,13 @@ class Receiver:
                 if self.streaming_since is None and self._attached:
                     with self._lock:
                         self.streaming_since, self.down_since, self.error = utc_now(), None, None
-                    clear_failure(self.settings.backup_dir, "receiver")
+                    clear_failure(self.settings.backup_dir, "receiver", store.system_identifier)
                     log.info("WAL stream is running")
                 if time.monotonic() - checked > WINDOW_CHECK_SECONDS:
                     checked, self._backfilled = time.monotonic(), False
                     if store.window() is None:  # a segment went missing, or the base backup failed
                         self.on_gap("no base backup recovers to the newest WAL")
-                    elif "base" in failures(self.settings.backup_dir):
+                    elif "base" in failures(self.settings.backup_dir, store.system_identifier):
                         self.on_gap("the last base backup failed")
                 self.stopping.wait(1.0)
         finally:
@@ -188,6 +189,7 @@ class Receiver:
         """Know the cluster, and make sure the slot holds its WAL (a gap when it did not)."""
         with self.server.wait_connect() as conn:
             info = cluster.cluster_info(conn)
+            self._cluster_now = info.system_identifier
             tools = cluster.pitr_tools(self.settings.pg_bindir, info.major)
             store = Store(self.settings.backup_dir, info.system_identifier)
             store.ensure()

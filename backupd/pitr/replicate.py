@@ -155,11 +155,12 @@ def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root
     return deleted
 
 
-def fetch_store(settings, into: Path, target_time: datetime | None) -> Store:
-    """Bring a cluster's PITR files from the first target that has them into ``into`` (laid
-    out like BACKUP_DIR): the metadata, the WAL, every base backup's manifest, and the data
-    of the one base backup a restore to ``target_time`` starts from."""
-    from backupd.errors import NotFoundError
+def fetch_store(settings, into: Path, target_time: datetime | None, cluster: str | None) -> Store:
+    """Bring the PITR files of ``cluster`` (a system identifier; None: the only cluster a
+    target holds) from the first target that has them into ``into`` (laid out like
+    BACKUP_DIR): the metadata, the WAL, every base backup's manifest, and the data of the
+    one base backup a restore to ``target_time`` starts from."""
+    from backupd.errors import NotFoundError, RefusedError
 
     for target in (t for t in configured_targets(settings) if t.confirms):
         try:
@@ -168,6 +169,11 @@ def fetch_store(settings, into: Path, target_time: datetime | None) -> Store:
             log.warning("target not reachable", target=target.url, error=str(err))
             continue
         clusters = sorted({r.split("/")[1] for r in remote if r.startswith(f"{PITR}/") and r.count("/") >= 3})
+        if cluster is not None:
+            clusters = [c for c in clusters if c == cluster]
+        elif len(clusters) > 1:
+            raise RefusedError(f"{target.url} holds several clusters ({', '.join(clusters)}) and the server cannot "
+                               "be asked which one it is: name one with --cluster ID")
         for system_identifier in clusters:
             store = Store(into, system_identifier)
             store.ensure()
@@ -186,7 +192,8 @@ def fetch_store(settings, into: Path, target_time: datetime | None) -> Store:
                          partial(target.get, f"{prefix}/base/{base.manifest['file']}", base.path))
             log.info("fetched PITR files from a target", target=target.url, base=base.id)
             return store
-    raise NotFoundError("no point-in-time recovery files locally or on any replication target")
+    raise NotFoundError("no point-in-time recovery files" + (f" of cluster {cluster}" if cluster else "")
+                        + " locally or on any replication target")
 
 
 def _manifests(store: Store) -> list[Base]:

@@ -45,10 +45,10 @@ class Built:
     notes: list[str] = field(default_factory=list)
 
 
-def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
-                         store: Store | None = None, strict: bool = False) -> Built:
-    """``strict`` (the drill): the newest usable base backup or a failure, never an older one."""
-    store = store or Store.only(settings.backup_dir)
+def build_data_directory(settings, target: datetime | None, to: Path, yes: bool, store: Store,
+                         strict: bool = False) -> Built:
+    """``store``'s cluster. ``strict`` (the drill): the newest usable base backup or a
+    failure, never an older one."""
     staging = Staging(to, yes)  # a folder that is not empty is refused before the long checks
     base, notes = choose_base(store, target, strict)
     if damaged := store.damaged_wal():  # left out of the window already; say so, and fail a drill
@@ -89,23 +89,28 @@ def _choose_recovery_target(settings, folder: Path, target: datetime, built: Bui
                            f"{iso(newest_commit)}): recovering all of it gives that moment")
 
 
-def restore(settings, target: datetime | None, to: Path | str, yes: bool) -> Built:
-    """From the local archive; when it cannot reach ``target`` (or is gone), from the first
-    replication target that has the files. ``to`` is checked before anything else."""
+def restore(settings, target: datetime | None, to: Path | str, yes: bool, cluster: str | None = None) -> Built:
+    """The cluster ``cluster`` (``--cluster``; else the connected server's, else the only
+    one), from the local archive; when it cannot reach ``target`` (or is gone), from the
+    first replication target that has the files. ``to`` is checked before anything else."""
+    from backupd.pitr import clusters
     from backupd.pitr.replicate import fetch_folder, fetch_store
     from backupd.targets import target_urls
 
     real = check_destination(to, settings.backup_dir, lambda: _server_data_directory(settings))
+    server = None if cluster else clusters.connected(settings)
     try:
-        store = Store.only(settings.backup_dir)
+        store = clusters.choose(settings, cluster, server)
         if store.window() is not None or not target_urls(settings):
             return build_data_directory(settings, target, real, yes, store)
+        cluster = store.system_identifier
     except NotFoundError:
         if not target_urls(settings):
             raise
     log.info("the local archive cannot do this restore; fetching from the replication targets")
     with fetch_folder(settings.backup_dir) as folder:
-        return build_data_directory(settings, target, real, yes, fetch_store(settings, Path(folder), target))
+        fetched = fetch_store(settings, Path(folder), target, cluster or server)
+        return build_data_directory(settings, target, real, yes, fetched)
 
 
 def _server_data_directory(settings) -> str | None:

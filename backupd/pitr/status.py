@@ -9,33 +9,53 @@ from typing import Any
 
 import psycopg
 
-from backupd.pitr import cluster
+from backupd.pitr import cluster, clusters
 from backupd.pitr.records import to_json
-from backupd.pitr.store import Store, failures
+from backupd.pitr.store import Store, failures, own_failures
 from backupd.postgres import Server
 from backupd.repository import iso, parse_iso
 
 
-def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool = False) -> dict[str, Any]:
-    stores = Store.all(Path(settings.backup_dir))
-    store = stores[0] if stores else None
+def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool = False,
+             cluster: str | None = None) -> dict[str, Any]:
+    """Every cluster in the folder (``clusters``; only ``cluster`` when named), and at the
+    top the one this is about: ``cluster``, else the connected server's (the receiver's, or
+    asked when ``ask_server``), else the only one; none when there is no telling."""
+    backup_dir = Path(settings.backup_dir)
+    server = (receiver or {}).get("system_identifier") or (clusters.connected(settings) if ask_server else None)
+    if cluster is not None:
+        current: Store | None = clusters.named(backup_dir, cluster)
+    elif server is not None:
+        current = Store(backup_dir, server)
+    else:
+        current = clusters.current(settings, receiver)
+    names = [cluster] if cluster is not None else clusters.known(backup_dir)
+    entries = [_cluster(Store(backup_dir, name), settings, name == server) for name in names]
     report: dict[str, Any] = {"enabled": settings.pitr_enabled, "slot": settings.pitr_slot, "system_identifier": None,
                               "window": None, "base_backups": [], "gaps": [], "last_drill": None, "invalid": [],
-                              "failures": failures(settings.backup_dir), "receiver": receiver}
-    if store is not None:
-        usable = {b.id for b in store.usable_bases()}
-        window = store.window()
-        report.update({
-            "system_identifier": store.system_identifier,
-            "window": {"start": iso(window.start), "end": iso(window.end), "base": window.base.id} if window else None,
-            "newest_received": iso(store.newest_received_time()),
-            "wal_files": len(store.archived()), "damaged_wal": store.damaged_wal(),
-            "base_backups": [{**b.summary(), "usable": b.id in usable} for b in store.bases()],
-            "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
-            "invalid": [item.describe() for item in store.invalid()]})
+                              "failures": failures(backup_dir, current.system_identifier if current else None),
+                              "receiver": receiver, "clusters": entries}
+    for entry in entries:
+        if current is not None and entry["system_identifier"] == current.system_identifier:
+            report.update({key: value for key, value in entry.items() if key not in ("failures", "connected")})
     if ask_server:
         report["server"] = _ask_server(settings)
     return report
+
+
+def _cluster(store: Store, settings, connected: bool) -> dict[str, Any]:
+    """One cluster's own: its window, base backups, gaps, drill, stored problems, failures."""
+    usable = {b.id for b in store.usable_bases()}
+    window = store.window()
+    return {
+        "system_identifier": store.system_identifier, "connected": connected,
+        "window": {"start": iso(window.start), "end": iso(window.end), "base": window.base.id} if window else None,
+        "newest_received": iso(store.newest_received_time()),
+        "wal_files": len(store.archived()), "damaged_wal": store.damaged_wal(),
+        "base_backups": [{**b.summary(), "usable": b.id in usable} for b in store.bases()],
+        "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
+        "invalid": [item.describe() for item in store.invalid()],
+        "failures": own_failures(Path(settings.backup_dir), store.system_identifier)}
 
 
 def _ask_server(settings) -> dict[str, Any]:
@@ -57,7 +77,8 @@ def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[
     fails: list[tuple[str, str]] = []
     warns: list[tuple[str, str]] = []
     limit = settings.pitr_max_lag
-    for job, record in failures(settings.backup_dir).items():
+    store = clusters.current(settings, receiver)
+    for job, record in failures(settings.backup_dir, store.system_identifier if store else None).items():
         if job == "receiver":
             continue  # judged below by how long the stream has been down
         what = {"base": "the newest base backup", "verify": "the last PITR drill"}[job]
@@ -80,13 +101,13 @@ def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[
                                        "(max_slot_wal_keep_size)"))
         if receiver.get("archive_error"):
             warns.append(("pitr-archive", f"received WAL cannot be archived: {receiver['archive_error']}"))
-    stores = Store.all(Path(settings.backup_dir))
-    drill = stores[0].last_drill() if stores else None
+    if store is None:
+        return fails, warns
+    drill = store.last_drill()
     if drill and drill.get("ok") is None:
         warns.append(("pitr-verify", f"the PITR drill is not possible here: {drill.get('reason')}"))
-    if stores:
-        warns += _stored_problems(stores[0])
-    if stores and stores[0].window() is None:
+    warns += _stored_problems(store)
+    if store.window() is None:
         warns.append(("pitr-window", "no base backup recovers to the newest WAL yet (a new one is being taken "
                                      "or failed): there is no recovery window"))
     return fails, warns

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter
 
-from backupd.metrics import PitrCollector
+from backupd.metrics import Guard, PitrCollector
 from backupd.pitr import status
 from backupd.pitr.replicate import _load_state
 from backupd.pitr.retention import prune
@@ -42,6 +43,7 @@ DOCUMENTS = {
                       "last_commit": "2026-12-01T00:20:00Z", "recorded": "2026-12-01T00:20:01Z",
                       "caught_up": "2026-12-01T00:30:00Z"},
     "../.last-failure-base.json": {"job": "base", "time": "2026-12-01T02:00:00Z", "error": "disk full"},
+    ".last-failure-verify.json": {"job": "verify", "time": "2026-12-01T02:00:00Z", "error": "no intact base"},
     ".replicated.json": {"file:///mnt/copy": {f"wal/{SEGMENT}": {"sha256": SHA, "size": 4, "mtime": 1.5,
                                                                  "record": {}}}},
 }
@@ -97,8 +99,12 @@ def test_any_json_in_any_field_is_never_an_exception(edit):
         report = status.describe(config, None)
         json.dumps(report)  # what --json and /status print
         _pitr(report, now)  # the status page's section
-        status.problems(config, {"down_since": None, "lag_seconds": 0.0, "slot": {"wal_status": "reserved"}}, now)
-        list(PitrCollector(config, lambda: None).collect())
+        receiver = {"down_since": None, "lag_seconds": 0.0, "slot": {"wal_status": "reserved"},
+                    "system_identifier": SYSID}  # the daemon's: its stream is this cluster's
+        status.problems(config, receiver, now)
+        status.problems(config, None, now)  # a one-shot command's
+        guard = Guard(Counter("errors", "", ["part"], registry=CollectorRegistry()))
+        list(PitrCollector(config, lambda: receiver, guard)._collect())  # unguarded: an exception shows
         for store in Store.all(root):
             prune(config, store, now, dry_run=True)
         _load_state(store_dir / ".replicated.json")
