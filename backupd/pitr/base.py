@@ -97,14 +97,25 @@ def take_base_backup(settings, reason: str = "manual") -> Base:
             **transform.manifest_fields(), "tools": tools.describe(), "backupd_version": __version__,
             "server_manifest": f"{backup_id}.{SERVER_MANIFEST}" if server_manifest else None,
         }, store.base_dir)
+        _keep_manifests(base, server_manifest)
+    log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.manifest["duration_seconds"],
+             start_lsn=base.manifest["start_lsn"], stop_lsn=base.manifest["stop_lsn"])
+    return base
+
+
+def _keep_manifests(base: Base, server_manifest: bytes | None) -> None:
+    """The server's manifest, then backupd's, which makes it a base backup: written last. A
+    full disk here leaves no file of it behind (its tar is removed too)."""
+    try:
         if server_manifest:
             with AtomicFile(base.server_manifest_path) as out:
                 out.write(server_manifest)
                 out.commit()
         write_json_atomically(base.manifest_path, _json(base.manifest))
-    log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.manifest["duration_seconds"],
-             start_lsn=base.manifest["start_lsn"], stop_lsn=base.manifest["stop_lsn"])
-    return base
+    except OSError as err:
+        for path in (base.manifest_path, base.server_manifest_path, base.path):
+            path.unlink(missing_ok=True)
+        raise DumpError(f"writing base backup {base.id}'s manifest failed: {err.strerror or err}") from None
 
 
 def _remove_stale(store: Store) -> None:

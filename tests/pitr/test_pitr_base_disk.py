@@ -27,8 +27,9 @@ def test_a_disk_that_fills_during_a_base_backup_leaves_no_base_and_the_next_try_
         status = json.loads(backupd.ok("pitr", "status", "--json").stdout)
         assert status["base_backups"] == [] and status["window"] is None
         assert "base" in status["failures"], status["failures"]
+        ours = ("filler", "cluster.json", ".base.lock")
         leftovers = [p.relative_to(disk).as_posix() for p in disk.rglob("*")
-                     if p.is_file() and p.name not in ("filler", "cluster.json", ".base.lock") and not p.name.startswith(".last-")]
+                     if p.is_file() and p.name not in ours and not p.name.startswith(".last-")]
         assert leftovers == [], leftovers
 
         filler.unlink()
