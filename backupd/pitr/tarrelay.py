@@ -78,7 +78,7 @@ def _name(header: bytes) -> str:
 def _kept(name: str, kind: bytes) -> str | None:
     """Where a member is kept (relative to the folder), or None. Only regular files, by a
     plain name: nothing in the stream can write outside the folder."""
-    if kind not in (b"0", b"\0") or "/../" in f"/{name}/" or name.startswith("/"):
+    if kind not in (b"0", b"\0") or "/../" in f"/{name}/" or "/./" in f"/{name}/" or name.startswith("/"):
         return None
     if name in KEPT_NAMES:
         return name
