@@ -97,14 +97,16 @@ class Base:
         """The first moment a recovery from it may stop at: the newest commit in its own WAL
         (recorded when it was taken). A manifest of an older backupd has only ``stop_time``,
         cut down to the second: the next second is after its end."""
-        return self.doc.consistent_time or self.doc.stop_time + timedelta(seconds=1)
+        if self.doc.consistent_time is not None:
+            return self.doc.consistent_time
+        return _later(self.doc.stop_time, timedelta(seconds=1))
 
     @property
     def first_target(self) -> datetime:
         """``consistent_at`` rounded up to the second: the first moment shown as restorable
         (times are shown to the second, so a rounded-down one would not be)."""
         exact = self.consistent_at
-        return exact if exact == exact.replace(microsecond=0) else exact.replace(microsecond=0) + timedelta(seconds=1)
+        return exact if exact.microsecond == 0 else _later(exact.replace(microsecond=0), timedelta(seconds=1))
 
     @property
     def start_segno(self) -> int:
@@ -494,6 +496,14 @@ def _cached(path: Path, load: Any) -> Any:
         raise
     _CACHE[path] = (key, value)
     return value
+
+
+def _later(when: datetime, by: timedelta) -> datetime:
+    """``when + by``, or the calendar's last moment (a stored time at its very end)."""
+    try:
+        return when + by
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _listing(folder: Path) -> list[Path]:
