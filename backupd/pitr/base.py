@@ -2,7 +2,9 @@
 through compression and encryption into the repository, like a dump; nothing is staged.
 The WAL the backup needs to be consistent is inside the tar (``-X fetch``), so a base
 backup restores even without the stream. The server's ``backup_manifest`` (the tar's last
-member) is read from a copy of the stream on the way and kept beside it."""
+member) and that WAL are kept aside on the way by a stage of the one stream (tarrelay):
+the manifest is stored beside the backup, and the WAL says when the backup became
+consistent, to the microsecond (``consistent_time``), which is where its window starts."""
 
 from __future__ import annotations
 
@@ -10,16 +12,19 @@ import fcntl
 import json
 import os
 import re
-import tarfile
-import threading
+import shutil
+import sys
+import tempfile
 import time
+from datetime import datetime
+from pathlib import Path
 
 from backupd import __version__
 from backupd.artifact import Transform
 from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
-from backupd.pitr import cluster
+from backupd.pitr import cluster, waldump
 from backupd.pitr.store import Base, Store, clear_failure, record_failure
 from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
@@ -30,47 +35,26 @@ log = get_logger("pitr")
 _START = re.compile(r"write-ahead log start point: ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)")
 _STOP = re.compile(r"write-ahead log end point: ([0-9A-F]+/[0-9A-F]+)")
 SERVER_MANIFEST = "backup_manifest"
+SCRATCH_PREFIX = ".base-scratch-"
 
 
-class ManifestCatcher:
-    """Walks a copy of the tar stream (``tee``) and keeps the member ``backup_manifest``."""
+def _relay_stage(scratch: Path) -> tuple[str, list[str]]:
+    """The stage that keeps ``backup_manifest`` and the backup's WAL aside (tarrelay)."""
+    return "tar-relay", [sys.executable, "-m", "backupd.pitr.tarrelay", str(scratch)]
 
-    def __init__(self):
-        read_end, self.write_end = os.pipe()
-        self.pipe_inode = os.fstat(self.write_end).st_ino
-        self.source = os.fdopen(read_end, "rb", buffering=0)
-        self.manifest: bytes | None = None
-        self.reader = threading.Thread(target=self._walk, name="backup-manifest", daemon=True)
-        self.reader.start()
 
-    def tee_stage(self) -> tuple[str, list[str], tuple[int]]:
-        return "tee", ["tee", "-p", f"/dev/fd/{self.write_end}"], (self.write_end,)
-
-    def _walk(self) -> None:
+def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_lsn: str) -> datetime:
+    """The first moment a recovery from this base backup may stop at, to the microsecond:
+    the newest commit in its own WAL before its end (the server's clock, as recovery
+    targets are), else now (nothing committed while it ran: any later moment is fine)."""
+    tool = waldump.tool(settings.pg_bindir, major)
+    newest = None
+    if tool is not None and (scratch / "pg_wal").is_dir():
         try:
-            with tarfile.open(fileobj=self.source, mode="r|", bufsize=1 << 20) as tar:
-                for member in tar:
-                    if member.name.lstrip("./") == SERVER_MANIFEST and (data := tar.extractfile(member)):
-                        self.manifest = data.read()
-        except (tarfile.TarError, OSError, ValueError):
-            pass
-        finally:
-            while self.source.read(1 << 20):  # never leave tee blocked on a full pipe
-                pass
-            self.source.close()
-
-    def abandon(self) -> None:
-        """The pipeline failed to start: the write end goes unless tee got (and closed) it, so
-        the reader ends. Its number may have been reused since: closed only if still our pipe."""
-        try:
-            if os.fstat(self.write_end).st_ino == self.pipe_inode:
-                os.close(self.write_end)
-        except OSError:
-            pass
-
-    def result(self) -> bytes | None:
-        self.reader.join()
-        return self.manifest
+            newest = waldump.newest_commit_before(tool, scratch / "pg_wal", start_lsn, stop_lsn)
+        except BackupdError as err:
+            log.warning("the base backup's own WAL could not be read: its end is taken as now", error=str(err))
+    return newest or utc_now()
 
 
 def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:
@@ -87,43 +71,58 @@ def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: 
         final = store.base_dir / f"{backup_id}{transform.suffix('.tar')}"
         argv = [tools.path("pg_basebackup"), "--pgdata=-", "--format=tar", "--wal-method=fetch",
                 "--checkpoint=fast", "--no-password", "--verbose", f"--label=backupd {backup_id}"]
-        for stale in store.base_dir.glob(".*.partial"):  # of a base backup that was killed (we hold the lock)
-            stale.unlink()
-        catcher = ManifestCatcher()
-        try:
-            try:
-                # Its messages in English: the start and end points are read from them.
-                pipeline = Pipeline([("pg_basebackup", argv), catcher.tee_stage(), *transform.stages()],
-                                    env={**server.libpq_env(), "LC_MESSAGES": "C"}, secrets=server.secrets)
-            except BaseException:
-                catcher.abandon()
-                raise
+        _remove_stale(store)
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=store.root) as folder:
+            scratch = Path(folder)
+            # Its messages in English: the start and end points are read from them.
+            pipeline = Pipeline([("pg_basebackup", argv), _relay_stage(scratch), *transform.stages()],
+                                env={**server.libpq_env(), "LC_MESSAGES": "C"}, secrets=server.secrets)
             producer = pipeline.children[0]
             stream = stream_to_file(pipeline, final, timeout=settings.backup_timeout, what="base backup")
-        finally:
-            server_manifest = catcher.result()
-        start, stop = _START.search(producer.tail), _STOP.search(producer.tail)
-        if not (start and stop):
-            final.unlink(missing_ok=True)
-            raise DumpError(f"pg_basebackup did not report where the backup starts and ends: {producer.tail}")
+            start, stop = _START.search(producer.tail), _STOP.search(producer.tail)
+            if not (start and stop):
+                final.unlink(missing_ok=True)
+                raise DumpError(f"pg_basebackup did not report where the backup starts and ends: {producer.tail}")
+            consistent = consistent_time(settings, info.major, scratch, start.group(1), stop.group(1))
+            manifest_file = scratch / SERVER_MANIFEST
+            server_manifest = manifest_file.read_bytes() if manifest_file.is_file() else None
         base = Base({
             "kind": "pitr-base", "id": backup_id, "reason": reason, "file": final.name,
             "system_identifier": info.system_identifier, "server_major": info.major,
             "wal_segment_size": info.segment_size, "timeline": int(start.group(2)),
             "start_lsn": start.group(1), "stop_lsn": stop.group(1),
-            "start_time": iso(started), "stop_time": iso(utc_now()),
+            "start_time": iso(started), "stop_time": iso(utc_now()), "consistent_time": consistent.isoformat(),
             "duration_seconds": round(time.monotonic() - clock, 3), "size": stream.size, "sha256": stream.sha256,
             **transform.manifest_fields(), "tools": tools.describe(), "backupd_version": __version__,
             "server_manifest": f"{backup_id}.{SERVER_MANIFEST}" if server_manifest else None,
         }, store.base_dir)
+        _keep_manifests(base, server_manifest)
+    log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.manifest["duration_seconds"],
+             start_lsn=base.manifest["start_lsn"], stop_lsn=base.manifest["stop_lsn"])
+    return base
+
+
+def _keep_manifests(base: Base, server_manifest: bytes | None) -> None:
+    """The server's manifest, then backupd's, which makes it a base backup: written last. A
+    full disk here leaves no file of it behind (its tar is removed too)."""
+    try:
         if server_manifest:
             with AtomicFile(base.server_manifest_path) as out:
                 out.write(server_manifest)
                 out.commit()
         write_json_atomically(base.manifest_path, _json(base.manifest))
-    log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.manifest["duration_seconds"],
-             start_lsn=base.manifest["start_lsn"], stop_lsn=base.manifest["stop_lsn"])
-    return base
+    except OSError as err:
+        for path in (base.manifest_path, base.server_manifest_path, base.path):
+            path.unlink(missing_ok=True)
+        raise DumpError(f"writing base backup {base.id}'s manifest failed: {err.strerror or err}") from None
+
+
+def _remove_stale(store: Store) -> None:
+    """What a base backup that was killed left (we hold the lock: none is running)."""
+    for stale in store.base_dir.glob(".*.partial"):
+        stale.unlink()
+    for scratch in store.root.glob(f"{SCRATCH_PREFIX}*"):
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_base_backup(settings, reason: str = "manual") -> Base:

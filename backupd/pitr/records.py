@@ -58,7 +58,8 @@ class BaseManifest(Document):
     start_lsn: Lsn
     stop_lsn: Lsn
     start_time: Moment
-    stop_time: Moment
+    stop_time: Moment  # backupd's clock when it ended, to the second (cut down)
+    consistent_time: Moment | None = None  # exact: see Base.consistent_at
     size: Count
     sha256: Sha256
     server_manifest: FileName | None = None

@@ -184,7 +184,7 @@ def fetch_store(settings, into: Path, target_time: datetime | None, cluster: str
                 destination = into / relative
                 destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 with_retries(f"fetch {relative}", partial(target.get, relative, destination))
-            candidates = [b for b in _manifests(store) if target_time is None or b.stop_time <= target_time]
+            candidates = [b for b in _manifests(store) if target_time is None or b.consistent_at <= target_time]
             if not candidates:
                 continue
             base = candidates[0]

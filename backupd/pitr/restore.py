@@ -19,9 +19,10 @@ import psycopg
 from backupd.archive import reader_stages
 from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, UsageError
 from backupd.logging import get_logger
-from backupd.pitr import wal, waldump
+from backupd.pitr import prepared, wal, waldump
 from backupd.pitr.destination import check_destination
 from backupd.pitr.integrity import base_damage, check_stored_wal, check_wal_copy
+from backupd.pitr.reach import segments_to_copy
 from backupd.pitr.staging import Staging, checkpoint
 from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
@@ -65,10 +66,11 @@ def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
         _extract(base, folder, settings.identity if encrypted else None)
         checkpoint()
         log.info("copying the WAL", base=base.id)
-        copied = _copy_wal(store, base, folder / WAL_FOLDER, settings.identity)
+        copied = _copy_wal(store, base, folder / WAL_FOLDER, settings.identity, target)
         built = Built(to, base, target, None, copied, None, major, notes)
         if target is not None:
             _choose_recovery_target(settings, folder, target, built)
+        _note_prepared(settings, folder, built)
         checkpoint()
         log.info("writing the recovery settings", folder=str(folder))
         _write_recovery_settings(folder, built)
@@ -87,6 +89,16 @@ def _choose_recovery_target(settings, folder: Path, target: datetime, built: Bui
     else:  # PostgreSQL refuses a target beyond the last commit; recovering all is the same here
         built.notes.append(f"no commit after {iso(target)} in the WAL (the newest is at "
                            f"{iso(newest_commit)}): recovering all of it gives that moment")
+
+
+def _note_prepared(settings, folder: Path, built: Built) -> None:
+    """A note when the recovery leaves a two-phase transaction prepared (it holds its locks)."""
+    tool = waldump.tool(settings.pg_bindir, built.major)
+    if tool is None:
+        return
+    stop = built.target if built.recovery_target_time else None
+    if pending := prepared.left_prepared(tool, folder / WAL_FOLDER, stop):
+        built.notes.append(prepared.note(pending))
 
 
 def restore(settings, target: datetime | None, to: Path | str, yes: bool, cluster: str | None = None) -> Built:
@@ -139,13 +151,14 @@ def choose_base(store: Store, target: datetime | None, strict: bool = False) -> 
         if target > window.end:
             raise RefusedError(f"--time {iso(target)} is after the newest WAL received, at {iso(window.end)}: "
                                "use --time latest for everything there is")
-    candidates = [b for b in store.usable_bases() if target is None or b.stop_time <= target]
+    candidates = [b for b in store.usable_bases() if target is None or b.consistent_at <= target]
     notes: list[str] = []
     for base in candidates:
         log.info("checking the base backup", base=base.id)
         if (damage := base_damage(base)) is None:
             newest = "the newest base backup" if base is candidates[0] else "the newest intact base backup"
-            reach = f"that ends before {iso(target)}" if target else "that reaches the newest WAL"
+            reach = (f"that is consistent before {iso(target)} (from {base.consistent_at.isoformat()})" if target
+                     else "that reaches the newest WAL")
             notes.append(f"took base backup {base.id}: {newest} {reach} (size and sha256 checked)")
             return base, notes
         log.error("base backup is damaged", base=base.id, reason=damage)
@@ -165,14 +178,14 @@ def _extract(base: Base, to: Path, identity: str | None) -> None:
     pipeline.finish()
 
 
-def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None) -> int:
-    """The WAL recovery reads from the base backup's start on (the newest timeline's path,
-    Store.segments), and every timeline history file; each checked once read back."""
+def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None, target: datetime | None) -> int:
+    """The WAL recovery to ``target`` reads from the base backup's start on (the newest
+    timeline's path, reach.segments_to_copy), and every timeline history file; each
+    checked once read back."""
     folder.mkdir(mode=0o700, exist_ok=True)
     wanted = {name: (path, True) for name, path in store.archived().items() if name.endswith(".history")}
     wanted |= {name: (path, False) for name, path in store.received().items() if name.endswith(".history")}
-    wanted |= {name: (path, stored) for segno, (name, path, stored) in store.segments().items()
-               if segno >= base.start_segno}
+    wanted |= {name: (path, stored) for name, path, stored in segments_to_copy(store, base, target).values()}
     records = store.records()
     for name, (path, stored) in wanted.items():
         checkpoint()
@@ -186,7 +199,7 @@ def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None) -> i
                 done = store.received().get(name) or store.archived().get(name)
                 if done is None:
                     raise
-                return _copy_wal(store, base, folder, identity)
+                return _copy_wal(store, base, folder, identity, target)
         check_wal_copy(name, folder / name, store.segment_size)
     return len(wanted)
 

@@ -7,7 +7,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,6 +92,22 @@ class Base:
         return self.doc.stop_time
 
     @property
+    def consistent_at(self) -> datetime:
+        """The first moment a recovery from it may stop at: the newest commit in its own WAL
+        (recorded when it was taken). A manifest of an older backupd has only ``stop_time``,
+        cut down to the second: the next second is after its end."""
+        if self.doc.consistent_time is not None:
+            return self.doc.consistent_time
+        return _later(self.doc.stop_time, timedelta(seconds=1))
+
+    @property
+    def first_target(self) -> datetime:
+        """``consistent_at`` rounded up to the second: the first moment shown as restorable
+        (times are shown to the second, so a rounded-down one would not be)."""
+        exact = self.consistent_at
+        return exact if exact.microsecond == 0 else _later(exact.replace(microsecond=0), timedelta(seconds=1))
+
+    @property
     def start_segno(self) -> int:
         return wal.segment_of(wal.parse_lsn(self.doc.start_lsn), self.doc.wal_segment_size)
 
@@ -111,6 +127,7 @@ class Base:
     def summary(self) -> dict[str, Any]:
         doc = self.doc
         return {"id": doc.id, "start_time": iso(doc.start_time), "stop_time": iso(doc.stop_time),
+                "consistent_time": iso(self.first_target),
                 "start_lsn": doc.start_lsn, "stop_lsn": doc.stop_lsn, "timeline": doc.timeline, "size": doc.size,
                 "sha256": doc.sha256, "damaged": not self.intact_by_size()}
 
@@ -359,16 +376,24 @@ class Store:
             proofs.append(live)
         return max((p.last_commit for p in proofs if p.last_commit is not None), default=None)
 
-    def _proven_end(self, segments: dict[int, tuple[str, Path, bool]], since: int) -> datetime | None:
-        """The newest commit the WAL recovery reads proves, from ``since`` (a segment
-        number) on: by the records, and what the receiver's live segment proves."""
+    def proofs(self, segments: dict[int, tuple[str, Path, bool]]) -> dict[int, WalProof]:
+        """What each of ``segments`` proves, where it is known: an archived file's record,
+        the receiver's live partial's proof (a completed file not archived yet has none)."""
         records, live = self.records(), self.live()
-        times = []
+        found: dict[int, WalProof] = {}
         for segno, (_, file, stored) in segments.items():
             own = file.name if not stored else _ARCHIVED.fullmatch(file.name).group("name")  # type: ignore[union-attr]
             proof = records.get(own) if stored else (live if live is not None and live.name == own else None)
-            if segno >= since and proof is not None and proof.last_commit is not None:
-                times.append(proof.last_commit)
+            if proof is not None:
+                found[segno] = proof
+        return found
+
+    def _proven_end(self, segments: dict[int, tuple[str, Path, bool]], since: int) -> datetime | None:
+        """The newest commit the WAL recovery reads proves, from ``since`` (a segment
+        number) on: by the records, and what the receiver's live segment proves."""
+        live = self.live()
+        times = [p.last_commit for segno, p in self.proofs(segments).items()
+                 if segno >= since and p.last_commit is not None]
         if live is not None and live.caught_up is not None and any(
                 not stored and file.name == live.name for _, file, stored in segments.values()):
             times.append(live.caught_up)
@@ -414,18 +439,18 @@ class Store:
                 and not self.missing_segments(b, numbers)]
 
     def window(self) -> Window | None:
-        """The moments a restore can reach now: from the end of the oldest usable base backup
-        to the newest commit the WAL proves (or the newest usable base backup's end). None
-        when there is no such base backup."""
+        """The moments a restore can reach now: from where the oldest usable base backup is
+        consistent (``first_target``) to the newest commit the WAL proves (or the newest
+        usable base backup's). None when there is no such base backup."""
         path = self.timeline_path()
         segments = self.segments(path)
         usable = self.usable_bases(segments, path)
         if not usable:
             return None
         oldest = usable[-1]
-        newest_base = usable[0].stop_time
+        newest_base = usable[0].first_target
         proven = self._proven_end(segments, oldest.start_segno)
-        return Window(oldest.stop_time, max(proven, newest_base) if proven else newest_base, oldest)
+        return Window(oldest.first_target, max(proven, newest_base) if proven else newest_base, oldest)
 
     # The drill ------------------------------------------------------------------------
     def last_drill(self) -> dict[str, Any] | None:
@@ -461,6 +486,14 @@ def _cached(path: Path, load: Any) -> Any:
         raise
     _CACHE[path] = (key, value)
     return value
+
+
+def _later(when: datetime, by: timedelta) -> datetime:
+    """``when + by``, or the calendar's last moment (a stored time at its very end)."""
+    try:
+        return when + by
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _listing(folder: Path) -> list[Path]:

@@ -45,6 +45,17 @@ def newest_commit(waldump: Path, segment: Path) -> datetime | None:
     return max((datetime.fromisoformat(s).replace(tzinfo=UTC) for s in stamps), default=None)
 
 
+def newest_commit_before(waldump: Path, folder: Path, start: str, stop: str) -> datetime | None:
+    """The time of the newest commit or abort among the records from ``start`` to ``stop``
+    (LSNs) in the segments in ``folder``: a base backup is consistent once it has replayed
+    to ``stop``, so no target before this moment can stop its recovery (PostgreSQL
+    refuses one: "requested recovery stop point is before consistent recovery point")."""
+    _, out, _ = run("pg_waldump", [str(waldump), "--rmgr=Transaction", f"--path={folder}", f"--start={start}",
+                                   f"--end={stop}"], env={"TZ": "UTC"}, timeout=TIMEOUT)
+    stamps = _COMMIT.findall(out.decode("utf-8", "replace"))
+    return max((datetime.fromisoformat(s).replace(tzinfo=UTC) for s in stamps), default=None)
+
+
 def prove(waldump: Path, segment: Path, name: str, segment_size: int) -> Proof:
     """What the plain file ``segment`` (the WAL file called ``name``) proves. A complete
     segment's WAL runs to its end; a partial one's to where pg_waldump found no next record."""
