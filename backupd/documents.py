@@ -63,6 +63,22 @@ def read(model: type[M], path: Path) -> M:
     return parse_json(model, path.read_bytes())
 
 
+def decode(text: str | bytes) -> Any:
+    """JSON text, or InvalidDocument (not JSON, or nested too deep to read)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise InvalidDocument(f"it is not JSON: {str(err)[:120]}") from None
+
+
+def decode_object(text: str | bytes) -> dict[str, Any]:
+    """JSON text that must be an object, or InvalidDocument."""
+    data = decode(text)
+    if not isinstance(data, dict):
+        raise InvalidDocument("the document: an object is expected")
+    return data
+
+
 def inside(folder: Path, name: str) -> Path:
     """``folder / name`` when ``name`` is a plain file name, else InvalidDocument."""
     try:

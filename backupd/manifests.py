@@ -10,14 +10,13 @@ field absent from the file stays absent (its reader's default applies, as it alw
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, model_validator
 
-from backupd.documents import Document, FileName, InvalidDocument, M, parse
+from backupd.documents import Document, FileName, InvalidDocument, M, decode, parse
 
 Count = Annotated[int, Field(ge=0)]
 
@@ -258,14 +257,6 @@ class Notified(Document):
 
     time: Time = EPOCH
     active: dict[str, ReportedCondition | str] = {}
-
-
-def decode(text: str | bytes) -> Any:
-    """JSON text, or InvalidDocument (not JSON, or nested too deep to read)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise InvalidDocument(f"it is not JSON: {str(err)[:120]}") from None
 
 
 def as_dict(document: Document) -> dict[str, Any]:

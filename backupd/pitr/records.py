@@ -5,7 +5,6 @@ not validate is ``Invalid``: listed, warned about once, never followed."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints, model_validator
 
-from backupd.documents import Document, FileName, InvalidDocument, M, parse
+from backupd.documents import Document, FileName, InvalidDocument, M, decode, parse
 from backupd.logging import get_logger
 from backupd.repository import iso
 
@@ -165,10 +164,7 @@ def warn_invalid(found: Invalid) -> None:
 
 def read_list(model: type[M], path: Path) -> list[M]:
     """A document that is a JSON list of ``model`` (``gaps.json``). OSError when unreadable."""
-    try:
-        items = json.loads(path.read_bytes())
-    except (ValueError, RecursionError):
-        raise InvalidDocument("not JSON") from None
+    items = decode(path.read_bytes())
     if not isinstance(items, list):
         raise InvalidDocument("the document: a list is expected")
     parsed = []

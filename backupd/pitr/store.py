@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from backupd.documents import Document, InvalidDocument, parse, read
+from backupd.documents import Document, InvalidDocument, decode_object, parse, read
 from backupd.pitr import wal
 from backupd.pitr.records import (
     BaseManifest,
@@ -56,13 +56,7 @@ class Base:
     @classmethod
     def load(cls, path: Path) -> Base:
         """The base backup whose manifest is ``path``; OSError, or InvalidDocument."""
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (ValueError, RecursionError):
-            raise InvalidDocument("not JSON") from None
-        if not isinstance(manifest, dict):
-            raise InvalidDocument("the document: an object is expected")
-        base = cls(manifest, path.parent)
+        base = cls(decode_object(path.read_bytes()), path.parent)
         if f"{base.id}.json" != path.name:
             raise InvalidDocument(f"id: {base.id!r} is not this manifest's own name")
         return base
