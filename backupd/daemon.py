@@ -80,6 +80,7 @@ class Daemon:
         self.repo = Repository(settings.backup_dir)
         self.metrics = Metrics(self.repo, settings)
         self.metrics.add_health(self.health)
+        self.metrics.add_instance()
         for channel in configured_channels(settings):  # each configured channel's series starts at 0
             self.metrics.notifications_failed_total.labels(channel.scheme)
         self.started_at = utc_now()

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from backupd import __version__
+from backupd import __version__, origin
 from backupd.actions.replicate import read_runs
 from backupd.errors import RepositoryUnreadable
 from backupd.health import free_ratio, max_age
@@ -327,6 +327,31 @@ class HealthCollector:
             "backupd_healthy", "1 when /healthz answers ok, 0 when unhealthy", value=float(self.health()[0]))])
 
 
+class InstanceCollector:
+    """``backupd_instance_info``: this sidecar's BACKUP_INSTANCE as a label, so dashboards
+    and alerts can name it beside Prometheus' own ``instance`` (host:port). Left out until
+    the name is known; never asks the server, so a scrape never waits for it."""
+
+    def __init__(self, settings, guard: Guard):
+        self.settings, self.guard = settings, guard
+
+    def describe(self):
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.guard.run("settings", self._collect)
+
+    def _collect(self) -> Iterator[Metric]:
+        name = origin.instance_if_known(self.settings)
+        if name is None:
+            return
+        family = GaugeMetricFamily("backupd_instance_info", "This sidecar's instance name (BACKUP_INSTANCE or "
+                                   "its default) and its server's system identifier (empty until known)",
+                                   labels=["backup_instance", "system_identifier"])
+        family.add_metric([name, origin.system_identifier_if_known() or ""], 1.0)
+        yield family
+
+
 class Metrics:
     def __init__(self, repo: Repository, settings=None):
         self.registry = CollectorRegistry()
@@ -358,6 +383,9 @@ class Metrics:
 
     def add_pitr(self, receiver_state) -> None:
         self.registry.register(PitrCollector(self.repository.settings, receiver_state, self.guard))
+
+    def add_instance(self) -> None:
+        self.registry.register(InstanceCollector(self.repository.settings, self.guard))
 
     def add_health(self, health: Callable[[], tuple[bool, dict]]) -> None:
         self.registry.register(HealthCollector(health, self.guard))

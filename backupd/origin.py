@@ -126,6 +126,11 @@ def instance_if_known(settings) -> str | None:
     return settings.backup_instance or compose_instance(settings) or _cache.get("system_identifier")
 
 
+def system_identifier_if_known() -> str | None:
+    """The server's system identifier once a job, or the start of the daemon, has asked."""
+    return _cache.get("system_identifier")
+
+
 def this_instance_or_none(settings) -> str | None:
     try:
         return this_instance(settings)

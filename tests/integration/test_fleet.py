@@ -1,5 +1,6 @@
 """A fleet seen in one place: a real Prometheus (Debian's package, on 127.0.0.1) scrapes
-three backupd daemons, each with its own BACKUP_DIR, and evaluates the shipped rules (with
+three backupd daemons of three PostgreSQL clusters, each with its own BACKUP_DIR and
+BACKUP_INSTANCE, and evaluates the shipped rules (with
 short ``for:``). The shipped dashboard's queries run against it, and a stopped daemon and
 an unreadable folder raise alerts that name their instance. Also: the rules pass promtool,
 and the dashboard names only metrics that backupd exports."""
@@ -13,6 +14,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from tests.integration import daemon_helpers
 from tests.integration.daemon_helpers import RunningDaemon
 from tests.integration.helpers import make_database
 from tests.integration.test_prometheus import query
-from tests.pg import free_port
+from tests.pg import Cluster, free_port, remove_cluster, start_cluster
 
 RULES = REPO / "deploy/prometheus"
 DASHBOARD = REPO / "deploy/grafana/backupd.json"
@@ -117,18 +119,33 @@ class Prometheus:
         self.proc.wait(timeout=30)
 
 
+def own_clusters(count: int) -> list[Cluster]:
+    """``count`` new clusters, started side by side (each takes seconds alone)."""
+    with ThreadPoolExecutor(count) as pool:
+        started = [pool.submit(start_cluster) for _ in range(count)]
+    clusters = [future.result() for future in started if future.exception() is None]
+    if len(clusters) < count:
+        for cluster in clusters:
+            remove_cluster(cluster)
+        next(f for f in started if f.exception() is not None).result()  # raises why
+    return clusters
+
+
 @pytest.fixture
 def fleet(cluster, env, tmp_path, monkeypatch):
-    """Three daemons, each with its own database and BACKUP_DIR (run without root's power
-    over file modes, so a folder of mode 000 is unreadable to them), and a Prometheus."""
+    """Three daemons of three PostgreSQL clusters (the session's and two of their own), each
+    with its own database, BACKUP_DIR and BACKUP_INSTANCE (run without root's power over
+    file modes, so a folder of mode 000 is unreadable to them), and a Prometheus."""
     monkeypatch.setattr(daemon_helpers, "start_backupd", start_without_root_powers)
     daemons: list[RunningDaemon] = []
     prometheus = None
+    others = own_clusters(2)
     try:
-        for index in range(3):
+        for index, server in enumerate([cluster, *others]):
             name, backups = f"fleet_{index}", tmp_path / f"backups_{index}"
-            make_database(cluster, name, rows=20)
-            own = {**env, "BACKUP_DIR": str(backups), "DB_NAME": name}
+            make_database(server, name, rows=20)
+            own = {**env, **server.env(), "BACKUP_DIR": str(backups), "DB_NAME": name,
+                   "BACKUP_INSTANCE": f"site-{index}.db"}
             Backupd(own).ok("backup")
             daemons.append(RunningDaemon(own))
         prometheus = Prometheus(tmp_path, [d.port for d in daemons])
@@ -138,6 +155,8 @@ def fleet(cluster, env, tmp_path, monkeypatch):
             prometheus.stop()
         for daemon in daemons:
             daemon.stop()
+        for other in others:
+            remove_cluster(other)
 
 
 def instance(daemon: RunningDaemon) -> str:
@@ -163,12 +182,22 @@ def test_a_fleet_in_prometheus_with_alerts_per_instance(fleet):
         (instance(d), f"fleet_{i}", "1") for i, d in enumerate(daemons)}
     assert not prometheus.firing("BackupdDown")
 
+    # Three clusters, told apart by the target (host:port) and by the name each was given.
+    assert len({d.env["DB_PORT"] for d in daemons}) == 3
+    named = {(r["metric"]["instance"], r["metric"]["backup_instance"])
+             for r in query(prometheus.base, "backupd_instance_info == 1")}
+    assert named == {(instance(d), d.env["BACKUP_INSTANCE"]) for d in daemons}
+    assert {(r["metric"]["instance"], r["metric"].get("backup_instance")) for r in rows} == named
+
     # One daemon stops: its alert fires, naming it, and only it.
     stopped = daemons[1]
     stopped.stop()
     down = prometheus.until(lambda: prometheus.firing("BackupdDown"), "BackupdDown")
     assert [labels["instance"] for labels in down] == [instance(stopped)], down
-    assert "cannot be scraped" in json.dumps(prometheus.api("alerts"))
+    summaries = [a["annotations"]["summary"] for a in prometheus.api("alerts")["data"]["alerts"]
+                 if a["labels"]["alertname"] == "BackupdDown"]
+    assert summaries == [f"backupd on {instance(stopped)} ({stopped.env['BACKUP_INSTANCE']}) cannot be scraped: "
+                         "it is down or unreachable"], summaries
     assert not prometheus.firing("BackupSeriesDisappeared")  # a down daemon is BackupdDown's to tell
 
     # Another's database folder becomes unreadable: its series stay, the folder is named.
