@@ -188,6 +188,9 @@ def test_a_fleet_in_prometheus_with_alerts_per_instance(fleet):
              for r in query(prometheus.base, "backupd_instance_info == 1")}
     assert named == {(instance(d), d.env["BACKUP_INSTANCE"]) for d in daemons}
     assert {(r["metric"]["instance"], r["metric"].get("backup_instance")) for r in rows} == named
+    joined = query(prometheus.base, "(time() - backupd_backup_last_success_timestamp_seconds) * on(instance, job) "
+                                    "group_left(backup_instance) backupd_instance_info")  # docs/monitoring.md's
+    assert {(r["metric"]["instance"], r["metric"]["backup_instance"]) for r in joined} == named
 
     # One daemon stops: its alert fires, naming it, and only it.
     stopped = daemons[1]
