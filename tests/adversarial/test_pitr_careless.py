@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.adversarial.pitr_repository import build
 from tests.integration.daemon_helpers import RunningDaemon
 from tests.pitr.helpers import commit, make_shop, pitr_view, rows, wait_for_window
 
@@ -80,3 +81,28 @@ def test_a_server_put_back_to_a_volume_snapshot_is_archived_as_it_now_is(pitr_cl
     server = recovered(pitr_cluster.bindir, target)
     server.wait_promoted(pitr_cluster)
     assert rows(server.as_cluster(pitr_cluster)) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """Two base backups minutes apart, rows between and after them, all the WAL archived."""
+    yield from build(tmp_path_factory.mktemp("pitr-careless"))
+
+
+def test_a_sidecar_clock_a_month_ahead_never_ages_the_window_out(repo, tmp_path):
+    """A clock put a month ahead (a VM before NTP puts it right, a wrong ``date -s``) while
+    retention runs: nothing in the archive is that old, so nothing goes."""
+    backupd, backup_dir = repo.copy(tmp_path)
+    env = {"BACKUP_MIN_KEEP": "1", "PITR_RETENTION_DAYS": "14"}
+    backupd.ok("prune", extra_env=env)  # what the right clock prunes (WAL from before the first base)
+    before = status_json(backupd)
+    assert len(before["base_backups"]) == 2 and before["window"]
+    pruned = backupd.at("+30d", "prune", extra_env=env)
+    assert "deleted 0 files" in pruned.stdout, pruned.stdout
+    after = status_json(backupd)
+    assert [b["id"] for b in after["base_backups"]] == [b["id"] for b in before["base_backups"]]
+    assert after["window"] == before["window"] and after["wal_files"] == before["wal_files"]
+    # Once the clock is right, retention goes on as before: a month on, with the archive
+    # that old, the older base backup and the WAL only it needs go.
+    later = backupd.at("+30d", "prune", extra_env={**env, "PITR_RETENTION_DAYS": "0"})
+    assert "deleted 0 files" not in later.stdout, later.stdout
