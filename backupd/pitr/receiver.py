@@ -58,6 +58,7 @@ class Receiver:
         self._samples: deque[tuple[float, int]] = deque()  # (monotonic time, server's LSN)
         self.streaming_since: datetime | None = None
         self.down_since: datetime | None = utc_now()
+        self._down_clock = time.monotonic()  # how long it is down: a wall clock may jump back
         self.restarts = 0
         self.error: str | None = None
         self.archive_error: str | None = None
@@ -96,6 +97,8 @@ class Receiver:
         with self._lock:
             return {"streaming": self.streaming_since is not None, "streaming_since": iso(self.streaming_since),
                     "down_since": iso(self.down_since), "restarts": self.restarts, "error": self.error,
+                    "down_seconds": (round(time.monotonic() - self._down_clock, 1)
+                                     if self.down_since is not None else None),
                     "archive_error": self.archive_error, "lag_bytes": self.lag_bytes,
                     "lag_seconds": self.lag_seconds, "slot": self.slot_state,
                     "system_identifier": self.store.system_identifier if self.store else None}
@@ -116,7 +119,7 @@ class Receiver:
                 self._release()
             with self._lock:
                 if self.streaming_since is not None or self.down_since is None:
-                    self.down_since = utc_now()
+                    self.down_since, self._down_clock = utc_now(), time.monotonic()
                 self.streaming_since = None
             if self.stopping.is_set():
                 break

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.adversarial.pitr_repository import build
+from tests.conftest import libfaketime
 from tests.integration.daemon_helpers import RunningDaemon
 from tests.pitr.helpers import commit, make_shop, pitr_view, rows, wait_for_window
 
@@ -106,3 +107,31 @@ def test_a_sidecar_clock_a_month_ahead_never_ages_the_window_out(repo, tmp_path)
     # that old, the older base backup and the WAL only it needs go.
     later = backupd.at("+30d", "prune", extra_env={**env, "PITR_RETENTION_DAYS": "0"})
     assert "deleted 0 files" not in later.stdout, later.stdout
+
+
+def test_a_stream_down_is_unhealthy_after_the_lag_even_when_the_clock_goes_back(pitr_cluster, pitr_env, tmp_path):
+    """The server goes away, then the sidecar's clock is put back a day (NTP correcting a
+    clock that ran ahead): the stream has been down longer than PITR_MAX_LAG all the same,
+    and /healthz must say so now, not a day later."""
+    clock = tmp_path / "faketime"
+    clock.write_text("+0\n")
+    faked = {"LD_PRELOAD": libfaketime(), "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_CACHE_DURATION": "1",
+             "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    make_shop(pitr_cluster)
+    daemon = RunningDaemon({**pitr_env, **faked})
+    try:
+        daemon.wait_until(lambda: (pitr_view(daemon).get("receiver") or {}).get("streaming"), 60, "the stream")
+        pitr_cluster.stop()
+        daemon.wait_until(lambda: (pitr_view(daemon).get("receiver") or {}).get("down_since"), 30, "the stream down")
+        clock.write_text("-1d\n")
+        time.sleep(16)  # PITR_MAX_LAG is 10s
+        status, body = daemon.get("/healthz")
+        assert status == 503 and "WAL stream has been down" in body, (status, body)
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+        pitr_cluster.start()
+    # libfaketime with a real monotonic clock breaks clock_nanosleep (EINVAL from time.sleep),
+    # which no kernel does when the wall clock is set back: those are the tool's, not ours.
+    ours = [line for line in daemon.stderr.splitlines()
+            if "Traceback" in line and not ("time.sleep(" in line and "[Errno 22] Invalid argument" in line)]
+    assert not ours, ours[0]
