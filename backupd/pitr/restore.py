@@ -92,7 +92,7 @@ def restore(settings, target: datetime | None, to: Path | str, yes: bool) -> Bui
     real = check_destination(to, settings.backup_dir, lambda: _server_data_directory(settings))
     try:
         store = Store.only(settings.backup_dir)
-        if store.window() is not None or not target_urls(settings):
+        if _reaches(store, target) or not target_urls(settings):
             return build_data_directory(settings, target, real, yes, store)
     except NotFoundError:
         if not target_urls(settings):
@@ -100,6 +100,13 @@ def restore(settings, target: datetime | None, to: Path | str, yes: bool) -> Bui
     log.info("the local archive cannot do this restore; fetching from the replication targets")
     with fetch_folder(settings.backup_dir) as folder:
         return build_data_directory(settings, target, real, yes, fetch_store(settings, Path(folder), target))
+
+
+def _reaches(store: Store, target: datetime | None) -> bool:
+    """Whether the local window holds ``target``: a WAL file or a base backup lost here (a
+    hand's ``rm``, a disk replaced) may still be on a target, whose window reaches it."""
+    window = store.window()
+    return window is not None and (target is None or window.start <= target <= window.end)
 
 
 def _server_data_directory(settings) -> str | None:

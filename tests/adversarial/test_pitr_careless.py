@@ -135,3 +135,35 @@ def test_a_stream_down_is_unhealthy_after_the_lag_even_when_the_clock_goes_back(
     ours = [line for line in daemon.stderr.splitlines()
             if "Traceback" in line and not ("time.sleep(" in line and "[Errno 22] Invalid argument" in line)]
     assert not ours, ours[0]
+
+
+def bases_of(backup_dir: Path) -> list[dict]:
+    """The base manifests, oldest first."""
+    (root,) = (backup_dir / "_pitr").iterdir()
+    return sorted((json.loads(p.read_text()) for p in (root / "base").glob("base-*.json")),
+                  key=lambda m: m["start_time"])
+
+
+def test_a_moment_the_local_archive_lost_is_fetched_back_from_the_target(repo, tmp_path, data_home, recovered):
+    """A WAL file between the two base backups deleted by hand from BACKUP_DIR (the local
+    window now starts at the newer base), while the target still holds it: a restore to a
+    moment before the newer base comes from the target, not a refusal."""
+    backupd, backup_dir = repo.copy(tmp_path)
+    (tmp_path / "offsite").mkdir()
+    env = {"REPLICATION_TARGETS": f"file://{tmp_path / 'offsite'}"}
+    backupd.ok("replicate", extra_env=env)
+    older, _ = bases_of(backup_dir)
+    (root,) = (backup_dir / "_pitr").iterdir()
+    first = int(older["start_lsn"].split("/")[1], 16) // (16 << 20) + 1
+    lost = next(p for p in sorted((root / "wal").glob("0000000100000000000000*.zst"))
+                if int(p.name[16:24], 16) == first)
+    lost.unlink()
+    moment = older["stop_time"]  # where the whole window starts
+    local = status_json(backupd)["window"]
+    assert local["start"] > moment, local  # the local archive alone cannot
+    target = data_home / "restored"
+    result = backupd("pitr", "restore", "--time", moment, "--to", str(target), extra_env=env)
+    assert result.returncode == 0, result.stderr
+    server = recovered(repo.cluster.bindir, target)
+    server.wait_promoted(repo.cluster)
+    assert rows(server.as_cluster(repo.cluster)) == []
