@@ -167,3 +167,26 @@ def test_a_moment_the_local_archive_lost_is_fetched_back_from_the_target(repo, t
     server = recovered(repo.cluster.bindir, target)
     server.wait_promoted(repo.cluster)
     assert rows(server.as_cluster(repo.cluster)) == []
+
+
+def test_a_damaged_base_on_the_target_gives_way_to_an_older_intact_one(repo, tmp_path, data_home, recovered):
+    """BACKUP_DIR is lost and the newest base backup's copy on the target has 8 bytes
+    overwritten (same size): the restore takes the older base from the target, whose WAL
+    reaches the same moment."""
+    backupd, backup_dir = repo.copy(tmp_path)
+    (tmp_path / "offsite").mkdir()
+    env = {"REPLICATION_TARGETS": f"file://{tmp_path / 'offsite'}"}
+    backupd.ok("replicate", extra_env=env)
+    _, newer = bases_of(backup_dir)
+    (copy,) = (tmp_path / "offsite").rglob(newer["file"])
+    with open(copy, "r+b") as data:
+        data.seek(copy.stat().st_size // 2)
+        data.write(b"\xde\xad\xbe\xef" * 2)
+    shutil.rmtree(backup_dir)
+    target = data_home / "restored"
+    result = backupd("pitr", "restore", "--time", "latest", "--to", str(target), extra_env=env)
+    assert result.returncode == 0, result.stderr
+    assert newer["id"] in result.stderr + result.stdout  # said why it was not taken
+    server = recovered(repo.cluster.bindir, target)
+    server.wait_promoted(repo.cluster)
+    assert rows(server.as_cluster(repo.cluster)) == [1, 2]
