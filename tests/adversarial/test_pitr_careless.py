@@ -5,6 +5,7 @@ from a target. Each test is what an operator would do, and what they must get.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -190,3 +191,25 @@ def test_a_damaged_base_on_the_target_gives_way_to_an_older_intact_one(repo, tmp
     server = recovered(repo.cluster.bindir, target)
     server.wait_promoted(repo.cluster)
     assert rows(server.as_cluster(repo.cluster)) == [1, 2]
+
+
+@pytest.mark.parametrize("yes", [False, True])
+def test_two_restores_at_once_into_one_folder_leave_one_whole_data_directory(repo, tmp_path, data_home, yes):
+    """Two terminals, the same command: one data directory comes out whole, the other
+    restore is refused or moves the first aside (kept); no half-built folder stays, and
+    never a traceback."""
+    backupd, _ = repo.copy(tmp_path)
+    target = data_home / "restored"
+    argv = backupd.argv("pitr", "restore", "--time", "latest", "--to", str(target), *(["--yes"] if yes else []))
+    env = {"PATH": os.environ["PATH"], "HOME": "/root", "LANG": "C.UTF-8", **backupd.env}
+    both = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in both]
+    for code, _, stderr in results:
+        assert "Traceback" not in stderr, stderr
+        assert code in (0, 1, 2), (code, stderr)
+    assert any(code == 0 for code, _, _ in results), [r[2][-1500:] for r in results]
+    assert (target / "PG_VERSION").exists() and (target / "recovery.signal").exists()
+    left = sorted(p.name for p in data_home.iterdir() if p.name != "restored")
+    assert all(".backupd-replaced-" in name for name in left) and len(left) <= (1 if yes else 0), \
+        (left, [(code, stderr[-800:]) for code, _, stderr in results])
