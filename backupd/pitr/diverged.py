@@ -21,11 +21,11 @@ FOLDER = "diverged"  # beside wal/: never listed, replayed, replicated or pruned
 
 
 def rolled_back(store: Store, timeline: int, position: int) -> int | None:
-    """The server's position when it is behind WAL already received or archived on its
-    timeline: what was received after it never happened there."""
+    """The server's position when it is behind the newest segment received on its timeline:
+    what was received after it never happened there. Only what the stream wrote counts: a
+    file copied into the archive by hand may carry any name."""
     size = store.segment_size
-    names = [*store.received(), *store.archived()]
-    known = [wal.parse_segment(name.removesuffix(".partial"), size) for name in names
+    known = [wal.parse_segment(name.removesuffix(".partial"), size) for name in store.received()
              if not name.endswith(".history")]
     newest = max((segno for line, segno in known if line == timeline), default=None)
     if newest is not None and position < newest * size:
