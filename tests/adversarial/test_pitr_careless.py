@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.adversarial.pitr_repository import build
-from tests.conftest import libfaketime
+from tests.conftest import Backupd, libfaketime
 from tests.integration.daemon_helpers import RunningDaemon
 from tests.pitr.helpers import commit, make_shop, pitr_view, rows, wait_for_window
 
@@ -224,3 +224,24 @@ def test_a_base_taken_with_the_sidecar_clock_a_day_behind_never_widens_the_windo
     backupd.at("-1d", "pitr", "base")
     after = status_json(backupd)["window"]
     assert after["start"] >= before["start"], (before, after)
+
+
+def test_a_backup_dir_on_a_read_only_mount_still_shows_and_restores(repo, tmp_path, data_home, recovered):
+    """The archive mounted read-only on a rescue machine: status and a restore read it, and
+    write nothing into it."""
+    _, backup_dir = repo.copy(tmp_path)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(["mount", "--bind", str(backup_dir), str(read_only)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+        backupd = Backupd({**repo.env, "BACKUP_DIR": str(read_only)})
+        assert status_json(backupd)["window"]
+        target = data_home / "restored"
+        result = backupd("pitr", "restore", "--time", "latest", "--to", str(target))
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        server = recovered(repo.cluster.bindir, target)
+        server.wait_promoted(repo.cluster)
+        assert rows(server.as_cluster(repo.cluster)) == [1, 2]
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
