@@ -1,6 +1,8 @@
 """Point-in-time recovery against what careless hands and accidents do, on real servers: a
-server put back to an older copy of its volume, clocks that jump, archives fetched back
-from a target. Each test is what an operator would do, and what they must get."""
+server put back to an older copy of its volume, clocks that jump (retention, health, base
+times), archives fetched back from a target (a file lost locally, a damaged copy there),
+two restores into one folder at once, a BACKUP_DIR mounted read-only. Each test is what an
+operator would do, and what they must get."""
 
 from __future__ import annotations
 
@@ -17,10 +19,8 @@ import pytest
 from tests.adversarial.pitr_repository import build
 from tests.conftest import Backupd, libfaketime
 from tests.integration.daemon_helpers import RunningDaemon
+from tests.pitr.conftest import data_home, pitr_backupd, pitr_cluster, pitr_env, recovered  # noqa: F401 (shared fixtures)
 from tests.pitr.helpers import commit, make_shop, pitr_view, rows, wait_for_window
-
-from tests.pitr.conftest import (data_home, pitr_backupd, pitr_cluster, pitr_env,  # noqa: F401 (shared fixtures)
-                                 recovered)
 
 
 def status_json(backupd) -> dict:
