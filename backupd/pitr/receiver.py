@@ -26,7 +26,7 @@ import psycopg
 from backupd.artifact import Transform
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
-from backupd.pitr import cluster, wal, waldump, walrecords
+from backupd.pitr import cluster, diverged, wal, waldump, walrecords
 from backupd.pitr.archiver import archive_completed, archive_partial, remove_stale_temporaries
 from backupd.pitr.records import LiveProof
 from backupd.pitr.store import Store, clear_failure, failures, record_failure
@@ -59,6 +59,7 @@ class Receiver:
         self._samples: deque[tuple[float, int]] = deque()  # (monotonic time, server's LSN)
         self.streaming_since: datetime | None = None
         self.down_since: datetime | None = utc_now()
+        self._down_clock = time.monotonic()  # how long it is down: a wall clock may jump back
         self.restarts = 0
         self.error: str | None = None
         self.archive_error: str | None = None
@@ -97,6 +98,8 @@ class Receiver:
         with self._lock:
             return {"streaming": self.streaming_since is not None, "streaming_since": iso(self.streaming_since),
                     "down_since": iso(self.down_since), "restarts": self.restarts, "error": self.error,
+                    "down_seconds": (round(time.monotonic() - self._down_clock, 1)
+                                     if self.down_since is not None else None),
                     "archive_error": self.archive_error, "lag_bytes": self.lag_bytes,
                     "lag_seconds": self.lag_seconds, "slot": self.slot_state,
                     "system_identifier": self.store.system_identifier if self.store else None}
@@ -117,7 +120,7 @@ class Receiver:
                 self._release()
             with self._lock:
                 if self.streaming_since is not None or self.down_since is None:
-                    self.down_since = utc_now()
+                    self.down_since, self._down_clock = utc_now(), time.monotonic()
                 self.streaming_since = None
             if self.stopping.is_set():
                 break
@@ -205,9 +208,10 @@ class Receiver:
                 self._gap(store, f"the replication slot {self.settings.pitr_slot!r} was invalidated "
                                  f"(max_slot_wal_keep_size): the server removed WAL it had not sent")
                 found = None
-            elif (behind := _rolled_back(store, info, cluster.current_lsn(conn))) is not None:
+            elif (behind := diverged.rolled_back(store, info.timeline, cluster.current_lsn(conn))) is not None:
                 self._gap(store, f"the server is at {wal.format_lsn(behind)}, behind WAL already received: "
                                  "it was put back to an older copy")
+                diverged.set_aside(store, info.timeline, behind)  # the server writes those names again
             if found is None:
                 if store.received() or store.archived():
                     self._gap(store, f"the replication slot {self.settings.pitr_slot!r} was missing "
@@ -317,18 +321,6 @@ def _remove_unpadded_segment(store: Store) -> None:
         if wal.PARTIAL.fullmatch(name) and path.stat().st_size not in (0, store.segment_size):
             log.warning("removing a WAL segment file whose preallocation failed; it holds no WAL", file=name)
             path.unlink()
-
-
-def _rolled_back(store: Store, info: cluster.ClusterInfo, position: int) -> int | None:
-    """The server's position when it is behind the newest segment received on its timeline
-    (a volume snapshot put back, say): what was received after it never happened there."""
-    size = store.segment_size
-    received = [wal.parse_segment(name.removesuffix(".partial"), size) for name in store.received()
-                if not name.endswith(".history")]
-    newest = max((segno for timeline, segno in received if timeline == info.timeline), default=None)
-    if newest is not None and position < newest * size:
-        return position
-    return None
 
 
 def _one_line(err: BaseException) -> str:

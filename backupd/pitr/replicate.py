@@ -17,6 +17,7 @@ from typing import Any
 
 from backupd.documents import InvalidDocument, parse
 from backupd.logging import get_logger
+from backupd.pitr.integrity import base_damage
 from backupd.pitr.records import Invalid, ReplicatedFile, warn_invalid
 from backupd.pitr.retention import bases_to_keep, wal_to_delete
 from backupd.pitr.store import _ARCHIVED, RECORD_SUFFIX, Base, Store
@@ -185,15 +186,27 @@ def fetch_store(settings, into: Path, target_time: datetime | None, cluster: str
                 destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 with_retries(f"fetch {relative}", partial(target.get, relative, destination))
             candidates = [b for b in _manifests(store) if target_time is None or b.consistent_at <= target_time]
-            if not candidates:
+            if (base := _fetch_intact_base(target, prefix, candidates)) is None:
                 continue
-            base = candidates[0]
-            with_retries(f"fetch {base.manifest['file']}",
-                         partial(target.get, f"{prefix}/base/{base.manifest['file']}", base.path))
             log.info("fetched PITR files from a target", target=target.url, base=base.id)
             return store
     raise NotFoundError("no point-in-time recovery files" + (f" of cluster {cluster}" if cluster else "")
                         + " locally or on any replication target")
+
+
+def _fetch_intact_base(target: Target, prefix: str, candidates: list[Base]) -> Base | None:
+    """The data of the newest of ``candidates`` whose copy on ``target`` matches its
+    manifest. A damaged copy is removed from the fetch folder and the next older one is
+    fetched: its WAL reaches the same moments (pitr restore says which it took)."""
+    for base in candidates:
+        with_retries(f"fetch {base.manifest['file']}",
+                     partial(target.get, f"{prefix}/base/{base.manifest['file']}", base.path))
+        if (damage := base_damage(base)) is None:
+            return base
+        log.error("a base backup's copy on a target is damaged; trying an older one", target=target.url,
+                  base=base.id, reason=damage)
+        base.path.unlink(missing_ok=True)
+    return None
 
 
 def _manifests(store: Store) -> list[Base]:

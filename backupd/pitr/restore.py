@@ -113,7 +113,7 @@ def restore(settings, target: datetime | None, to: Path | str, yes: bool, cluste
     server = None if cluster else clusters.connected(settings)
     try:
         store = clusters.choose(settings, cluster, server)
-        if store.window() is not None or not target_urls(settings):
+        if _reaches(store, target) or not target_urls(settings):
             return build_data_directory(settings, target, real, yes, store)
         cluster = store.system_identifier
     except NotFoundError:
@@ -123,6 +123,13 @@ def restore(settings, target: datetime | None, to: Path | str, yes: bool, cluste
     with fetch_folder(settings.backup_dir) as folder:
         fetched = fetch_store(settings, Path(folder), target, cluster or server)
         return build_data_directory(settings, target, real, yes, fetched)
+
+
+def _reaches(store: Store, target: datetime | None) -> bool:
+    """Whether the local window holds ``target``: a WAL file or a base backup lost here (a
+    hand's ``rm``, a disk replaced) may still be on a target, whose window reaches it."""
+    window = store.window()
+    return window is not None and (target is None or window.start <= target <= window.end)
 
 
 def _server_data_directory(settings) -> str | None:

@@ -16,9 +16,20 @@ from backupd.pitr.store import RECORD_SUFFIX, Base, Store, remove_files
 log = get_logger("pitr")
 
 
-def bases_to_keep(bases: list[Base], now: datetime, days: int, min_keep: int) -> set[str]:
-    """``bases`` newest first."""
-    horizon = now - timedelta(days=days)
+def judged_from(bases: list[Base], now: datetime, proven: datetime | None = None) -> datetime:
+    """The moment the window's N days are counted back from: the clock, but never later than
+    the newest moment the archive holds (a base backup's end, the newest commit the WAL
+    proves). A clock that jumps ahead (a VM's before NTP puts it right, a typo in a
+    ``date -s``) would otherwise age the whole window out at once; days with nothing new
+    in the archive age nothing."""
+    held = [moment for moment in (proven, *(b.stop_time for b in bases)) if moment is not None]
+    return min(now, max(held)) if held else now
+
+
+def bases_to_keep(bases: list[Base], now: datetime, days: int, min_keep: int,
+                  proven: datetime | None = None) -> set[str]:
+    """``bases`` newest first; ``proven``: the newest commit the WAL proves, if known."""
+    horizon = judged_from(bases, now, proven) - timedelta(days=days)
     keep = {b.id for b in bases[:min_keep]}
     keep |= {b.id for b in bases if b.stop_time >= horizon}
     before = [b for b in bases if b.stop_time < horizon]
@@ -40,7 +51,8 @@ def prune(settings, store: Store, now: datetime, dry_run: bool = False) -> list[
     bases = store.bases()
     if not bases:
         return []
-    keep = bases_to_keep(bases, now, settings.pitr_retention_days, settings.backup_min_keep)
+    keep = bases_to_keep(bases, now, settings.pitr_retention_days, settings.backup_min_keep,
+                         store.newest_received_time())
     gone: list[Path] = []
     for base in bases:
         if base.id not in keep:

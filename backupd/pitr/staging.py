@@ -15,12 +15,12 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd import cancel
 from backupd.errors import Aborted, RefusedError
 from backupd.logging import get_logger
-from backupd.repository import utc_now
 
 log = get_logger("pitr")
 
@@ -40,33 +40,47 @@ class Staging:
     def __init__(self, to: Path, yes: bool):
         """Checks only (nothing is written): ``to`` is a folder or missing, and empty unless
         ``yes``."""
-        self.to = to
-        self.stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
-        self.old: list[str] = []
+        self.to, self.yes = to, yes
+        # To the microsecond (utc_now has none): two restores started in the same second
+        # never share a folder.
+        self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.old = self._content()
         self.inside = False  # staging inside ``to`` (a mount point: nothing can be renamed onto it)
         if to.is_dir():
-            kept = ("lost+found", ASIDE_PREFIX, f".{BUILDING}")  # never the data: not moved aside
-            self.old = [e for e in os.listdir(to) if not e.startswith(kept)]
             self.inside = os.path.ismount(to) or os.stat(to.parent).st_dev != os.stat(to).st_dev
-        if self.old and not yes:
-            raise RefusedError(f"{to} is not empty: --yes moves what it holds aside, next to it or into "
-                               f"{to}/{ASIDE_PREFIX}<time> (kept, never deleted). Stop the server that uses it first")
+        self._refuse_unless_yes("is not empty")
         self.pattern = f".{BUILDING}*" if self.inside else f".{to.name}.{BUILDING}*"
         self.folder = (to if self.inside else to.parent) / self.pattern.replace("*", self.stamp)
+
+    def _content(self) -> list[str]:
+        """What ``to`` holds that a restore replaces (never a folder set aside or a build)."""
+        if not self.to.is_dir():
+            return []
+        kept = ("lost+found", ASIDE_PREFIX, f".{BUILDING}")
+        return [e for e in os.listdir(self.to) if not e.startswith(kept)]
+
+    def _refuse_unless_yes(self, state: str) -> None:
+        if self.old and not self.yes:
+            raise RefusedError(f"{self.to} {state}: --yes moves what it holds aside, next to it or into "
+                               f"{self.to}/{ASIDE_PREFIX}<time> (kept, never deleted). Stop the server that uses "
+                               "it first")
 
     @contextmanager
     def building(self) -> Iterator[Path]:
         """The folder to build in; removed, with the parents it needed, unless committed."""
         created = [p for p in reversed(self.folder.parents) if not p.exists()]
+        made = False  # only what this process made is removed: never another restore's folder
         try:
             for parent in created:
                 parent.mkdir(mode=0o700)
             self._remove_killed_builds()
             self.folder.mkdir(mode=0o700)
+            made = True
             (self.folder / OWNER).write_text(str(os.getpid()))
             yield self.folder
         except BaseException:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            if made:
+                shutil.rmtree(self.folder, ignore_errors=True)
             for parent in reversed(created):
                 try:
                     parent.rmdir()
@@ -91,6 +105,10 @@ class Staging:
         none). Once begun it finishes or undoes itself, even if a signal comes."""
         with cancel.shielded():
             checkpoint()
+            # Filled meanwhile (another restore to the same place finished first): the
+            # answer to "is it empty" given at the start no longer holds.
+            self.old = self._content()
+            self._refuse_unless_yes("was filled while this restore ran (another restore to it?)")
             (self.folder / OWNER).unlink()
             aside = self._commit_inside() if self.inside else self._commit_beside()
         if aside:

@@ -86,7 +86,10 @@ def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[
         fails.append((f"pitr-{job}", f"{what} failed{when}: {record.get('error')}"))
     if receiver is not None:
         down_since = parse_iso(receiver.get("down_since"))
-        if down_since is not None and (now - down_since).total_seconds() > limit:
+        down_for = receiver.get("down_seconds")  # by a clock that never jumps, when known
+        if down_for is None and down_since is not None:
+            down_for = (now - down_since).total_seconds()
+        if down_for is not None and down_for > limit:
             fails.append(("pitr-receiver", f"the WAL stream has been down since {iso(down_since)}"
                                            + (f": {receiver['error']}" if receiver.get("error") else "")))
         lag = receiver.get("lag_seconds")
