@@ -65,8 +65,8 @@ def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: 
     store.ensure()
     store.remember_cluster(info.segment_size, info.major)
     with _only_one(store):
-        started, clock = utc_now(), time.monotonic()
-        backup_id = _free_id(store, started)
+        backup_id, started = _free_second(store)
+        clock = time.monotonic()
         transform = Transform(settings)
         final = store.base_dir / f"{backup_id}{transform.suffix('.tar')}"
         argv = [tools.path("pg_basebackup"), "--pgdata=-", "--format=tar", "--wal-method=fetch",
@@ -145,12 +145,17 @@ def run_base_backup(settings, reason: str = "manual") -> Base:
     return base
 
 
-def _free_id(store: Store, when) -> str:
-    """``base-<time>``; a second base backup within the same second waits for the next one."""
-    while (store.base_dir / f"{(backup_id := make_id('base', when))}.json").exists():
+def _free_second(store: Store) -> tuple[str, datetime]:
+    """``base-<time>`` and its start time, a second of its own: times are kept to the
+    second, so a second base backup within the same second, or one that follows a gap
+    recorded in this second, waits for the next one. Else two would tie for which is newer,
+    and a base backup taken because of a gap would count as begun before it (unusable)."""
+    gaps = {gap.time for gap in store.gaps()}
+    when = utc_now()
+    while (store.base_dir / f"{(backup_id := make_id('base', when))}.json").exists() or when in gaps:
         time.sleep(1)
         when = utc_now()
-    return backup_id
+    return backup_id, when
 
 
 class _only_one:
