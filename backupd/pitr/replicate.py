@@ -124,7 +124,7 @@ def _remote_bases(target: Target, remote: dict[str, RemoteFile], prefix: str) ->
                 except (OSError, InvalidDocument) as err:  # never followed, never deleted there
                     log.warning("an invalid base backup manifest on a target is ignored", target=target.url,
                                 file=relative, error=str(err))
-    return sorted(found, key=lambda f: f[0].start_time, reverse=True)
+    return sorted(found, key=lambda f: f[0].order, reverse=True)
 
 
 def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root: Path,
@@ -217,7 +217,7 @@ def _manifests(store: Store) -> list[Base]:
             found.append(Base.load(path))
         except (OSError, InvalidDocument) as err:
             log.warning("an invalid base backup manifest on a target is ignored", file=path.name, error=str(err))
-    return sorted(found, key=lambda b: b.start_time, reverse=True)
+    return sorted(found, key=lambda b: b.order, reverse=True)
 
 
 def fetch_folder(backup_dir: Path) -> tempfile.TemporaryDirectory:

@@ -86,6 +86,12 @@ class Base:
         return self.doc.stop_time
 
     @property
+    def order(self) -> tuple[datetime, str]:
+        """What sorts base backups by age: the start time, then the id (later in the same
+        second: an older backupd could give two base backups one start time)."""
+        return self.doc.start_time, self.doc.id
+
+    @property
     def consistent_at(self) -> datetime:
         """The first moment a recovery from it may stop at: the newest commit in its own WAL
         (recorded when it was taken). A manifest of an older backupd has only ``stop_time``,
@@ -239,7 +245,7 @@ class Store:
                 continue
             if (base := self._try(path, partial(self._load_base, path))) is not None and base.path.exists():
                 found.append(base)
-        return sorted(found, key=lambda b: b.start_time, reverse=True)
+        return sorted(found, key=lambda b: b.order, reverse=True)
 
     # WAL ---------------------------------------------------------------------------
     def archived(self) -> dict[str, Path]:

@@ -147,7 +147,7 @@ def bases_of(backup_dir: Path) -> list[dict]:
     """The base manifests, oldest first."""
     (root,) = (backup_dir / "_pitr").iterdir()
     return sorted((json.loads(p.read_text()) for p in (root / "base").glob("base-*.json")),
-                  key=lambda m: m["start_time"])
+                  key=lambda m: (m["start_time"], m["id"]))
 
 
 def test_a_moment_the_local_archive_lost_is_fetched_back_from_the_target(repo, tmp_path, data_home, recovered):
@@ -158,13 +158,13 @@ def test_a_moment_the_local_archive_lost_is_fetched_back_from_the_target(repo, t
     (tmp_path / "offsite").mkdir()
     env = {"REPLICATION_TARGETS": f"file://{tmp_path / 'offsite'}"}
     backupd.ok("replicate", extra_env=env)
+    moment = status_json(backupd)["window"]["start"]  # where the whole window starts: the older base
     older, _ = bases_of(backup_dir)
     (root,) = (backup_dir / "_pitr").iterdir()
     first = int(older["start_lsn"].split("/")[1], 16) // (16 << 20) + 1
     lost = next(p for p in sorted((root / "wal").glob("0000000100000000000000*.zst"))
                 if int(p.name[16:24], 16) == first)
     lost.unlink()
-    moment = older["stop_time"]  # where the whole window starts
     local = status_json(backupd)["window"]
     assert local["start"] > moment, local  # the local archive alone cannot
     target = data_home / "restored"
