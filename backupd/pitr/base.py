@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from backupd import __version__
@@ -46,7 +46,8 @@ def _relay_stage(scratch: Path) -> tuple[str, list[str]]:
 def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_lsn: str) -> datetime:
     """The first moment a recovery from this base backup may stop at, to the microsecond:
     the newest commit in its own WAL before its end (the server's clock, as recovery
-    targets are), else now (nothing committed while it ran: any later moment is fine)."""
+    targets are), else now (nothing committed while it ran: any later moment is fine;
+    not cut down to the second, which could be before a commit it holds)."""
     tool = waldump.tool(settings.pg_bindir, major)
     newest = None
     if tool is not None and (scratch / "pg_wal").is_dir():
@@ -54,7 +55,7 @@ def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_ls
             newest = waldump.newest_commit_before(tool, scratch / "pg_wal", start_lsn, stop_lsn)
         except BackupdError as err:
             log.warning("the base backup's own WAL could not be read: its end is taken as now", error=str(err))
-    return newest or utc_now()
+    return newest or datetime.now(UTC)
 
 
 def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:

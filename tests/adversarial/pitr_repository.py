@@ -5,8 +5,9 @@ test works on its own copy of BACKUP_DIR, so damage done by one never reaches an
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.conftest import Backupd
@@ -38,9 +39,12 @@ def build(folder: Path):
         make_shop(cluster)
         daemon = RunningDaemon(env)
         try:
-            wait_for_window(daemon)
+            # Each row after the moment its base backup is consistent (to the second): a
+            # restore to the window's start has no rows, and row 2 is in the WAL only.
+            _after(wait_for_window(daemon)["start"])
             commit(cluster, 1)
             Backupd(env).ok("pitr", "base")  # the newer base backup
+            _after(wait_for_window(daemon)["end"])
             last = commit(cluster, 2)
             with cluster.connect() as conn:
                 conn.execute("SELECT pg_switch_wal()")
@@ -50,3 +54,7 @@ def build(folder: Path):
         yield Repository(cluster, folder / "backups", env, last)
     finally:
         remove_cluster(cluster)
+
+
+def _after(moment: str) -> None:
+    time.sleep(max(0.0, (datetime.fromisoformat(moment) - datetime.now(UTC)).total_seconds()))

@@ -220,9 +220,10 @@ def test_two_restores_at_once_into_one_folder_leave_one_whole_data_directory(rep
         (left, [(code, stderr[-800:]) for code, _, stderr in results])
 
 
-@pytest.mark.xfail(strict=True, reason="a base backup's start and stop times come from the sidecar's clock "
-                   "(backupd/pitr/base.py, being reworked for window-start exactness): a base taken while that "
-                   "clock is a day behind moves the window's start a day back, to moments no WAL reaches")
+@pytest.mark.xfail(strict=True, reason="a base backup during which nothing committed is consistent at the "
+                   "sidecar's clock (backupd/pitr/base.py consistent_time, the exact window start falls back to "
+                   "now): a base taken while that clock is a day behind moves the window's start a day back, to "
+                   "moments no WAL reaches")
 def test_a_base_taken_with_the_sidecar_clock_a_day_behind_never_widens_the_window(repo, tmp_path):
     backupd, _ = repo.copy(tmp_path)
     before = status_json(backupd)["window"]

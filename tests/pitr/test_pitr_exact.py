@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -69,7 +69,8 @@ def test_a_target_soon_after_the_base_copies_only_the_segments_recovery_reads(pi
     make_shop(pitr_cluster)
     daemon = RunningDaemon(pitr_env)
     try:
-        wait_for_window(daemon)
+        start = datetime.fromisoformat(wait_for_window(daemon)["start"])  # the base is consistent, to the second
+        time.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()))
         target = commit(pitr_cluster, 1)
         time.sleep(1.1)
         with pitr_cluster.connect("shop") as conn:
