@@ -61,14 +61,14 @@ def _as_pod_user(env: dict[str, str], *args: str, **popen) -> subprocess.Popen:
                             **popen)
 
 
-def _healthz(port: int) -> int | None:
+def _healthz(port: int) -> tuple[int | None, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
-            return response.status
+            return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
-        return err.code
-    except (urllib.error.URLError, ConnectionError):
-        return None
+        return err.code, err.read().decode()
+    except (urllib.error.URLError, ConnectionError) as err:
+        return None, str(err)
 
 
 def test_the_shipped_sidecar_runs_as_the_images_user_with_secrets_as_files(own_cluster, pod_folders):
@@ -95,13 +95,16 @@ def test_the_shipped_sidecar_runs_as_the_images_user_with_secrets_as_files(own_c
     daemon = _as_pod_user(environ, "run")
     try:
         deadline = time.monotonic() + 90
+        # Ready once the first backup, the stream and the first base backup are there.
         while time.monotonic() < deadline and not (
-                list(backups.glob("shop/*.json")) and list(backups.glob("_pitr/*/wal/*"))):
+                list(backups.glob("shop/*.json")) and list(backups.glob("_pitr/*/wal/*"))
+                and _healthz(port)[0] == 200):
             assert daemon.poll() is None, daemon.communicate()[1][-3000:]
             with own_cluster.connect("shop") as conn:  # WAL to stream
                 conn.execute("SELECT pg_switch_wal()")
             time.sleep(1)
-        assert _healthz(port) == 200, "the readiness probe"
+        status, reasons = _healthz(port)
+        assert status == 200, f"the readiness probe: {reasons}"
         assert list(backups.glob("shop/*.json")), "no backup of shop"
         assert list(backups.glob("_pitr/*/wal/*")), "no WAL streamed"
         owners = {path.stat().st_uid for path in backups.rglob("*")}

@@ -43,9 +43,12 @@ def base(day: int, start_segno: int) -> Base:
 
 def test_retention_keeps_the_window_and_the_base_it_starts_from():
     bases = [base(1, 40), base(8, 30), base(15, 20), base(22, 10)]  # newest first
-    keep = bases_to_keep(bases, NOW, days=14, min_keep=1)
+    keep = bases_to_keep(bases, NOW, days=14, min_keep=1, proven=NOW)  # the WAL proves commits up to now
     # Inside 14 days: day 1 and day 8; the newest before the window (day 15) reaches its start.
     assert keep == {ident(1), ident(8), ident(15)}
+    # Nothing proven beyond the newest base's end (day 1): the days count back from there, not
+    # from a clock that may have jumped ahead, so day 22 now starts the window.
+    assert bases_to_keep(bases, NOW, days=14, min_keep=1) == {ident(1), ident(8), ident(15), ident(22)}
     names = [wal.segment_name(1, n, SIZE) for n in (9, 10, 19, 20, 21)] + ["00000002.history",
                                                                            wal.segment_name(1, 12, SIZE) + ".partial"]
     gone = wal_to_delete(names, [b for b in bases if b.id in keep], SIZE)
@@ -55,5 +58,5 @@ def test_retention_keeps_the_window_and_the_base_it_starts_from():
 
 def test_retention_never_drops_below_the_minimum_even_with_no_window():
     bases = [base(100, 50), base(200, 40)]
-    assert bases_to_keep(bases, NOW, days=0, min_keep=2) == {ident(100), ident(200)}
-    assert bases_to_keep(bases, NOW, days=0, min_keep=1) == {ident(100)}
+    assert bases_to_keep(bases, NOW, days=0, min_keep=2, proven=NOW) == {ident(100), ident(200)}
+    assert bases_to_keep(bases, NOW, days=0, min_keep=1, proven=NOW) == {ident(100)}
