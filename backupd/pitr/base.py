@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from backupd import __version__
@@ -55,7 +55,7 @@ def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_ls
             newest = waldump.newest_commit_before(tool, scratch / "pg_wal", start_lsn, stop_lsn)
         except BackupdError as err:
             log.warning("the base backup's own WAL could not be read: its end is taken as now", error=str(err))
-    return newest or datetime.now(UTC)
+    return newest or utc_now()
 
 
 def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:

@@ -81,9 +81,13 @@ def _running_servers(real: Path) -> dict[Path, int]:
     found: dict[Path, int] = {}
     for pid in sorted(pids, reverse=True):  # the lowest pid, the postmaster, is named
         try:
-            found[Path(os.path.realpath(os.readlink(f"/proc/{pid}/cwd")))] = pid
+            folder = Path(os.path.realpath(os.readlink(f"/proc/{pid}/cwd")))
         except OSError:  # gone meanwhile, or not ours to look at
             continue
+        # Only a data directory as seen from here: a server in another container (or mount
+        # namespace) shows a folder of its own world, often "/", which is not its data.
+        if (folder / "PG_VERSION").is_file():
+            found[folder] = pid
     for folder in [real, *_subfolders(real)]:
         recorded = _postmaster_pid(folder / "postmaster.pid")
         if recorded is not None and recorded in pids:
