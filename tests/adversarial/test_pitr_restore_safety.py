@@ -334,13 +334,16 @@ def test_a_signal_as_the_settings_are_written_leaves_all_or_nothing(copy, home):
         proc.wait()
     stderr = "".join(seen) + rest
     assert "Traceback" not in stderr, stderr
-    if proc.returncode == 0:
-        assert (target / "recovery.signal").exists() and (target / "PG_VERSION").exists()
+    # A SIGTERM that lands after the work is done, as the process ends, may find the default
+    # handler back (-15): what counts is what DIR holds, all or nothing.
+    if (target / "recovery.signal").exists():
+        assert proc.returncode in (0, -signal.SIGTERM), stderr
+        assert (target / "PG_VERSION").exists()
         (aside,) = home.glob("restored.backupd-replaced-*")
         assert (aside / "notes.txt").read_text() == "someone's notes"
         assert sorted(p.name for p in home.iterdir()) == sorted(["restored", aside.name])
     else:
-        assert proc.returncode == 143, stderr
+        assert proc.returncode in (143, -signal.SIGTERM), stderr
         assert_only_old_content(target)
 
 
