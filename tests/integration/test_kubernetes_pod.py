@@ -74,7 +74,8 @@ def _healthz(port: int) -> tuple[int | None, str]:
 def test_the_shipped_sidecar_runs_as_the_images_user_with_secrets_as_files(own_cluster, pod_folders):
     environ, secret = _shipped_environment()
     secrets_dir, backups = pod_folders / "secrets", pod_folders / "backups"
-    secrets_dir.mkdir(mode=0o755)
+    secrets_dir.mkdir()
+    secrets_dir.chmod(0o755)  # whatever the umask (in-process tests before this one may set backupd's 077)
     secret["db-password"] = own_cluster.password
     for key, value in secret.items():  # a Secret volume: root's files, readable by fsGroup only
         (secrets_dir / key).write_text(value)
