@@ -67,7 +67,7 @@ def test_a_server_put_back_to_a_volume_snapshot_is_archived_as_it_now_is(pitr_cl
         # The base backup the gap calls for is taken at once and counts: it begins after the
         # gap (the older ones do not count any more), and the window opens where it is
         # consistent. The rows come after it, in segments whose names the old history had.
-        start = datetime.fromisoformat(wait_for_window(daemon, timeout=30)["start"])
+        start = datetime.fromisoformat(wait_for_window(daemon, timeout=90)["start"])
         time.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()))
         segments_of_rows(pitr_cluster, 1, 2, 3, 4, 5, 6)
         sixth = datetime.now(UTC)
