@@ -107,6 +107,16 @@ def test_backup_dir_inside_or_around_is_refused_even_with_yes(copy, tmp_path, wh
     assert not list(tmp_path.glob("*backupd-*"))
 
 
+def assert_recovers_to(repo, folder, expected: list[int]) -> None:
+    """A stock postgres 17 started on ``folder`` recovers, promotes and holds ``expected``."""
+    server = RecoveredServer(matrix_bindir(17), folder)
+    try:
+        server.wait_promoted(repo.cluster)
+        assert rows(server.as_cluster(repo.cluster)) == expected
+    finally:
+        server.stop()
+
+
 def test_an_empty_destination_is_refused(copy):
     """Not the current folder: without the guard, ``--yes`` would move it aside (so not
     given here)."""
@@ -155,12 +165,7 @@ def test_a_damaged_newest_base_falls_back_to_the_older_one_and_the_drill_says_so
     result = backupd.ok("pitr", "restore", "--time", "latest", "--to", str(target))
     assert f"skipped base backup {newest_id}" in result.stdout, result.stdout
     assert f"took base backup {older_id}" in result.stdout, result.stdout
-    server = RecoveredServer(matrix_bindir(17), target)
-    try:
-        server.wait_promoted(repo.cluster)
-        assert rows(server.as_cluster(repo.cluster)) == [1, 2]
-    finally:
-        server.stop()
+    assert_recovers_to(repo, target, [1, 2])
 
 
 @pytest.mark.parametrize("which", ["compressed", "copied by hand"])
@@ -221,12 +226,7 @@ def test_a_restore_onto_a_mount_point_keeps_the_old_content_inside_and_starts(re
         (aside,) = volume.glob("backupd-replaced-*")
         assert (aside / "notes.txt").read_text() == "someone's notes"
         assert not list(volume.glob(".backupd-building-*")) and (volume / "recovery.signal").exists()
-        server = RecoveredServer(matrix_bindir(17), volume)
-        try:
-            server.wait_promoted(repo.cluster)
-            assert rows(server.as_cluster(repo.cluster)) == [1, 2]
-        finally:
-            server.stop()
+        assert_recovers_to(repo, volume, [1, 2])
 
 
 # Signals at every stage ------------------------------------------------------------------------
