@@ -9,7 +9,6 @@ consistent, to the microsecond (``consistent_time``), which is where its window 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -21,10 +20,12 @@ from pathlib import Path
 
 from backupd import __version__
 from backupd.artifact import Transform
+from backupd.documents import dump_json, parse
 from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
 from backupd.pitr import cluster, waldump
+from backupd.pitr.records import BaseManifest
 from backupd.pitr.store import Base, Store, clear_failure, record_failure
 from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
@@ -87,7 +88,7 @@ def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: 
             consistent = consistent_time(settings, info.major, scratch, start.group(1), stop.group(1))
             manifest_file = scratch / SERVER_MANIFEST
             server_manifest = manifest_file.read_bytes() if manifest_file.is_file() else None
-        base = Base({
+        base = Base(parse(BaseManifest, {
             "kind": "pitr-base", "id": backup_id, "reason": reason, "file": final.name,
             "system_identifier": info.system_identifier, "server_major": info.major,
             "wal_segment_size": info.segment_size, "timeline": int(start.group(2)),
@@ -96,10 +97,10 @@ def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: 
             "duration_seconds": round(time.monotonic() - clock, 3), "size": stream.size, "sha256": stream.sha256,
             **transform.manifest_fields(), "tools": tools.describe(), "backupd_version": __version__,
             "server_manifest": f"{backup_id}.{SERVER_MANIFEST}" if server_manifest else None,
-        }, store.base_dir)
+        }), store.base_dir)
         _keep_manifests(base, server_manifest)
-    log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.manifest["duration_seconds"],
-             start_lsn=base.manifest["start_lsn"], stop_lsn=base.manifest["stop_lsn"])
+    log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.doc.duration_seconds,
+             start_lsn=base.doc.start_lsn, stop_lsn=base.doc.stop_lsn)
     return base
 
 
@@ -111,7 +112,7 @@ def _keep_manifests(base: Base, server_manifest: bytes | None) -> None:
             with AtomicFile(base.server_manifest_path) as out:
                 out.write(server_manifest)
                 out.commit()
-        write_json_atomically(base.manifest_path, _json(base.manifest))
+        write_json_atomically(base.manifest_path, dump_json(base.doc))
     except OSError as err:
         for path in (base.manifest_path, base.server_manifest_path, base.path):
             path.unlink(missing_ok=True)
@@ -176,10 +177,6 @@ class _only_one:
 
     def __exit__(self, *exc):
         os.close(self.fd)
-
-
-def _json(data: dict) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def needs_base(store: Store | None) -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from backupd.documents import parse
 from backupd.pitr import wal
+from backupd.pitr.records import BaseManifest
 from backupd.pitr.retention import bases_to_keep, wal_to_delete
 from backupd.pitr.store import Base
 from backupd.repository import iso
@@ -34,11 +36,12 @@ def ident(day: int) -> str:
 
 def base(day: int, start_segno: int) -> Base:
     stop = NOW - timedelta(days=day)
-    return Base({"id": ident(day), "file": f"{ident(day)}.tar.zst", "system_identifier": "7400000000000000001",
-                 "server_major": 17, "wal_segment_size": SIZE, "timeline": 1,
-                 "start_lsn": wal.format_lsn(start_segno * SIZE), "stop_lsn": wal.format_lsn(start_segno * SIZE + 400),
-                 "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "size": 1, "sha256": "0" * 64},
-                Path("/nonexistent"))
+    doc = parse(BaseManifest, {
+        "id": ident(day), "file": f"{ident(day)}.tar.zst", "system_identifier": "7400000000000000001",
+        "server_major": 17, "wal_segment_size": SIZE, "timeline": 1,
+        "start_lsn": wal.format_lsn(start_segno * SIZE), "stop_lsn": wal.format_lsn(start_segno * SIZE + 400),
+        "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "size": 1, "sha256": "0" * 64})
+    return Base(doc, Path("/nonexistent"))
 
 
 def test_retention_keeps_the_window_and_the_base_it_starts_from():
