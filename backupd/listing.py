@@ -50,7 +50,7 @@ class Listing:
             return self.root / VOLUMES / encode_name(name)
         return self.root / encode_name(name)
 
-    def _entries(self, folder: Path, required: bool) -> list[os.DirEntry]:
+    def _entries(self, folder: Path, required: bool) -> list[os.DirEntry[str]]:
         """A folder's entries; a missing folder has none. One that exists but cannot be read
         raises RepositoryUnreadable when ``required``: never mistaken for an empty one."""
         try:
@@ -252,7 +252,7 @@ def invalid_bookkeeping(path: Path) -> list[Problem]:
     return []
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     """A folder, or a link to one (a database's folder moved to another disk); what is
     deleted in it is still only what a manifest there accounts for."""
     try:

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, mode
 
 from backupd.documents import Document, FileName, InvalidDocument, M, decode, parse
 from backupd.naming import GLOBALS, is_globals_id, looks_like_id, parse_id
+from backupd.origin import INSTANCE_PATTERN
 
 Count = Annotated[int, Field(ge=0)]
 
@@ -75,6 +76,14 @@ class ToolsUsed(Document):
     version: str = ""
 
 
+class OriginRecord(Document):
+    """Where a backup came from (``backupd.origin``): the instance that wrote it, and the
+    cluster it was taken from when that was known."""
+
+    instance: Annotated[str, Field(pattern=rf"^{INSTANCE_PATTERN.pattern}$")]
+    system_identifier: str | None = None
+
+
 class Manifest(Document):
     """What every stored artifact's manifest has. A field that backupd never writes as null
     does not accept null (a reader may do arithmetic with it); one absent from an older
@@ -95,6 +104,7 @@ class Manifest(Document):
     finished: Time = EPOCH
     duration_seconds: Seconds = 0.0
     backupd_version: str = ""
+    origin: OriginRecord | None = None  # absent in manifests from before origins were recorded
 
 
 class Grant(Document):
@@ -293,4 +303,5 @@ def read_as(model: type[M], path: Path) -> M:
 
 def read_runs(path: Path) -> dict[str, dict[str, Any]]:
     """``.replication.json`` (target URL -> its newest run)."""
-    return as_dict(parse(ReplicationRuns, {"runs": decode(path.read_bytes())}))["runs"]
+    runs = parse(ReplicationRuns, {"runs": decode(path.read_bytes())}).runs
+    return {url: as_dict(run) for url, run in runs.items()}

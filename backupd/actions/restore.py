@@ -334,7 +334,7 @@ class DatabaseBuilder:
         """The restored database must hold the manifest's tables and row counts."""
         with self.server.wait_connect(name) as conn:
             conn.execute("SET statement_timeout = 0")  # the database's own limit is for its app
-            problems = compare_with_manifest(conn, self.backup.manifest)
+            problems = compare_with_manifest(conn, self.backup.doc)
         if problems:
             raise RestoreError(f"{name!r} does not match the manifest of {self.backup.id}: " + "; ".join(problems))
 

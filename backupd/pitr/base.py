@@ -17,6 +17,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd import __version__
 from backupd.artifact import Transform
@@ -31,6 +32,9 @@ from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
 from backupd.stream import AtomicFile, Pipeline, stream_to_file, write_json_atomically
 
+if TYPE_CHECKING:
+    from backupd.settings import Settings
+
 log = get_logger("pitr")
 
 _START = re.compile(r"write-ahead log start point: ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)")
@@ -44,7 +48,7 @@ def _relay_stage(scratch: Path) -> tuple[str, list[str]]:
     return "tar-relay", [sys.executable, "-m", "backupd.pitr.tarrelay", str(scratch)]
 
 
-def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_lsn: str) -> datetime:
+def consistent_time(settings: Settings, major: int, scratch: Path, start_lsn: str, stop_lsn: str) -> datetime:
     """The first moment a recovery from this base backup may stop at, to the microsecond:
     the newest commit in its own WAL before its end (the server's clock, as recovery
     targets are), else now (nothing committed while it ran: any later moment is fine;
@@ -59,7 +63,7 @@ def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_ls
     return newest or utc_now()
 
 
-def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:
+def take_base_backup(settings: Settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:
     """A base backup of the cluster ``info`` describes, now; returns it once its file and
     manifest are in place."""
     server = Server.from_settings(settings)
@@ -127,7 +131,7 @@ def _remove_stale(store: Store) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run_base_backup(settings, reason: str = "manual") -> Base:
+def run_base_backup(settings: Settings, reason: str = "manual") -> Base:
     """``take_base_backup`` of the server's cluster, with its failure recorded for /healthz
     (and cleared by a success): as that cluster's, or as no cluster's when the server could
     not be asked which it is."""
@@ -166,7 +170,7 @@ class _only_one:
     def __init__(self, store: Store):
         self.path = store.root / ".base.lock"
 
-    def __enter__(self):
+    def __enter__(self) -> _only_one:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -175,7 +179,7 @@ class _only_one:
             raise RefusedError("a base backup of this cluster is already running") from None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
 
 

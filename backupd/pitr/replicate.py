@@ -13,6 +13,7 @@ import tempfile
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd.documents import InvalidDocument, decode, parse
 from backupd.logging import get_logger
@@ -24,6 +25,9 @@ from backupd.repository import PITR, utc_now
 from backupd.stream import sha256_of, write_json_atomically
 from backupd.targets import configured_targets
 from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError, with_retries
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("pitr")
 
@@ -150,7 +154,7 @@ def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root
     return deleted
 
 
-def fetch_store(settings, into: Path, target_time: datetime | None, cluster: str | None) -> Store:
+def fetch_store(settings: Settings, into: Path, target_time: datetime | None, cluster: str | None) -> Store:
     """Bring the PITR files of ``cluster`` (a system identifier; None: the only cluster a
     target holds) from the first target that has them into ``into`` (laid out like
     BACKUP_DIR): the metadata, the WAL, every base backup's manifest, and the data of the
@@ -214,7 +218,7 @@ def _manifests(store: Store) -> list[Base]:
     return sorted(found, key=lambda b: b.order, reverse=True)
 
 
-def fetch_folder(backup_dir: Path) -> tempfile.TemporaryDirectory:
+def fetch_folder(backup_dir: Path) -> tempfile.TemporaryDirectory[str]:
     """Where fetched files wait for a restore: inside BACKUP_DIR (its disk), as backupd's own
     temporary folder (removed after, or by the next clean-up)."""
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)
