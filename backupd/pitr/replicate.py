@@ -88,7 +88,8 @@ def replicate_store(target: Target, remote: dict[str, RemoteFile], store: Store,
         sent.append(file.relative)
     present = {f.relative for f in local_files(store, root, known)}
     state[target.url] = {relative: value for relative, value in known.items() if relative in present}
-    stored = ReplicatedTargets(targets=state).model_dump(mode="json")["targets"]
+    stored = {url: {relative: sent.model_dump(mode="json") for relative, sent in files.items()}
+              for url, files in state.items()}
     write_json_atomically(state_path, json.dumps(stored, indent=1, sort_keys=True))
     deleted = _retention(target, remote, store, root, retention)
     if sent or deleted:
