@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backupd.backups import Backup, Problem
-from backupd.documents import Document, InvalidDocument, parse
+from backupd.documents import Document, InvalidDocument, dump_json, parse
 from backupd.errors import StorageError, UsageError
 from backupd.listing import Listing, invalid_bookkeeping, os_reason
 from backupd.logging import get_logger
@@ -266,7 +266,7 @@ class Repository(Listing):
         path = folder / f"{encode_name(doc.id)}.json"
         if path.exists():
             raise UsageError(f"manifest {path} exists already; manifests are written once")
-        write_json_atomically(path, json.dumps(as_dict(doc), indent=2, sort_keys=True) + "\n")
+        write_json_atomically(path, dump_json(doc))
         return path
 
     def update_state(self, backup: Backup, key: str, value: Any) -> None:
@@ -290,7 +290,7 @@ class Repository(Listing):
                                        f"again") from None
             state[key] = change(state.get(key))
             doc = _valid(partial(parse, BackupState), state, "state")
-            write_json_atomically(path, json.dumps(as_dict(doc), indent=2, sort_keys=True) + "\n")
+            write_json_atomically(path, dump_json(doc))
         backup.state_doc = doc
 
     def mark_damaged(self, backup: Backup, reason: str) -> None:
