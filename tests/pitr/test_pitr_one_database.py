@@ -7,11 +7,14 @@ disk without room is refused with the figures."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,9 +26,10 @@ from tests.pitr.helpers import age_keys, wait_for_window
 ONE_RUN = 240  # seconds: a rebuild, a private server, a dump and a restore of a small cluster
 
 
-def _drop_after_commits(cluster, env: dict[str, str]) -> datetime:
+def _drop_after_commits(cluster, env: dict[str, str], archived: Path | None = None) -> datetime:
     """A holds orders 1..3 and a table that stays; the daemon keeps the WAL; orders is
-    dropped; returns a moment before the drop (and after the commits)."""
+    dropped; returns a moment before the drop (and after the commits). ``archived``: the
+    BACKUP_DIR whose archived (complete) WAL must reach the drop, for a replication target."""
     with cluster.connect() as admin:
         admin.execute("CREATE ROLE clerk LOGIN")
         admin.execute("CREATE DATABASE a OWNER clerk")
@@ -47,10 +51,21 @@ def _drop_after_commits(cluster, env: dict[str, str]) -> datetime:
         with cluster.connect("a") as conn:
             conn.execute("DROP TABLE orders")
             conn.execute("INSERT INTO kept VALUES (42)")  # after the drop: A's own later write
+            conn.execute("SELECT pg_switch_wal()")  # the segment completes: archived, then replicated
         wait_for_window(daemon, datetime.now(UTC))
+        if archived is not None:
+            daemon.wait_until(lambda: _archived_after(archived, before_drop), 60, "the drop's WAL archived")
     finally:
         assert daemon.stop() == 0, daemon.stderr
     return before_drop
+
+
+def _archived_after(backup_dir: Path, moment: datetime) -> bool:
+    for record in backup_dir.glob("_pitr/*/wal/*.json"):
+        last = json.loads(record.read_text()).get("last_commit")
+        if last and datetime.fromisoformat(last) > moment:
+            return True
+    return False
 
 
 class _Writer(threading.Thread):
@@ -183,6 +198,29 @@ def test_no_room_is_refused_with_figures_and_a_signal_leaves_nothing_behind(pitr
         assert _private_servers(data_home) == []
         assert list(data_home.iterdir()) == []
         assert "a_back" not in _databases(pitr_cluster)
+
+    # A database that did not exist at that moment, and a moment outside the window: refused,
+    # with nothing left behind.
+    for time_text, database, says in ((before_drop.isoformat(), "nosuch", "did not exist"),
+                                      ("2001-01-01T00:00:00Z", "a", "before the recovery window")):
+        refused = pitr_backupd("pitr", "restore", "--time", time_text, "--database", database, "--into", "a_back",
+                               extra_env=env, timeout=ONE_RUN)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+        assert _private_servers(data_home) == [] and list(data_home.iterdir()) == []
+
+
+def test_from_a_replication_target_alone(pitr_cluster, pitr_env, pitr_backupd, s3, backup_dir, data_home):
+    """BACKUP_DIR is lost: the archive on the target is fetched for the rebuild."""
+    bucket = f"onedb-{uuid.uuid4().hex[:10]}"
+    s3.client().create_bucket(Bucket=bucket)
+    env = {**pitr_env, **s3.env(bucket), "REPLICATION_INTERVAL": "5s", "TMPDIR": str(data_home)}
+    before_drop = _drop_after_commits(pitr_cluster, env, archived=backup_dir)
+    pitr_backupd.ok("replicate", extra_env=env)
+    shutil.rmtree(backup_dir)
+    pitr_backupd.ok("pitr", "restore", "--time", before_drop.isoformat(), "--database", "a", "--into", "a_back",
+                    extra_env=env, timeout=ONE_RUN)
+    assert _rows(pitr_cluster, "a_back", "orders") == [1, 2, 3]
+    assert list(data_home.iterdir()) == []
 
 
 @pytest.mark.parametrize("args, says", [
