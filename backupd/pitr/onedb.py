@@ -38,7 +38,7 @@ from backupd.artifact import Transform
 from backupd.errors import NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
 from backupd.pitr import clusters, room
-from backupd.pitr.private_server import serving
+from backupd.pitr.private_server import server_binary, serving
 from backupd.pitr.restore import restore
 from backupd.pitr.staging import checkpoint
 from backupd.pitr.store import Base
@@ -137,12 +137,15 @@ def _scratch() -> Path:
 
 def _check_room(settings: Settings, target: datetime | None, database: str, scratch: Path,
                 cluster: str | None) -> bool:
-    """Refuse, with the figures, a restore the scratch folder's disk cannot hold; False when
-    the local archive cannot tell (it is fetched from a target: checked once fetched)."""
+    """Refuse, with the figures, a restore the scratch folder's disk cannot hold, or one no
+    installed server can recover; False when the local archive cannot tell (it is fetched
+    from a target: checked once fetched)."""
     try:
         store = clusters.choose(settings, cluster)
     except NotFoundError:
         return False
+    if (known := store.cluster) is not None:  # before the long rebuild
+        server_binary(settings, known.server_major)
     needs = room.estimate(store, target, settings.backup_dir, database, scratch)
     if needs is None:
         return False

@@ -2,8 +2,9 @@
 folder: the cluster's own major, run as the data's owner, listening on a Unix socket only
 (``listen_addresses=''``) in a 0700 folder inside the scratch folder, trust for that socket
 alone. It recovers to the target and promotes; then it serves reads (a dump) until it is
-stopped. Nothing it does reaches out: no archiving, no logical replication workers, no
-preloaded libraries, no synchronous standby to wait for."""
+stopped. Nothing it does reaches out: no archiving, no streaming from a primary, no logical
+replication workers, no preloaded libraries, no synchronous standby to wait for. Its memory
+is PostgreSQL's default, whatever the live server was given."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backupd import cancel
-from backupd.errors import UsageError
+from backupd.errors import RefusedError, UsageError
 from backupd.logging import get_logger
 from backupd.pitr.drill import _server_binary, _server_user, _stop, _wait_for_promotion
 from backupd.postgres import Server
@@ -45,16 +46,28 @@ class _Killer:
 def _argv(postgres: Path, data: Path, socket_dir: Path, hba: Path) -> list[str]:
     return [str(postgres), "-D", str(data), "-c", "listen_addresses=", "-c", f"unix_socket_directories={socket_dir}",
             "-c", "unix_socket_permissions=0700", "-c", f"port={PORT}", "-c", f"hba_file={hba}",
-            "-c", "hot_standby=off", "-c", "archive_mode=off", "-c", "shared_preload_libraries=",
+            "-c", "hot_standby=off", "-c", "archive_mode=off", "-c", "primary_conninfo=", "-c", "primary_slot_name=",
+            "-c", "shared_preload_libraries=", "-c", "session_preload_libraries=", "-c", "local_preload_libraries=",
             "-c", "max_logical_replication_workers=0", "-c", "synchronous_standby_names=", "-c", "ssl=off",
+            # Beside the live server, on its machine: not the live server's memory, nor its CPU.
+            "-c", "shared_buffers=128MB", "-c", "autovacuum=off",
             "-c", "logging_collector=off", "-c", "cluster_name=backupd-pitr-database"]
+
+
+def server_binary(settings: Settings, major: int) -> Path:
+    """That major's ``postgres``, or a refusal that says what to install."""
+    try:
+        return _server_binary(settings.pg_bindir, major)
+    except RefusedError:
+        raise RefusedError(f"restoring one database needs the PostgreSQL {major} server (postgres) under "
+                           f"PG_BINDIR={settings.pg_bindir}: install postgresql-{major}; nothing was touched") from None
 
 
 @contextmanager
 def serving(settings: Settings, scratch: Path, major: int) -> Iterator[Server]:
     """Start the server on ``scratch/data``, wait until it has promoted, yield where to
     connect (as the cluster's bootstrap superuser); stopped on leaving, whatever happens."""
-    postgres = _server_binary(settings.pg_bindir, major)
+    postgres = server_binary(settings, major)
     data, hba, socket_dir = scratch / "data", scratch / "hba.conf", scratch / "socket"
     if len(str(socket_dir / f".s.PGSQL.{PORT}")) > SOCKET_PATH_MAX:
         raise UsageError(f"the scratch folder {scratch} is too long a path for a Unix socket: set TMPDIR to a "
