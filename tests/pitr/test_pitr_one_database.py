@@ -43,6 +43,8 @@ def _drop_after_commits(cluster, env: dict[str, str], archived: Path | None = No
             conn.execute("CREATE TABLE orders (n int)")
             conn.execute("ALTER TABLE orders OWNER TO clerk")
             conn.execute("CREATE TABLE kept (n int)")
+            conn.execute("CREATE ROLE auditor")
+            conn.execute("GRANT SELECT ON orders TO auditor")
             for n in (1, 2, 3):
                 conn.execute("INSERT INTO orders VALUES (%s)", (n,))
         time.sleep(1.1)
@@ -51,6 +53,7 @@ def _drop_after_commits(cluster, env: dict[str, str], archived: Path | None = No
         with cluster.connect("a") as conn:
             conn.execute("DROP TABLE orders")
             conn.execute("INSERT INTO kept VALUES (42)")  # after the drop: A's own later write
+            conn.execute("DROP ROLE auditor")  # gone since: the restore creates it again
             conn.execute("SELECT pg_switch_wal()")  # the segment completes: archived, then replicated
         wait_for_window(daemon, datetime.now(UTC))
         if archived is not None:
@@ -136,7 +139,10 @@ def test_a_dropped_table_comes_back_beside_the_live_database_then_over_it(pitr_c
         assert session_in_a.execute("SELECT n FROM kept").fetchall() == [(42,)]
     assert "into a_back" in result.stdout and before_drop.strftime("%Y-%m-%dT%H:%M:%S") in result.stdout, \
         result.stdout
+    assert "roles created: auditor" in result.stdout, result.stdout
     assert _rows(pitr_cluster, "a_back", "orders") == [1, 2, 3]
+    with pitr_cluster.connect("a_back") as conn:
+        assert conn.execute("SELECT has_table_privilege('auditor', 'orders', 'SELECT')").fetchone()[0]
     assert _rows(pitr_cluster, "a_back", "kept") == []  # as of the moment: the later write is not there
     with pitr_cluster.connect() as conn:
         assert conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'a_back'"
