@@ -106,8 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "restore", help="build a data directory that PostgreSQL recovers to a moment, then promotes")
     pitr_restore.add_argument("--time", required=True, metavar="TIME|latest",
                               help="the moment to recover to (ISO 8601; UTC unless it has an offset), or latest")
-    pitr_restore.add_argument("--to", required=True, metavar="DIR",
+    pitr_restore.add_argument("--to", metavar="DIR",
                               help="the data directory to build (the database server must be stopped)")
+    pitr_restore.add_argument("--database", metavar="NAME", help="one database as of TIME, into the running "
+                              "server (--into NEWDB or --over NAME), instead of --to")
+    pitr_restore.add_argument("--into", metavar="NEWDB", help="with --database: create this new database")
+    pitr_restore.add_argument("--over", metavar="NAME", help="with --database: replace this database (safe swap)")
     pitr_restore.add_argument("--yes", action="store_true",
                               help="a non-empty DIR is emptied first: its content is moved aside inside it, kept")
     pitr_restore.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
@@ -240,6 +244,9 @@ def _what_was_left(args) -> str:
                 "for it; checks that had finished before the signal are recorded (backupd list)")
     if args.verb == "replicate":
         return "copies it had not confirmed do not count, and the next run sends them again"
+    if args.verb == "pitr" and args.pitr_verb == "restore" and args.database is not None:
+        return ("nothing was restored: the private server was stopped, its scratch folder removed, and a database "
+                "it was building dropped; the live databases are as they were")
     if args.verb == "pitr" and args.pitr_verb == "restore":
         return f"nothing was built: what it had begun was removed, and {args.to} is as it was"
     return "what it had not finished was not kept"
@@ -484,6 +491,10 @@ def cmd_pitr(settings, args) -> int:
             return 0
         print(f"{result['base']}: ok in {result['seconds']:.1f}s, recovered to {result['replayed_to']}", flush=True)
         return 0
+    if args.pitr_verb == "restore" and (args.database is not None or args.to is None):
+        from backupd.pitr.onedb_cli import restore_one_database
+
+        return restore_one_database(settings, args)
     if args.pitr_verb == "restore":
         from backupd.pitr.moment import parse_target
         from backupd.pitr.restore import restore
