@@ -44,7 +44,7 @@ def json_response(status: int, body: Any) -> tuple[int, str, bytes]:
 
 
 class Endpoints:
-    def __init__(self, healthz: Callable[[], tuple[bool, dict]], status: Callable[[], dict],
+    def __init__(self, healthz: Callable[[], tuple[bool, dict[str, Any]]], status: Callable[[], dict[str, Any]],
                  metrics: Callable[[], bytes], token: str | None, page: Callable[[], str] | None = None):
         self.routes: dict[str, tuple[Route, bool]] = {
             "/healthz": (lambda: json_response(200 if (h := healthz())[0] else 503, h[1]), False),
@@ -159,7 +159,7 @@ def serve(host: str, port: int, endpoints: Endpoints) -> ThreadingHTTPServer:
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             # Never the query string: a ?token= link carries the secret.
             log.debug("http request", method=getattr(self, "command", None),
                       path=(getattr(self, "path", "") or "").split("?", 1)[0])
