@@ -370,7 +370,7 @@ class Metrics:
         self.guard = Guard(errors)
         started = utc_now()
         self._live: Callable[[], Live] = lambda: Live(started_at=started)
-        self._judge = self._pitr = False  # build only what a collector shows
+        self._judge, self._pitr = False, False  # build only what a collector shows
         self._view: View | None = None  # the scrape under way's
         self._scrape = threading.Lock()
         self.registry.register(RepositoryCollector(self.current, repo, self.guard, settings))
@@ -413,7 +413,7 @@ class Metrics:
     def render(self) -> bytes:
         with self._scrape:  # one view per scrape, read before any collector runs
             self._view = build(self.settings, self.repo, self._live(), self.guard.one, health=self._judge,
-                               pitr=self._pitr)
+                               pitr="streamed" if self._pitr else None)
             try:
                 return generate_latest(self.registry) + generate_latest(self.errors_registry)
             finally:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from backupd import origin
 from backupd.actions.replicate import read_runs
@@ -123,16 +123,17 @@ def _listable(folder: Path) -> bool:
 
 
 def build(settings: Settings | None, repo: Repository, live: Live, attempt: Attempt = logged,
-          health: bool = True, pitr: bool = True) -> View:
-    """One reading. ``health`` and ``pitr`` False leave out what nobody will show (a
-    /metrics without ``backupd_healthy``, or without the PITR collector)."""
+          health: bool = True, pitr: Literal["every", "streamed"] | None = "every") -> View:
+    """One reading. ``pitr``: every cluster in the folder (/status, the page), only the one
+    the WAL stream comes from (/metrics), or none; ``health`` False leaves the verdict out
+    (a /metrics without ``backupd_healthy``)."""
     now = utc_now()
     inventory = attempt("repository", lambda: read_inventory(repo))
     failures = attempt("health", repo.failures)
     runs = attempt("replication", lambda: read_runs(repo))
     described: dict[str, Any] | None = None
-    if settings is not None and settings.pitr_enabled and pitr:
-        described = attempt("pitr", lambda: _describe_pitr(settings, live.receiver))
+    if settings is not None and settings.pitr_enabled and pitr is not None:
+        described = attempt("pitr", lambda: _describe_pitr(settings, live.receiver, pitr == "streamed"))
     verdict = None
     if settings is not None and health:
         verdict = attempt("health", lambda: _judge(settings, now, repo.root, inventory, failures, runs, live))
@@ -140,10 +141,17 @@ def build(settings: Settings | None, repo: Repository, live: Live, attempt: Atte
     return View(now, repo.root, live, inventory, failures, runs, described, verdict, instance)
 
 
-def _describe_pitr(settings: Settings, receiver: dict[str, Any] | None) -> dict[str, Any]:
+def _describe_pitr(settings: Settings, receiver: dict[str, Any] | None, streamed: bool) -> dict[str, Any] | None:
+    """``streamed``: the cluster the WAL stream comes from alone; None before the stream's
+    server first answered, or while that cluster has no folder yet."""
     from backupd.pitr import status as pitr_status
 
-    return pitr_status.describe(settings, receiver)
+    if not streamed:
+        return pitr_status.describe(settings, receiver)
+    server = (receiver or {}).get("system_identifier")
+    if server is None or not str(server).isdigit() or not (Path(settings.backup_dir) / PITR / server).is_dir():
+        return None
+    return pitr_status.describe(settings, receiver, cluster=server)
 
 
 def _judge(settings: Settings, now: datetime, root: Path, inventory: Inventory | None,
