@@ -368,8 +368,8 @@ class Metrics:
         for part in PARTS:
             errors.labels(part)
         self.guard = Guard(errors)
-        started = utc_now()
-        self._live: Callable[[], Live] = lambda: Live(started_at=started)
+        self._started = utc_now()
+        self._live: Callable[[], Live] = lambda: Live(started_at=self._started)
         self._judge, self._pitr = False, False  # build only what a collector shows
         self._view: View | None = None  # the scrape under way's
         self._scrape = threading.Lock()
@@ -412,7 +412,8 @@ class Metrics:
 
     def render(self) -> bytes:
         with self._scrape:  # one view per scrape, read before any collector runs
-            self._view = build(self.settings, self.repo, self._live(), self.guard.one, health=self._judge,
+            live = self.guard.one("health", self._live) or Live(started_at=self._started)
+            self._view = build(self.settings, self.repo, live, self.guard.one, health=self._judge,
                                pitr="streamed" if self._pitr else None)
             try:
                 return generate_latest(self.registry) + generate_latest(self.errors_registry)
