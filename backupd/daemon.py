@@ -9,7 +9,6 @@ removed. The process exits 0.
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import threading
 import time
@@ -21,32 +20,33 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import __version__, cancel, origin, pgtools, statuspage
+from backupd import cancel, origin, pgtools, statuspage
 from backupd.actions.backup import run_backup
 from backupd.actions.prune import run_prune
-from backupd.actions.replicate import read_runs, run_replicate
+from backupd.actions.replicate import run_replicate
 from backupd.actions.verify import run_verify
 from backupd.actions.volumes import prune_volumes, run_volume_backup
 from backupd.channels import configured as configured_channels
 from backupd.errors import BackupdError, NotFoundError, UsageError
-from backupd.health import evaluate, newest_verifications
+from backupd.health import evaluate
 from backupd.httpserver import Endpoints, serve
 from backupd.leftovers import LeftoverView
 from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
 from backupd.pitr import clusters as pitr_clusters
-from backupd.pitr import status as pitr_status
 from backupd.pitr.base import needs_base, run_base_backup
 from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.retention import prune as prune_pitr
 from backupd.pitr.store import Store
 from backupd.pitr.store import failures as pitr_failures
-from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
 from backupd.targets import target_urls
+from backupd.view import Job, Live
+from backupd.view import build as build_view
+from backupd.view import render as render_view
 
 log = get_logger("backupd.daemon")
 
@@ -58,13 +58,6 @@ JobFunction = Callable[[datetime | None], Any]
 TOOLS_VIEW_SECONDS = 60.0
 PITR_BASE_RETRY = 600.0  # seconds before a failed base backup is tried again
 
-
-def _parse_time(text: Any) -> datetime | None:
-    """``parse_iso`` for a value read from a file a person may have edited: None, not an error."""
-    try:
-        return parse_iso(text)
-    except (TypeError, ValueError):
-        return None
 
 @dataclass
 class JobState:
@@ -79,7 +72,7 @@ class Daemon:
         self.settings = settings
         self.repo = Repository(settings.backup_dir)
         self.metrics = Metrics(self.repo, settings)
-        self.metrics.add_health(self.health)
+        self.metrics.add_health(self.live)
         self.metrics.add_instance()
         for channel in configured_channels(settings):  # each configured channel's series starts at 0
             self.metrics.notifications_failed_total.labels(channel.scheme)
@@ -106,7 +99,7 @@ class Daemon:
         self.receiver: Receiver | None = None
         if settings.pitr_enabled:
             self.receiver = Receiver(settings, on_gap=lambda reason: self.pitr_base_soon())
-            self.metrics.add_pitr(self.pitr_state)
+            self.metrics.add_pitr()
             self.add_job("pitr-base", settings.pitr_base_schedule, self._pitr_base, run_on_start=True)
             if settings.verify_enabled:
                 self.add_job("pitr-verify", settings.pitr_drill_schedule, self._pitr_verify)
@@ -152,7 +145,6 @@ class Daemon:
                 result, error = "failure", f"{type(err).__name__}: {err}"
             finally:
                 self.metrics.job_running.labels(state.name).set(0)
-                self.metrics.repository.invalidate()
                 state.last = {"started": iso(started), "finished": iso(utc_now()), "result": result, "error": error}
                 state.lock.release()
                 with self._idle:
@@ -297,90 +289,18 @@ class Daemon:
         """The system identifier of the cluster the WAL stream last came from."""
         return self.receiver.store.system_identifier if self.receiver and self.receiver.store else None
 
+    def live(self) -> Live:
+        """What this process knows in memory, for the view /status, / and /metrics render."""
+        jobs = [Job(job.id, state.cron, getattr(job, "next_run_time", None), state.lock.locked(), state.last)
+                for job in self.scheduler.get_jobs() if (state := self.jobs.get(job.id))]
+        return Live(self.started_at, self.scheduler_running(), self.pitr_state(), self.leftovers.current(), jobs)
+
     def status(self) -> dict:
-        databases: dict[str, dict] = {}
-        try:
-            listed = self.repo.backups(kind=None)  # one scan serves the backups and their verifications
-        except (BackupdError, OSError):  # "health" says what cannot be read: still an answer, not a 500
-            listed = []
-        for backup in (b for b in listed if b.kind == "database"):
-            entry = databases.setdefault(backup.database, {"backups": 0, "newest_backup": None, "last_error": None})
-            entry["backups"] += 1
-            if entry["newest_backup"] is None:
-                entry["newest_backup"] = {"id": backup.id, "time": iso(backup.time), "size_bytes": backup.size,
-                                          "duration_seconds": backup.manifest.get("duration_seconds"),
-                                          "label": backup.manifest.get("label")}
-        for name, verification in newest_verifications(listed).items():
-            entry = databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})
-            entry["newest_verification"] = verification
-        for failure in self.repo.failures():
-            name = failure.get("database") or "all"
-            databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})["last_error"] = {
-                "time": failure["time"], "error": failure["error"]}
-        jobs = {}
-        for job in self.scheduler.get_jobs():
-            state = self.jobs.get(job.id)
-            if state:
-                jobs[job.id] = {"schedule": state.cron, "next_run": iso(getattr(job, "next_run_time", None)),
-                                "running": state.lock.locked(), "last_run": state.last}
-        healthy, health = self.health()
-        return {"started": iso(self.started_at), "instance": origin.instance_if_known(self.settings),
-                "health": health, "databases": databases, "jobs": jobs,
-                "targets": read_runs(self.repo), "postgresql": self.tools_view(),
-                "leftovers": [leftover.summary() for leftover in self.leftovers.current()],
-                "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None}
+        return render_view.status_json(build_view(self.settings, self.repo, self.live()), self.tools_view())
 
     def page_view(self) -> dict:
-        """What the status page shows, read at request time from the same places as /status."""
-        now = utc_now()
-        _, health = self.health()
-        try:
-            listed = self.repo.backups(kind=None)  # newest first; one scan for the whole page
-        except (BackupdError, OSError):  # the headline's reasons say what cannot be read
-            listed = []
-        verifications = newest_verifications(listed)
-        databases: dict[str, dict] = {}
-        for backup in (b for b in listed if b.kind == "database"):
-            entry = databases.setdefault(backup.database, {"name": backup.database, "history": [], "count": 0})
-            entry["count"] += 1
-            entry["history"].append({"time": backup.time, "size": backup.size,
-                                     "duration": backup.manifest.get("duration_seconds")})
-            entry.setdefault("newest", {"id": backup.id, "time": backup.time, "size": backup.size,
-                                        "duration": backup.manifest.get("duration_seconds"),
-                                        "replicas": sorted(backup.state.get("replicas", {})),
-                                        "damaged": backup.damaged})
-        for name, verification in verifications.items():
-            if name in databases:
-                databases[name]["verification"] = {**verification, "time": _parse_time(verification.get("time"))}
-        volumes: dict[str, dict] = {}
-        for archive in (b for b in listed if b.kind == "volume"):
-            volumes.setdefault(archive.database, {"name": archive.database, "time": archive.time, "size": archive.size})
-        for failure in self.repo.failures():
-            if failure.get("kind") == "volume" and failure.get("database"):
-                volume = volumes.setdefault(failure["database"], {"name": failure["database"], "time": None,
-                                                                  "size": None})
-                volume["failure"] = {"time": _parse_time(failure.get("time")) or now, "error": failure.get("error")}
-            if failure.get("kind", "database") != "database":
-                continue
-            name = failure.get("database") or "all"  # None: the whole run (the server could not be reached)
-            entry = databases.setdefault(name, {"name": name, "history": [], "count": 0})
-            entry["failure"] = {"time": _parse_time(failure.get("time")) or now, "error": failure.get("error")}
-            entry["whole_run"] = failure.get("database") is None
-        urls = [strip_url_credentials(url) for url in target_urls(self.settings)]  # as replication records them
-        for entry in databases.values():
-            entry["anchor"] = hashlib.sha256(entry["name"].encode()).hexdigest()[:16]
-            entry["targets"] = urls
-        runs = read_runs(self.repo)
-        targets = [{"url": url, **runs.get(url, {"ok": None}), "time": _parse_time(runs.get(url, {}).get("time"))}
-                   for url in urls]
-        jobs = {job.id: {"schedule": state.cron, "next_run": getattr(job, "next_run_time", None),
-                         "running": state.lock.locked()}
-                for job in self.scheduler.get_jobs() if (state := self.jobs.get(job.id))}
-        title = "needs attention" if health.get("status") != "ok" else "warnings" if health.get("warnings") else "ok"
-        return {"now": now, "health": health, "databases": sorted(databases.values(), key=lambda d: d["name"]),
-                "volumes": sorted(volumes.values(), key=lambda v: v["name"]), "targets": targets, "jobs": jobs,
-                "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None,
-                "title": title, "version": __version__, "instance": origin.instance_if_known(self.settings)}
+        """What the status page shows, read at request time from the same view as /status."""
+        return render_view.page_model(self.settings, build_view(self.settings, self.repo, self.live()))
 
     def tools_view(self) -> dict:
         """Which client tools each server gets, as last looked up. A look costs a connection
