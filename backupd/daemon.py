@@ -21,12 +21,8 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import __version__, cancel, origin, pgtools, statuspage
-from backupd.actions.backup import run_backup
-from backupd.actions.prune import run_prune
-from backupd.actions.replicate import read_runs, run_replicate
+from backupd import __version__, cancel, coordinator, origin, pgtools, statuspage
 from backupd.actions.verify import run_verify
-from backupd.actions.volumes import prune_volumes, run_volume_backup
 from backupd.channels import configured as configured_channels
 from backupd.errors import BackupdError, NotFoundError, UsageError
 from backupd.health import evaluate, newest_verifications
@@ -37,14 +33,14 @@ from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
 from backupd.pitr import clusters as pitr_clusters
 from backupd.pitr import status as pitr_status
-from backupd.pitr.base import needs_base, run_base_backup
+from backupd.pitr.base import needs_base
 from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
-from backupd.pitr.retention import prune as prune_pitr
 from backupd.pitr.store import Store
 from backupd.pitr.store import failures as pitr_failures
 from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now
+from backupd.runs import read_runs
 from backupd.schedule import previous_run, trigger
 from backupd.targets import target_urls
 
@@ -110,8 +106,7 @@ class Daemon:
             self.add_job("pitr-base", settings.pitr_base_schedule, self._pitr_base, run_on_start=True)
             if settings.verify_enabled:
                 self.add_job("pitr-verify", settings.pitr_drill_schedule, self._pitr_verify)
-        self.replicating = bool(target_urls(settings)) or (settings.replication_enabled and
-                                                           settings.replication_type == "custom")
+        self.replicating = coordinator.replication_follows(settings)
         if self.replicating:
             self.add_job("replicate", None, self._replicate, every=settings.replication_interval)
 
@@ -179,7 +174,7 @@ class Daemon:
 
     def _backup(self, scheduled_for: datetime | None) -> bool:
         try:
-            result = run_backup(self.settings, scheduled_for=scheduled_for)
+            result = coordinator.backup(self.settings, scheduled_for=scheduled_for)
         except BackupdError:
             for name in self.settings.databases or ["all"]:
                 self.metrics.backups_total.labels(name, "failure").inc()
@@ -193,13 +188,13 @@ class Daemon:
         return result.ok
 
     def _volumes(self, scheduled_for: datetime | None) -> bool:
-        outcomes = run_volume_backup(self.settings)
+        outcomes = coordinator.volume_backup(self.settings)
         if self.replicating and any(o.ok for o in outcomes):
             self.replicate_soon()
         return all(o.ok for o in outcomes)
 
     def _replicate(self, scheduled_for: datetime | None) -> bool:
-        outcomes = run_replicate(self.settings)
+        outcomes = coordinator.replicate(self.settings)
         for outcome in outcomes:
             self.metrics.replication_total.labels(outcome.url, "success" if outcome.ok else "failure").inc()
         return all(o.ok for o in outcomes)
@@ -212,11 +207,8 @@ class Daemon:
                                replace_existing=True)
 
     def _prune(self, scheduled_for: datetime | None) -> bool:
-        deleted = len(run_prune(self.settings).deleted) + len(prune_volumes(self.settings))
-        if self.settings.pitr_enabled:  # each cluster by its own window: an old one stays restorable
-            for name in pitr_clusters.known(self.settings.backup_dir):
-                prune_pitr(self.settings, Store(self.settings.backup_dir, name), utc_now())
-        self.metrics.retention_deleted_total.labels(LOCAL).inc(deleted)
+        pruned = coordinator.prune(self.settings)  # the same as ``backupd prune``
+        self.metrics.retention_deleted_total.labels(LOCAL).inc(pruned.deleted)
         return True
 
     def _verify(self, scheduled_for: datetime | None) -> bool:
@@ -244,8 +236,7 @@ class Daemon:
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
                         error=self.receiver.state()["error"])
-        base = run_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
-        prune_pitr(self.settings, Store(self.settings.backup_dir, base.doc.system_identifier), utc_now())
+        base = coordinator.base_backup(self.settings, "scheduled" if scheduled_for else "needed")
         log.info("base backup done", id=base.id)
         if self.replicating:
             self.replicate_soon()

@@ -189,7 +189,7 @@ def _failures(health: Health, repo: Repository, by_database: dict[str, list]) ->
 
 
 def _replication(health: Health, repo: Repository) -> None:
-    from backupd.actions.replicate import read_runs
+    from backupd.runs import read_runs
 
     for url, run in sorted(read_runs(repo).items()):
         if not run.get("ok"):

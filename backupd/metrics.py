@@ -27,11 +27,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from backupd import __version__, origin
-from backupd.actions.replicate import read_runs
 from backupd.errors import RepositoryUnreadable
 from backupd.health import free_ratio, max_age
 from backupd.logging import get_logger
 from backupd.repository import PITR, Backup, Repository, parse_iso, utc_now
+from backupd.runs import read_runs
 
 LOCAL = "local"
 # The parts of a scrape that fail alone; each starts at 0 in backupd_metrics_errors_total.

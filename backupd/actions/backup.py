@@ -22,7 +22,6 @@ from typing import Any
 import psycopg
 
 from backupd import __version__, cancel, origin, pgtools
-from backupd.actions.prune import run_prune
 from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform, commit_manifest
 from backupd.errors import Aborted, BackupdError, DumpError, UsageError
@@ -67,8 +66,10 @@ class Outcome:
 class BackupResult:
     outcomes: list[Outcome] = field(default_factory=list)
     globals: Outcome | None = None
-    pruned: int = 0  # backups deleted by the retention that follows each successful backup
-    finish_error: str | None = None  # pinning or retention after the backups failed
+    # Set by what follows a backup (``coordinator``): backups deleted by the retention that
+    # follows each successful one, and why pinning or that retention failed.
+    pruned: int = 0
+    finish_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,11 +115,10 @@ class _Run:
 
 
 def run_backup(settings, databases: list[str] | None = None, label: str | None = None,
-               scheduled_for: datetime | None = None, progress: ProgressFactory | None = None,
-               pin: bool = False) -> BackupResult:
+               scheduled_for: datetime | None = None, progress: ProgressFactory | None = None) -> BackupResult:
     """A scheduled run (``scheduled_for`` set) skips a database whose backup for that time
     exists or is running in another daemon; a manual run waits for the other one instead.
-    ``pin`` pins the new backups. Retention runs for each database backed up."""
+    What follows (pins, retention, replication) is the caller's: ``coordinator``."""
     server = Server.from_settings(settings)
     repo = Repository(settings.backup_dir)
     try:
@@ -172,18 +172,6 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
     result.outcomes += [_guarded(repo, live, "database", partial(_stranded, live, now_named))
                         for live, now_named in stranded]
     repo.clear_failure(None)  # the server answered: a run-level failure is over
-    succeeded = [o for o in result.outcomes if o.ok and o.backup_id]
-    try:
-        for outcome in succeeded if pin else []:
-            repo.update_state(repo.find(str(outcome.backup_id)), "pinned", True)
-        if succeeded:  # retention follows each successful backup (pins first, so they hold)
-            result.pruned = len(run_prune(settings, databases=[o.database for o in succeeded],
-                                          just_made=frozenset(str(o.backup_id) for o in succeeded)).deleted)
-    except (OSError, BackupdError) as err:  # the backups are made and kept: say so, and fail the run
-        if isinstance(err, OSError):
-            err = storage_error(err, "finish the run (pins, retention)")
-        result.finish_error = str(err)
-        log.error("the backups were made, but finishing the run failed", error=result.finish_error)
     return result
 
 

@@ -15,57 +15,39 @@ swap leaves the live database untouched.
 
 from __future__ import annotations
 
-import re
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
-from backupd import cancel, leftovers, pgtools
-from backupd.archive import (
-    decompress_to,
-    is_transformed,
-    read_small,
-    restore_consumer,
-    run_consumer_on_stdin,
-    stored_transforms,
-    unpack_directory_archive,
-)
+from backupd import cancel, leftovers
 from backupd.dbnames import old_name, side_name
 from backupd.docker_ctl import containers_stopped
-from backupd.documents import InvalidDocument
-from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, RestoreError, UsageError
+from backupd.errors import Aborted, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
-from backupd.manifests import as_dict, read_manifest
-from backupd.pgtools import Tools
 from backupd.postgres import (
-    DatabaseAccess,
-    DatabaseInfo,
-    Grant,
     Server,
     advisory_lock,
-    apply_database_access,
-    apply_database_settings,
-    compare_with_manifest,
-    create_database_like,
     database_access,
     database_exists,
     database_info,
     drop_database,
     one,
     rename_database,
-    role_exists,
     set_allow_connections,
 )
 from backupd.progress import TerminalProgress
-from backupd.repository import FORMAT_SUFFIXES, Backup, Repository, looks_like_id
-from backupd.roles import create_missing_roles
-from backupd.stream import Pipeline, sha256_of
+from backupd.repository import Backup, Repository
+from backupd.restoring.builder import DatabaseBuilder, backup_access, manifest_info, restore_roles, restore_tools
+from backupd.restoring.source import check_checksum, check_database_option, resolve_source
+from backupd.targets.fetch import repository_holding
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.restore")
 
@@ -85,92 +67,11 @@ class RestoreResult:
         return self.size / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_source(repo: Repository, source: str, database: str | None, settings=None,
-                   instance: str | None = None) -> Backup:
-    """``latest``, an id (looked up inside the repository, then on the replication targets,
-    never anywhere else), a URL of a file on a target, or a path to a backup file. Only this
-    instance's backups, unless ``instance`` names another one: then only its, from the targets."""
-    from backupd.actions import replicate
-    from backupd.origin import this_instance
-
-    if instance is not None and (settings is None or instance != this_instance(settings)):
-        if source != "latest" and not looks_like_id(source):
-            raise UsageError(f"--instance selects backups on the replication targets: {source!r} is neither "
-                             f"'latest' nor a backup id")
-        backup_id = replicate.newest_remote_id(settings, database, instance=instance) if source == "latest" \
-            else source
-        return replicate.fetch(settings, repo, backup_id, instance=instance)
-    if source == "latest":
-        try:
-            return repo.latest(database)
-        except NotFoundError:
-            if settings is None or not replicate.configured_targets(settings):
-                raise
-            return replicate.fetch(settings, repo, replicate.newest_remote_id(settings, database))
-    if re.match(r"^(s3|ssh|file)://", source):
-        if settings is None:
-            raise UsageError("a URL needs the replication settings")
-        return replicate.fetch_url(settings, repo, source)
-    if looks_like_id(source):  # a database name may contain "/": an id is looked up before a path
-        try:
-            return repo.find(source)
-        except NotFoundError:
-            if Path(source).is_file():
-                return backup_from_path(Path(source))
-            if settings is None or not replicate.configured_targets(settings):
-                raise
-            return replicate.fetch(settings, repo, source)
-    path = Path(source)
-    if "/" not in source and not path.exists():
-        raise NotFoundError(f"{source!r} is neither 'latest', a backup id, nor an existing file")
-    return backup_from_path(path)
-
-
-def backup_from_path(path: Path) -> Backup:
-    """A backup file named explicitly: its manifest beside it when there is one, else
-    what its name says (format and compression), with no checksum to check."""
-    if not path.is_file():
-        raise NotFoundError(f"no backup file at {path}")
-    encrypted, compression, stem = stored_transforms(path.name)
-    fmt = next((f for f, suffix in FORMAT_SUFFIXES.items() if stem.endswith(suffix)), None)
-    if fmt is None:
-        raise UsageError(f"{path} is not a backup file: its name does not end in a dump suffix "
-                         f"({', '.join(FORMAT_SUFFIXES.values())}, then optionally .zst/.gz/.bz2/.xz and .age)")
-    if fmt == "directory":
-        stem = stem[: -len(".dir.tar")]
-    else:
-        stem = stem[: -len(FORMAT_SUFFIXES[fmt])]
-    manifest_path = path.with_name(f"{stem}.json")
-    if manifest_path.is_file():
-        try:
-            manifest = as_dict(read_manifest(manifest_path))
-            if manifest.get("file") == path.name:
-                return Backup(manifest=manifest, folder=path.parent)
-        except (OSError, InvalidDocument) as err:
-            log.warning("ignoring a manifest beside the file that cannot be used", manifest=str(manifest_path),
-                        error=str(err))
-    log.warning("restoring a file without its manifest: no checksum to check", file=str(path))
-    manifest = {"id": stem if looks_like_id(stem) else f"{stem}-00000000T000000Z", "kind": "database",
-                "database": None, "file": path.name, "format": fmt, "compression": compression.name,
-                "encryption": {"tool": "age"} if encrypted else None,
-                "size_bytes": path.stat().st_size, "sha256": None}
-    return Backup(manifest=manifest, folder=path.parent)
-
-
-def check_checksum(backup: Backup, progress=None) -> None:
-    expected = backup.manifest.get("sha256")
-    if not expected:
-        return
-    actual = sha256_of(backup.path, progress)
-    if actual != expected:
-        raise IntegrityError(f"{backup.path.name} does not match its manifest: sha256 is {actual}, "
-                             f"the manifest says {expected}; the file is damaged, nothing was restored")
-
 
 Confirm = Callable[[Backup, str], bool]
 
 
-def run_restore(settings, source: str, database: str | None = None, into: str | None = None, jobs: int = 1,
+def run_restore(settings: Settings, source: str, database: str | None = None, into: str | None = None, jobs: int = 1,
                 yes: bool = False, drop_old: bool = False, in_place: bool = False,
                 confirm: Confirm | None = None, show_progress: bool | None = None,
                 over: str | None = None, instance: str | None = None) -> RestoreResult:
@@ -180,8 +81,6 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
     ``in_place``. ``database`` only selects backups and is never the destination. Raises
     RefusedError (exit 2), with nothing touched, when the destination is not the one the
     user named or an existing database would be touched without consent."""
-    from backupd.actions.replicate import repository_holding
-
     _check_destination_options(into, over)
     repo = Repository(settings.backup_dir)
     backup = resolve_source(repo, source, database, settings, instance)
@@ -204,7 +103,7 @@ def run_restore(settings, source: str, database: str | None = None, into: str | 
         return _restore(settings, repo, backup, server, target, exists, jobs, in_place, drop_old)
 
 
-def _restore(settings, repo: Repository, backup: Backup, server: Server, target: str, exists: bool, jobs: int,
+def _restore(settings: Settings, repo: Repository, backup: Backup, server: Server, target: str, exists: bool, jobs: int,
              in_place: bool, drop_old: bool) -> RestoreResult:
     started = time.monotonic()
     roles_created = restore_roles(repo, backup, server, settings.identity)
@@ -237,7 +136,7 @@ def restore_destination(backup: Backup, database: str | None, into: str | None, 
     """Where the data goes: ``--into`` or ``--over`` when given, else the backup's own
     database. ``--database`` says whose backups are meant; a backup of another database
     is refused rather than restored over the one it names."""
-    own = backup.manifest.get("database")
+    own: str | None = backup.manifest.get("database")
     check_database_option(backup, database, f"to restore {own}'s data over {database}, give "
                                             f"--over {shlex.quote(database or '')} --yes; into a new database, "
                                             f"--into NEWDB")
@@ -250,17 +149,8 @@ def restore_destination(backup: Backup, database: str | None, into: str | None, 
     return own
 
 
-def check_database_option(backup: Backup, database: str | None, advice: str) -> None:
-    """``--database NAME`` with a backup of another database is a contradiction: say so
-    (exit 2) instead of guessing which of the two the user meant."""
-    own = backup.manifest.get("database")
-    if database is not None and own is not None and database != own:
-        raise RefusedError(f"backup {backup.id} is of database {own!r}, not {database!r}: --database selects "
-                           f"backups (whose backup 'latest' means), it is never where a restore goes; {advice}; "
-                           f"nothing was touched")
 
-
-def _check_consent(settings, backup: Backup, target: str, exists: bool, into: str | None, over: str | None,
+def _check_consent(settings: Settings, backup: Backup, target: str, exists: bool, into: str | None, over: str | None,
                    yes: bool, confirm: Confirm | None) -> None:
     """``--into`` only creates, ``--over`` only replaces, and replacing needs a yes."""
     if exists and into:
@@ -294,95 +184,6 @@ def _over_advice(backup: Backup, target: str) -> str:
     if target == backup.manifest.get("database"):
         return "--yes"
     return f"--over {shlex.quote(target)} --yes"
-
-
-class DatabaseBuilder:
-    """Creates a database and restores one backup into it; on any failure the database
-    it created is dropped again, so nothing half-restored remains."""
-
-    def __init__(self, settings, repo: Repository, backup: Backup, server: Server, jobs: int = 1,
-                 no_owner: bool = False):
-        self.settings, self.repo, self.backup, self.server = settings, repo, backup, server
-        self.jobs, self.no_owner = jobs, no_owner
-
-    def build(self, name: str, info: DatabaseInfo | None, access: DatabaseAccess | None = None,
-              side_of: str | None = None) -> None:
-        """Create ``name`` like ``info``, restore the data, then set its settings and its
-        ``access`` (grants, connection limit): last, so neither can refuse the restore.
-        ``side_of``: the live database this one is built beside, marked as such at once."""
-        with self.server.wait_connect("postgres") as admin:
-            tools = restore_tools(self.settings, admin, self.backup)
-            _create_database(admin, name, info)
-            if side_of is not None:
-                try:
-                    leftovers.mark(admin, name, side_of)
-                except psycopg.Error as err:
-                    drop_database(admin, name)
-                    raise RestoreError(f"marking {name!r} as backupd's failed: {str(err).strip()}") from None
-        try:
-            _restore_data(self.settings, self.repo, self.backup, self.server, tools, name, self.jobs, self.no_owner)
-            with self.server.wait_connect("postgres") as admin:
-                _finish_database(admin, name, info, access)
-        except BaseException as err:
-            log.error("restore failed; dropping the database it created", database=name, error=str(err))
-            self.drop(name)
-            if isinstance(err, BackupdError) and not isinstance(err, RestoreError):
-                raise RestoreError(f"restore of {self.backup.id} into {name!r} failed: {err}") from None
-            raise
-
-    def check(self, name: str) -> None:
-        """The restored database must hold the manifest's tables and row counts."""
-        with self.server.wait_connect(name) as conn:
-            conn.execute("SET statement_timeout = 0")  # the database's own limit is for its app
-            problems = compare_with_manifest(conn, self.backup.manifest)
-        if problems:
-            raise RestoreError(f"{name!r} does not match the manifest of {self.backup.id}: " + "; ".join(problems))
-
-    def drop(self, name: str) -> None:
-        try:
-            with self.server.wait_connect("postgres") as admin:
-                drop_database(admin, name)
-        except (psycopg.Error, BackupdError) as err:
-            log.error("could not drop a database backupd created", database=name, error=str(err))
-
-
-def restore_tools(settings, admin: psycopg.Connection, backup: Backup) -> Tools:
-    """The tools of the server restored into, and at least as new as the pg_dump that wrote
-    the archive; chosen before the database is created, so a refusal leaves nothing behind."""
-    archive_major = pgtools.version_major(str(backup.manifest.get("pg_dump_version") or "")) or 0
-    return pgtools.for_connection(settings.pg_bindir, admin, archive_major)
-
-
-def _finish_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | None,
-                     access: DatabaseAccess | None) -> None:
-    try:
-        if info is not None:
-            apply_database_settings(admin, name, info)
-        if access is not None:
-            apply_database_access(admin, name, access)
-    except psycopg.Error as err:
-        raise RestoreError(f"the settings or grants of {name!r} failed: {str(err).strip()}") from None
-
-
-def backup_access(backup: Backup, live: DatabaseAccess | None) -> DatabaseAccess:
-    """The grants and connection limit the backed-up database had. A backup made before
-    backupd recorded grants keeps what a restore gave before: the replaced database's grants
-    (``live``), or a new database's defaults; the connection limit it recorded still counts."""
-    recorded = backup.manifest.get("database_info") or {}
-    if "grants" in recorded:
-        grants = recorded["grants"]
-        return DatabaseAccess(None if grants is None else tuple(
-                                  Grant(g["grantee"], g["privilege"], g.get("grantable", False)) for g in grants),
-                              recorded.get("connection_limit", -1), recorded.get("owner"))
-    kept = live or DatabaseAccess(None)
-    log.warning("this backup did not record the database's grants: they are "
-                + ("the replaced database's" if live else "a new database's defaults"), id=backup.id)
-    return DatabaseAccess(kept.grants, recorded.get("connection_limit", kept.connection_limit), kept.owner)
-
-
-def manifest_info(backup: Backup) -> DatabaseInfo | None:
-    info = backup.manifest.get("database_info")
-    return DatabaseInfo.from_json(info) if info else None
 
 
 def _restore_by_swap(builder: DatabaseBuilder, server: Server, target: str, drop_old: bool) -> str | None:
@@ -439,86 +240,3 @@ def _restore_in_place(builder: DatabaseBuilder, server: Server, target: str) -> 
         set_allow_connections(admin, target, False)
         drop_database(admin, target)
     builder.build(target, info, access)
-
-
-def restore_roles(repo: Repository, backup: Backup, server: Server, identity: str | None) -> list[str]:
-    globals_id = backup.manifest.get("globals_id")
-    if not globals_id:
-        return []
-    try:
-        globals_backup = repo.find(globals_id, kind="globals")
-    except NotFoundError:
-        log.warning("the globals dump of this backup is gone; roles are not created", globals_id=globals_id)
-        return []
-    check_checksum(globals_backup)
-    script = read_decompressed(globals_backup, identity)
-    with server.wait_connect("postgres") as admin:
-        try:
-            result = create_missing_roles(admin, script)
-        except psycopg.Error as err:
-            raise RestoreError(f"creating the missing roles failed: {str(err).strip()}") from None
-    return result.created
-
-
-def read_decompressed(backup: Backup, identity: str | None) -> str:
-    """A small artifact (the roles dump), decrypted and decompressed into memory."""
-    return read_small(backup.path, identity).decode("utf-8")
-
-
-def _create_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | None) -> None:
-    if info is None:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return
-    owner = info.owner
-    if not role_exists(admin, owner):
-        log.warning("the database's owner does not exist here; the restoring user owns it", owner=owner)
-        owner = admin.info.user
-    try:
-        # Its settings come after the data: default_transaction_read_only=on would refuse the restore.
-        create_database_like(admin, name, info, owner=owner, with_settings=False)
-    except psycopg.errors.DuplicateDatabase:
-        # Someone else created it meanwhile (another restore, an app): it is theirs, never dropped.
-        raise RestoreError(f"creating database {name!r} failed: it was created by someone else meanwhile; "
-                           f"it was left as it is") from None
-    except psycopg.Error as err:
-        drop_database(admin, name)  # ours: created, then its settings failed
-        raise RestoreError(f"creating database {name!r} failed: {str(err).strip()}") from None
-
-
-def _restore_data(settings, repo: Repository, backup: Backup, server: Server, tools: Tools, target: str, jobs: int,
-                  no_owner: bool = False) -> None:
-    fmt = backup.manifest["format"]
-    identity = settings.identity
-    env, secrets = server.libpq_env(target), (*server.secrets, *((identity,) if identity else ()))
-    transformed = is_transformed(backup.path)
-    staged = fmt == "directory" or (fmt == "custom" and jobs > 1 and transformed)
-    if not staged:
-        source = backup.path if (fmt == "custom" and jobs > 1) else None
-        consumer = restore_consumer(tools, fmt, target, jobs, source, no_owner)
-        if source is not None:
-            Pipeline([consumer], env=env, secrets=secrets, stdout=None).finish()
-        else:
-            run_consumer_on_stdin(backup.path, identity, consumer, env, secrets)
-        return
-    # pg_restore -j needs a seekable file or a folder: staged in BACKUP_DIR, removed after.
-    staging = repo.root / f".restore-{target.encode().hex()[:40]}-{int(time.time())}.staging"
-    _check_room(repo.root, backup.size * (1 if fmt == "directory" else 4))
-    try:
-        if fmt == "directory":
-            unpack_directory_archive(backup.path, identity, staging)
-            source = staging
-        else:
-            staging.mkdir(mode=0o700)
-            source = staging / "archive.dump"
-            decompress_to(backup.path, identity, source)
-        consumer = restore_consumer(tools, fmt, target, jobs, source, no_owner)
-        Pipeline([consumer], env=env, secrets=secrets, stdout=None).finish()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _check_room(folder: Path, needed: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise RestoreError(f"not enough free space in {folder} to stage the restore: about {needed} bytes "
-                           f"needed, {free} free")
