@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -43,6 +44,9 @@ from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.runs import read_runs
 from backupd.schedule import previous_run, trigger
 from backupd.targets import target_urls
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.daemon")
 
@@ -71,7 +75,7 @@ class JobState:
 
 
 class Daemon:
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repo = Repository(settings.backup_dir)
         self.metrics = Metrics(self.repo, settings)
@@ -84,7 +88,7 @@ class Daemon:
         self.jobs: dict[str, JobState] = {}
         self._busy = 0
         self._idle = threading.Condition()
-        self._tools_view: tuple[float, dict] | None = None  # (monotonic time, pgtools.summary)
+        self._tools_view: tuple[float, dict[str, Any]] | None = None  # (monotonic time, pgtools.summary)
         self._tools_lock = threading.Lock()
         self.leftovers = LeftoverView(settings)  # side databases that interrupted restores left
         self._tools_refreshing = False
@@ -276,20 +280,20 @@ class Daemon:
         thread = getattr(self.scheduler, "_thread", None)
         return bool(self.scheduler.running and thread is not None and thread.is_alive())
 
-    def health(self) -> tuple[bool, dict]:
+    def health(self) -> tuple[bool, dict[str, Any]]:
         health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running(),
                           self.pitr_state(), self.leftovers.current())
         return health.healthy, health.to_json()
 
-    def pitr_state(self) -> dict | None:
+    def pitr_state(self) -> dict[str, Any] | None:
         return self.receiver.state() if self.receiver else None
 
     def pitr_cluster(self) -> str | None:
         """The system identifier of the cluster the WAL stream last came from."""
         return self.receiver.store.system_identifier if self.receiver and self.receiver.store else None
 
-    def status(self) -> dict:
-        databases: dict[str, dict] = {}
+    def status(self) -> dict[str, Any]:
+        databases: dict[str, dict[str, Any]] = {}
         try:
             listed = self.repo.backups(kind=None)  # one scan serves the backups and their verifications
         except (BackupdError, OSError):  # "health" says what cannot be read: still an answer, not a 500
@@ -321,7 +325,7 @@ class Daemon:
                 "leftovers": [leftover.summary() for leftover in self.leftovers.current()],
                 "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None}
 
-    def page_view(self) -> dict:
+    def page_view(self) -> dict[str, Any]:
         """What the status page shows, read at request time from the same places as /status."""
         now = utc_now()
         _, health = self.health()
@@ -330,7 +334,7 @@ class Daemon:
         except (BackupdError, OSError):  # the headline's reasons say what cannot be read
             listed = []
         verifications = newest_verifications(listed)
-        databases: dict[str, dict] = {}
+        databases: dict[str, dict[str, Any]] = {}
         for backup in (b for b in listed if b.kind == "database"):
             entry = databases.setdefault(backup.database, {"name": backup.database, "history": [], "count": 0})
             entry["count"] += 1
@@ -343,7 +347,7 @@ class Daemon:
         for name, verification in verifications.items():
             if name in databases:
                 databases[name]["verification"] = {**verification, "time": _parse_time(verification.get("time"))}
-        volumes: dict[str, dict] = {}
+        volumes: dict[str, dict[str, Any]] = {}
         for archive in (b for b in listed if b.kind == "volume"):
             volumes.setdefault(archive.database, {"name": archive.database, "time": archive.time, "size": archive.size})
         for failure in self.repo.failures():
@@ -373,7 +377,7 @@ class Daemon:
                 "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None,
                 "title": title, "version": __version__, "instance": origin.instance_if_known(self.settings)}
 
-    def tools_view(self) -> dict:
+    def tools_view(self) -> dict[str, Any]:
         """Which client tools each server gets, as last looked up. A look costs a connection
         attempt (seconds while a server is down), so it runs in the background at most once a
         minute and /status never waits for it."""
@@ -394,7 +398,7 @@ class Daemon:
             self._tools_view, self._tools_refreshing = (time.monotonic(), summary), False
 
     # Life ------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)
         self.stopping.set()
 

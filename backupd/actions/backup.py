@@ -11,18 +11,18 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from backupd import __version__, cancel, origin, pgtools
-from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
+from backupd.archive import ArchiveContents, StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform, commit_manifest
 from backupd.errors import Aborted, BackupdError, DumpError, UsageError
 from backupd.logging import get_logger
@@ -42,8 +42,10 @@ from backupd.postgres import (
     stranded_by_a_swap,
 )
 from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, pending_path, storage_error, utc_now
-from backupd.settings import Settings
-from backupd.stream import Pipeline, stream_to_file
+from backupd.stream import Pipeline, StreamResult, stream_to_file
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.backup")
 
@@ -89,7 +91,7 @@ class _Run:
     tools: Tools
     deadline: float
     progress: ProgressFactory | None
-    origin: dict = field(default_factory=dict)  # {"origin": ...}: the server, this instance, the host
+    origin: dict[str, Any] = field(default_factory=dict)  # {"origin": ...}: the server, this instance, the host
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -97,11 +99,12 @@ class _Run:
             raise Aborted(f"backup exceeded BACKUP_TIMEOUT ({self.settings.backup_timeout:g}s)")
         return left
 
-    def progress_for(self, name: str):
+    def progress_for(self, name: str) -> Callable[[int], None] | None:
         return self.progress(name) if self.progress else None
 
-    def manifest(self, kind: str, backup_id: str, label, scheduled_for, started, clock: float, fmt: str,
-                 final: Path, stream, transform: Transform | None = None) -> dict:
+    def manifest(self, kind: str, backup_id: str, label: str | None, scheduled_for: datetime | None,
+                 started: datetime, clock: float, fmt: str, final: Path, stream: StreamResult,
+                 transform: Transform | None = None) -> dict[str, Any]:
         """The fields every manifest of this run has."""
         return {
             "kind": kind, "id": backup_id, "label": label, "scheduled_for": iso(scheduled_for),
@@ -114,7 +117,7 @@ class _Run:
         }
 
 
-def run_backup(settings, databases: list[str] | None = None, label: str | None = None,
+def run_backup(settings: Settings, databases: list[str] | None = None, label: str | None = None,
                scheduled_for: datetime | None = None, progress: ProgressFactory | None = None) -> BackupResult:
     """A scheduled run (``scheduled_for`` set) skips a database whose backup for that time
     exists or is running in another daemon; a manual run waits for the other one instead.
@@ -186,13 +189,14 @@ def _stranded(live: str, now_named: str) -> Outcome:
         f"ALTER DATABASE {quoted(live)} ALLOW_CONNECTIONS true;")
 
 
-def _record_run_failure(repo: Repository, names, error: str) -> None:
+def _record_run_failure(repo: Repository, names: Sequence[str] | None, error: str) -> None:
     """The server (or the repository) could not be reached: every database this run was for failed."""
     try:
         known = sorted({b.database for b in repo.backups()})
     except BackupdError:
         known = []
-    for name in names or known or [None]:
+    chosen: list[str | None] = [*(names or known)] or [None]  # None: the run as a whole
+    for name in chosen:
         repo.record_failure(name, error)
 
 
@@ -331,12 +335,13 @@ def _grants_json(access: DatabaseAccess) -> list[dict[str, Any]] | None:
     return None if access.grants is None else [grant.to_json() for grant in access.grants]
 
 
-def _dump(run: _Run, admin, transform: Transform, name: str, fmt: str, snapshot_id: str, final: Path):
+def _dump(run: _Run, admin: psycopg.Connection, transform: Transform, name: str, fmt: str, snapshot_id: str,
+          final: Path) -> tuple[StreamResult, ArchiveContents | None]:
     """Dump into ``final``; returns the stream result, and the archive's contents when
     they were read on the way (directory format) or None."""
     settings, env, secrets = run.settings, run.server.libpq_env(name), run.server.secrets
-    dump_argv = lambda **kw: pg_dump_argv(run.tools, fmt, snapshot_id, settings.backup_lock_wait_timeout,  # noqa: E731
-                                          settings.extra_dump_args, compress=transform.pg_dump_compress(), **kw)
+    dump_argv = partial(pg_dump_argv, run.tools, fmt, snapshot_id, settings.backup_lock_wait_timeout,
+                        settings.extra_dump_args, compress=transform.pg_dump_compress())
     progress = run.progress_for(name)
     if fmt != "directory" and not transform.encrypting:
         pipeline = Pipeline([("pg_dump", dump_argv()), *transform.compressor()], env=env, secrets=secrets)
@@ -372,7 +377,7 @@ def _dump(run: _Run, admin, transform: Transform, name: str, fmt: str, snapshot_
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_room(repo: Repository, admin, name: str, folder: Path) -> None:
+def _check_room(repo: Repository, admin: psycopg.Connection, name: str, folder: Path) -> None:
     """Refuse early a backup that clearly cannot fit: the size of the last backup must be free,
     or for a first one a quarter of the data the database holds beyond an empty database
     (its size on disk counts the system catalogs, about 7 MB, and data compresses)."""
@@ -391,7 +396,7 @@ def _check_room(repo: Repository, admin, name: str, folder: Path) -> None:
                         f"needed ({basis}), {free} are free")
 
 
-def _check_room_to_stage(admin, name: str, folder: Path, compressed: bool) -> None:
+def _check_room_to_stage(admin: psycopg.Connection, name: str, folder: Path, compressed: bool) -> None:
     """The staged folder and the file packed from it are on one disk until the folder goes:
     uncompressed, the folder alone takes about the database's size; compressed by pg_dump,
     both together take about half of it (a quarter each, as for a first backup)."""
