@@ -5,8 +5,10 @@ Here they are put together: after a database backup its pins, then retention of 
 databases backed up; after a volume backup, retention of the volumes; after a base backup,
 retention of that cluster's point-in-time recovery; ``prune`` applies all three, so
 ``backupd prune`` and the daemon's daily prune are the same function; and replication
-sends each target the backups and then the PITR files. Whether a replication follows a
-backup (the daemon schedules it) is ``replication_follows``.
+sends each target the backups and then the PITR files. A replication follows each backup
+that made something when there is anywhere to replicate to (``replication_follows``); how
+it is run is the caller's (``then_replicate``: the daemon schedules one; the CLI's one-shot
+commands pass none and leave it to the daemon's interval or ``backupd replicate``).
 
 Like ``cli`` and ``daemon``, this module sits above the verbs: it is the one module
 besides them that imports the verbs' modules.
@@ -14,6 +16,7 @@ besides them that imports the verbs' modules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,12 +38,15 @@ if TYPE_CHECKING:
 
 log = get_logger("backupd.coordinator")
 
+Replicate = Callable[[], None]  # how the caller runs a replication that follows a backup
+
 
 def backup(settings: Settings, databases: list[str] | None = None, label: str | None = None,
            scheduled_for: datetime | None = None, progress: ProgressFactory | None = None,
-           pin: bool = False) -> BackupResult:
+           pin: bool = False, then_replicate: Replicate | None = None) -> BackupResult:
     """A backup run, then what follows it: the new backups pinned (``--pin``) first, so the
-    pins hold, then retention of each database backed up, never deleting this run's own."""
+    pins hold, then retention of each database backed up, never deleting this run's own;
+    then a replication."""
     result = run_backup(settings, databases=databases, label=label, scheduled_for=scheduled_for, progress=progress)
     succeeded = [o for o in result.outcomes if o.ok and o.backup_id]
     repo = Repository(settings.backup_dir)
@@ -54,26 +60,35 @@ def backup(settings: Settings, databases: list[str] | None = None, label: str | 
         error = storage_error(err, "finish the run (pins, retention)") if isinstance(err, OSError) else err
         result.finish_error = str(error)
         log.error("the backups were made, but finishing the run failed", error=result.finish_error)
+    _replicate_after(settings, bool(succeeded), then_replicate)
     return result
 
 
-def volume_backup(settings: Settings, names: list[str] | None = None) -> list[VolumeOutcome]:
-    """Archive the volumes, then retention of the volumes."""
+def volume_backup(settings: Settings, names: list[str] | None = None,
+                  then_replicate: Replicate | None = None) -> list[VolumeOutcome]:
+    """Archive the volumes, then retention of the volumes, then a replication."""
     outcomes = run_volume_backup(settings, names)
     prune_volumes(settings)
+    _replicate_after(settings, any(o.ok for o in outcomes), then_replicate)
     return outcomes
 
 
-def base_backup(settings: Settings, reason: str) -> Base:
+def base_backup(settings: Settings, reason: str, then_replicate: Replicate | None = None) -> Base:
     """A base backup, then retention of its cluster's archive (once: the daily prune does
-    every cluster)."""
+    every cluster), then a replication."""
     from backupd.pitr.base import run_base_backup
     from backupd.pitr.retention import prune as prune_pitr
     from backupd.pitr.store import Store
 
     base = run_base_backup(settings, reason)
     prune_pitr(settings, Store(settings.backup_dir, base.doc.system_identifier), utc_now())
+    _replicate_after(settings, True, then_replicate)
     return base
+
+
+def _replicate_after(settings: Settings, made: bool, then_replicate: Replicate | None) -> None:
+    if made and then_replicate is not None and replication_follows(settings):
+        then_replicate()
 
 
 @dataclass

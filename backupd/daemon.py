@@ -178,23 +178,20 @@ class Daemon:
 
     def _backup(self, scheduled_for: datetime | None) -> bool:
         try:
-            result = coordinator.backup(self.settings, scheduled_for=scheduled_for)
+            result = coordinator.backup(self.settings, scheduled_for=scheduled_for,
+                                        then_replicate=self.replicate_soon)
         except BackupdError:
             for name in self.settings.databases or ["all"]:
                 self.metrics.backups_total.labels(name, "failure").inc()
             raise
         self.metrics.retention_deleted_total.labels(LOCAL).inc(result.pruned)
-        if self.replicating and any(o.ok and o.backup_id for o in result.outcomes):
-            self.replicate_soon()
         for outcome in [*result.outcomes, *([result.globals] if result.globals else [])]:
             if not outcome.skipped:
                 self.metrics.backups_total.labels(outcome.database, "success" if outcome.ok else "failure").inc()
         return result.ok
 
     def _volumes(self, scheduled_for: datetime | None) -> bool:
-        outcomes = coordinator.volume_backup(self.settings)
-        if self.replicating and any(o.ok for o in outcomes):
-            self.replicate_soon()
+        outcomes = coordinator.volume_backup(self.settings, then_replicate=self.replicate_soon)
         return all(o.ok for o in outcomes)
 
     def _replicate(self, scheduled_for: datetime | None) -> bool:
@@ -240,10 +237,9 @@ class Daemon:
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
                         error=self.receiver.state()["error"])
-        base = coordinator.base_backup(self.settings, "scheduled" if scheduled_for else "needed")
+        base = coordinator.base_backup(self.settings, "scheduled" if scheduled_for else "needed",
+                                       then_replicate=self.replicate_soon)
         log.info("base backup done", id=base.id)
-        if self.replicating:
-            self.replicate_soon()
         return True
 
     def pitr_base_soon(self) -> None:
