@@ -394,7 +394,7 @@ class Daemon:
             self._tools_view, self._tools_refreshing = (time.monotonic(), summary), False
 
     # Life ------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)
         self.stopping.set()
 
