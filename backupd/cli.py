@@ -268,10 +268,10 @@ def _report(settings) -> None:
 
 
 def cmd_backup(settings, args) -> int:
-    from backupd.actions.backup import run_backup
+    from backupd.coordinator import backup
 
     progress = lambda name: TerminalProgress(f"backing up {name}")  # noqa: E731
-    result = run_backup(settings, databases=args.database, label=args.label, progress=progress, pin=args.pin)
+    result = backup(settings, databases=args.database, label=args.label, progress=progress, pin=args.pin)
     for outcome in result.outcomes:
         if outcome.ok and outcome.backup_id:
             print(outcome.backup_id, flush=True)
@@ -288,7 +288,7 @@ def _listed(settings, args) -> tuple[list[dict], list[dict]]:
     from backupd.repository import Repository
 
     if args.target:
-        from backupd.actions.replicate import list_remote
+        from backupd.targets.fetch import list_remote
 
         found = [(b, i) for b, i in list_remote(settings, args.target, args.instance) if b.kind == "database"]
         return [{**b.summary(), "instance": instance, "status": "ok", "problem": None,
@@ -358,7 +358,7 @@ def cmd_restore(settings, args) -> int:
                              jobs=args.jobs, yes=args.yes, drop_old=args.drop_old, in_place=args.in_place,
                              confirm=_ask_at_terminal, instance=args.instance)
     finally:  # another instance's backup was fetched only for this restore
-        from backupd.actions.replicate import forget_foreign
+        from backupd.targets.fetch import forget_foreign
 
         forget_foreign(settings)
     print(f"restored {result.backup_id} into {result.database} in {result.seconds:.1f}s "
@@ -393,24 +393,19 @@ def cmd_pin(settings, args) -> int:
 
 
 def cmd_prune(settings, args) -> int:
-    from backupd.actions.prune import run_prune
+    from backupd.coordinator import prune
 
-    result = run_prune(settings, dry_run=args.dry_run, database=args.database)
+    result = prune(settings, dry_run=args.dry_run, database=args.database)  # as the daemon's daily prune
     rows = [("ID", "DATABASE", "DECISION", "WHY")]
-    for backup, decision in result.decisions:
+    for backup, decision in result.dumps.decisions + result.volumes.decisions:
         verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
-        rows.append((backup.id, backup.database, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
+        name = backup.database if backup.kind != "volume" else f"volume {backup.database}"
+        rows.append((backup.id, name, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
     _print_table(rows)
-    if settings.pitr_enabled and args.database is None:
-        from backupd.pitr.retention import prune as prune_pitr
-        from backupd.pitr.store import Store
-        from backupd.repository import utc_now
-
-        for store in Store.all(settings.backup_dir):
-            gone = prune_pitr(settings, store, utc_now(), dry_run=args.dry_run)
-            verdict = "would delete" if args.dry_run else "deleted"
-            print(f"point-in-time recovery ({store.system_identifier}): {verdict} {len(gone)} files "
-                  f"(PITR_RETENTION_DAYS={settings.pitr_retention_days})")
+    for cluster, gone in result.pitr:
+        verdict = "would delete" if args.dry_run else "deleted"
+        print(f"point-in-time recovery ({cluster}): {verdict} {len(gone)} files "
+              f"(PITR_RETENTION_DAYS={settings.pitr_retention_days})")
     return 0
 
 
@@ -429,7 +424,9 @@ def cmd_volumes(settings, args) -> int:
     from backupd.actions import volumes
 
     if args.volume_verb == "backup":
-        outcomes = volumes.run_volume_backup(settings, args.volume)
+        from backupd.coordinator import volume_backup
+
+        outcomes = volume_backup(settings, args.volume)
         for outcome in outcomes:
             if outcome.ok:
                 print(outcome.backup_id, flush=True)
@@ -457,9 +454,9 @@ def _print_table(rows: list[tuple]) -> None:
 
 
 def cmd_replicate(settings, args) -> int:
-    from backupd.actions.replicate import run_replicate
+    from backupd.coordinator import replicate
 
-    outcomes = run_replicate(settings, url=args.target)
+    outcomes = replicate(settings, url=args.target)
     for outcome in outcomes:
         state = "ok" if outcome.ok else f"FAILED: {outcome.error}"
         note = "" if outcome.confirmed else " (unconfirmed: a custom command's copies cannot be checked)"
@@ -477,9 +474,9 @@ def cmd_pitr(settings, args) -> int:
     from backupd.pitr import status as pitr_status
 
     if args.pitr_verb == "base":
-        from backupd.pitr.base import run_base_backup
+        from backupd.coordinator import base_backup
 
-        print(run_base_backup(settings).id, flush=True)
+        print(base_backup(settings, "manual").id, flush=True)
         return 0
     if args.pitr_verb == "verify":
         from backupd.pitr.clusters import choose

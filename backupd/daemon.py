@@ -15,17 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import cancel, origin, pgtools, statuspage
-from backupd.actions.backup import run_backup
-from backupd.actions.prune import run_prune
-from backupd.actions.replicate import run_replicate
+from backupd import cancel, coordinator, origin, pgtools, statuspage
 from backupd.actions.verify import run_verify
-from backupd.actions.volumes import prune_volumes, run_volume_backup
 from backupd.channels import configured as configured_channels
 from backupd.errors import BackupdError, NotFoundError, UsageError
 from backupd.health import evaluate
@@ -35,18 +32,19 @@ from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
 from backupd.pitr import clusters as pitr_clusters
-from backupd.pitr.base import needs_base, run_base_backup
+from backupd.pitr.base import needs_base
 from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
-from backupd.pitr.retention import prune as prune_pitr
 from backupd.pitr.store import Store
 from backupd.pitr.store import failures as pitr_failures
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
-from backupd.targets import target_urls
 from backupd.view import Job, Live
 from backupd.view import build as build_view
 from backupd.view import render as render_view
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.daemon")
 
@@ -68,7 +66,7 @@ class JobState:
 
 
 class Daemon:
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repo = Repository(settings.backup_dir)
         self.metrics = Metrics(self.repo, settings)
@@ -81,7 +79,7 @@ class Daemon:
         self.jobs: dict[str, JobState] = {}
         self._busy = 0
         self._idle = threading.Condition()
-        self._tools_view: tuple[float, dict] | None = None  # (monotonic time, pgtools.summary)
+        self._tools_view: tuple[float, dict[str, Any]] | None = None  # (monotonic time, pgtools.summary)
         self._tools_lock = threading.Lock()
         self.leftovers = LeftoverView(settings)  # side databases that interrupted restores left
         self._tools_refreshing = False
@@ -103,8 +101,7 @@ class Daemon:
             self.add_job("pitr-base", settings.pitr_base_schedule, self._pitr_base, run_on_start=True)
             if settings.verify_enabled:
                 self.add_job("pitr-verify", settings.pitr_drill_schedule, self._pitr_verify)
-        self.replicating = bool(target_urls(settings)) or (settings.replication_enabled and
-                                                           settings.replication_type == "custom")
+        self.replicating = coordinator.replication_follows(settings)
         if self.replicating:
             self.add_job("replicate", None, self._replicate, every=settings.replication_interval)
 
@@ -171,27 +168,24 @@ class Daemon:
 
     def _backup(self, scheduled_for: datetime | None) -> bool:
         try:
-            result = run_backup(self.settings, scheduled_for=scheduled_for)
+            result = coordinator.backup(self.settings, scheduled_for=scheduled_for,
+                                        then_replicate=self.replicate_soon)
         except BackupdError:
             for name in self.settings.databases or ["all"]:
                 self.metrics.backups_total.labels(name, "failure").inc()
             raise
         self.metrics.retention_deleted_total.labels(LOCAL).inc(result.pruned)
-        if self.replicating and any(o.ok and o.backup_id for o in result.outcomes):
-            self.replicate_soon()
         for outcome in [*result.outcomes, *([result.globals] if result.globals else [])]:
             if not outcome.skipped:
                 self.metrics.backups_total.labels(outcome.database, "success" if outcome.ok else "failure").inc()
         return result.ok
 
     def _volumes(self, scheduled_for: datetime | None) -> bool:
-        outcomes = run_volume_backup(self.settings)
-        if self.replicating and any(o.ok for o in outcomes):
-            self.replicate_soon()
+        outcomes = coordinator.volume_backup(self.settings, then_replicate=self.replicate_soon)
         return all(o.ok for o in outcomes)
 
     def _replicate(self, scheduled_for: datetime | None) -> bool:
-        outcomes = run_replicate(self.settings)
+        outcomes = coordinator.replicate(self.settings)
         for outcome in outcomes:
             self.metrics.replication_total.labels(outcome.url, "success" if outcome.ok else "failure").inc()
         return all(o.ok for o in outcomes)
@@ -204,11 +198,8 @@ class Daemon:
                                replace_existing=True)
 
     def _prune(self, scheduled_for: datetime | None) -> bool:
-        deleted = len(run_prune(self.settings).deleted) + len(prune_volumes(self.settings))
-        if self.settings.pitr_enabled:  # each cluster by its own window: an old one stays restorable
-            for name in pitr_clusters.known(self.settings.backup_dir):
-                prune_pitr(self.settings, Store(self.settings.backup_dir, name), utc_now())
-        self.metrics.retention_deleted_total.labels(LOCAL).inc(deleted)
+        pruned = coordinator.prune(self.settings)  # the same as ``backupd prune``
+        self.metrics.retention_deleted_total.labels(LOCAL).inc(pruned.deleted)
         return True
 
     def _verify(self, scheduled_for: datetime | None) -> bool:
@@ -236,11 +227,9 @@ class Daemon:
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
                         error=self.receiver.state()["error"])
-        base = run_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
-        prune_pitr(self.settings, Store(self.settings.backup_dir, base.doc.system_identifier), utc_now())
+        base = coordinator.base_backup(self.settings, "scheduled" if scheduled_for else "needed",
+                                       then_replicate=self.replicate_soon)
         log.info("base backup done", id=base.id)
-        if self.replicating:
-            self.replicate_soon()
         return True
 
     def pitr_base_soon(self) -> None:
@@ -277,12 +266,12 @@ class Daemon:
         thread = getattr(self.scheduler, "_thread", None)
         return bool(self.scheduler.running and thread is not None and thread.is_alive())
 
-    def health(self) -> tuple[bool, dict]:
+    def health(self) -> tuple[bool, dict[str, Any]]:
         health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running(),
                           self.pitr_state(), self.leftovers.current())
         return health.healthy, health.to_json()
 
-    def pitr_state(self) -> dict | None:
+    def pitr_state(self) -> dict[str, Any] | None:
         return self.receiver.state() if self.receiver else None
 
     def pitr_cluster(self) -> str | None:
@@ -295,14 +284,14 @@ class Daemon:
                 for job in self.scheduler.get_jobs() if (state := self.jobs.get(job.id))]
         return Live(self.started_at, self.scheduler_running(), self.pitr_state(), self.leftovers.current(), jobs)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return render_view.status_json(build_view(self.settings, self.repo, self.live()), self.tools_view())
 
-    def page_view(self) -> dict:
+    def page_view(self) -> dict[str, Any]:
         """What the status page shows, read at request time from the same view as /status."""
         return render_view.page_model(self.settings, build_view(self.settings, self.repo, self.live()))
 
-    def tools_view(self) -> dict:
+    def tools_view(self) -> dict[str, Any]:
         """Which client tools each server gets, as last looked up. A look costs a connection
         attempt (seconds while a server is down), so it runs in the background at most once a
         minute and /status never waits for it."""
@@ -323,7 +312,7 @@ class Daemon:
             self._tools_view, self._tools_refreshing = (time.monotonic(), summary), False
 
     # Life ------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)
         self.stopping.set()
 

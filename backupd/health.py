@@ -100,7 +100,7 @@ def evaluate(settings: Settings, repo: Repository, now: datetime, started_at: da
              scheduler_running: bool | None = None, pitr_receiver: dict[str, Any] | None = None,
              leftovers: Iterable[Leftover] = ()) -> Health:
     """The verdict, reading the repository for it (notifications, one-shot commands)."""
-    from backupd.actions.replicate import read_runs
+    from backupd.runs import read_runs
 
     try:
         backups, problems = repo.inventory(kind=None)  # newest first

@@ -12,10 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd.logging import get_logger
 from backupd.repository import GLOBALS, Backup, Repository, utc_now
 from backupd.retention import Decision, Item, Policy, decide
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.prune")
 
@@ -26,10 +30,9 @@ STALE_AFTER = 86400.0
 class PruneResult:
     decisions: list[tuple[Backup, Decision]] = field(default_factory=list)
     deleted: list[Backup] = field(default_factory=list)
-    leftovers_removed: list[Path] = field(default_factory=list)
 
 
-def run_prune(settings, dry_run: bool = False, database: str | None = None,
+def run_prune(settings: Settings, dry_run: bool = False, database: str | None = None,
               now: datetime | None = None, databases: list[str] | None = None,
               just_made: frozenset[str] = frozenset()) -> PruneResult:
     """Retention for every database, or only ``database`` / ``databases`` (the ones a run
@@ -67,7 +70,7 @@ def run_prune(settings, dry_run: bool = False, database: str | None = None,
         result.deleted.append(backup)
         log.info("deleted by retention", id=backup.id, database=backup.database,
                  reason="no retention rule keeps it")
-    result.leftovers_removed = remove_leftovers(repo)
+    remove_leftovers(repo)
     return result
 
 

@@ -25,14 +25,6 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from backupd import leftovers, pgtools
-from backupd.actions.restore import (
-    RestoreResult,
-    _check_consent,
-    _check_destination_options,
-    _check_replaceable,
-    _restore,
-    restore_tools,
-)
 from backupd.archive import inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform
 from backupd.errors import NotFoundError, RefusedError, RestoreError, UsageError
@@ -44,6 +36,14 @@ from backupd.pitr.staging import checkpoint
 from backupd.pitr.store import Base
 from backupd.postgres import Server, advisory_lock, count_rows, database_access, database_exists, database_info
 from backupd.repository import FORMAT_SUFFIXES, Backup, Repository, iso
+from backupd.restoring.builder import restore_tools
+from backupd.restoring.swap import (
+    RestoreResult,
+    check_consent,
+    check_destination_options,
+    check_replaceable,
+    restore_into,
+)
 from backupd.roles import create_missing_roles
 from backupd.stream import Pipeline, stream_to_file
 
@@ -77,7 +77,7 @@ def restore_database(settings: Settings, target: datetime | None, database: str,
     consent, the disk room; refusals raise (exit 2) with nothing touched."""
     if not database:
         raise UsageError("--database needs a database name, and it was given an empty one")
-    _check_destination_options(into, over)
+    check_destination_options(into, over)
     destination = into if into is not None else over
     if destination is None:
         raise UsageError("--database NAME restores one database into the running server: give --into NEWDB "
@@ -117,9 +117,9 @@ def _check_live(settings: Settings, backup: Backup, destination: str, into: str 
     with Server.from_settings(settings).wait_connect("postgres") as admin:
         exists = database_exists(admin, destination)
         if exists:
-            _check_replaceable(admin, destination)
+            check_replaceable(admin, destination)
         restore_tools(settings, admin, backup)
-    _check_consent(settings, backup, destination, exists, into, over, yes, None)
+    check_consent(settings, backup, destination, exists, into, over, yes, None)
     return exists
 
 
@@ -212,7 +212,7 @@ def _restore_dump(settings: Settings, dump: _Dump, destination: str, into: str |
             created = create_missing_roles(locked, dump.roles).created
         except psycopg.Error as err:
             raise RestoreError(f"creating the missing roles failed: {str(err).strip()}") from None
-        result = _restore(settings, Repository(settings.backup_dir), dump.backup, server, destination, exists, 1,
+        result = restore_into(settings, Repository(settings.backup_dir), dump.backup, server, destination, exists, 1,
                           False, False)
     result.roles_created = created
     return result

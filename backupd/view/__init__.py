@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from backupd import origin
-from backupd.actions.replicate import read_runs
 from backupd.errors import RepositoryUnreadable
 from backupd.health import Facts, Health, judge
 from backupd.leftovers import Leftover
 from backupd.logging import get_logger
 from backupd.repository import PITR, Backup, Problem, Repository, utc_now
+from backupd.runs import read_runs
 
 if TYPE_CHECKING:
     from backupd.settings import Settings
