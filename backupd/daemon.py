@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -48,6 +48,9 @@ from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
 from backupd.targets import target_urls
 
+if TYPE_CHECKING:
+    from backupd.settings import Settings
+
 log = get_logger("backupd.daemon")
 
 MISFIRE_GRACE = timedelta(hours=1)
@@ -75,7 +78,7 @@ class JobState:
 
 
 class Daemon:
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repo = Repository(settings.backup_dir)
         self.metrics = Metrics(self.repo, settings)
