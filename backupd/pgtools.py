@@ -24,12 +24,15 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from backupd.errors import BackupdError, DumpError
 from backupd.process import run
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from backupd.settings import Settings
 
 # The parameters that the restore scripts of a major (and every later one) set at their
 # start, that servers before that major lack (pg_backup_archiver.c, _doSetFixedOutputState).
@@ -172,10 +175,12 @@ def for_server(pg_bindir: Path, server_major: int, server_text: str = "", archiv
                        f"(or use a backupd image that has it)")
 
 
-def servers_and_their_tools(settings) -> list[dict[str, Any]]:
+def servers_and_their_tools(settings: Settings) -> list[dict[str, Any]]:
     """For ``config`` and ``/status``: each configured server (DB_*, and VERIFY_DB_* where it
     differs) with its version and the tools it gets, or why that cannot be told now. One
     connection attempt each, never a wait: a server that is down is reported, not awaited."""
+    import psycopg
+
     from backupd.postgres import Server, server_version
 
     servers = {"database": Server.from_settings(settings), "verification": Server.for_verification(settings)}
@@ -200,6 +205,6 @@ def servers_and_their_tools(settings) -> list[dict[str, Any]]:
     return found
 
 
-def summary(settings) -> dict[str, Any]:
+def summary(settings: Settings) -> dict[str, Any]:
     return {"installed": [tools.describe() for tools in installed(settings.pg_bindir)],
             "servers": servers_and_their_tools(settings)}
