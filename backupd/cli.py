@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in err.problems:
             print(f"backupd: configuration error: {problem}", file=sys.stderr)
         return err.exit_code
+    if args.verb == "backup":
+        from backupd import pgtools
+
+        pgtools.warm(settings.pg_bindir)
     configure_logging(settings.log_level, settings.log_format)
     if args.verb != "run":  # the daemon has its own graceful stop
         cancel.abort_on_signals()

@@ -102,9 +102,23 @@ def _tools_in(bindir: Path) -> Tools | None:
     return _probe(bindir.resolve(), mtime)
 
 
+_warming: threading.Thread | None = None
+
+
+def warm(pg_bindir: Path) -> None:
+    """Start asking the installed tools their versions in the background. A one-shot
+    ``backup`` calls this as soon as it has its settings: the ``pg_dump --version`` runs on
+    another CPU while Python imports the rest, instead of between the connection and the dump."""
+    global _warming
+    _warming = threading.Thread(target=installed, args=(pg_bindir,), name="probe-tools", daemon=True)
+    _warming.start()
+
+
 def installed(pg_bindir: Path) -> list[Tools]:
     """Every major's tools under ``pg_bindir`` and on PATH, oldest first, one per major
     (the one in ``pg_bindir`` wins over PATH's)."""
+    if (warming := _warming) is not None and warming is not threading.current_thread():
+        warming.join()  # its answers are remembered: the probes are not run twice
     found: dict[int, Tools] = {}
     on_path = shutil.which("pg_dump")
     folders = []
