@@ -79,7 +79,7 @@ def interrupted_by() -> int | None:
     return _signal
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
     global _signal
     if _signal is not None:
         return  # already stopping

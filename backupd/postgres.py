@@ -219,7 +219,7 @@ class ExportedSnapshot:
     def __enter__(self) -> ExportedSnapshot:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
 

@@ -359,7 +359,9 @@ class Settings(BaseSettings):
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Only explicit values: load_settings hands the environment in itself.
+        # Only explicit values: load_settings hands the environment in itself. pydantic-settings
+        # passes the other sources by name, so they keep their names here, unused.
+        del env_settings, dotenv_settings, file_secret_settings
         return (init_settings,)
 
     # Derived views -----------------------------------------------------------------

@@ -166,8 +166,8 @@ class AtomicFile:
             self.partial.unlink(missing_ok=True)  # renamed already where links are not supported
         fsync_dir(self.final.parent)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, _exc: BaseException | None,
+                 _tb: TracebackType | None) -> None:
         if self.file is not None and not self.file.closed:
             self.file.close()
         if exc_type is not None or not self.final.exists():
