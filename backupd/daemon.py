@@ -108,6 +108,8 @@ class Daemon:
             self.receiver = Receiver(settings, on_gap=lambda reason: self.pitr_base_soon())
             self.metrics.add_pitr(self.pitr_state)
             self.add_job("pitr-base", settings.pitr_base_schedule, self._pitr_base, run_on_start=True)
+            if settings.pitr_incremental_schedule:
+                self.add_job("pitr-incremental", settings.pitr_incremental_schedule, self._pitr_incremental)
             if settings.verify_enabled:
                 self.add_job("pitr-verify", settings.pitr_drill_schedule, self._pitr_verify)
         self.replicating = bool(target_urls(settings)) or (settings.replication_enabled and
@@ -247,6 +249,14 @@ class Daemon:
         base = run_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
         prune_pitr(self.settings, Store(self.settings.backup_dir, base.doc.system_identifier), utc_now())
         log.info("base backup done", id=base.id)
+        if self.replicating:
+            self.replicate_soon()
+        return True
+
+    def _pitr_incremental(self, scheduled_for: datetime | None) -> bool:
+        """An incremental base backup against the newest one (a full one where the server cannot)."""
+        base = run_base_backup(self.settings, "scheduled", incremental=True)
+        prune_pitr(self.settings, Store(self.settings.backup_dir, base.doc.system_identifier), utc_now())
         if self.replicating:
             self.replicate_soon()
         return True

@@ -18,6 +18,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from backupd import __version__
 from backupd.artifact import Transform
@@ -25,10 +26,14 @@ from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
 from backupd.pitr import cluster, waldump
+from backupd.pitr.incremental import incremental_parent
 from backupd.pitr.store import Base, Store, clear_failure, record_failure
 from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
 from backupd.stream import AtomicFile, Pipeline, stream_to_file, write_json_atomically
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("pitr")
 
@@ -43,7 +48,7 @@ def _relay_stage(scratch: Path) -> tuple[str, list[str]]:
     return "tar-relay", [sys.executable, "-m", "backupd.pitr.tarrelay", str(scratch)]
 
 
-def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_lsn: str) -> datetime:
+def consistent_time(settings: Settings, major: int, scratch: Path, start_lsn: str, stop_lsn: str) -> datetime:
     """The first moment a recovery from this base backup may stop at, to the microsecond:
     the newest commit in its own WAL before its end (the server's clock, as recovery
     targets are), else now (nothing committed while it ran: any later moment is fine;
@@ -58,9 +63,11 @@ def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_ls
     return newest or utc_now()
 
 
-def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:
+def take_base_backup(settings: Settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual",
+                     parent: Base | None = None) -> Base:
     """A base backup of the cluster ``info`` describes, now; returns it once its file and
-    manifest are in place."""
+    manifest are in place. With ``parent``: an incremental one against it (its server's
+    ``backup_manifest`` says which blocks it already holds)."""
     server = Server.from_settings(settings)
     store = Store(settings.backup_dir, info.system_identifier)
     store.ensure()
@@ -68,10 +75,12 @@ def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: 
     with _only_one(store):
         backup_id, started = _free_second(store)
         clock = time.monotonic()
-        transform = Transform(settings)
+        transform = Transform(settings)  # type: ignore[no-untyped-call, unused-ignore]  # artifact.py is not typed yet
         final = store.base_dir / f"{backup_id}{transform.suffix('.tar')}"
         argv = [tools.path("pg_basebackup"), "--pgdata=-", "--format=tar", "--wal-method=fetch",
                 "--checkpoint=fast", "--no-password", "--verbose", f"--label=backupd {backup_id}"]
+        if parent is not None:
+            argv.append(f"--incremental={parent.server_manifest_path}")
         _remove_stale(store)
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=store.root) as folder:
             scratch = Path(folder)
@@ -96,9 +105,11 @@ def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: 
             "duration_seconds": round(time.monotonic() - clock, 3), "size": stream.size, "sha256": stream.sha256,
             **transform.manifest_fields(), "tools": tools.describe(), "backupd_version": __version__,
             "server_manifest": f"{backup_id}.{SERVER_MANIFEST}" if server_manifest else None,
+            "parent": parent.id if parent is not None else None,
         }, store.base_dir)
         _keep_manifests(base, server_manifest)
     log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.manifest["duration_seconds"],
+             incremental_on=base.doc.parent,
              start_lsn=base.manifest["start_lsn"], stop_lsn=base.manifest["stop_lsn"])
     return base
 
@@ -126,24 +137,43 @@ def _remove_stale(store: Store) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run_base_backup(settings, reason: str = "manual") -> Base:
+def run_base_backup(settings: Settings, reason: str = "manual", incremental: bool = False) -> Base:
     """``take_base_backup`` of the server's cluster, with its failure recorded for /healthz
     (and cleared by a success): as that cluster's, or as no cluster's when the server could
-    not be asked which it is."""
+    not be asked which it is. ``incremental``: against the newest base backup when the
+    server can (see ``incremental.incremental_parent``), else a full one."""
     try:
         with Server.from_settings(settings).wait_connect() as conn:
             info = cluster.cluster_info(conn)
             tools = cluster.pitr_tools(settings.pg_bindir, info.major)
+            parent = incremental_parent(conn, info, Store(settings.backup_dir, info.system_identifier)) \
+                if incremental else None
     except BackupdError as err:
         record_failure(settings.backup_dir, "base", str(err), utc_now())
         raise
     try:
-        base = take_base_backup(settings, info, tools, reason)
+        base = _take(settings, info, tools, reason, parent)
     except BackupdError as err:
         record_failure(settings.backup_dir, "base", str(err), utc_now(), info.system_identifier)
         raise
     clear_failure(settings.backup_dir, "base", info.system_identifier)
     return base
+
+
+def _take(settings: Settings, info: cluster.ClusterInfo, tools: Tools, reason: str, parent: Base | None) -> Base:
+    """An incremental base backup the server cannot take (its WAL summaries do not reach back
+    to the parent's start: ``summarize_wal`` was off then, or they were removed after
+    ``wal_summary_keep_time``) is taken as a full one, which starts a new chain."""
+    if parent is None:
+        return take_base_backup(settings, info, tools, reason)
+    try:
+        return take_base_backup(settings, info, tools, reason, parent)
+    except DumpError as err:
+        if "summar" not in str(err).lower():
+            raise
+        log.warning("the server cannot take an incremental base backup against the newest one: taking a "
+                    "full one", parent=parent.id, error=str(err))
+        return take_base_backup(settings, info, tools, reason)
 
 
 def _free_second(store: Store) -> tuple[str, datetime]:
@@ -165,7 +195,7 @@ class _only_one:
     def __init__(self, store: Store):
         self.path = store.root / ".base.lock"
 
-    def __enter__(self):
+    def __enter__(self) -> _only_one:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -174,11 +204,11 @@ class _only_one:
             raise RefusedError("a base backup of this cluster is already running") from None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
 
 
-def _json(data: dict) -> str:
+def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 

@@ -1,0 +1,102 @@
+"""Incremental base backups (PostgreSQL 17 and newer, ``summarize_wal = on``), against real
+servers: a full base backup, then two incrementals, each against the one before; a restore
+to a moment after the second combines the chain (``pg_combinebackup``) and holds exactly
+the rows committed by then. A chain whose middle member is gone is not usable: the restore
+falls back to the full base backup and says why. An older server takes full ones only,
+and says so once."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.integration.daemon_helpers import RunningDaemon
+from tests.pg import matrix_bindir
+from tests.pitr.helpers import commit, make_shop, rows, wait_for_window
+
+# Two base backups taken in one process, as the daemon's schedule takes them: their ids.
+TAKE = """
+import sys
+from backupd.settings import load_settings
+from backupd.pitr.base import run_base_backup
+settings = load_settings()
+for _ in range(int(sys.argv[1])):
+    print(run_base_backup(settings, "scheduled", incremental=True).id)
+"""
+
+
+def take_incremental(pitr_backupd, count: int = 1) -> tuple[list[str], str]:
+    result = pitr_backupd.run_argv([pitr_backupd.argv()[0], "-c", TAKE, str(count)], timeout=120)
+    assert result.returncode == 0, result.stderr
+    ids = [line for line in result.stdout.splitlines() if re.fullmatch(r"base-\d{8}T\d{6}Z", line)]
+    return ids, result.stdout + result.stderr
+
+
+def manifest(backup_dir, base_id: str) -> dict:
+    (path,) = (backup_dir / "_pitr").glob(f"*/base/{base_id}.json")
+    return json.loads(path.read_text())
+
+
+def summarize_wal(cluster) -> None:
+    with cluster.connect() as conn:
+        conn.execute("ALTER SYSTEM SET summarize_wal = on")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+@pytest.mark.parametrize("pitr_cluster", (17, 18), indirect=True, ids=lambda major: f"pg{major}")
+def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pitr_env, pitr_backupd, backup_dir,
+                                                                 data_home, recovered):
+    major = int(pitr_cluster.bindir.parent.name)
+    summarize_wal(pitr_cluster)
+    make_shop(pitr_cluster)
+    daemon = RunningDaemon(pitr_env)
+    try:
+        wait_for_window(daemon)  # the full base backup taken at start
+        commit(pitr_cluster, 1, 2)
+        (first,), _ = take_incremental(pitr_backupd)
+        commit(pitr_cluster, 3, 4)
+        (second,), _ = take_incremental(pitr_backupd)
+        commit(pitr_cluster, 5)
+        target = datetime.now(UTC)
+        time.sleep(1.1)
+        last = commit(pitr_cluster, 6)
+        wait_for_window(daemon, last)
+    finally:
+        assert daemon.stop() == 0, daemon.stderr
+
+    full = manifest(backup_dir, first)["parent"]
+    assert full is not None and manifest(backup_dir, full)["parent"] is None
+    assert manifest(backup_dir, second)["parent"] == first
+    status = json.loads(pitr_backupd.ok("pitr", "status", "--json").stdout)
+    assert {"full": full, "incrementals": [first, second], "complete": True} in status["chains"]
+
+    restored = pitr_backupd.ok("pitr", "restore", "--time", target.isoformat(), "--to", str(data_home / "a"))
+    assert f"took base backup {second}" in restored.stdout, restored.stdout
+    server = recovered(matrix_bindir(major), data_home / "a")
+    server.wait_promoted(pitr_cluster)
+    assert rows(server.as_cluster(pitr_cluster)) == [1, 2, 3, 4, 5]
+    server.stop()
+
+    # The middle incremental is deleted: the second cannot be restored without it.
+    for path in (backup_dir / "_pitr").glob(f"*/base/{first}.*"):
+        path.unlink()
+    fallback = pitr_backupd.ok("pitr", "restore", "--time", "latest", "--to", str(data_home / "b"))
+    assert f"skipped base backup {second}: it is incremental: base backup {first}, of its chain, is gone" \
+        in fallback.stdout, fallback.stdout
+    assert f"took base backup {full}" in fallback.stdout, fallback.stdout
+    server = recovered(matrix_bindir(major), data_home / "b")
+    server.wait_promoted(pitr_cluster)
+    assert rows(server.as_cluster(pitr_cluster)) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("pitr_cluster", (16,), indirect=True, ids=lambda major: f"pg{major}")
+def test_an_older_server_takes_full_base_backups_and_says_so_once(pitr_cluster, pitr_backupd, backup_dir):
+    make_shop(pitr_cluster)
+    ids, stderr = take_incremental(pitr_backupd, 2)
+    assert len(ids) == 2 and all(manifest(backup_dir, base_id)["parent"] is None for base_id in ids)
+    told = [line for line in stderr.splitlines() if "cannot take incremental base backups" in line]
+    assert len(told) == 1, stderr
