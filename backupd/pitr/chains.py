@@ -94,6 +94,16 @@ def broken_notes(store: Store, usable: list[Base]) -> list[str]:
     return notes
 
 
+def fetch_chain(base: Base, manifests: list[Base], get: Callable[[Base], None]) -> str | None:
+    """A restore from a replication target: every member of ``base``'s chain not fetched yet
+    is fetched (``get``), then the chain is checked as ``chain_damage`` does."""
+    known = by_id(manifests)
+    for member in chain_of(base, known) or []:
+        if not member.path.exists():
+            get(member)
+    return chain_damage(base, manifests)
+
+
 def with_parents(keep: set[str], bases: list[Base]) -> set[str]:
     """Retention: ``keep`` with every kept base backup's whole chain, and without an
     incremental whose chain is already incomplete (it can never be restored)."""

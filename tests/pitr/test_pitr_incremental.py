@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from datetime import UTC, datetime
 
@@ -63,8 +64,10 @@ def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pi
         commit(pitr_cluster, 5)
         target = datetime.now(UTC)
         time.sleep(1.1)
-        last = commit(pitr_cluster, 6)
-        wait_for_window(daemon, last)
+        commit(pitr_cluster, 6)
+        with pitr_cluster.connect() as admin:
+            admin.execute("SELECT pg_switch_wal()")  # the segment completes: archived, then replicated
+        wait_for_window(daemon, datetime.now(UTC))
     finally:
         assert daemon.stop() == 0, daemon.stderr
 
@@ -80,6 +83,11 @@ def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pi
     server.wait_promoted(pitr_cluster)
     assert rows(server.as_cluster(pitr_cluster)) == [1, 2, 3, 4, 5]
     server.stop()
+    drill = pitr_backupd.ok("pitr", "verify")  # through the chain too
+    assert "ok in" in drill.stdout, drill.stdout
+    (data_home / "offsite").mkdir()
+    offsite = {"REPLICATION_TARGETS": (data_home / "offsite").as_uri()}
+    pitr_backupd.ok("replicate", extra_env=offsite)
 
     # The middle incremental is deleted: the second cannot be restored without it.
     for path in (backup_dir / "_pitr").glob(f"*/base/{first}.*"):
@@ -91,6 +99,16 @@ def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pi
     server = recovered(matrix_bindir(major), data_home / "b")
     server.wait_promoted(pitr_cluster)
     assert rows(server.as_cluster(pitr_cluster)) == [1, 2, 3, 4, 5, 6]
+    server.stop()
+
+    # BACKUP_DIR is lost: the chain comes back from the replication target, every member.
+    shutil.rmtree(backup_dir)
+    fetched = pitr_backupd.ok("pitr", "restore", "--time", target.isoformat(), "--to", str(data_home / "c"),
+                              extra_env=offsite)
+    assert f"took base backup {second}" in fetched.stdout, fetched.stdout
+    server = recovered(matrix_bindir(major), data_home / "c")
+    server.wait_promoted(pitr_cluster)
+    assert rows(server.as_cluster(pitr_cluster)) == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("pitr_cluster", (16,), indirect=True, ids=lambda major: f"pg{major}")
