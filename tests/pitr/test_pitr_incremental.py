@@ -118,3 +118,22 @@ def test_an_older_server_takes_full_base_backups_and_says_so_once(pitr_cluster, 
     assert len(ids) == 2 and all(manifest(backup_dir, base_id)["parent"] is None for base_id in ids)
     told = [line for line in stderr.splitlines() if "cannot take incremental base backups" in line]
     assert len(told) == 1, stderr
+
+
+@pytest.mark.parametrize("pitr_cluster", (17,), indirect=True, ids=lambda major: f"pg{major}")
+def test_without_summarize_wal_full_ones_until_it_is_turned_on(pitr_cluster, pitr_backupd, backup_dir):
+    make_shop(pitr_cluster)
+    ids, output = take_incremental(pitr_backupd, 2)
+    assert len(ids) == 2 and all(manifest(backup_dir, base_id)["parent"] is None for base_id in ids)
+    assert len([line for line in output.splitlines() if "summarize_wal is off" in line]) == 1, output
+    # Turned on after a checkpoint that follows them: the server summarizes from there on, so
+    # it cannot take one against the newest (a full one then), and the next is incremental.
+    commit(pitr_cluster, 1)
+    with pitr_cluster.connect() as conn:
+        conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
+    summarize_wal(pitr_cluster)
+    ids, output = take_incremental(pitr_backupd, 2)
+    first, second = (manifest(backup_dir, base_id)["parent"] for base_id in ids)
+    assert first is None and "taking a full one" in output, output
+    assert second == ids[0], output
