@@ -105,17 +105,28 @@ def fetch_chain(base: Base, manifests: list[Base], get: Callable[[Base], None]) 
 
 
 def with_parents(keep: set[str], bases: list[Base]) -> set[str]:
-    """Retention: ``keep`` with every kept base backup's whole chain, and without an
-    incremental whose chain is already incomplete (it can never be restored)."""
+    """Retention: ``keep`` with every kept base backup's whole chain. An incremental whose
+    chain is incomplete can never be restored: it is not kept once nothing of the missing
+    member is left; while a file of it is (a manifest that does not validate, a data file
+    without one), it stays, and so may still be repaired by hand."""
     known = by_id(bases)
     kept: set[str] = set()
-    for base_id in keep:
-        if base_id in known and (chain := chain_of(known[base_id], known)) is not None:
+    for base_id in keep & set(known):
+        if (chain := chain_of(known[base_id], known)) is not None:
             kept |= {member.id for member in chain}
-        elif base_id in known:
+        elif _leftovers(known[base_id], known):
+            kept.add(base_id)
+        else:
             log.warning("an incremental base backup whose chain is incomplete is not kept", base=base_id,
                         reason=missing_member(known[base_id], known))
     return kept
+
+
+def _leftovers(base: Base, known: dict[str, Base]) -> bool:
+    """Whether a file of the first missing member of ``base``'s chain is still in its folder."""
+    while (parent := parent_of(base)) is not None and parent in known:
+        base = known[parent]
+    return parent is not None and any(base.folder.glob(f"{parent}.*"))
 
 
 def summary(bases: list[Base]) -> list[dict[str, Any]]:

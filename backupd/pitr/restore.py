@@ -159,6 +159,8 @@ def choose_base(store: Store, target: datetime | None, strict: bool = False) -> 
     usable = store.usable_bases()
     candidates = [b for b in usable if target is None or b.consistent_at <= target]
     notes: list[str] = chains.broken_notes(store, usable)
+    if strict and notes:  # the drill proves the newest base backup restores, whole chains included
+        raise IntegrityError("; ".join(notes))
     for base in candidates:
         log.info("checking the base backup", base=base.id)
         if (damage := chains.chain_damage(base, store.bases())) is None:

@@ -53,6 +53,14 @@ def test_an_incremental_whose_parent_is_gone_is_not_kept():
         f"it is incremental: base backup {ident(9)}, of its chain, is gone"
 
 
+def test_an_orphan_stays_while_a_file_of_its_parent_is_left(tmp_path):
+    # The parent's manifest is there but does not validate (a hand's edit, a bad copy): it
+    # is not listed, yet it may be repaired; nothing of its chain is deleted meanwhile.
+    (tmp_path / f"{ident(9)}.json").write_text("{")
+    bases = [base(2, parent=9, folder=tmp_path), base(30, folder=tmp_path)]
+    assert bases_to_keep(bases, NOW, days=14, min_keep=2, proven=NOW) == {ident(2), ident(30)}
+
+
 @pytest.mark.parametrize("parent", [0, -1], ids=["itself", "newer"])
 def test_a_parent_that_is_not_older_is_invalid(parent):
     with pytest.raises(InvalidDocument, match="parent"):

@@ -96,6 +96,8 @@ def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pi
     assert f"skipped base backup {second}: it is incremental: base backup {first}, of its chain, is gone" \
         in fallback.stdout, fallback.stdout
     assert f"took base backup {full}" in fallback.stdout, fallback.stdout
+    drill = pitr_backupd("pitr", "verify")  # the newest chain is broken: the drill says so
+    assert drill.returncode == 1 and f"base backup {first}, of its chain, is gone" in drill.stderr, drill.stderr
     server = recovered(matrix_bindir(major), data_home / "b")
     server.wait_promoted(pitr_cluster)
     assert rows(server.as_cluster(pitr_cluster)) == [1, 2, 3, 4, 5, 6]
