@@ -104,6 +104,7 @@ class Daemon:
             self.add_job("volumes", settings.volume_schedule, self._volumes)
         self.add_job("monitor", MONITOR_SCHEDULE, self._monitor)
         self.receiver: Receiver | None = None
+        self.one_base = threading.Lock()  # a full and an incremental base backup due together: in turn
         if settings.pitr_enabled:
             self.receiver = Receiver(settings, on_gap=lambda reason: self.pitr_base_soon())
             self.metrics.add_pitr(self.pitr_state)
@@ -246,7 +247,8 @@ class Daemon:
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
                         error=self.receiver.state()["error"])
-        base = run_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
+        with self.one_base:
+            base = run_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
         prune_pitr(self.settings, Store(self.settings.backup_dir, base.doc.system_identifier), utc_now())
         log.info("base backup done", id=base.id)
         if self.replicating:
@@ -255,7 +257,8 @@ class Daemon:
 
     def _pitr_incremental(self, scheduled_for: datetime | None) -> bool:
         """An incremental base backup against the newest one (a full one where the server cannot)."""
-        base = run_base_backup(self.settings, "scheduled", incremental=True)
+        with self.one_base:  # due with a full one: after it, and against it
+            base = run_base_backup(self.settings, "scheduled", incremental=True)
         prune_pitr(self.settings, Store(self.settings.backup_dir, base.doc.system_identifier), utc_now())
         if self.replicating:
             self.replicate_soon()

@@ -54,9 +54,10 @@ def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pi
     major = int(pitr_cluster.bindir.parent.name)
     summarize_wal(pitr_cluster)
     make_shop(pitr_cluster)
-    daemon = RunningDaemon(pitr_env)
+    daemon = RunningDaemon(pitr_env, PITR_INCREMENTAL_SCHEDULE="0 0 1 1 *")  # the test takes them itself
     try:
         wait_for_window(daemon)  # the full base backup taken at start
+        assert daemon.json("/status")[1]["jobs"]["pitr-incremental"]["schedule"] == "0 0 1 1 *"
         commit(pitr_cluster, 1, 2)
         (first,), _ = take_incremental(pitr_backupd)
         commit(pitr_cluster, 3, 4)
@@ -76,6 +77,7 @@ def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pi
     assert manifest(backup_dir, second)["parent"] == first
     status = json.loads(pitr_backupd.ok("pitr", "status", "--json").stdout)
     assert {"full": full, "incrementals": [first, second], "complete": True} in status["chains"]
+    assert f"chain: full {full}, then 2 incremental: {first}, {second}\n" in pitr_backupd.ok("pitr", "status").stdout
 
     restored = pitr_backupd.ok("pitr", "restore", "--time", target.isoformat(), "--to", str(data_home / "a"))
     assert f"took base backup {second}" in restored.stdout, restored.stdout
