@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tests.conftest import Backupd
 from tests.integration.daemon_helpers import RunningDaemon
 from tests.pg import matrix_bindir
-from tests.pitr.helpers import commit, make_shop, rows, wait_for_window
+from tests.pitr.helpers import age_keys, commit, make_shop, rows, wait_for_window
 
 # Two base backups taken in one process, as the daemon's schedule takes them: their ids.
 TAKE = """
@@ -49,12 +50,15 @@ def summarize_wal(cluster) -> None:
 
 
 @pytest.mark.parametrize("pitr_cluster", (17, 18), indirect=True, ids=lambda major: f"pg{major}")
-def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pitr_env, pitr_backupd, backup_dir,
-                                                                 data_home, recovered):
+def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pitr_env, backup_dir, data_home,
+                                                                 recovered, tmp_path):
     major = int(pitr_cluster.bindir.parent.name)
+    identity, recipient = age_keys(tmp_path)  # every member encrypted
+    env = {**pitr_env, "BACKUP_ENCRYPTION_RECIPIENTS": recipient, "BACKUP_ENCRYPTION_IDENTITY": identity}
+    pitr_backupd = Backupd(env)
     summarize_wal(pitr_cluster)
     make_shop(pitr_cluster)
-    daemon = RunningDaemon(pitr_env, PITR_INCREMENTAL_SCHEDULE="0 0 1 1 *")  # the test takes them itself
+    daemon = RunningDaemon(env, PITR_INCREMENTAL_SCHEDULE="0 0 1 1 *")  # the test takes them itself
     try:
         wait_for_window(daemon)  # the full base backup taken at start
         assert daemon.json("/status")[1]["jobs"]["pitr-incremental"]["schedule"] == "0 0 1 1 *"
@@ -72,6 +76,7 @@ def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pi
     finally:
         assert daemon.stop() == 0, daemon.stderr
 
+    assert all(path.name.endswith(".tar.zst.age") for path in (backup_dir / "_pitr").glob("*/base/*.tar*"))
     full = manifest(backup_dir, first)["parent"]
     assert full is not None and manifest(backup_dir, full)["parent"] is None
     assert manifest(backup_dir, second)["parent"] == first
