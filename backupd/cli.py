@@ -413,6 +413,8 @@ def _print_pitr_cluster(entry: dict[str, Any]) -> None:
     rows += [(b["id"], b["start_time"], b["stop_time"], human_bytes(b["size"]),
               "damaged" if b["damaged"] else "yes" if b["usable"] else "no") for b in entry["base_backups"]]
     _print_table(rows)
+    from backupd.pitr.chains import describe
+    print(*filter(None, map(describe, entry.get("chains") or [])), sep="\n")
     for name in entry.get("damaged_wal") or []:
         print(f"damaged WAL file: {name} (not the size its record says)")
     for item in entry["invalid"]:

@@ -73,14 +73,16 @@ def volume_backup(settings: Settings, names: list[str] | None = None,
     return outcomes
 
 
-def base_backup(settings: Settings, reason: str, then_replicate: Replicate | None = None) -> Base:
-    """A base backup, then retention of its cluster's archive (once: the daily prune does
-    every cluster), then a replication."""
+def base_backup(settings: Settings, reason: str, then_replicate: Replicate | None = None,
+                incremental: bool = False) -> Base:
+    """A base backup (``incremental``: against the newest one, where the server can), then
+    retention of its cluster's archive (once: the daily prune does every cluster), then a
+    replication."""
     from backupd.pitr.base import run_base_backup
     from backupd.pitr.retention import prune as prune_pitr
     from backupd.pitr.store import Store
 
-    base = run_base_backup(settings, reason)
+    base = run_base_backup(settings, reason, incremental)
     prune_pitr(settings, Store(settings.backup_dir, base.doc.system_identifier), utc_now())
     _replicate_after(settings, True, then_replicate)
     return base

@@ -98,10 +98,13 @@ class Daemon:
             self.add_job("volumes", settings.volume_schedule, self._volumes)
         self.add_job("monitor", MONITOR_SCHEDULE, self._monitor)
         self.receiver: Receiver | None = None
+        self.one_base = threading.Lock()  # a full and an incremental base backup due together: in turn
         if settings.pitr_enabled:
             self.receiver = Receiver(settings, on_gap=lambda reason: self.pitr_base_soon())
             self.metrics.add_pitr()
             self.add_job("pitr-base", settings.pitr_base_schedule, self._pitr_base, run_on_start=True)
+            if settings.pitr_incremental_schedule:
+                self.add_job("pitr-incremental", settings.pitr_incremental_schedule, self._pitr_incremental)
             if settings.verify_enabled:
                 self.add_job("pitr-verify", settings.pitr_drill_schedule, self._pitr_verify)
         self.replicating = coordinator.replication_follows(settings)
@@ -230,9 +233,18 @@ class Daemon:
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
                         error=self.receiver.state()["error"])
-        base = coordinator.base_backup(self.settings, "scheduled" if scheduled_for else "needed",
-                                       then_replicate=self.replicate_soon)
+        with self.one_base:
+            base = coordinator.base_backup(self.settings, "scheduled" if scheduled_for else "needed",
+                                           then_replicate=self.replicate_soon)
         log.info("base backup done", id=base.id)
+        return True
+
+    def _pitr_incremental(self, scheduled_for: datetime | None) -> bool:
+        """An incremental base backup against the newest one (a full one where the server cannot)."""
+        with self.one_base:  # due with a full one: after it, and against it
+            base = coordinator.base_backup(self.settings, "scheduled", then_replicate=self.replicate_soon,
+                                           incremental=True)
+        log.info("incremental base backup done", id=base.id, parent=base.doc.parent)
         return True
 
     def pitr_base_soon(self) -> None:

@@ -244,6 +244,11 @@ class Settings(BaseSettings):
     pitr_base_schedule: Cron = Field("0 3 * * 0",
         description=("cron for base backups (read in `BACKUP_TIMEZONE`); one is also taken at start when "
         "none recovers to the newest WAL"))
+    pitr_incremental_schedule: Cron | None = Field(None,
+        description=("cron for incremental base backups (`pg_basebackup --incremental`) against the previous "
+        "base backup, full or incremental; PostgreSQL 17+ with `summarize_wal = on` "
+        "([incremental base backups](pitr.md#incremental-base-backups)), else full ones, said once in the log. "
+        "Off by default"))
     pitr_retention_days: int = Field(14, ge=0, le=36500,
         description="the recovery window to keep ([retention](pitr.md#pitr-retention))")
     pitr_max_lag: Annotated[float, BeforeValidator(parse_duration), AfterValidator(positive)] = Field(300.0,

@@ -276,9 +276,16 @@ def _pitr(pitr: dict[str, Any] | None, now: datetime) -> str:
     rows = [f'<tr><th scope="row">{label}</th><td>{value}</td></tr>' for label, value in
             (("Cluster", _e(pitr.get("system_identifier") or "not known yet")), ("Restorable", reach),
              ("WAL stream", stream), ("Newest base backup", base), ("Drill", drilled), ("Gaps", gap),
-             *_other_clusters(pitr))]
+             *_chains(pitr), *_other_clusters(pitr))]
     return ('<section aria-labelledby="pitr"><h2 id="pitr">Point-in-time recovery</h2><table><tbody>'
             f'{"".join(rows)}</tbody></table></section>')
+
+
+def _chains(pitr: dict[str, Any]) -> list[tuple[str, str]]:
+    """Incremental base backups, by chain (a full one and those taken on it)."""
+    from backupd.pitr.chains import describe
+    lines = [_e(line) for line in map(describe, pitr.get("chains") or []) if line]
+    return [("Chains", "<br>".join(lines))] if lines else []
 
 
 def _other_clusters(pitr: dict[str, Any]) -> list[tuple[str, str]]:

@@ -13,6 +13,10 @@ until /status shows a recovery window. Then, beside the running daemon:
    same compression as backupd's default, alone), interleaved, the minimum of ``--runs``: time,
    ratio, size, peak RSS, and backupd's speed against the peer's (the target is >= 0.9x), and
    against the peer through exactly backupd's compressor (``--long``: backupd's own overhead);
+1b. PostgreSQL 17 and newer (``summarize_wal`` is turned on at the start): about
+   ``--changed`` percent of every table's pages rewritten, then an incremental base backup
+   against the newest full one, and a full one of the same state: time and size, and the
+   ratios;
 2. ``--updates`` single-row updates, each its own transaction, so there is WAL to replay;
    once the stream has it (the slot and the window's end are past it) the daemon stops;
 3. the RTO, the minimum of ``--runs``: "build" is ``backupd pitr restore --time latest
@@ -149,6 +153,43 @@ def write_wal(cluster, updates: int) -> tuple[int, int, str]:
     return marker, int(written), after
 
 
+INCREMENTAL = ("from backupd.settings import load_settings; from backupd.pitr.base import run_base_backup; "
+               "print(run_base_backup(load_settings(), 'bench', incremental=True).doc.parent)")
+
+
+def change_pages(cluster, percent: float) -> None:
+    """Every row of about ``percent`` of each table's pages rewritten (by block number)."""
+    every = max(1, round(100 / percent))
+    with cluster.connect(DATABASE) as conn:
+        tables = [t for (t,) in conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND "
+                                             "relnamespace = 'public'::regnamespace")]
+        for table in tables:
+            column = conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum = 1",
+                                  (table,)).fetchone()[0]
+            conn.execute(f'UPDATE "{table}" SET "{column}" = "{column}" '
+                         f"WHERE ((ctid::text::point)[0])::bigint % {every} = 0")
+        conn.execute("CHECKPOINT")
+
+
+def incremental_against_full(env: dict[str, str], repo: Path, cluster, percent: float) -> None:
+    """An incremental base backup after ``percent`` of the pages changed, against a full one."""
+    change_pages(cluster, percent)
+    incremental, _ = timed([sys.executable, "-c", INCREMENTAL], env)
+    part = newest_base_manifest(repo)
+    if not part.get("parent"):
+        raise SystemExit(f"the base backup was not incremental: {part['id']} (is summarize_wal on?)")
+    full, _ = timed(backupd("pitr", "base"), env)
+    whole = newest_base_manifest(repo)
+    print(f"\nincremental base backup after {percent:g}% of the pages changed, against a full one of the same "
+          "state\n")
+    print("| what | time | size |")
+    print("|---|---|---|")
+    print(f"| full: backupd pitr base | {full:.2f} s | {whole['size'] / 1e6:.1f} MB |")
+    print(f"| incremental (against {part['parent']}) | {incremental:.2f} s | {part['size'] / 1e6:.1f} MB |")
+    print(f"\nincremental / full: {incremental / full:.2f}x the time, {part['size'] / whole['size']:.3f}x the size",
+          flush=True)
+
+
 def slot_has(cluster, lsn: str, slot: str = "backupd") -> bool:
     """The stream has flushed the WAL up to ``lsn`` (a physical slot's restart_lsn is its flush)."""
     with cluster.connect() as conn:
@@ -205,6 +246,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1024, help="size of the generated database")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--updates", type=int, default=5000, help="single-row updates to replay after the base backup")
+    parser.add_argument("--changed", type=float, default=5.0, help="percent of pages changed before an incremental")
     args = parser.parse_args()
     from tests.pg import MATRIX, free_port, matrix_bindir, remove_cluster, start_cluster
 
@@ -226,6 +268,10 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "bench/generate.py"), DATABASE, str(args.size_mb)],
                        env={**base_env, **cluster.env()}, check=True)
         size = cluster_bytes(cluster)
+        if args.major >= 17:  # before the daemon's first base backup: the summaries reach back to it
+            with cluster.connect() as conn:
+                conn.execute("ALTER SYSTEM SET summarize_wal = on")
+                conn.execute("SELECT pg_reload_conf()")
         repo = work / "repo"
         env = {**base_env, **cluster.env(), "BACKUP_DIR": str(repo), "LOG_LEVEL": "warning",
                "PITR_ENABLED": "true", "PG_BINDIR": str(MATRIX)}
@@ -291,6 +337,9 @@ def main() -> None:
               f"{min(times[peer]) / min(inner):.2f}x without the process start; against the peer through "
               f"backupd's own compressor: {min(times[same]) / min(times[ours]):.2f}x the speed, "
               f"{min(times[same]) / min(inner):.2f}x without the process start", flush=True)
+
+        if args.major >= 17:
+            incremental_against_full(env, repo, cluster, args.changed)
 
         # 2. WAL to replay, until the stream has it all; then the daemon stops.
         marker, wal_bytes, end_lsn = write_wal(cluster, args.updates)

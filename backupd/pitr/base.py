@@ -26,6 +26,7 @@ from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
 from backupd.pitr import cluster, waldump
+from backupd.pitr.incremental import incremental_parent
 from backupd.pitr.records import BaseManifest
 from backupd.pitr.store import Base, Store, clear_failure, record_failure
 from backupd.postgres import Server
@@ -63,9 +64,11 @@ def consistent_time(settings: Settings, major: int, scratch: Path, start_lsn: st
     return newest or utc_now()
 
 
-def take_base_backup(settings: Settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:
+def take_base_backup(settings: Settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual",
+                     parent: Base | None = None) -> Base:
     """A base backup of the cluster ``info`` describes, now; returns it once its file and
-    manifest are in place."""
+    manifest are in place. With ``parent``: an incremental one against it (its server's
+    ``backup_manifest`` says which blocks it already holds)."""
     server = Server.from_settings(settings)
     store = Store(settings.backup_dir, info.system_identifier)
     store.ensure()
@@ -73,10 +76,12 @@ def take_base_backup(settings: Settings, info: cluster.ClusterInfo, tools: Tools
     with _only_one(store):
         backup_id, started = _free_second(store)
         clock = time.monotonic()
-        transform = Transform(settings)
+        transform = Transform(settings)  # type: ignore[no-untyped-call, unused-ignore]  # artifact.py is not typed yet
         final = store.base_dir / f"{backup_id}{transform.suffix('.tar')}"
         argv = [tools.path("pg_basebackup"), "--pgdata=-", "--format=tar", "--wal-method=fetch",
                 "--checkpoint=fast", "--no-password", "--verbose", f"--label=backupd {backup_id}"]
+        if parent is not None:
+            argv.append(f"--incremental={parent.server_manifest_path}")
         _remove_stale(store)
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=store.root) as folder:
             scratch = Path(folder)
@@ -101,10 +106,11 @@ def take_base_backup(settings: Settings, info: cluster.ClusterInfo, tools: Tools
             "duration_seconds": round(time.monotonic() - clock, 3), "size": stream.size, "sha256": stream.sha256,
             **transform.manifest_fields(), "tools": tools.describe(), "backupd_version": __version__,
             "server_manifest": f"{backup_id}.{SERVER_MANIFEST}" if server_manifest else None,
+            "parent": parent.id if parent is not None else None,
         }), store.base_dir)
         _keep_manifests(base, server_manifest)
     log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.doc.duration_seconds,
-             start_lsn=base.doc.start_lsn, stop_lsn=base.doc.stop_lsn)
+             incremental_on=base.doc.parent, start_lsn=base.doc.start_lsn, stop_lsn=base.doc.stop_lsn)
     return base
 
 
@@ -131,24 +137,43 @@ def _remove_stale(store: Store) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run_base_backup(settings: Settings, reason: str = "manual") -> Base:
+def run_base_backup(settings: Settings, reason: str = "manual", incremental: bool = False) -> Base:
     """``take_base_backup`` of the server's cluster, with its failure recorded for /healthz
     (and cleared by a success): as that cluster's, or as no cluster's when the server could
-    not be asked which it is."""
+    not be asked which it is. ``incremental``: against the newest base backup when the
+    server can (see ``incremental.incremental_parent``), else a full one."""
     try:
         with Server.from_settings(settings).wait_connect() as conn:
             info = cluster.cluster_info(conn)
             tools = cluster.pitr_tools(settings.pg_bindir, info.major)
+            parent = incremental_parent(conn, info, Store(settings.backup_dir, info.system_identifier)) \
+                if incremental else None
     except BackupdError as err:
         record_failure(settings.backup_dir, "base", str(err), utc_now())
         raise
     try:
-        base = take_base_backup(settings, info, tools, reason)
+        base = _take(settings, info, tools, reason, parent)
     except BackupdError as err:
         record_failure(settings.backup_dir, "base", str(err), utc_now(), info.system_identifier)
         raise
     clear_failure(settings.backup_dir, "base", info.system_identifier)
     return base
+
+
+def _take(settings: Settings, info: cluster.ClusterInfo, tools: Tools, reason: str, parent: Base | None) -> Base:
+    """An incremental base backup the server cannot take (its WAL summaries do not reach back
+    to the parent's start: ``summarize_wal`` was off then, or they were removed after
+    ``wal_summary_keep_time``) is taken as a full one, which starts a new chain."""
+    if parent is None:
+        return take_base_backup(settings, info, tools, reason)
+    try:
+        return take_base_backup(settings, info, tools, reason, parent)
+    except DumpError as err:
+        if "summar" not in str(err).lower():
+            raise
+        log.warning("the server cannot take an incremental base backup against the newest one: taking a "
+                    "full one", parent=parent.id, error=str(err))
+        return take_base_backup(settings, info, tools, reason)
 
 
 def _free_second(store: Store) -> tuple[str, datetime]:

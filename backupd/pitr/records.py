@@ -64,12 +64,17 @@ class BaseManifest(Document):
     server_manifest: FileName | None = None
     reason: str = ""  # what took it: the schedule, a gap, a person
     duration_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    # An incremental base backup: the id of the base backup it was taken against (its
+    # parent, full or incremental). None (and in every older manifest): a full one.
+    parent: Annotated[str, StringConstraints(pattern=BASE_ID)] | None = None
 
     @model_validator(mode="after")
     def _own_files(self) -> BaseManifest:
         for name in (self.file, self.server_manifest):
             if name is not None and not name.startswith(f"{self.id}."):
                 raise ValueError(f"{name!r} is not a file of base backup {self.id}")
+        if self.parent is not None and self.parent >= self.id:  # ids are times: a parent is older
+            raise ValueError(f"parent: {self.parent!r} is not older than base backup {self.id}")
         return self
 
 

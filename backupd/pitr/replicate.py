@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from backupd.documents import InvalidDocument, decode, parse
 from backupd.logging import get_logger
-from backupd.pitr.integrity import base_damage
+from backupd.pitr.chains import fetch_chain
 from backupd.pitr.records import Invalid, ReplicatedFile, ReplicatedTargets, warn_invalid
 from backupd.pitr.retention import bases_to_keep, wal_to_delete
 from backupd.pitr.store import _ARCHIVED, RECORD_SUFFIX, Base, Store
@@ -197,10 +197,11 @@ def _fetch_intact_base(target: Target, prefix: str, candidates: list[Base]) -> B
     """The data of the newest of ``candidates`` whose copy on ``target`` matches its
     manifest. A damaged copy is removed from the fetch folder and the next older one is
     fetched: its WAL reaches the same moments (pitr restore says which it took)."""
+    def get(member: Base) -> None:
+        with_retries(f"fetch {member.doc.file}", partial(target.get, f"{prefix}/base/{member.doc.file}", member.path))
+
     for base in candidates:
-        with_retries(f"fetch {base.doc.file}",
-                     partial(target.get, f"{prefix}/base/{base.doc.file}", base.path))
-        if (damage := base_damage(base)) is None:
+        if (damage := fetch_chain(base, candidates, get)) is None:  # an incremental: with its chain
             return base
         log.error("a base backup's copy on a target is damaged; trying an older one", target=target.url,
                   base=base.id, reason=damage)

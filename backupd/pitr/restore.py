@@ -17,11 +17,11 @@ from pathlib import Path
 import psycopg
 
 from backupd.archive import reader_stages
-from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError, UsageError
+from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError
 from backupd.logging import get_logger
-from backupd.pitr import prepared, wal, waldump
+from backupd.pitr import chains, prepared, wal, waldump
 from backupd.pitr.destination import check_destination
-from backupd.pitr.integrity import base_damage, check_stored_wal, check_wal_copy
+from backupd.pitr.integrity import check_stored_wal, check_wal_copy
 from backupd.pitr.reach import segments_to_copy
 from backupd.pitr.staging import Staging, checkpoint
 from backupd.pitr.store import Base, Store
@@ -58,12 +58,10 @@ def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
             raise IntegrityError(f"archived WAL files are damaged (their size is not their record's): {listed}")
         notes.append(f"left out damaged WAL files (their size is not their record's): {listed}; the recovery "
                      "window ends before the first of them (backupd pitr status)")
-    if (encrypted := base.path.name.endswith(".age")) and not settings.identity:
-        raise UsageError(f"base backup {base.id} is encrypted: restoring it needs BACKUP_ENCRYPTION_IDENTITY")
     major = base.doc.server_major
     with staging.building() as folder:
         log.info("extracting the base backup", base=base.id, folder=str(folder))
-        _extract(base, folder, settings.identity if encrypted else None)
+        chains.extract(settings, store, base, folder, _extract)  # through its chain when incremental
         checkpoint()
         log.info("copying the WAL", base=base.id)
         copied = _copy_wal(store, base, folder / WAL_FOLDER, settings.identity, target)
@@ -158,11 +156,14 @@ def choose_base(store: Store, target: datetime | None, strict: bool = False) -> 
         if target > window.end:
             raise RefusedError(f"--time {iso(target)} is after the newest WAL received, at {iso(window.end)}: "
                                "use --time latest for everything there is")
-    candidates = [b for b in store.usable_bases() if target is None or b.consistent_at <= target]
-    notes: list[str] = []
+    usable = store.usable_bases()
+    candidates = [b for b in usable if target is None or b.consistent_at <= target]
+    notes: list[str] = chains.broken_notes(store, usable)
+    if strict and notes:  # the drill proves the newest base backup restores, whole chains included
+        raise IntegrityError("; ".join(notes))
     for base in candidates:
         log.info("checking the base backup", base=base.id)
-        if (damage := base_damage(base)) is None:
+        if (damage := chains.chain_damage(base, store.bases())) is None:
             newest = "the newest base backup" if base is candidates[0] else "the newest intact base backup"
             reach = (f"that is consistent before {iso(target)} (from {base.consistent_at.isoformat()})" if target
                      else "that reaches the newest WAL")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from backupd.logging import get_logger
 from backupd.pitr import wal
+from backupd.pitr.chains import with_parents
 from backupd.pitr.store import RECORD_SUFFIX, Base, Store, remove_files
 
 log = get_logger("pitr")
@@ -35,7 +36,7 @@ def bases_to_keep(bases: list[Base], now: datetime, days: int, min_keep: int,
     before = [b for b in bases if b.stop_time < horizon]
     if before:
         keep.add(before[0].id)
-    return keep
+    return with_parents(keep, bases)
 
 
 def wal_to_delete(names: list[str], kept: list[Base], segment_size: int) -> list[str]:

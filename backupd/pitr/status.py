@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from backupd.pitr import cluster, clusters
+from backupd.pitr import chains, cluster, clusters
 from backupd.pitr.records import to_json
 from backupd.pitr.store import Store, failures, own_failures
 from backupd.postgres import Server
@@ -53,6 +53,7 @@ def _cluster(store: Store, settings, connected: bool) -> dict[str, Any]:
         "newest_received": iso(store.newest_received_time()),
         "wal_files": len(store.archived()), "damaged_wal": store.damaged_wal(),
         "base_backups": [{**b.summary(), "usable": b.id in usable} for b in store.bases()],
+        "chains": chains.summary(store.bases()),  # full base backups and the incrementals on them
         "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
         "invalid": [item.describe() for item in store.invalid()],
         "failures": own_failures(Path(settings.backup_dir), store.system_identifier)}

@@ -428,8 +428,10 @@ class Store:
         gaps = [g.time for g in self.gaps()]
         path = self.timeline_path() if path is None else path
         numbers = set(self.segments(path) if segments is None else segments)
-        return [b for b in self.bases()
-                if b.intact_by_size()
+        from backupd.pitr.chains import complete  # an incremental restores through its whole chain
+        bases = self.bases()
+        return [b for b in bases
+                if b.intact_by_size() and complete(b, bases)
                 and not any(gap >= b.start_time for gap in gaps)
                 and self.timeline_at(wal.parse_lsn(b.doc.start_lsn), path) == b.doc.timeline
                 and not self.missing_segments(b, numbers)]
