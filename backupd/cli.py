@@ -105,12 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     pitr_restore = pitr_verbs.add_parser(
         "restore", help="build a data directory that PostgreSQL recovers to a moment, then promotes")
     pitr_restore.add_argument("--time", required=True, metavar="TIME|latest",
-                              help="the moment to recover to (ISO 8601; UTC unless it has an offset), or latest")
+                              help="the moment to recover to: latest, '10 minutes ago' (seconds, minutes, hours, "
+                                   "days), or ISO 8601 (local time in the zone TZ names unless it has an offset)")
     pitr_restore.add_argument("--to", required=True, metavar="DIR",
                               help="the data directory to build (the database server must be stopped)")
     pitr_restore.add_argument("--yes", action="store_true",
                               help="a non-empty DIR is emptied first: its content is moved aside inside it, kept")
     pitr_restore.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
+    pitr_restore.add_argument("--dry-run", action="store_true",
+                              help="print the plan (base backup, WAL, last commit, room, duration); touch nothing")
     pitr_verify = pitr_verbs.add_parser(
         "verify", help="the PITR drill now: recover the newest base backup and WAL, check, remove")
     pitr_verify.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
@@ -485,10 +488,16 @@ def cmd_pitr(settings, args) -> int:
         print(f"{result['base']}: ok in {result['seconds']:.1f}s, recovered to {result['replayed_to']}", flush=True)
         return 0
     if args.pitr_verb == "restore":
-        from backupd.pitr.moment import parse_target
+        from backupd.pitr.moment import parse_target, understood
         from backupd.pitr.restore import restore
 
-        built = restore(settings, parse_target(args.time), args.to, args.yes, args.cluster)
+        moment = parse_target(args.time)
+        print(understood(args.time, moment), flush=True)
+        if args.dry_run:
+            from backupd.pitr.preview import preview
+
+            return preview(settings, moment, args.to, args.yes, args.cluster)
+        built = restore(settings, moment, args.to, args.yes, args.cluster)
         for note in built.notes:
             print(f"note: {note}")
         if built.moved_aside:
@@ -538,6 +547,8 @@ def _print_pitr_cluster(entry: dict) -> None:
         print(f"invalid: {item['file']}: {item['reason']} (ignored)")
     if drill := entry["last_drill"]:
         print(f"last drill: {drill['time']}: " + ("ok" if drill["ok"] else f"FAILED: {drill.get('reason')}"))
+    if entry.get("restore_estimate"):
+        print(entry["restore_estimate"])
 
 
 def cmd_run(settings, args) -> int:

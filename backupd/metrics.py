@@ -290,6 +290,7 @@ class PitrCollector:
         yield from self.guard.run("pitr", self._collect)
 
     def _collect(self) -> Iterator[Metric]:
+        from backupd.pitr import estimate
         from backupd.pitr.clusters import current
 
         state = self.receiver_state() or {}
@@ -311,6 +312,11 @@ class PitrCollector:
         if success := parse_iso(drill.get("last_success")):
             yield GaugeMetricFamily("backupd_pitr_verify_last_success_timestamp_seconds",
                                     "When the last PITR drill succeeded", value=success.timestamp())
+        if (drilled := estimate.drill_seconds(store)) is not None:
+            yield GaugeMetricFamily("backupd_pitr_drill_seconds", "How long the last PITR drill took", value=drilled)
+        if (restore := estimate.to_now(store)) is not None:
+            yield GaugeMetricFamily("backupd_pitr_restore_estimate_seconds", "How long a restore to now would take, "
+                                    "from the last drill's rates", value=restore)
 
 
 class HealthCollector:
