@@ -10,7 +10,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
