@@ -116,7 +116,7 @@ def _stored_bytes(segments: Segments) -> int:
     for _, path, _ in segments.values():
         try:
             total += os.stat(path).st_size
-        except OSError:  # a received file completed meanwhile: counted by its name's size later
+        except OSError:  # gone meanwhile: the receiver completed it, and the restore copies the complete one
             continue
     return total
 
