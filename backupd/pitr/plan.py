@@ -34,6 +34,8 @@ Segments = dict[int, tuple[str, Path, bool]]  # as Store.segments gives them
 
 @dataclass
 class Plan:
+    """One restore's plan, for one cluster and one moment."""
+
     cluster: str
     target: datetime | None  # None: every WAL record there is (latest)
     base: Base
@@ -67,7 +69,7 @@ def make_plan(settings: Settings, store: Store, target: datetime | None, strict:
             raise IntegrityError(f"archived WAL files are damaged (their size is not their record's): {listed}")
         notes.append(f"left out damaged WAL files (their size is not their record's): {listed}; the recovery "
                      "window ends before the first of them (backupd pitr status)")
-    if base.path.name.endswith(".age") and not settings.identity:
+    if base.path.name.endswith(".age") and not settings.identity:  # as Plan.encrypted
         raise UsageError(f"base backup {base.id} is encrypted: restoring it needs BACKUP_ENCRYPTION_IDENTITY")
     segments = segments_to_copy(store, base, target)
     unpacked = _unpacked_size(base)
