@@ -366,10 +366,16 @@ def cmd_pitr(settings: Settings, args: argparse.Namespace) -> int:
 
         return restore_one_database(settings, args)
     if args.pitr_verb == "restore":
-        from backupd.pitr.moment import parse_target
+        from backupd.pitr.moment import parse_target, understood
         from backupd.pitr.restore import restore
 
-        built = restore(settings, parse_target(args.time), args.to, args.yes, args.cluster)
+        moment = parse_target(args.time)
+        print(understood(args.time, moment), flush=True)
+        if args.dry_run:
+            from backupd.pitr.preview import preview
+
+            return preview(settings, moment, args.to, args.yes, args.cluster)
+        built = restore(settings, moment, args.to, args.yes, args.cluster)
         for note in built.notes:
             print(f"note: {note}")
         if built.moved_aside:
@@ -421,6 +427,8 @@ def _print_pitr_cluster(entry: dict[str, Any]) -> None:
         print(f"invalid: {item['file']}: {item['reason']} (ignored)")
     if drill := entry["last_drill"]:
         print(f"last drill: {drill['time']}: " + ("ok" if drill["ok"] else f"FAILED: {drill.get('reason')}"))
+    if entry.get("restore_estimate"):
+        print(entry["restore_estimate"])
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:

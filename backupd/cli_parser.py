@@ -104,7 +104,8 @@ def _add_pitr_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     pitr_restore = pitr_verbs.add_parser(
         "restore", help="build a data directory that PostgreSQL recovers to a moment, then promotes")
     pitr_restore.add_argument("--time", required=True, metavar="TIME|latest",
-                              help="the moment to recover to (ISO 8601; UTC unless it has an offset), or latest")
+                              help="the moment to recover to: latest, '10 minutes ago' (seconds, minutes, hours, "
+                                   "days), or ISO 8601 (local time in the zone TZ names unless it has an offset)")
     pitr_restore.add_argument("--to", metavar="DIR",
                               help="the data directory to build (the database server must be stopped)")
     pitr_restore.add_argument("--database", metavar="NAME", help="one database as of TIME, into the running "
@@ -114,6 +115,8 @@ def _add_pitr_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     pitr_restore.add_argument("--yes", action="store_true",
                               help="a non-empty DIR is emptied first: its content is moved aside inside it, kept")
     pitr_restore.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
+    pitr_restore.add_argument("--dry-run", action="store_true",
+                              help="print the plan (base backup, WAL, last commit, room, duration); touch nothing")
     pitr_verify = pitr_verbs.add_parser(
         "verify", help="the PITR drill now: recover the newest base backup and WAL, check, remove")
     pitr_verify.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)

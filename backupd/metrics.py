@@ -310,6 +310,11 @@ class PitrCollector:
         if success := parse_iso(drill.get("last_success")):
             yield GaugeMetricFamily("backupd_pitr_verify_last_success_timestamp_seconds",
                                     "When the last PITR drill succeeded", value=success.timestamp())
+        if isinstance(drilled := drill.get("seconds"), int | float):
+            yield GaugeMetricFamily("backupd_pitr_drill_seconds", "How long the last PITR drill took", value=drilled)
+        if isinstance(restore := report.get("restore_estimate_seconds"), int | float):
+            yield GaugeMetricFamily("backupd_pitr_restore_estimate_seconds", "How long a restore to now would take, "
+                                    "from the last drill's rates", value=restore)
 
 
 class HealthCollector:

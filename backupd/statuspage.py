@@ -271,6 +271,8 @@ def _pitr(pitr: dict[str, Any] | None, now: datetime) -> str:
     drilled = (_status("ok", f"ok {_when(_at(drill['time']))}") if drill.get("ok") else
                _status("bad", f"failed {_when(_at(drill['time']))}: {drill.get('reason')}") if drill.get("ok") is False
                else _status("warn", drill.get("reason") or "not yet"))
+    if pitr.get("restore_estimate"):
+        drilled += f"<br>{_e(pitr['restore_estimate'])}"
     gaps = pitr.get("gaps") or []
     gap = _status("warn", f"last at {_when(_at(gaps[-1]['time']))}: {gaps[-1]['reason']}") if gaps else "none"
     rows = [f'<tr><th scope="row">{label}</th><td>{value}</td></tr>' for label, value in

@@ -15,7 +15,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -24,10 +24,13 @@ from backupd.logging import get_logger
 from backupd.pgtools import installed
 from backupd.pitr import cluster, wal
 from backupd.pitr.restore import build_data_directory
-from backupd.pitr.store import Store, clear_failure, record_failure
+from backupd.pitr.store import Base, Store, clear_failure, record_failure
 from backupd.postgres import Server
 from backupd.process import dies_with_parent
 from backupd.repository import iso, utc_now
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("pitr")
 
@@ -35,7 +38,7 @@ DRILL_PREFIX = ".backupd-pitr-drill-"
 STOP_SECONDS = 60.0
 
 
-def run_drill(settings, store: Store) -> dict[str, Any]:
+def run_drill(settings: Settings, store: Store) -> dict[str, Any]:
     """Recover ``store``'s cluster, check, clean up; the result is recorded (its verify.json,
     its failure file)."""
     started, clock = utc_now(), time.monotonic()
@@ -65,7 +68,10 @@ def run_drill(settings, store: Store) -> dict[str, Any]:
     return result
 
 
-def _drill(settings, store: Store) -> dict[str, Any]:
+def _drill(settings: Settings, store: Store) -> dict[str, Any]:
+    # Everything but the replay counts for the base rate, the cleaning up too: on a test
+    # cluster the drill's whole duration is closest to a restore run as a command.
+    clock = time.monotonic()
     parent = _scratch_parent(store)
     for stale in parent.glob(f"{DRILL_PREFIX}{store.system_identifier}-*"):  # a drill killed before it cleaned up
         shutil.rmtree(stale, ignore_errors=True)
@@ -75,14 +81,27 @@ def _drill(settings, store: Store) -> dict[str, Any]:
     try:
         built = build_data_directory(settings, None, scratch / "data", yes=False, store=store, strict=True)
         postgres = _server_binary(settings.pg_bindir, built.major)
+        replay_clock = time.monotonic()
         replayed = _recover(postgres, scratch, settings.db_user, settings.backup_timeout)
+        replay_seconds = time.monotonic() - replay_clock
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if expected is not None and replayed < expected:
         raise RestoreError(f"the recovered server stopped at {wal.format_lsn(replayed)}, before the newest WAL the "
                            f"receiver had flushed ({wal.format_lsn(expected)}): WAL is missing")
     return {"base": built.base.id, "replayed_to": wal.format_lsn(replayed),
-            "expected": wal.format_lsn(expected) if expected is not None else None, "wal_files": built.wal_files}
+            "expected": wal.format_lsn(expected) if expected is not None else None, "wal_files": built.wal_files,
+            **_rates(built.base, replayed, time.monotonic() - clock - replay_seconds, replay_seconds)}
+
+
+def _rates(base: Base, replayed: int, build_seconds: float, replay_seconds: float) -> dict[str, float]:
+    """What a restore's estimate is made of (pitr/estimate.py): the base backup's stored
+    bytes per second of the drill's work other than the replay (asking the server, checking,
+    extracting, copying the WAL, cleaning up), and WAL positions per second of the server's
+    recovery (start to promotion and stop), from the base backup's start to where it stopped."""
+    wal_bytes = max(replayed - wal.parse_lsn(base.doc.start_lsn), 0)
+    return {"base_bytes_per_second": round(max(base.doc.size, 1) / max(build_seconds, 0.001), 1),
+            "wal_bytes_per_second": round(wal_bytes / max(replay_seconds, 0.001), 1)}
 
 
 def _scratch_parent(store: Store) -> Path:
@@ -91,7 +110,7 @@ def _scratch_parent(store: Store) -> Path:
     return store.root if os.geteuid() != 0 else Path(tempfile.gettempdir())
 
 
-def _flushed_position(settings, system_identifier: str) -> int | None:
+def _flushed_position(settings: Settings, system_identifier: str) -> int | None:
     """What the receiver had flushed when the drill began (the slot's position); None when
     the server cannot be asked, or is another cluster (its slot says nothing of this one's
     WAL): the drill then checks that recovery ends and promotes."""
@@ -141,7 +160,8 @@ def _recover(postgres: Path, scratch: Path, user: str, timeout: float) -> int:
         shutil.rmtree(socket_dir, ignore_errors=True)
 
 
-def _wait_for_promotion(server: subprocess.Popen, socket_dir: Path, user: str, timeout: float, log_path: Path) -> int:
+def _wait_for_promotion(server: subprocess.Popen[bytes], socket_dir: Path, user: str, timeout: float,
+                        log_path: Path) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -175,7 +195,7 @@ def _server_user(data: Path) -> tuple[int, int]:
     return account.pw_uid, account.pw_gid
 
 
-def _stop(server: subprocess.Popen) -> None:
+def _stop(server: subprocess.Popen[bytes]) -> None:
     if server.poll() is not None:
         return
     os.kill(server.pid, signal.SIGINT)  # fast shutdown

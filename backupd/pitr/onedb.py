@@ -78,14 +78,7 @@ def restore_database(settings: Settings, target: datetime | None, database: str,
                      over: str | None, yes: bool, cluster: str | None = None) -> Restored:
     """Everything is checked that can be before the cluster is rebuilt: the destination, the
     consent, the disk room; refusals raise (exit 2) with nothing touched."""
-    if not database:
-        raise UsageError("--database needs a database name, and it was given an empty one")
-    check_destination_options(into, over)
-    destination = into if into is not None else over
-    if destination is None:
-        raise UsageError("--database NAME restores one database into the running server: give --into NEWDB "
-                         "(a new database) or --over NAME --yes (replace one by a safe swap)")
-    _check_live(settings, _planned(database, target), destination, into, over, yes)
+    destination = _check_request(settings, target, database, into, over, yes)
     scratch = _scratch()
     try:
         checked = _check_room(settings, target, database, scratch, cluster)
@@ -109,6 +102,29 @@ def _planned(database: str, target: datetime | None) -> Backup:
     planned = parse(DumpManifest, {"id": dump_id, "kind": "database", "database": database, "file": f"{dump_id}.dump",
                                    "format": "custom", "size_bytes": 0, "sha256": "0" * 64})
     return Backup(planned, Path("."))  # its checksum is never read: the checks need only its name
+
+
+def _check_request(settings: Settings, target: datetime | None, database: str, into: str | None,
+                   over: str | None, yes: bool) -> str:
+    """The options, then the live server's refusals; returns the destination."""
+    if not database:
+        raise UsageError("--database needs a database name, and it was given an empty one")
+    check_destination_options(into, over)
+    destination = into if into is not None else over
+    if destination is None:
+        raise UsageError("--database NAME restores one database into the running server: give --into NEWDB "
+                         "(a new database) or --over NAME --yes (replace one by a safe swap)")
+    _check_live(settings, _planned(database, target), destination, into, over, yes)
+    return destination
+
+
+def check_without_touching(settings: Settings, target: datetime | None, database: str, into: str | None,
+                           over: str | None, yes: bool, cluster: str | None = None) -> None:
+    """What ``--dry-run`` adds to the plan for one database: every refusal the restore
+    makes before it rebuilds anything (the options, the live server's, the disk room of
+    the scratch folder), with nothing created."""
+    _check_request(settings, target, database, into, over, yes)
+    _check_room(settings, target, database, Path(tempfile.gettempdir()), cluster)
 
 
 def _dump_id(database: str, target: datetime | None) -> str:

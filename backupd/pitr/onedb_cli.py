@@ -25,6 +25,14 @@ def restore_one_database(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("--to builds a whole data directory and --database restores one database into the running "
                          "server: give one of them")
     target = parse_target(args.time)
+    if args.dry_run:
+        from backupd.pitr.moment import understood
+        from backupd.pitr.onedb import check_without_touching
+        from backupd.pitr.preview import preview
+
+        print(understood(args.time, target), flush=True)
+        check_without_touching(settings, target, args.database, args.into, args.over, args.yes, args.cluster)
+        return preview(settings, target, None, args.yes, args.cluster)
     print(f"restoring database {args.database} as of {iso(target) or 'the end of the WAL received'} (UTC)",
           flush=True)
     done = restore_database(settings, target, args.database, args.into, args.over, args.yes, args.cluster)

@@ -100,6 +100,11 @@ class DrillRecord(Document):
     ok: bool | None
     reason: str | None = None
     last_success: Moment | None = None
+    # What the drill measured (absent in a record of an older backupd): how long it took,
+    # and its rates, from which a restore's duration is estimated (pitr/estimate.py).
+    seconds: Annotated[float, Field(ge=0)] | None = None
+    base_bytes_per_second: Annotated[float, Field(gt=0)] | None = None  # base backup stored bytes restored
+    wal_bytes_per_second: Annotated[float, Field(ge=0)] | None = None  # WAL positions replayed
 
 
 class FailureRecord(Document):

@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -28,6 +29,9 @@ from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
 from backupd.repository import iso, utc_now
 from backupd.stream import Pipeline, stream_to_file
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("pitr")
 
@@ -46,25 +50,23 @@ class Built:
     notes: list[str] = field(default_factory=list)
 
 
-def build_data_directory(settings, target: datetime | None, to: Path, yes: bool, store: Store,
+def build_data_directory(settings: Settings, target: datetime | None, to: Path, yes: bool, store: Store,
                          strict: bool = False) -> Built:
     """``store``'s cluster. ``strict`` (the drill): the newest usable base backup or a
     failure, never an older one."""
+    from backupd.pitr.plan import check_room, make_plan  # the plan builds on choose_base, below
+
     staging = Staging(to, yes)  # a folder that is not empty is refused before the long checks
-    base, notes = choose_base(store, target, strict)
-    if damaged := store.damaged_wal():  # left out of the window already; say so, and fail a drill
-        listed = ", ".join(damaged)
-        if strict:
-            raise IntegrityError(f"archived WAL files are damaged (their size is not their record's): {listed}")
-        notes.append(f"left out damaged WAL files (their size is not their record's): {listed}; the recovery "
-                     "window ends before the first of them (backupd pitr status)")
+    plan = make_plan(settings, store, target, strict)  # what --dry-run shows, followed here
+    check_room(plan, to)
+    base, notes = plan.base, plan.notes
     major = base.doc.server_major
     with staging.building() as folder:
         log.info("extracting the base backup", base=base.id, folder=str(folder))
         chains.extract(settings, store, base, folder, _extract)  # through its chain when incremental
         checkpoint()
         log.info("copying the WAL", base=base.id)
-        copied = _copy_wal(store, base, folder / WAL_FOLDER, settings.identity, target)
+        copied = _copy_wal(store, base, folder / WAL_FOLDER, settings.identity, target, plan.segments)
         built = Built(to, base, target, None, copied, None, major, notes)
         if target is not None:
             _choose_recovery_target(settings, folder, target, built)
@@ -107,11 +109,11 @@ def restore(settings, target: datetime | None, to: Path | str, yes: bool, cluste
     from backupd.pitr.replicate import fetch_folder, fetch_store
     from backupd.targets import target_urls
 
-    real = check_destination(to, settings.backup_dir, lambda: _server_data_directory(settings))
+    real = check_destination(to, settings.backup_dir, lambda: server_data_directory(settings))
     server = None if cluster else clusters.connected(settings)
     try:
         store = clusters.choose(settings, cluster, server)
-        if _reaches(store, target) or not target_urls(settings):
+        if reaches(store, target) or not target_urls(settings):
             return build_data_directory(settings, target, real, yes, store)
         cluster = store.system_identifier
     except NotFoundError:
@@ -123,14 +125,14 @@ def restore(settings, target: datetime | None, to: Path | str, yes: bool, cluste
         return build_data_directory(settings, target, real, yes, fetched)
 
 
-def _reaches(store: Store, target: datetime | None) -> bool:
+def reaches(store: Store, target: datetime | None) -> bool:
     """Whether the local window holds ``target``: a WAL file or a base backup lost here (a
     hand's ``rm``, a disk replaced) may still be on a target, whose window reaches it."""
     window = store.window()
     return window is not None and (target is None or window.start <= target <= window.end)
 
 
-def _server_data_directory(settings) -> str | None:
+def server_data_directory(settings: Settings) -> str | None:
     """Where the configured server keeps its data, when it runs and may say (a superuser or
     pg_read_all_settings; others do not see the setting)."""
     try:
@@ -186,14 +188,16 @@ def _extract(base: Base, to: Path, identity: str | None) -> None:
     pipeline.finish()
 
 
-def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None, target: datetime | None) -> int:
+def _copy_wal(store: Store, base: Base, folder: Path, identity: str | None, target: datetime | None,
+              segments: dict[int, tuple[str, Path, bool]] | None = None) -> int:
     """The WAL recovery to ``target`` reads from the base backup's start on (the newest
-    timeline's path, reach.segments_to_copy), and every timeline history file; each
-    checked once read back."""
+    timeline's path: ``segments``, the plan's, else reach.segments_to_copy again), and every
+    timeline history file; each checked once read back."""
     folder.mkdir(mode=0o700, exist_ok=True)
     wanted = {name: (path, True) for name, path in store.archived().items() if name.endswith(".history")}
     wanted |= {name: (path, False) for name, path in store.received().items() if name.endswith(".history")}
-    wanted |= {name: (path, stored) for name, path, stored in segments_to_copy(store, base, target).values()}
+    reach = segments if segments is not None else segments_to_copy(store, base, target)
+    wanted |= {name: (path, stored) for name, path, stored in reach.values()}
     records = store.records()
     for name, (path, stored) in wanted.items():
         checkpoint()

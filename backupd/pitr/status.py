@@ -5,18 +5,22 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from backupd.pitr import chains, cluster, clusters
+from backupd.pitr import chains, cluster, clusters, estimate
 from backupd.pitr.records import to_json
 from backupd.pitr.store import Store, failures, own_failures
 from backupd.postgres import Server
 from backupd.repository import iso, parse_iso
 
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
-def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool = False,
+
+
+def describe(settings: Settings, receiver: dict[str, Any] | None = None, ask_server: bool = False,
              cluster: str | None = None) -> dict[str, Any]:
     """Every cluster in the folder (``clusters``; only ``cluster`` when named), and at the
     top the one this is about: ``cluster``, else the connected server's (the receiver's, or
@@ -43,7 +47,7 @@ def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool 
     return report
 
 
-def _cluster(store: Store, settings, connected: bool) -> dict[str, Any]:
+def _cluster(store: Store, settings: Settings, connected: bool) -> dict[str, Any]:
     """One cluster's own: its window, base backups, gaps, drill, stored problems, failures."""
     usable = {b.id for b in store.usable_bases()}
     window = store.window()
@@ -55,11 +59,22 @@ def _cluster(store: Store, settings, connected: bool) -> dict[str, Any]:
         "base_backups": [{**b.summary(), "usable": b.id in usable} for b in store.bases()],
         "chains": chains.summary(store.bases()),  # full base backups and the incrementals on them
         "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
+        **_estimate(store),
         "invalid": [item.describe() for item in store.invalid()],
         "failures": own_failures(Path(settings.backup_dir), store.system_identifier)}
 
 
-def _ask_server(settings) -> dict[str, Any]:
+def _estimate(store: Store) -> dict[str, Any]:
+    """How long a restore to now would take, as a figure and as ``pitr status`` and the
+    status page say it; None before a drill measured the rates."""
+    seconds = estimate.to_now(store)
+    if seconds is None:
+        return {"restore_estimate_seconds": None, "restore_estimate": None}
+    return {"restore_estimate_seconds": round(seconds, 1),
+            "restore_estimate": f"a restore to now would take about {max(round(seconds), 1)} s (from the last drill)"}
+
+
+def _ask_server(settings: Settings) -> dict[str, Any]:
     try:
         with Server.from_settings(settings).connect() as conn:
             position = cluster.current_lsn(conn)
@@ -72,7 +87,7 @@ def _ask_server(settings) -> dict[str, Any]:
     return {"reachable": True, "slot": found.wal_status, "slot_active_pid": found.active_pid, "lag_bytes": lag}
 
 
-def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[list[tuple[str, str]],
+def problems(settings: Settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[list[tuple[str, str]],
                                                                               list[tuple[str, str]]]:
     """(failures, warnings) as (key, message), for /healthz and the notifications."""
     fails: list[tuple[str, str]] = []
