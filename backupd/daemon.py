@@ -21,7 +21,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import __version__, cancel, origin, pgtools, statuspage
+from backupd import __version__, cancel, failures, origin, pgtools, statuspage
 from backupd.actions.backup import run_backup
 from backupd.actions.prune import run_prune
 from backupd.actions.replicate import read_runs, run_replicate
@@ -42,7 +42,6 @@ from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.retention import prune as prune_pitr
 from backupd.pitr.store import Store
-from backupd.pitr.store import failures as pitr_failures
 from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
@@ -239,7 +238,7 @@ class Daemon:
             # cluster's base backups in the same folder.
             server = self.pitr_cluster() or pitr_clusters.connected(self.settings)
             store = Store(self.settings.backup_dir, server) if server else None
-            if not needs_base(store) and "base" not in pitr_failures(self.settings.backup_dir, server):
+            if not needs_base(store) and "base" not in failures.of_cluster(self.settings.backup_dir, server):
                 return True
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
@@ -254,7 +253,7 @@ class Daemon:
     def pitr_base_soon(self) -> None:
         """After a gap, or while no base backup recovers to the stream; a failed one is tried
         again after PITR_BASE_RETRY, not at every check."""
-        failed = pitr_failures(self.settings.backup_dir, self.pitr_cluster()).get("base")
+        failed = failures.of_cluster(self.settings.backup_dir, self.pitr_cluster()).get("base")
         if failed and (utc_now() - (parse_iso(failed["time"]) or utc_now())).total_seconds() < PITR_BASE_RETRY:
             return
         state = self.jobs["pitr-base"]
@@ -313,7 +312,7 @@ class Daemon:
         for name, verification in newest_verifications(listed).items():
             entry = databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})
             entry["newest_verification"] = verification
-        for failure in self.repo.failures():
+        for failure in failures.of_repository(self.settings.backup_dir):
             name = failure.get("database") or "all"
             databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})["last_error"] = {
                 "time": failure["time"], "error": failure["error"]}
@@ -355,7 +354,7 @@ class Daemon:
         volumes: dict[str, dict] = {}
         for archive in (b for b in listed if b.kind == "volume"):
             volumes.setdefault(archive.database, {"name": archive.database, "time": archive.time, "size": archive.size})
-        for failure in self.repo.failures():
+        for failure in failures.of_repository(self.settings.backup_dir):
             if failure.get("kind") == "volume" and failure.get("database"):
                 volume = volumes.setdefault(failure["database"], {"name": failure["database"], "time": None,
                                                                   "size": None})

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from backupd import failures
 from backupd.errors import RepositoryUnreadable
 from backupd.leftovers import Leftover
 from backupd.repository import Backup, Problem, Repository, iso
@@ -108,7 +109,7 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
     _replication(health, repo)
     _sizes(settings, health, by_database)
     _disk(settings, health, repo)
-    if not by_database and not repo.failures():
+    if not by_database and not failures.of_repository(repo.root):
         limit = max_age(settings, now)
         first_due = next_runs(settings.backup_schedule, settings.backup_timezone, started_at, 1)
         if first_due and now > first_due[0] + limit:
@@ -174,7 +175,8 @@ def _verifications(health: Health, backups: list[Backup]) -> None:
 
 
 def _failures(health: Health, repo: Repository, by_database: dict[str, list]) -> None:
-    for failure in sorted(repo.failures(), key=lambda f: (f.get("database") or "", f.get("time") or "")):
+    for failure in sorted(failures.of_repository(repo.root),
+                          key=lambda f: (f.get("database") or "", f.get("time") or "")):
         name, kind = failure.get("database"), failure.get("kind", "database")
         when, error = failure["time"], failure["error"]
         newest = by_database.get(name) if kind == "database" and name else None

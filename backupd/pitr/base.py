@@ -19,13 +19,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from backupd import __version__
+from backupd import __version__, failures
 from backupd.artifact import Transform
 from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
 from backupd.pitr import cluster, waldump
-from backupd.pitr.store import Base, Store, clear_failure, record_failure
+from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
 from backupd.stream import AtomicFile, Pipeline, stream_to_file, write_json_atomically
@@ -135,14 +135,14 @@ def run_base_backup(settings, reason: str = "manual") -> Base:
             info = cluster.cluster_info(conn)
             tools = cluster.pitr_tools(settings.pg_bindir, info.major)
     except BackupdError as err:
-        record_failure(settings.backup_dir, "base", str(err), utc_now())
+        failures.record(settings.backup_dir, failures.pitr("base", None), str(err), utc_now())
         raise
     try:
         base = take_base_backup(settings, info, tools, reason)
     except BackupdError as err:
-        record_failure(settings.backup_dir, "base", str(err), utc_now(), info.system_identifier)
+        failures.record(settings.backup_dir, failures.pitr("base", info.system_identifier), str(err), utc_now())
         raise
-    clear_failure(settings.backup_dir, "base", info.system_identifier)
+    failures.clear(settings.backup_dir, failures.pitr("base", info.system_identifier))
     return base
 
 

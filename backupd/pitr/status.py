@@ -9,9 +9,10 @@ from typing import Any
 
 import psycopg
 
+from backupd import failures
 from backupd.pitr import cluster, clusters
 from backupd.pitr.records import to_json
-from backupd.pitr.store import Store, failures, own_failures
+from backupd.pitr.store import Store
 from backupd.postgres import Server
 from backupd.repository import iso, parse_iso
 
@@ -33,7 +34,8 @@ def describe(settings, receiver: dict[str, Any] | None = None, ask_server: bool 
     entries = [_cluster(Store(backup_dir, name), settings, name == server) for name in names]
     report: dict[str, Any] = {"enabled": settings.pitr_enabled, "slot": settings.pitr_slot, "system_identifier": None,
                               "window": None, "base_backups": [], "gaps": [], "last_drill": None, "invalid": [],
-                              "failures": failures(backup_dir, current.system_identifier if current else None),
+                              "failures": failures.of_cluster(backup_dir,
+                                                              current.system_identifier if current else None),
                               "receiver": receiver, "clusters": entries}
     for entry in entries:
         if current is not None and entry["system_identifier"] == current.system_identifier:
@@ -55,7 +57,7 @@ def _cluster(store: Store, settings, connected: bool) -> dict[str, Any]:
         "base_backups": [{**b.summary(), "usable": b.id in usable} for b in store.bases()],
         "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
         "invalid": [item.describe() for item in store.invalid()],
-        "failures": own_failures(Path(settings.backup_dir), store.system_identifier)}
+        "failures": failures.own(Path(settings.backup_dir), store.system_identifier)}
 
 
 def _ask_server(settings) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def problems(settings, receiver: dict[str, Any] | None, now: datetime) -> tuple[
     warns: list[tuple[str, str]] = []
     limit = settings.pitr_max_lag
     store = clusters.current(settings, receiver)
-    for job, record in failures(settings.backup_dir, store.system_identifier if store else None).items():
+    for job, record in failures.of_cluster(settings.backup_dir, store.system_identifier if store else None).items():
         if job == "receiver":
             continue  # judged below by how long the stream has been down
         what = {"base": "the newest base backup", "verify": "the last PITR drill"}[job]

@@ -18,7 +18,6 @@ from backupd.pitr.records import (
     BaseManifest,
     ClusterDoc,
     DrillRecord,
-    FailureRecord,
     Gap,
     Invalid,
     LiveProof,
@@ -524,71 +523,3 @@ def remove_files(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
     for folder in folders:
         fsync_dir(folder)
-
-
-# Failures of the PITR jobs (the receiver, base backups, the drill). Each cluster's in its own
-# folder; one that happens before the cluster is known (the server is down) beside the
-# clusters' folders, shown as no cluster's. Kept in memory as well, so a full disk still
-# shows in /healthz.
-_FAILURES_IN_MEMORY: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-
-
-def _failure_file(backup_dir: Path, job: str, cluster: str | None) -> Path:
-    folder = Path(backup_dir) / PITR
-    return (folder / cluster if cluster else folder) / f".last-failure-{job}.json"
-
-
-def record_failure(backup_dir: Path, job: str, error: str, when: datetime, cluster: str | None = None) -> None:
-    """``cluster``: the system identifier of the cluster the job was working on; None when
-    it failed before it knew (the server could not be asked)."""
-    record = {"job": job, "time": iso(when), "error": error, "cluster": cluster}
-    key = (str(backup_dir), cluster, job)
-    try:
-        _failure_file(backup_dir, job, cluster).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_json_atomically(_failure_file(backup_dir, job, cluster), json.dumps(record))
-    except OSError:
-        _FAILURES_IN_MEMORY[key] = record  # shown until it can be written
-        return
-    _FAILURES_IN_MEMORY.pop(key, None)
-
-
-def clear_failure(backup_dir: Path, job: str, cluster: str | None = None) -> None:
-    """A success of ``job`` on ``cluster``: its failure is over, and so is one recorded
-    before any cluster was known (the server answered this time)."""
-    for owner in {cluster, None}:
-        _FAILURES_IN_MEMORY.pop((str(backup_dir), owner, job), None)
-        try:
-            _failure_file(backup_dir, job, owner).unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def failures(backup_dir: Path, cluster: str | None = None) -> dict[str, dict[str, Any]]:
-    """The recorded failures by job: ``cluster``'s own, and those of no cluster (a job that
-    failed before it could ask the server); never another cluster's. Of two for one job,
-    the newer. ``cluster`` None: those of no cluster only."""
-    found: dict[str, dict[str, Any]] = {}
-    for owner in dict.fromkeys([None, cluster]):
-        for job, record in own_failures(Path(backup_dir), owner).items():
-            if job not in found or (record.get("time") or "") >= (found[job].get("time") or ""):
-                found[job] = record
-    return found
-
-
-def own_failures(backup_dir: Path, cluster: str | None) -> dict[str, dict[str, Any]]:
-    """The failures recorded as ``cluster``'s (None: as no cluster's) alone. A file (another
-    process's record, or its success that removed it) is newer than a record this process
-    could not write."""
-    found = {job: record for (root, owner, job), record in _FAILURES_IN_MEMORY.items()
-             if root == str(backup_dir) and owner == cluster}
-    for job in ("base", "verify", "receiver"):
-        path = _failure_file(backup_dir, job, cluster)
-        try:
-            found[job] = {**to_json(read(FailureRecord, path)), "cluster": cluster}
-        except OSError:
-            pass
-        except InvalidDocument as err:  # still a failure of that job, of which little is known
-            warn_invalid(Invalid(path.name, str(err)))
-            found[job] = {"job": job, "time": None, "error": f"its record {path.name} is invalid ({err})",
-                          "cluster": cluster}
-    return found
