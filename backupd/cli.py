@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb, text in (("pin", "keep a backup whatever retention says"), ("unpin", "let retention decide again")):
         pinning = verbs.add_parser(verb, help=text)
-        pinning.add_argument("id", metavar="ID")
+        pinning.add_argument("id", metavar="ID", help="a backup id, or a base backup's (base-YYYYmmddTHHMMSSZ)")
+        pinning.add_argument("--cluster", metavar="ID", help="the cluster of a base backup, when several hold it")
 
     prune = verbs.add_parser("prune", help="apply retention now; prints every backup with its decision")
     prune.add_argument("--dry-run", action="store_true", help="delete nothing, say what would go and why")
@@ -377,11 +378,15 @@ def _ask_at_terminal(backup, target: str) -> bool:
 
 
 def cmd_pin(settings, args) -> int:
+    from backupd.pitr.pins import pin_base
     from backupd.repository import Repository
 
-    repo = Repository(settings.backup_dir)
-    repo.update_state(repo.find(args.id), "pinned", args.verb == "pin")
-    print(f"{args.id} {'pinned' if args.verb == 'pin' else 'unpinned'}")
+    store = pin_base(settings, args.id, args.cluster, args.verb == "pin")
+    if store is None:  # not a base backup: a database backup, roles dump or volume archive
+        repo = Repository(settings.backup_dir)
+        repo.update_state(repo.find(args.id), "pinned", args.verb == "pin")
+    where = f" (cluster {store.system_identifier})" if store else ""
+    print(f"{args.id} {'pinned' if args.verb == 'pin' else 'unpinned'}{where}")
     return 0
 
 
@@ -393,17 +398,21 @@ def cmd_prune(settings, args) -> int:
     for backup, decision in result.decisions:
         verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
         rows.append((backup.id, backup.database, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
-    _print_table(rows)
+    pruned = []
     if settings.pitr_enabled and args.database is None:
-        from backupd.pitr.retention import prune as prune_pitr
+        from backupd.pitr.pruning import prune as prune_pitr
         from backupd.pitr.store import Store
         from backupd.repository import utc_now
 
         for store in Store.all(settings.backup_dir):
-            gone = prune_pitr(settings, store, utc_now(), dry_run=args.dry_run)
-            verdict = "would delete" if args.dry_run else "deleted"
-            print(f"point-in-time recovery ({store.system_identifier}): {verdict} {len(gone)} files "
-                  f"(PITR_RETENTION_DAYS={settings.pitr_retention_days})")
+            pruned.append((store, prune_pitr(settings, store, utc_now(), dry_run=args.dry_run)))
+            for base, decision in pruned[-1][1].decisions:
+                verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
+                rows.append((base.id, f"(PITR {store.system_identifier})", verdict, "; ".join(decision.reasons)))
+    _print_table(rows)
+    for store, files in ((store, pitr.files) for store, pitr in pruned):
+        print(f"point-in-time recovery ({store.system_identifier}): {'would delete' if args.dry_run else 'deleted'} "
+              f"{len(files)} files (PITR_RETENTION_DAYS={settings.pitr_retention_days})")
     return 0
 
 

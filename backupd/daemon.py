@@ -39,8 +39,8 @@ from backupd.pitr import clusters as pitr_clusters
 from backupd.pitr import status as pitr_status
 from backupd.pitr.base import needs_base, run_base_backup
 from backupd.pitr.drill import run_drill
+from backupd.pitr.pruning import prune as prune_pitr
 from backupd.pitr.receiver import Receiver
-from backupd.pitr.retention import prune as prune_pitr
 from backupd.pitr.store import Store
 from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now

@@ -12,10 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd.logging import get_logger
 from backupd.repository import GLOBALS, Backup, Repository, utc_now
 from backupd.retention import Decision, Item, Policy, decide
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.prune")
 
@@ -29,7 +33,7 @@ class PruneResult:
     leftovers_removed: list[Path] = field(default_factory=list)
 
 
-def run_prune(settings, dry_run: bool = False, database: str | None = None,
+def run_prune(settings: Settings, dry_run: bool = False, database: str | None = None,
               now: datetime | None = None, databases: list[str] | None = None,
               just_made: frozenset[str] = frozenset()) -> PruneResult:
     """Retention for every database, or only ``database`` / ``databases`` (the ones a run
