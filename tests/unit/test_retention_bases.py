@@ -53,7 +53,8 @@ def test_a_kept_item_keeps_its_parents_down_the_chain_and_nothing_else():
 
 def test_parents_work_for_any_group_and_policy_and_a_missing_or_looping_parent_ends_the_chain():
     day = timedelta(days=1)
-    items = [Item("c", "db", NOW - 80 * day), Item("a-3", "db", NOW - 3 * day, parent="a-2"), Item("a-2", "db", NOW - 40 * day, parent="a-1"),
+    items = [Item("c", "db", NOW - 80 * day), Item("a-3", "db", NOW - 3 * day, parent="a-2"),
+             Item("a-2", "db", NOW - 40 * day, parent="a-1"),
              Item("a-1", "db", NOW - 50 * day, parent="a-2"), Item("b", "db", NOW - 60 * day, parent="gone"),
              Item("other", "db2", NOW - 70 * day, parent="c")]
     got = reasons(items, Policy(days=7, min_keep=1))
