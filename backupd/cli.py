@@ -13,10 +13,14 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd import __version__, cancel
 from backupd.errors import BackupdError, ConfigError
 from backupd.progress import TerminalProgress, human_bytes
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 
 class _Log:
@@ -377,7 +381,7 @@ def _ask_at_terminal(backup, target: str) -> bool:
         return False
 
 
-def cmd_pin(settings, args) -> int:
+def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.pitr.pins import pin_base
     from backupd.repository import Repository
 
@@ -390,7 +394,7 @@ def cmd_pin(settings, args) -> int:
     return 0
 
 
-def cmd_prune(settings, args) -> int:
+def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.actions.prune import run_prune
 
     result = run_prune(settings, dry_run=args.dry_run, database=args.database)
