@@ -15,9 +15,9 @@ When a record cannot be written (the disk is full, the folder read-only: often t
 cause), this process keeps it in memory, so a daemon still reports it. Of a record in
 memory and one on disk for the same job, the newer wins (another process may have failed
 later; this one may have failed after the file was written). One lock orders every
-record, clear and read of this process: the receiver's thread and a base backup's never
-interleave a write and a clear. Each file is replaced atomically, so other processes
-read a whole record or none.
+record and clear of this process, and guards what it holds in memory: the receiver's
+thread and a base backup's never interleave a write and a clear. Each file is replaced
+atomically, so other processes read a whole record or none.
 """
 
 from __future__ import annotations
