@@ -8,12 +8,16 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd import cancel, encryption
 from backupd.errors import Aborted
 from backupd.pgtools import Tools
 from backupd.repository import Repository, pending_path
 from backupd.stream import COMPRESSIONS, Compression
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 # pg_dump compresses its own custom-format archive with zstd from major 16 on. At the fast
 # levels it is as fast as the external stage or faster, smaller, and the stored file stays
@@ -26,7 +30,7 @@ INSIDE_MAX_LEVEL = 3
 
 
 class Transform:
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.compression: Compression = COMPRESSIONS[settings.backup_compression]
         self.recipients: tuple[str, ...] = tuple(settings.backup_encryption_recipients)

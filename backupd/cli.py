@@ -111,8 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "restore", help="build a data directory that PostgreSQL recovers to a moment, then promotes")
     pitr_restore.add_argument("--time", required=True, metavar="TIME|latest",
                               help="the moment to recover to (ISO 8601; UTC unless it has an offset), or latest")
-    pitr_restore.add_argument("--to", required=True, metavar="DIR",
+    pitr_restore.add_argument("--to", metavar="DIR",
                               help="the data directory to build (the database server must be stopped)")
+    pitr_restore.add_argument("--database", metavar="NAME", help="one database as of TIME, into the running "
+                              "server (--into NEWDB or --over NAME), instead of --to")
+    pitr_restore.add_argument("--into", metavar="NEWDB", help="with --database: create this new database")
+    pitr_restore.add_argument("--over", metavar="NAME", help="with --database: replace this database (safe swap)")
     pitr_restore.add_argument("--yes", action="store_true",
                               help="a non-empty DIR is emptied first: its content is moved aside inside it, kept")
     pitr_restore.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
@@ -245,6 +249,9 @@ def _what_was_left(args) -> str:
                 "for it; checks that had finished before the signal are recorded (backupd list)")
     if args.verb == "replicate":
         return "copies it had not confirmed do not count, and the next run sends them again"
+    if args.verb == "pitr" and args.pitr_verb == "restore" and args.database is not None:
+        return ("nothing was restored: the private server was stopped, its scratch folder removed, and a database "
+                "it was building dropped; the live databases are as they were")
     if args.verb == "pitr" and args.pitr_verb == "restore":
         return f"nothing was built: what it had begun was removed, and {args.to} is as it was"
     return "what it had not finished was not kept"
@@ -266,10 +273,10 @@ def _report(settings) -> None:
 
 
 def cmd_backup(settings, args) -> int:
-    from backupd.actions.backup import run_backup
+    from backupd.coordinator import backup
 
     progress = lambda name: TerminalProgress(f"backing up {name}")  # noqa: E731
-    result = run_backup(settings, databases=args.database, label=args.label, progress=progress, pin=args.pin)
+    result = backup(settings, databases=args.database, label=args.label, progress=progress, pin=args.pin)
     for outcome in result.outcomes:
         if outcome.ok and outcome.backup_id:
             print(outcome.backup_id, flush=True)
@@ -286,7 +293,7 @@ def _listed(settings, args) -> tuple[list[dict], list[dict]]:
     from backupd.repository import Repository
 
     if args.target:
-        from backupd.actions.replicate import list_remote
+        from backupd.targets.fetch import list_remote
 
         found = [(b, i) for b, i in list_remote(settings, args.target, args.instance) if b.kind == "database"]
         return [{**b.summary(), "instance": instance, "status": "ok", "problem": None,
@@ -356,7 +363,7 @@ def cmd_restore(settings, args) -> int:
                              jobs=args.jobs, yes=args.yes, drop_old=args.drop_old, in_place=args.in_place,
                              confirm=_ask_at_terminal, instance=args.instance)
     finally:  # another instance's backup was fetched only for this restore
-        from backupd.actions.replicate import forget_foreign
+        from backupd.targets.fetch import forget_foreign
 
         forget_foreign(settings)
     print(f"restored {result.backup_id} into {result.database} in {result.seconds:.1f}s "
@@ -395,28 +402,23 @@ def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
-    from backupd.actions.prune import run_prune
+    from backupd.coordinator import prune
 
-    result = run_prune(settings, dry_run=args.dry_run, database=args.database)
+    result = prune(settings, dry_run=args.dry_run, database=args.database)  # as the daemon's daily prune
     rows = [("ID", "DATABASE", "DECISION", "WHY")]
-    for backup, decision in result.decisions:
+    for backup, decision in result.dumps.decisions + result.volumes.decisions:
         verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
-        rows.append((backup.id, backup.database, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
-    pruned = []
-    if settings.pitr_enabled and args.database is None:
-        from backupd.pitr.pruning import prune as prune_pitr
-        from backupd.pitr.store import Store
-        from backupd.repository import utc_now
-
-        for store in Store.all(settings.backup_dir):
-            pruned.append((store, prune_pitr(settings, store, utc_now(), dry_run=args.dry_run)))
-            for base, decision in pruned[-1][1].decisions:
-                verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
-                rows.append((base.id, f"(PITR {store.system_identifier})", verdict, "; ".join(decision.reasons)))
+        name = backup.database if backup.kind != "volume" else f"volume {backup.database}"
+        rows.append((backup.id, name, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
+    for cluster, pitr in result.pitr:
+        for base, decision in pitr.decisions:
+            verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
+            rows.append((base.id, f"(PITR {cluster})", verdict, "; ".join(decision.reasons) or "no rule keeps it"))
     _print_table(rows)
-    for store, files in ((store, pitr.files) for store, pitr in pruned):
-        print(f"point-in-time recovery ({store.system_identifier}): {'would delete' if args.dry_run else 'deleted'} "
-              f"{len(files)} files (PITR_RETENTION_DAYS={settings.pitr_retention_days})")
+    for cluster, pitr in result.pitr:
+        verdict = "would delete" if args.dry_run else "deleted"
+        print(f"point-in-time recovery ({cluster}): {verdict} {len(pitr.files)} files "
+              f"(PITR_RETENTION_DAYS={settings.pitr_retention_days})")
     return 0
 
 
@@ -435,7 +437,9 @@ def cmd_volumes(settings, args) -> int:
     from backupd.actions import volumes
 
     if args.volume_verb == "backup":
-        outcomes = volumes.run_volume_backup(settings, args.volume)
+        from backupd.coordinator import volume_backup
+
+        outcomes = volume_backup(settings, args.volume)
         for outcome in outcomes:
             if outcome.ok:
                 print(outcome.backup_id, flush=True)
@@ -463,9 +467,9 @@ def _print_table(rows: list[tuple]) -> None:
 
 
 def cmd_replicate(settings, args) -> int:
-    from backupd.actions.replicate import run_replicate
+    from backupd.coordinator import replicate
 
-    outcomes = run_replicate(settings, url=args.target)
+    outcomes = replicate(settings, url=args.target)
     for outcome in outcomes:
         state = "ok" if outcome.ok else f"FAILED: {outcome.error}"
         note = "" if outcome.confirmed else " (unconfirmed: a custom command's copies cannot be checked)"
@@ -483,9 +487,9 @@ def cmd_pitr(settings, args) -> int:
     from backupd.pitr import status as pitr_status
 
     if args.pitr_verb == "base":
-        from backupd.pitr.base import run_base_backup
+        from backupd.coordinator import base_backup
 
-        print(run_base_backup(settings).id, flush=True)
+        print(base_backup(settings, "manual").id, flush=True)
         return 0
     if args.pitr_verb == "verify":
         from backupd.pitr.clusters import choose
@@ -497,6 +501,10 @@ def cmd_pitr(settings, args) -> int:
             return 0
         print(f"{result['base']}: ok in {result['seconds']:.1f}s, recovered to {result['replayed_to']}", flush=True)
         return 0
+    if args.pitr_verb == "restore" and (args.database is not None or args.to is None):
+        from backupd.pitr.onedb_cli import restore_one_database
+
+        return restore_one_database(settings, args)
     if args.pitr_verb == "restore":
         from backupd.pitr.moment import parse_target
         from backupd.pitr.restore import restore

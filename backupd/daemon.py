@@ -9,43 +9,41 @@ removed. The process exits 0.
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import __version__, cancel, failures, origin, pgtools, statuspage
-from backupd.actions.backup import run_backup
-from backupd.actions.prune import run_prune
-from backupd.actions.replicate import read_runs, run_replicate
+from backupd import cancel, coordinator, failures, origin, pgtools, statuspage
 from backupd.actions.verify import run_verify
-from backupd.actions.volumes import prune_volumes, run_volume_backup
 from backupd.channels import configured as configured_channels
 from backupd.errors import BackupdError, NotFoundError, UsageError
-from backupd.health import evaluate, newest_verifications
+from backupd.health import evaluate
 from backupd.httpserver import Endpoints, serve
 from backupd.leftovers import LeftoverView
 from backupd.logging import get_logger
 from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
 from backupd.pitr import clusters as pitr_clusters
-from backupd.pitr import status as pitr_status
-from backupd.pitr.base import needs_base, run_base_backup
+from backupd.pitr.base import needs_base
 from backupd.pitr.drill import run_drill
-from backupd.pitr.pruning import prune as prune_pitr
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.store import Store
-from backupd.redact import strip_url_credentials
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
-from backupd.targets import target_urls
+from backupd.view import Job, Live
+from backupd.view import build as build_view
+from backupd.view import render as render_view
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.daemon")
 
@@ -58,13 +56,6 @@ TOOLS_VIEW_SECONDS = 60.0
 PITR_BASE_RETRY = 600.0  # seconds before a failed base backup is tried again
 
 
-def _parse_time(text: Any) -> datetime | None:
-    """``parse_iso`` for a value read from a file a person may have edited: None, not an error."""
-    try:
-        return parse_iso(text)
-    except (TypeError, ValueError):
-        return None
-
 @dataclass
 class JobState:
     name: str
@@ -74,11 +65,11 @@ class JobState:
 
 
 class Daemon:
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repo = Repository(settings.backup_dir)
         self.metrics = Metrics(self.repo, settings)
-        self.metrics.add_health(self.health)
+        self.metrics.add_health(self.live)
         self.metrics.add_instance()
         for channel in configured_channels(settings):  # each configured channel's series starts at 0
             self.metrics.notifications_failed_total.labels(channel.scheme)
@@ -87,7 +78,7 @@ class Daemon:
         self.jobs: dict[str, JobState] = {}
         self._busy = 0
         self._idle = threading.Condition()
-        self._tools_view: tuple[float, dict] | None = None  # (monotonic time, pgtools.summary)
+        self._tools_view: tuple[float, dict[str, Any]] | None = None  # (monotonic time, pgtools.summary)
         self._tools_lock = threading.Lock()
         self.leftovers = LeftoverView(settings)  # side databases that interrupted restores left
         self._tools_refreshing = False
@@ -105,12 +96,11 @@ class Daemon:
         self.receiver: Receiver | None = None
         if settings.pitr_enabled:
             self.receiver = Receiver(settings, on_gap=lambda reason: self.pitr_base_soon())
-            self.metrics.add_pitr(self.pitr_state)
+            self.metrics.add_pitr()
             self.add_job("pitr-base", settings.pitr_base_schedule, self._pitr_base, run_on_start=True)
             if settings.verify_enabled:
                 self.add_job("pitr-verify", settings.pitr_drill_schedule, self._pitr_verify)
-        self.replicating = bool(target_urls(settings)) or (settings.replication_enabled and
-                                                           settings.replication_type == "custom")
+        self.replicating = coordinator.replication_follows(settings)
         if self.replicating:
             self.add_job("replicate", None, self._replicate, every=settings.replication_interval)
 
@@ -151,7 +141,6 @@ class Daemon:
                 result, error = "failure", f"{type(err).__name__}: {err}"
             finally:
                 self.metrics.job_running.labels(state.name).set(0)
-                self.metrics.repository.invalidate()
                 state.last = {"started": iso(started), "finished": iso(utc_now()), "result": result, "error": error}
                 state.lock.release()
                 with self._idle:
@@ -178,27 +167,24 @@ class Daemon:
 
     def _backup(self, scheduled_for: datetime | None) -> bool:
         try:
-            result = run_backup(self.settings, scheduled_for=scheduled_for)
+            result = coordinator.backup(self.settings, scheduled_for=scheduled_for,
+                                        then_replicate=self.replicate_soon)
         except BackupdError:
             for name in self.settings.databases or ["all"]:
                 self.metrics.backups_total.labels(name, "failure").inc()
             raise
         self.metrics.retention_deleted_total.labels(LOCAL).inc(result.pruned)
-        if self.replicating and any(o.ok and o.backup_id for o in result.outcomes):
-            self.replicate_soon()
         for outcome in [*result.outcomes, *([result.globals] if result.globals else [])]:
             if not outcome.skipped:
                 self.metrics.backups_total.labels(outcome.database, "success" if outcome.ok else "failure").inc()
         return result.ok
 
     def _volumes(self, scheduled_for: datetime | None) -> bool:
-        outcomes = run_volume_backup(self.settings)
-        if self.replicating and any(o.ok for o in outcomes):
-            self.replicate_soon()
+        outcomes = coordinator.volume_backup(self.settings, then_replicate=self.replicate_soon)
         return all(o.ok for o in outcomes)
 
     def _replicate(self, scheduled_for: datetime | None) -> bool:
-        outcomes = run_replicate(self.settings)
+        outcomes = coordinator.replicate(self.settings)
         for outcome in outcomes:
             self.metrics.replication_total.labels(outcome.url, "success" if outcome.ok else "failure").inc()
         return all(o.ok for o in outcomes)
@@ -211,11 +197,8 @@ class Daemon:
                                replace_existing=True)
 
     def _prune(self, scheduled_for: datetime | None) -> bool:
-        deleted = len(run_prune(self.settings).deleted) + len(prune_volumes(self.settings))
-        if self.settings.pitr_enabled:  # each cluster by its own window: an old one stays restorable
-            for name in pitr_clusters.known(self.settings.backup_dir):
-                prune_pitr(self.settings, Store(self.settings.backup_dir, name), utc_now())
-        self.metrics.retention_deleted_total.labels(LOCAL).inc(deleted)
+        pruned = coordinator.prune(self.settings)  # the same as ``backupd prune``
+        self.metrics.retention_deleted_total.labels(LOCAL).inc(pruned.deleted)
         return True
 
     def _verify(self, scheduled_for: datetime | None) -> bool:
@@ -243,11 +226,9 @@ class Daemon:
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
                         error=self.receiver.state()["error"])
-        base = run_base_backup(self.settings, "scheduled" if scheduled_for else "needed")
-        prune_pitr(self.settings, Store(self.settings.backup_dir, base.doc.system_identifier), utc_now())
+        base = coordinator.base_backup(self.settings, "scheduled" if scheduled_for else "needed",
+                                       then_replicate=self.replicate_soon)
         log.info("base backup done", id=base.id)
-        if self.replicating:
-            self.replicate_soon()
         return True
 
     def pitr_base_soon(self) -> None:
@@ -284,104 +265,32 @@ class Daemon:
         thread = getattr(self.scheduler, "_thread", None)
         return bool(self.scheduler.running and thread is not None and thread.is_alive())
 
-    def health(self) -> tuple[bool, dict]:
+    def health(self) -> tuple[bool, dict[str, Any]]:
         health = evaluate(self.settings, self.repo, utc_now(), self.started_at, self.scheduler_running(),
                           self.pitr_state(), self.leftovers.current())
         return health.healthy, health.to_json()
 
-    def pitr_state(self) -> dict | None:
+    def pitr_state(self) -> dict[str, Any] | None:
         return self.receiver.state() if self.receiver else None
 
     def pitr_cluster(self) -> str | None:
         """The system identifier of the cluster the WAL stream last came from."""
         return self.receiver.store.system_identifier if self.receiver and self.receiver.store else None
 
-    def status(self) -> dict:
-        databases: dict[str, dict] = {}
-        try:
-            listed = self.repo.backups(kind=None)  # one scan serves the backups and their verifications
-        except (BackupdError, OSError):  # "health" says what cannot be read: still an answer, not a 500
-            listed = []
-        for backup in (b for b in listed if b.kind == "database"):
-            entry = databases.setdefault(backup.database, {"backups": 0, "newest_backup": None, "last_error": None})
-            entry["backups"] += 1
-            if entry["newest_backup"] is None:
-                entry["newest_backup"] = {"id": backup.id, "time": iso(backup.time), "size_bytes": backup.size,
-                                          "duration_seconds": backup.manifest.get("duration_seconds"),
-                                          "label": backup.manifest.get("label")}
-        for name, verification in newest_verifications(listed).items():
-            entry = databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})
-            entry["newest_verification"] = verification
-        for failure in failures.of_repository(self.settings.backup_dir):
-            name = failure.get("database") or "all"
-            databases.setdefault(name, {"backups": 0, "newest_backup": None, "last_error": None})["last_error"] = {
-                "time": failure["time"], "error": failure["error"]}
-        jobs = {}
-        for job in self.scheduler.get_jobs():
-            state = self.jobs.get(job.id)
-            if state:
-                jobs[job.id] = {"schedule": state.cron, "next_run": iso(getattr(job, "next_run_time", None)),
-                                "running": state.lock.locked(), "last_run": state.last}
-        healthy, health = self.health()
-        return {"started": iso(self.started_at), "instance": origin.instance_if_known(self.settings),
-                "health": health, "databases": databases, "jobs": jobs,
-                "targets": read_runs(self.repo), "postgresql": self.tools_view(),
-                "leftovers": [leftover.summary() for leftover in self.leftovers.current()],
-                "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None}
+    def live(self) -> Live:
+        """What this process knows in memory, for the view /status, / and /metrics render."""
+        jobs = [Job(job.id, state.cron, getattr(job, "next_run_time", None), state.lock.locked(), state.last)
+                for job in self.scheduler.get_jobs() if (state := self.jobs.get(job.id))]
+        return Live(self.started_at, self.scheduler_running(), self.pitr_state(), self.leftovers.current(), jobs)
 
-    def page_view(self) -> dict:
-        """What the status page shows, read at request time from the same places as /status."""
-        now = utc_now()
-        _, health = self.health()
-        try:
-            listed = self.repo.backups(kind=None)  # newest first; one scan for the whole page
-        except (BackupdError, OSError):  # the headline's reasons say what cannot be read
-            listed = []
-        verifications = newest_verifications(listed)
-        databases: dict[str, dict] = {}
-        for backup in (b for b in listed if b.kind == "database"):
-            entry = databases.setdefault(backup.database, {"name": backup.database, "history": [], "count": 0})
-            entry["count"] += 1
-            entry["history"].append({"time": backup.time, "size": backup.size,
-                                     "duration": backup.manifest.get("duration_seconds")})
-            entry.setdefault("newest", {"id": backup.id, "time": backup.time, "size": backup.size,
-                                        "duration": backup.manifest.get("duration_seconds"),
-                                        "replicas": sorted(backup.state.get("replicas", {})),
-                                        "damaged": backup.damaged})
-        for name, verification in verifications.items():
-            if name in databases:
-                databases[name]["verification"] = {**verification, "time": _parse_time(verification.get("time"))}
-        volumes: dict[str, dict] = {}
-        for archive in (b for b in listed if b.kind == "volume"):
-            volumes.setdefault(archive.database, {"name": archive.database, "time": archive.time, "size": archive.size})
-        for failure in failures.of_repository(self.settings.backup_dir):
-            if failure.get("kind") == "volume" and failure.get("database"):
-                volume = volumes.setdefault(failure["database"], {"name": failure["database"], "time": None,
-                                                                  "size": None})
-                volume["failure"] = {"time": _parse_time(failure.get("time")) or now, "error": failure.get("error")}
-            if failure.get("kind", "database") != "database":
-                continue
-            name = failure.get("database") or "all"  # None: the whole run (the server could not be reached)
-            entry = databases.setdefault(name, {"name": name, "history": [], "count": 0})
-            entry["failure"] = {"time": _parse_time(failure.get("time")) or now, "error": failure.get("error")}
-            entry["whole_run"] = failure.get("database") is None
-        urls = [strip_url_credentials(url) for url in target_urls(self.settings)]  # as replication records them
-        for entry in databases.values():
-            entry["anchor"] = hashlib.sha256(entry["name"].encode()).hexdigest()[:16]
-            entry["targets"] = urls
-        runs = read_runs(self.repo)
-        targets = [{"url": url, **runs.get(url, {"ok": None}), "time": _parse_time(runs.get(url, {}).get("time"))}
-                   for url in urls]
-        jobs = {job.id: {"schedule": state.cron, "next_run": getattr(job, "next_run_time", None),
-                         "running": state.lock.locked()}
-                for job in self.scheduler.get_jobs() if (state := self.jobs.get(job.id))}
-        title = "needs attention" if health.get("status") != "ok" else "warnings" if health.get("warnings") else "ok"
-        return {"now": now, "health": health, "databases": sorted(databases.values(), key=lambda d: d["name"]),
-                "volumes": sorted(volumes.values(), key=lambda v: v["name"]), "targets": targets, "jobs": jobs,
-                "pitr": pitr_status.describe(self.settings, self.pitr_state()) if self.settings.pitr_enabled else None,
-                "title": title, "version": __version__, "instance": origin.instance_if_known(self.settings)}
+    def status(self) -> dict[str, Any]:
+        return render_view.status_json(build_view(self.settings, self.repo, self.live()), self.tools_view())
 
-    def tools_view(self) -> dict:
+    def page_view(self) -> dict[str, Any]:
+        """What the status page shows, read at request time from the same view as /status."""
+        return render_view.page_model(self.settings, build_view(self.settings, self.repo, self.live()))
+
+    def tools_view(self) -> dict[str, Any]:
         """Which client tools each server gets, as last looked up. A look costs a connection
         attempt (seconds while a server is down), so it runs in the background at most once a
         minute and /status never waits for it."""
@@ -402,7 +311,7 @@ class Daemon:
             self._tools_view, self._tools_refreshing = (time.monotonic(), summary), False
 
     # Life ------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)
         self.stopping.set()
 

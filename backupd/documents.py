@@ -57,6 +57,13 @@ def parse_json(model: type[M], text: str | bytes) -> M:
         raise InvalidDocument(describe(err)) from None
 
 
+def dump_json(document: Document) -> str:
+    """A document as backupd stores it: exactly what its model reads back (fields it was
+    made without stay absent, times in ISO form)."""
+    data = document.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
 def read(model: type[M], path: Path) -> M:
     """The document at ``path``. OSError when it cannot be read (unreadable, not invalid);
     InvalidDocument when it is not JSON of the model's shape."""

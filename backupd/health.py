@@ -19,13 +19,17 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from backupd import failures
 from backupd.errors import RepositoryUnreadable
 from backupd.leftovers import Leftover
 from backupd.repository import Backup, Problem, Repository, iso
 from backupd.schedule import longest_gap, next_runs
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,19 @@ class Health:
         return {"status": "unhealthy", "reasons": self.reasons, "warnings": self.warnings}
 
 
-def max_age(settings, now: datetime) -> timedelta:
+@dataclass(frozen=True)
+class Facts:
+    """What the verdict is judged from, read once by the caller (``evaluate``, or the view
+    that /status, the status page and /metrics share)."""
+
+    root: Path
+    backups: list[Backup]  # newest first
+    problems: list[Problem]
+    failures: list[dict[str, Any]]  # the repository's failure records
+    runs: dict[str, dict[str, Any]]  # replication target -> its newest run
+
+
+def max_age(settings: Settings, now: datetime) -> timedelta:
     """HEALTH_MAX_AGE, or twice the longest gap between two runs of BACKUP_SCHEDULE."""
     if settings.health_max_age:
         return timedelta(seconds=settings.health_max_age)
@@ -81,11 +97,27 @@ def describe_age(age: timedelta) -> str:
     return f"{seconds}s"
 
 
-def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
+def evaluate(settings: Settings, repo: Repository, now: datetime, started_at: datetime,
              scheduler_running: bool | None = None, pitr_receiver: dict[str, Any] | None = None,
              leftovers: Iterable[Leftover] = ()) -> Health:
-    """``pitr_receiver``: the daemon's WAL stream (Receiver.state), judged with the PITR files;
-    ``leftovers``: side databases that interrupted restores left on the server."""
+    """The verdict, reading the repository for it (notifications, one-shot commands)."""
+    from backupd.runs import read_runs
+
+    try:
+        backups, problems = repo.inventory(kind=None)  # newest first
+    except RepositoryUnreadable as err:
+        facts: Facts | str = str(err)
+    else:
+        facts = Facts(repo.root, backups, problems, failures.of_repository(repo.root), read_runs(repo))
+    return judge(settings, facts, now, started_at, scheduler_running, pitr_receiver, leftovers)
+
+
+def judge(settings: Settings, facts: Facts | str, now: datetime, started_at: datetime,
+          scheduler_running: bool | None = None, pitr_receiver: dict[str, Any] | None = None,
+          leftovers: Iterable[Leftover] = ()) -> Health:
+    """``facts``: what was read, or why BACKUP_DIR cannot be read. ``pitr_receiver``: the
+    daemon's WAL stream (Receiver.state), judged with the PITR files; ``leftovers``: side
+    databases that interrupted restores left on the server."""
     health = Health()
     for leftover in leftovers:
         health.warn(f"leftover:{leftover.name}", leftover.detail)
@@ -93,23 +125,21 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
         health.fail("scheduler", "the scheduler is not running")
     if settings.pitr_enabled:
         _pitr(settings, health, pitr_receiver, now)
-    try:
-        backups, problems = repo.inventory(kind=None)  # newest first
-    except RepositoryUnreadable as err:
-        health.fail("repository", str(err))
+    if isinstance(facts, str):
+        health.fail("repository", facts)
         return health
-    by_database: dict[str, list] = {}
-    for backup in backups:
+    by_database: dict[str, list[Backup]] = {}
+    for backup in facts.backups:
         if backup.kind == "database":
             by_database.setdefault(backup.database, []).append(backup)
     _freshness(settings, health, by_database, now)
-    _damage(health, by_database, problems)
-    _verifications(health, backups)
-    _failures(health, repo, by_database)
-    _replication(health, repo)
+    _damage(health, by_database, facts.problems)
+    _verifications(health, facts.backups)
+    _failures(health, facts.failures, by_database)
+    _replication(health, facts.runs)
     _sizes(settings, health, by_database)
-    _disk(settings, health, repo)
-    if not by_database and not failures.of_repository(repo.root):
+    _disk(settings, health, facts.root)
+    if not by_database and not facts.failures:
         limit = max_age(settings, now)
         first_due = next_runs(settings.backup_schedule, settings.backup_timezone, started_at, 1)
         if first_due and now > first_due[0] + limit:
@@ -117,7 +147,7 @@ def evaluate(settings, repo: Repository, now: datetime, started_at: datetime,
     return health
 
 
-def _pitr(settings, health: Health, receiver: dict[str, Any] | None, now: datetime) -> None:
+def _pitr(settings: Settings, health: Health, receiver: dict[str, Any] | None, now: datetime) -> None:
     from backupd.pitr.status import problems
 
     try:
@@ -131,7 +161,7 @@ def _pitr(settings, health: Health, receiver: dict[str, Any] | None, now: dateti
         health.warn(key, message)
 
 
-def _freshness(settings, health: Health, by_database: dict[str, list], now: datetime) -> None:
+def _freshness(settings: Settings, health: Health, by_database: dict[str, list[Backup]], now: datetime) -> None:
     limit = max_age(settings, now)
     for name, backups in sorted(by_database.items()):
         good = [b for b in backups if not b.damaged]
@@ -146,7 +176,7 @@ def _freshness(settings, health: Health, by_database: dict[str, list], now: date
                                             f"BACKUP_MIN_KEEP ({settings.backup_min_keep})")
 
 
-def _damage(health: Health, by_database: dict[str, list], problems: list[Problem]) -> None:
+def _damage(health: Health, by_database: dict[str, list[Backup]], problems: list[Problem]) -> None:
     """A newest backup whose file is not what its manifest says is no good backup; an older
     damaged one, and a stored file that no manifest accounts for, need a person's look."""
     for name, backups in sorted(by_database.items()):
@@ -174,9 +204,8 @@ def _verifications(health: Health, backups: list[Backup]) -> None:
                                                 f"{verification['reason']}")
 
 
-def _failures(health: Health, repo: Repository, by_database: dict[str, list]) -> None:
-    for failure in sorted(failures.of_repository(repo.root),
-                          key=lambda f: (f.get("database") or "", f.get("time") or "")):
+def _failures(health: Health, failures: list[dict[str, Any]], by_database: dict[str, list[Backup]]) -> None:
+    for failure in sorted(failures, key=lambda f: (f.get("database") or "", f.get("time") or "")):
         name, kind = failure.get("database"), failure.get("kind", "database")
         when, error = failure["time"], failure["error"]
         newest = by_database.get(name) if kind == "database" and name else None
@@ -190,16 +219,14 @@ def _failures(health: Health, repo: Repository, by_database: dict[str, list]) ->
             health.fail(f"backup:{name}", f"the newest backup of {name!r} failed at {when}: {error}")
 
 
-def _replication(health: Health, repo: Repository) -> None:
-    from backupd.actions.replicate import read_runs
-
-    for url, run in sorted(read_runs(repo).items()):
+def _replication(health: Health, runs: dict[str, dict[str, Any]]) -> None:
+    for url, run in sorted(runs.items()):
         if not run.get("ok"):
             health.warn(f"replication:{url}", f"the newest replication to {url} failed at {run.get('time')}: "
                                               f"{run.get('error')}")
 
 
-def _sizes(settings, health: Health, by_database: dict[str, list]) -> None:
+def _sizes(settings: Settings, health: Health, by_database: dict[str, list[Backup]]) -> None:
     drop = settings.backup_size_drop_percent
     for name, backups in sorted(by_database.items()):
         if len(backups) >= 2 and drop and backups[0].size < backups[1].size * (1 - drop / 100):
@@ -207,16 +234,16 @@ def _sizes(settings, health: Health, by_database: dict[str, list]) -> None:
                                              f"{drop}% smaller than the one before ({backups[1].size} bytes)")
 
 
-def _disk(settings, health: Health, repo: Repository) -> None:
-    free = free_ratio(repo)
+def _disk(settings: Settings, health: Health, root: Path) -> None:
+    free = free_ratio(root)
     if free is not None and free * 100 < settings.disk_min_free_percent:
-        health.warn("disk", f"{repo.root} has {free * 100:.1f}% free, less than DISK_MIN_FREE_PERCENT "
+        health.warn("disk", f"{root} has {free * 100:.1f}% free, less than DISK_MIN_FREE_PERCENT "
                             f"({settings.disk_min_free_percent}%)")
 
 
-def free_ratio(repo: Repository) -> float | None:
+def free_ratio(root: Path) -> float | None:
     try:
-        usage = shutil.disk_usage(repo.root)
+        usage = shutil.disk_usage(root)
     except OSError:
         return None
     return usage.free / usage.total if usage.total else None

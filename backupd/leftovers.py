@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -26,6 +27,9 @@ from psycopg import sql
 from backupd.dbnames import side_name
 from backupd.logging import get_logger
 from backupd.postgres import Server, drop_database
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.leftovers")
 
@@ -119,7 +123,7 @@ class LeftoverView:
     """The daemon's view for /healthz and /status: looked up in the background at most once
     a minute, so that an endpoint never waits for the server."""
 
-    def __init__(self, settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
         self._found: tuple[float, list[Leftover]] | None = None

@@ -2,10 +2,10 @@
 a roles dump's, a volume archive's, a backup's ``<id>.state.json``, and backupd's own
 bookkeeping (``.last-failure.json``, ``.replication.json``, ``.notified.json``).
 
-Each is validated where it is read (``backupd.documents``), so that no later access by key
-can meet a value of the wrong type. Readers get plain dicts back (``as_dict``): the fields
-the model knows hold values of the declared types, times in backupd's own ISO form, and a
-field absent from the file stays absent (its reader's default applies, as it always did).
+Each is validated where it is read (``backupd.documents``) and where it is written, so that
+what is written is what is read, and readers use its attributes: no access by key can meet
+a value of the wrong type. ``as_dict`` gives the plain dict a document was read from (a
+field absent from the file stays absent), for what shows documents as JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, model_validator
 
 from backupd.documents import Document, FileName, InvalidDocument, M, decode, parse
+from backupd.naming import GLOBALS, is_globals_id, looks_like_id, parse_id
+from backupd.origin import INSTANCE_PATTERN
 
 Count = Annotated[int, Field(ge=0)]
 
@@ -29,20 +31,18 @@ def _in_utc(when: datetime) -> datetime:
         raise ValueError("the time is out of range") from None
 
 
-def _iso(when: datetime) -> str:
+def iso_text(when: datetime) -> str:
     """backupd's own form, ``2026-11-21T02:00:00Z`` (a year below 1000 keeps four digits)."""
     return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-Time = Annotated[AwareDatetime, AfterValidator(_in_utc), PlainSerializer(_iso, return_type=str)]
+Time = Annotated[AwareDatetime, AfterValidator(_in_utc), PlainSerializer(iso_text, return_type=str)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the default of a time an older document may lack
 
 
 def _globals_id(text: str) -> str:
-    from backupd.repository import GLOBALS, is_globals_id, looks_like_id, parse_id
-
     # Roles dumps of older versions had ids "_globals-<time>".
     if not (is_globals_id(text) or (looks_like_id(text) and parse_id(text)[0] == GLOBALS)):
         raise ValueError("not the id of a roles dump")
@@ -50,8 +50,6 @@ def _globals_id(text: str) -> str:
 
 
 def _backup_id(text: str) -> str:
-    from backupd.repository import looks_like_id
-
     if not looks_like_id(text):
         raise ValueError("not a backup id")
     return text
@@ -78,6 +76,14 @@ class ToolsUsed(Document):
     version: str = ""
 
 
+class OriginRecord(Document):
+    """Where a backup came from (``backupd.origin``): the instance that wrote it, and the
+    cluster it was taken from when that was known."""
+
+    instance: Annotated[str, Field(pattern=rf"^{INSTANCE_PATTERN.pattern}$")]
+    system_identifier: str | None = None
+
+
 class Manifest(Document):
     """What every stored artifact's manifest has. A field that backupd never writes as null
     does not accept null (a reader may do arithmetic with it); one absent from an older
@@ -98,6 +104,7 @@ class Manifest(Document):
     finished: Time = EPOCH
     duration_seconds: Seconds = 0.0
     backupd_version: str = ""
+    origin: OriginRecord | None = None  # absent in manifests from before origins were recorded
 
 
 class Grant(Document):
@@ -145,8 +152,6 @@ class DumpManifest(Manifest):
 
 
 def _id_names(backup_id: str, name: str) -> None:
-    from backupd.repository import parse_id
-
     if parse_id(backup_id)[0] != name:
         raise ValueError(f"its id {backup_id!r} is not of {name!r}")
 
@@ -176,7 +181,18 @@ class VolumeManifest(Manifest):
         return self
 
 
-MANIFESTS: dict[str, type[Manifest]] = {"database": DumpManifest, "globals": RolesManifest, "volume": VolumeManifest}
+class UnlistedFile(Manifest):
+    """A dump restored from a file that has no manifest beside it: what its name says, and
+    nothing to check it against (no sha256, no database of its own)."""
+
+    kind: Literal["database"] = "database"
+    database: None = None
+    sha256: None = None  # type: ignore[assignment]
+
+
+StoredManifest = DumpManifest | RolesManifest | VolumeManifest
+MANIFESTS: dict[str, type[StoredManifest]] = {"database": DumpManifest, "globals": RolesManifest,
+                                              "volume": VolumeManifest}
 
 
 class Verification(Document):
@@ -265,10 +281,14 @@ def as_dict(document: Document) -> dict[str, Any]:
     return document.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def read_manifest(path: Path) -> Manifest:
+def read_manifest(path: Path) -> StoredManifest:
     """The manifest at ``path``, of the model its ``kind`` names. OSError when it cannot be
     read; InvalidDocument when it is not a manifest of backupd's."""
-    data = decode(path.read_bytes())
+    return parse_manifest(decode(path.read_bytes()))
+
+
+def parse_manifest(data: Any) -> StoredManifest:
+    """Decoded JSON as the manifest its ``kind`` names, or InvalidDocument."""
     kind = data.get("kind", "database") if isinstance(data, dict) else None
     model = MANIFESTS.get(kind) if isinstance(kind, str) else None
     if model is None:
@@ -283,4 +303,5 @@ def read_as(model: type[M], path: Path) -> M:
 
 def read_runs(path: Path) -> dict[str, dict[str, Any]]:
     """``.replication.json`` (target URL -> its newest run)."""
-    return as_dict(parse(ReplicationRuns, {"runs": decode(path.read_bytes())}))["runs"]
+    runs = parse(ReplicationRuns, {"runs": decode(path.read_bytes())}).runs
+    return {url: as_dict(run) for url, run in runs.items()}

@@ -1,8 +1,10 @@
-"""Prometheus metrics (interface §5).
+"""Prometheus metrics.
 
-Facts about stored backups are read from the repository at scrape time (cached
-for a few seconds), so neither a restart nor a backup made with the CLI leaves
-them wrong. Counters and job gauges belong to this process.
+Facts about stored backups are read from the repository at scrape time, so neither a
+restart nor a backup made with the CLI leaves them wrong: each scrape builds one
+``backupd.view.View`` (one read of the repository, the run history and the PITR
+clusters), and every collector here renders from it. Counters and job gauges belong to
+this process.
 
 /metrics never goes dark: a folder that cannot be read keeps the series of its last
 good reading and is named by ``backupd_repository_folder_readable``; an unreadable
@@ -15,32 +17,35 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from backupd import __version__, origin
-from backupd.actions.replicate import read_runs
-from backupd.errors import RepositoryUnreadable
 from backupd.health import free_ratio, max_age
 from backupd.logging import get_logger
 from backupd.repository import PITR, Backup, Repository, parse_iso, utc_now
+from backupd.view import Inventory, Live, View, build, read_inventory
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 LOCAL = "local"
 # The parts of a scrape that fail alone; each starts at 0 in backupd_metrics_errors_total.
 PARTS = ("repository", "backups", "verification", "replication", "volumes", "disk", "settings", "pitr", "health")
 
 log = get_logger("backupd.metrics")
-disable_created_metrics()  # *_created series only confuse dashboards here
+disable_created_metrics()  # type: ignore[no-untyped-call, unused-ignore]  # *_created series only confuse dashboards here
 
 Sample = tuple[str, list[str], float]  # (family, label values, value)
+T = TypeVar("T")
+ViewSource = Callable[[], View | None]  # the view of the scrape under way
 
 # name -> (help, label names); unlabelled families appear only when they have a value.
 FAMILIES: dict[str, tuple[str, list[str]]] = {
@@ -71,6 +76,11 @@ class Guard:
         self.errors = errors
         self._failing: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    def one(self, part: str, produce: Callable[[], T]) -> T | None:
+        """``produce()``, or None when it raised: the view's ``Attempt``."""
+        got = self.run(part, lambda: [produce()])
+        return got[0] if got else None
 
     def run(self, part: str, produce: Callable[[], Iterable[Any]], **context: str) -> list[Any]:
         key = " ".join([part, *context.values()])
@@ -105,20 +115,23 @@ class Reading:
 
 
 class RepositoryReader:
-    """Reads the repository and remembers each folder's backups at its last good reading,
-    so a folder that cannot be read keeps its series instead of vanishing under a 200."""
+    """Remembers each folder's backups at its last good reading, so a folder that cannot be
+    read keeps its series instead of vanishing under a 200."""
 
     def __init__(self, repo: Repository):
         self.repo = repo
         self._known: dict[Path, list[Backup]] = {}
 
     def read(self) -> Reading:
-        try:
-            backups, problems = self.repo.inventory(kind=None)
-            folders = self.repo.folders()
-        except RepositoryUnreadable:
+        return self.recall(read_inventory(self.repo))
+
+    def recall(self, inventory: Inventory) -> Reading:
+        """``inventory``, with what could not be read now as it was at the last good reading."""
+        if inventory.unreadable is not None:
             return Reading(_newest_first(b for known in self._known.values() for b in known), root_readable=False)
-        unreadable = {p.path if p.path in folders else p.path.parent for p in problems if p.kind == "unreadable"}
+        folders, backups = inventory.folders, inventory.backups
+        unreadable = {p.path if p.path in folders else p.path.parent for p in inventory.problems
+                      if p.kind == "unreadable"}
         # A folder that held backups and is now a link to nowhere (a disk not mounted) or a
         # file is not a folder backupd can read; one that is gone altogether was deleted.
         lost = [f for f in self._known if f not in folders and os.path.lexists(f)]
@@ -132,17 +145,9 @@ class RepositoryReader:
             known[folder] = now
         self._known = known
         readable = {folder.relative_to(self.repo.root).as_posix(): folder not in unreadable for folder in folders}
-        if (pitr := self.repo.root / PITR).exists():  # point-in-time recovery's own layout
-            readable[PITR] = _listable(pitr)
+        if inventory.pitr_readable is not None:  # point-in-time recovery's own layout
+            readable[PITR] = inventory.pitr_readable
         return Reading(_newest_first(b for found in known.values() for b in found), readable)
-
-
-def _listable(folder: Path) -> bool:
-    try:
-        os.listdir(folder)
-    except OSError:
-        return False
-    return True
 
 
 def _newest_first(backups: Iterable[Backup]) -> list[Backup]:
@@ -150,52 +155,47 @@ def _newest_first(backups: Iterable[Backup]) -> list[Backup]:
 
 
 class RepositoryCollector:
-    """Gauges computed from the manifests in BACKUP_DIR."""
+    """Gauges computed from the manifests in BACKUP_DIR, as the scrape's view read them."""
 
-    def __init__(self, repo: Repository, guard: Guard, settings=None, ttl: float = 5.0):
-        self.repo, self.settings, self.ttl, self.guard = repo, settings, ttl, guard
+    def __init__(self, view: ViewSource, repo: Repository, guard: Guard, settings: Settings | None = None):
+        self.view, self.settings, self.guard = view, settings, guard
         self.reader = RepositoryReader(repo)
-        self._cache: tuple[float, Reading] | None = None
-        self._lock = threading.Lock()
 
-    def _reading(self) -> Reading | None:
-        with self._lock:
-            if self._cache and time.monotonic() - self._cache[0] < self.ttl:
-                return self._cache[1]
-            got = self.guard.run("repository", lambda: [self.reader.read()])
-            if got:
-                self._cache = (time.monotonic(), got[0])
-            return got[0] if got else None
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._cache = None
-
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
         samples: list[Sample] = []
-        reading = self._reading()
-        if reading is not None:
-            samples.append(("backupd_repository_readable", [], float(reading.readable)))
-            samples += [("backupd_repository_folder_readable", [name], float(ok))
-                        for name, ok in sorted(reading.folders.items())]
-            by_database: dict[str, list[Backup]] = {}
-            for backup in reading.backups:
-                if backup.kind == "database":
-                    by_database.setdefault(backup.database, []).append(backup)
-            for name, backups in sorted(by_database.items()):
-                samples += self.guard.run("backups", partial(_database_samples, name, backups), database=name)
-            samples += self.guard.run("backups", lambda: _local_totals(reading.backups))
-            samples += self.guard.run("verification", lambda: _verified_samples(reading.backups))
-            samples += self.guard.run("volumes", lambda: _volume_samples(reading.backups))
-        samples += self.guard.run("replication", lambda: _replication_samples(self.repo))
-        samples += self.guard.run("disk", lambda: _disk_samples(self.repo))
+        view = self.view()
+        inventory = view.inventory if view is not None else None
+        if inventory is not None:  # None: the reading failed, and was counted
+            samples += self._reading_samples(self.reader.recall(inventory))
+        if view is not None and view.runs is not None:
+            runs = view.runs
+            samples += self.guard.run("replication", lambda: _replication_samples(runs))
+        if view is not None:
+            root = view.root
+            samples += self.guard.run("disk", lambda: _disk_samples(root))
         if self.settings is not None:
-            limit = self.guard.run("settings", lambda: [max_age(self.settings, utc_now()).total_seconds()])
+            settings = self.settings
+            limit = self.guard.run("settings", lambda: [max_age(settings, utc_now()).total_seconds()])
             samples += [("backupd_health_max_age_seconds", [], value) for value in limit]
         yield from _families(samples)
+
+    def _reading_samples(self, reading: Reading) -> list[Sample]:
+        samples: list[Sample] = [("backupd_repository_readable", [], float(reading.readable))]
+        samples += [("backupd_repository_folder_readable", [name], float(ok))
+                    for name, ok in sorted(reading.folders.items())]
+        by_database: dict[str, list[Backup]] = {}
+        for backup in reading.backups:
+            if backup.kind == "database":
+                by_database.setdefault(backup.database, []).append(backup)
+        for name, backups in sorted(by_database.items()):
+            samples += self.guard.run("backups", partial(_database_samples, name, backups), database=name)
+        samples += self.guard.run("backups", lambda: _local_totals(reading.backups))
+        samples += self.guard.run("verification", lambda: _verified_samples(reading.backups))
+        samples += self.guard.run("volumes", lambda: _volume_samples(reading.backups))
+        return samples
 
 
 def _families(samples: list[Sample]) -> Iterator[Metric]:
@@ -249,9 +249,9 @@ def _volume_samples(backups: list[Backup]) -> list[Sample]:
     return samples
 
 
-def _replication_samples(repo: Repository) -> list[Sample]:
+def _replication_samples(runs: dict[str, dict[str, Any]]) -> list[Sample]:
     samples: list[Sample] = []
-    for url, run in sorted(read_runs(repo).items()):
+    for url, run in sorted(runs.items()):
         if run.get("last_success"):
             samples.append(("backupd_replication_last_success_timestamp_seconds", [url],
                             _seconds(run["last_success"])))
@@ -270,61 +270,66 @@ def _seconds(text: Any) -> float:
     return when.timestamp()
 
 
-def _disk_samples(repo: Repository) -> list[Sample]:
-    free = free_ratio(repo)
+def _disk_samples(root: Path) -> list[Sample]:
+    free = free_ratio(root)
     return [] if free is None else [("backupd_disk_free_ratio", [], free)]
 
 
 class PitrCollector:
-    """The WAL stream and the recovery window, read at scrape time."""
+    """The WAL stream and the recovery window of the cluster this daemon streams from."""
 
-    def __init__(self, settings, receiver_state, guard: Guard):
-        self.settings = settings
-        self.receiver_state = receiver_state
-        self.guard = guard
+    def __init__(self, view: ViewSource, guard: Guard):
+        self.view, self.guard = view, guard
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
         yield from self.guard.run("pitr", self._collect)
 
     def _collect(self) -> Iterator[Metric]:
-        from backupd.pitr.clusters import current
-
-        state = self.receiver_state() or {}
+        if (view := self.view()) is None:
+            return
+        state = view.live.receiver or {}
         if state.get("lag_bytes") is not None:
             yield GaugeMetricFamily("backupd_pitr_lag_bytes", "The server's current WAL position minus the "
                                     "newest received", value=state["lag_bytes"])
-        if (store := current(self.settings, state)) is None:  # the cluster this daemon streams from
+        report = view.pitr or {}
+        if report.get("system_identifier") is None:  # not known yet, or not readable (counted)
             return
-        if (received := store.newest_received_time()) is not None:
+        if (received := report.get("newest_received")) is not None:
             yield GaugeMetricFamily("backupd_pitr_last_received_timestamp_seconds",
-                                    "When WAL last reached BACKUP_DIR", value=received.timestamp())
-        if (window := store.window()) is not None:
+                                    "When WAL last reached BACKUP_DIR", value=_seconds(received))
+        if (window := report.get("window")) is not None:
             yield GaugeMetricFamily("backupd_pitr_window_start_timestamp_seconds", "The earliest restorable moment",
-                                    value=window.start.timestamp())
-        if bases := store.bases():
+                                    value=_seconds(window["start"]))
+        if bases := report.get("base_backups"):
             yield GaugeMetricFamily("backupd_pitr_base_last_success_timestamp_seconds",
-                                    "When the newest base backup ended", value=bases[0].stop_time.timestamp())
-        drill = store.last_drill() or {}
+                                    "When the newest base backup ended", value=_seconds(bases[0]["stop_time"]))
+        drill = report.get("last_drill") or {}
         if success := parse_iso(drill.get("last_success")):
             yield GaugeMetricFamily("backupd_pitr_verify_last_success_timestamp_seconds",
                                     "When the last PITR drill succeeded", value=success.timestamp())
 
 
 class HealthCollector:
-    """``backupd_healthy``: what /healthz says, so a fleet's health is one query."""
+    """``backupd_healthy``: what /healthz says, so a fleet's health is one query. Judged
+    from the scrape's view: no second read of the repository."""
 
-    def __init__(self, health: Callable[[], tuple[bool, dict]], guard: Guard):
-        self.health, self.guard = health, guard
+    def __init__(self, view: ViewSource, guard: Guard):
+        self.view, self.guard = view, guard
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.guard.run("health", lambda: [GaugeMetricFamily(
-            "backupd_healthy", "1 when /healthz answers ok, 0 when unhealthy", value=float(self.health()[0]))])
+        yield from self.guard.run("health", self._collect)
+
+    def _collect(self) -> Iterator[Metric]:
+        view = self.view()
+        if view is not None and view.health is not None:  # None: its reading failed, and was counted
+            yield GaugeMetricFamily("backupd_healthy", "1 when /healthz answers ok, 0 when unhealthy",
+                                    value=float(view.health.healthy))
 
 
 class InstanceCollector:
@@ -332,10 +337,10 @@ class InstanceCollector:
     and alerts can name it beside Prometheus' own ``instance`` (host:port). Left out until
     the name is known; never asks the server, so a scrape never waits for it."""
 
-    def __init__(self, settings, guard: Guard):
+    def __init__(self, settings: Settings, guard: Guard):
         self.settings, self.guard = settings, guard
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
@@ -353,7 +358,8 @@ class InstanceCollector:
 
 
 class Metrics:
-    def __init__(self, repo: Repository, settings=None):
+    def __init__(self, repo: Repository, settings: Settings | None = None):
+        self.repo, self.settings = repo, settings
         self.registry = CollectorRegistry()
         # Rendered after everything else, so a scrape counts its own failures.
         self.errors_registry = CollectorRegistry()
@@ -362,8 +368,15 @@ class Metrics:
         for part in PARTS:
             errors.labels(part)
         self.guard = Guard(errors)
-        self.repository = RepositoryCollector(repo, self.guard, settings)
-        self.registry.register(self.repository)
+        self._started = utc_now()
+        self._live: Callable[[], Live] = lambda: Live(started_at=self._started)
+        self._judge, self._pitr = False, False  # build only what a collector shows
+        self._view: View | None = None  # the scrape under way's
+        self._scrape = threading.Lock()
+        self.registry.register(RepositoryCollector(self.current, repo, self.guard, settings))
+        self._counters()
+
+    def _counters(self) -> None:
         self.backups_total = Counter("backupd_backups", "Backups attempted by this process",
                                      ["database", "result"], registry=self.registry)
         self.verify_total = Counter("backupd_verify", "Verifications run by this process",
@@ -378,17 +391,31 @@ class Metrics:
         self.job_running = Gauge("backupd_job_running", "1 while the job runs", ["job"], registry=self.registry)
         self.next_run = Gauge("backupd_next_run_timestamp_seconds", "When the job runs next", ["job"],
                               registry=self.registry)
-        build = Gauge("backupd_build_info", "backupd's version", ["version"], registry=self.registry)
-        build.labels(__version__).set(1)
+        build_info = Gauge("backupd_build_info", "backupd's version", ["version"], registry=self.registry)
+        build_info.labels(__version__).set(1)
 
-    def add_pitr(self, receiver_state) -> None:
-        self.registry.register(PitrCollector(self.repository.settings, receiver_state, self.guard))
+    def current(self) -> View | None:
+        return self._view
+
+    def add_pitr(self) -> None:
+        self._pitr = True
+        self.registry.register(PitrCollector(self.current, self.guard))
 
     def add_instance(self) -> None:
-        self.registry.register(InstanceCollector(self.repository.settings, self.guard))
+        if self.settings is not None:
+            self.registry.register(InstanceCollector(self.settings, self.guard))
 
-    def add_health(self, health: Callable[[], tuple[bool, dict]]) -> None:
-        self.registry.register(HealthCollector(health, self.guard))
+    def add_health(self, live: Callable[[], Live]) -> None:
+        """``live``: the daemon's state in memory (scheduler, WAL stream, leftovers)."""
+        self._live, self._judge = live, True
+        self.registry.register(HealthCollector(self.current, self.guard))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry) + generate_latest(self.errors_registry)
+        with self._scrape:  # one view per scrape, read before any collector runs
+            live = self.guard.one("health", self._live) or Live(started_at=self._started)
+            self._view = build(self.settings, self.repo, live, self.guard.one, health=self._judge,
+                               pitr="streamed" if self._pitr else None)
+            try:
+                return generate_latest(self.registry) + generate_latest(self.errors_registry)
+            finally:
+                self._view = None

@@ -17,10 +17,16 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backupd.errors import BackupdError, IntegrityError, RefusedError
 from backupd.logging import get_logger
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+    from backupd.manifests import Manifest, OriginRecord
+    from backupd.settings import Settings
 
 log = get_logger("backupd.origin")
 
@@ -56,16 +62,18 @@ class Origin:
         return {"instance": self.instance, "system_identifier": self.system_identifier, "host": self.host}
 
 
-def system_identifier(conn) -> str:
+def system_identifier(conn: Connection[Any]) -> str:
     """The cluster's identifier: fixed at initdb, the same on its physical replicas."""
     row = conn.execute(SYSTEM_IDENTIFIER).fetchone()
+    if row is None:
+        raise IntegrityError("the server did not report its system identifier")
     return str(row[0])
 
 
-_cache: dict[str, Any] = {}
+_cache: dict[str, str | None] = {}
 
 
-def compose_instance(settings) -> str | None:
+def compose_instance(settings: Settings) -> str | None:
     """``<project>.<service>`` from the compose labels of backupd's own container, when a
     Docker engine is there to ask. Asked once per process."""
     if "compose" not in _cache:
@@ -73,7 +81,7 @@ def compose_instance(settings) -> str | None:
     return _cache["compose"]
 
 
-def _ask_docker(settings) -> str | None:
+def _ask_docker(settings: Settings) -> str | None:
     from backupd import docker_ctl
 
     me = docker_ctl.own_container_id()
@@ -89,7 +97,7 @@ def _ask_docker(settings) -> str | None:
     return name if name and INSTANCE_PATTERN.fullmatch(name) else None
 
 
-def _server_identifier(settings, conn=None) -> str | None:
+def _server_identifier(settings: Settings, conn: Connection[Any] | None = None) -> str | None:
     """The server's system identifier: asked on ``conn`` when given (a manifest records the
     server it was made from), else once per process; None when the server cannot be reached."""
     from backupd.postgres import Server
@@ -109,7 +117,7 @@ def _server_identifier(settings, conn=None) -> str | None:
     return value
 
 
-def this_instance(settings, conn=None) -> str:
+def this_instance(settings: Settings, conn: Connection[Any] | None = None) -> str:
     """BACKUP_INSTANCE, else the compose project and service, else the system identifier."""
     name = (settings.backup_instance or compose_instance(settings) or _cache.get("system_identifier")
             or _server_identifier(settings, conn))
@@ -120,7 +128,7 @@ def this_instance(settings, conn=None) -> str:
     return name
 
 
-def instance_if_known(settings) -> str | None:
+def instance_if_known(settings: Settings) -> str | None:
     """The instance name without asking the server now (the status page must answer at
     once): known once a job, or the start of the daemon, has asked."""
     return settings.backup_instance or compose_instance(settings) or _cache.get("system_identifier")
@@ -131,17 +139,18 @@ def system_identifier_if_known() -> str | None:
     return _cache.get("system_identifier")
 
 
-def this_instance_or_none(settings) -> str | None:
+def this_instance_or_none(settings: Settings) -> str | None:
     try:
         return this_instance(settings)
     except OriginUnknown:
         return None
 
 
-def host_name(settings) -> str:
+def host_name(settings: Settings) -> str:
     """The Docker host's name when the engine can be asked (a container's own host name
     changes on every re-create), else this machine's."""
-    if "host" not in _cache:
+    host = _cache.get("host")
+    if host is None:
         from backupd import docker_ctl
 
         name = None
@@ -150,16 +159,16 @@ def host_name(settings) -> str:
                 name = docker_ctl._client(settings).info().get("Name")
             except Exception:
                 name = None
-        _cache["host"] = name or socket.gethostname()
-    return _cache["host"]
+        host = _cache["host"] = name or socket.gethostname()
+    return host
 
 
-def this_origin(settings, conn=None) -> Origin:
+def this_origin(settings: Settings, conn: Connection[Any] | None = None) -> Origin:
     """For a new manifest; ``conn`` is a connection to the server when there is one."""
     return Origin(this_instance(settings, conn), _server_identifier(settings, conn), host_name(settings))
 
 
-def manifest_fields(settings, conn=None) -> dict[str, Any]:
+def manifest_fields(settings: Settings, conn: Connection[Any] | None = None) -> dict[str, Any]:
     """``{"origin": ...}`` for a manifest; an instance that cannot be learnt leaves it out,
     so a volume archive still succeeds while the server is down (it then reads as the
     instance reading it, like an older manifest)."""
@@ -170,28 +179,42 @@ def manifest_fields(settings, conn=None) -> dict[str, Any]:
         return {}
 
 
-def instance_of(manifest: dict[str, Any], reader: str) -> str:
+def instance_of(manifest: Manifest | dict[str, Any], reader: str) -> str:
     """The instance that wrote the backup: ``reader`` for a manifest from before origins
-    were recorded. Raises IntegrityError for an origin that is not well-formed."""
-    origin = manifest.get("origin")
-    if origin is None:
-        return reader
-    instance = origin.get("instance") if isinstance(origin, dict) else None
-    if not isinstance(instance, str) or not INSTANCE_PATTERN.fullmatch(instance):
-        raise IntegrityError(f"the manifest of {manifest.get('id')!r} has an origin that is not valid")
-    identifier = origin.get("system_identifier")
-    if identifier is not None and not isinstance(identifier, str):
-        raise IntegrityError(f"the manifest of {manifest.get('id')!r} has an origin that is not valid")
-    return instance
+    were recorded. Raises IntegrityError for an origin that is not well-formed (only a
+    manifest given as a dict can have one: a model has validated its own)."""
+    origin = origin_of(manifest)
+    return reader if origin is None else origin.instance
 
 
-def system_identifier_of(manifest: dict[str, Any]) -> str | None:
-    origin = manifest.get("origin")
-    value = origin.get("system_identifier") if isinstance(origin, dict) else None
-    return value if isinstance(value, str) else None
+def system_identifier_of(manifest: Manifest | dict[str, Any]) -> str | None:
+    try:
+        origin = origin_of(manifest)
+    except IntegrityError:
+        return None
+    return origin.system_identifier if origin else None
 
 
-def check_fetched(manifest: dict[str, Any], asked: str, where: str) -> None:
+def origin_of(manifest: Manifest | dict[str, Any]) -> OriginRecord | None:
+    """A manifest's origin, typed. A dict is for callers not yet converted: its origin is
+    validated here, IntegrityError when it is not well-formed."""
+    from backupd.documents import InvalidDocument, parse
+    from backupd.manifests import Manifest, OriginRecord
+
+    if isinstance(manifest, Manifest):
+        return manifest.origin
+    try:
+        found = manifest.get("origin")
+        return None if found is None else parse(OriginRecord, found)
+    except InvalidDocument:
+        raise IntegrityError(f"the manifest of {_id_of(manifest)!r} has an origin that is not valid") from None
+
+
+def _id_of(manifest: Manifest | dict[str, Any]) -> object:
+    return manifest.id if not isinstance(manifest, dict) else manifest.get("id")
+
+
+def check_fetched(manifest: Manifest | dict[str, Any], asked: str, where: str) -> None:
     """A manifest fetched for instance ``asked`` must be that instance's; refused (exit 2)
     otherwise, naming both, before anything of it is kept."""
     try:
@@ -199,6 +222,6 @@ def check_fetched(manifest: dict[str, Any], asked: str, where: str) -> None:
     except IntegrityError as err:
         raise RefusedError(f"{err} ({where}); nothing was fetched") from None
     if found != asked:
-        raise RefusedError(f"the manifest of {manifest.get('id')!r} at {where} was written by instance {found!r}, "
+        raise RefusedError(f"the manifest of {_id_of(manifest)!r} at {where} was written by instance {found!r}, "
                            f"not by {asked!r} as asked; nothing was fetched (another instance's backup is "
                            f"restored only with --instance {found})")

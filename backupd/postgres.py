@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -20,6 +20,9 @@ from psycopg import sql
 from backupd import cancel
 from backupd.errors import Aborted, ConnectionFailed, NotFoundError
 from backupd.logging import get_logger
+
+if TYPE_CHECKING:
+    from backupd.manifests import Manifest
 
 
 def one(cursor: psycopg.Cursor) -> tuple[Any, ...]:
@@ -493,19 +496,23 @@ def count_table_rows(conn: psycopg.Connection, schema: str, name: str) -> int:
     return rows
 
 
-def compare_with_manifest(conn: psycopg.Connection, manifest: dict) -> list[str]:
+def compare_with_manifest(conn: psycopg.Connection, manifest: Manifest) -> list[str]:
     """What differs between a restored database and the manifest of its backup: tables
     whose data the dump holds must exist, and with exact counts, hold as many rows."""
+    from backupd.manifests import DumpManifest
+
+    if not isinstance(manifest, DumpManifest):
+        return []  # a file restored without its manifest: nothing recorded to compare
     present = {(schema, name) for schema, name, _, _ in tables_with_data(conn)}
-    exact = manifest.get("row_counts") == "exact"
+    exact = manifest.row_counts == "exact"
     problems = []
-    for table in manifest.get("tables", []):
-        key = (table["schema"], table["name"])
-        label = f"{table['schema']}.{table['name']}"
+    for table in manifest.tables:
+        key = (table.schema_, table.name)
+        label = f"{table.schema_}.{table.name}"
         if key not in present:
             problems.append(f"table {label} is missing")
-        elif exact and table.get("rows") is not None:
+        elif exact and table.rows is not None:
             rows = count_table_rows(conn, *key)
-            if rows != table["rows"]:
-                problems.append(f"table {label} has {rows} rows, the manifest says {table['rows']}")
+            if rows != table.rows:
+                problems.append(f"table {label} has {rows} rows, the manifest says {table.rows}")
     return problems

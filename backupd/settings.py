@@ -144,7 +144,7 @@ def _check_targets(urls: tuple[str, ...]) -> tuple[str, ...]:
 def _parse_volumes(value: Any) -> tuple[tuple[str, Path], ...]:
     if isinstance(value, tuple):
         return value
-    from backupd.actions.volumes import parse_volume_paths
+    from backupd.volume_paths import parse_volume_paths
 
     return tuple(parse_volume_paths(str(value)).items())
 

@@ -3,8 +3,8 @@ its code and read its settings once, then backs up on request.
 
     python bench/scheduled.py       (settings from the environment, as for backupd)
 
-For each line read on stdin it runs one backup (``run_backup``, what the daemon's backup
-job calls) and answers ``<seconds> <peak RSS KiB>``: the peak of this process or of the
+For each line read on stdin it runs one backup (``coordinator.backup``, what the daemon's
+backup job calls) and answers ``<seconds> <peak RSS KiB>``: the peak of this process or of the
 largest child so far. The difference from ``backupd backup`` is the process start.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backupd.actions.backup import run_backup  # noqa: E402
+from backupd.coordinator import backup  # noqa: E402
 from backupd.logging import configure_logging  # noqa: E402
 from backupd.settings import load_settings  # noqa: E402
 
@@ -27,7 +27,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)  # as the daemon does: to stderr
     for _ in sys.stdin:
         started = time.monotonic()
-        result = run_backup(settings)
+        result = backup(settings)
         seconds = time.monotonic() - started
         if not result.ok:
             raise SystemExit(f"the backup failed: {[o.error for o in result.outcomes if not o.ok]}")

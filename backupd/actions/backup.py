@@ -11,19 +11,18 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from backupd import __version__, cancel, failures, origin, pgtools
-from backupd.actions.prune import run_prune
-from backupd.archive import StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
+from backupd.archive import ArchiveContents, StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform, commit_manifest
 from backupd.errors import Aborted, BackupdError, DumpError, UsageError
 from backupd.logging import get_logger
@@ -43,8 +42,10 @@ from backupd.postgres import (
     stranded_by_a_swap,
 )
 from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, pending_path, storage_error, utc_now
-from backupd.settings import Settings
-from backupd.stream import Pipeline, stream_to_file
+from backupd.stream import Pipeline, StreamResult, stream_to_file
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.backup")
 
@@ -67,8 +68,10 @@ class Outcome:
 class BackupResult:
     outcomes: list[Outcome] = field(default_factory=list)
     globals: Outcome | None = None
-    pruned: int = 0  # backups deleted by the retention that follows each successful backup
-    finish_error: str | None = None  # pinning or retention after the backups failed
+    # Set by what follows a backup (``coordinator``): backups deleted by the retention that
+    # follows each successful one, and why pinning or that retention failed.
+    pruned: int = 0
+    finish_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -88,7 +91,7 @@ class _Run:
     tools: Tools
     deadline: float
     progress: ProgressFactory | None
-    origin: dict = field(default_factory=dict)  # {"origin": ...}: the server, this instance, the host
+    origin: dict[str, Any] = field(default_factory=dict)  # {"origin": ...}: the server, this instance, the host
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -96,11 +99,12 @@ class _Run:
             raise Aborted(f"backup exceeded BACKUP_TIMEOUT ({self.settings.backup_timeout:g}s)")
         return left
 
-    def progress_for(self, name: str):
+    def progress_for(self, name: str) -> Callable[[int], None] | None:
         return self.progress(name) if self.progress else None
 
-    def manifest(self, kind: str, backup_id: str, label, scheduled_for, started, clock: float, fmt: str,
-                 final: Path, stream, transform: Transform | None = None) -> dict:
+    def manifest(self, kind: str, backup_id: str, label: str | None, scheduled_for: datetime | None,
+                 started: datetime, clock: float, fmt: str, final: Path, stream: StreamResult,
+                 transform: Transform | None = None) -> dict[str, Any]:
         """The fields every manifest of this run has."""
         return {
             "kind": kind, "id": backup_id, "label": label, "scheduled_for": iso(scheduled_for),
@@ -113,12 +117,11 @@ class _Run:
         }
 
 
-def run_backup(settings, databases: list[str] | None = None, label: str | None = None,
-               scheduled_for: datetime | None = None, progress: ProgressFactory | None = None,
-               pin: bool = False) -> BackupResult:
+def run_backup(settings: Settings, databases: list[str] | None = None, label: str | None = None,
+               scheduled_for: datetime | None = None, progress: ProgressFactory | None = None) -> BackupResult:
     """A scheduled run (``scheduled_for`` set) skips a database whose backup for that time
     exists or is running in another daemon; a manual run waits for the other one instead.
-    ``pin`` pins the new backups. Retention runs for each database backed up."""
+    What follows (pins, retention, replication) is the caller's: ``coordinator``."""
     server = Server.from_settings(settings)
     repo = Repository(settings.backup_dir)
     try:
@@ -172,18 +175,6 @@ def run_backup(settings, databases: list[str] | None = None, label: str | None =
     result.outcomes += [_guarded(repo, live, "database", partial(_stranded, live, now_named))
                         for live, now_named in stranded]
     failures.clear(repo.root, failures.database(None))  # the server answered: a run-level failure is over
-    succeeded = [o for o in result.outcomes if o.ok and o.backup_id]
-    try:
-        for outcome in succeeded if pin else []:
-            repo.update_state(repo.find(str(outcome.backup_id)), "pinned", True)
-        if succeeded:  # retention follows each successful backup (pins first, so they hold)
-            result.pruned = len(run_prune(settings, databases=[o.database for o in succeeded],
-                                          just_made=frozenset(str(o.backup_id) for o in succeeded)).deleted)
-    except (OSError, BackupdError) as err:  # the backups are made and kept: say so, and fail the run
-        if isinstance(err, OSError):
-            err = storage_error(err, "finish the run (pins, retention)")
-        result.finish_error = str(err)
-        log.error("the backups were made, but finishing the run failed", error=result.finish_error)
     return result
 
 
@@ -198,13 +189,14 @@ def _stranded(live: str, now_named: str) -> Outcome:
         f"ALTER DATABASE {quoted(live)} ALLOW_CONNECTIONS true;")
 
 
-def _record_run_failure(repo: Repository, names, error: str) -> None:
+def _record_run_failure(repo: Repository, names: Sequence[str] | None, error: str) -> None:
     """The server (or the repository) could not be reached: every database this run was for failed."""
     try:
         known = sorted({b.database for b in repo.backups()})
     except BackupdError:
         known = []
-    for name in names or known or [None]:
+    chosen: list[str | None] = [*(names or known)] or [None]  # None: the run as a whole
+    for name in chosen:
         failures.record(repo.root, failures.database(name), error)
 
 
@@ -343,12 +335,13 @@ def _grants_json(access: DatabaseAccess) -> list[dict[str, Any]] | None:
     return None if access.grants is None else [grant.to_json() for grant in access.grants]
 
 
-def _dump(run: _Run, admin, transform: Transform, name: str, fmt: str, snapshot_id: str, final: Path):
+def _dump(run: _Run, admin: psycopg.Connection, transform: Transform, name: str, fmt: str, snapshot_id: str,
+          final: Path) -> tuple[StreamResult, ArchiveContents | None]:
     """Dump into ``final``; returns the stream result, and the archive's contents when
     they were read on the way (directory format) or None."""
     settings, env, secrets = run.settings, run.server.libpq_env(name), run.server.secrets
-    dump_argv = lambda **kw: pg_dump_argv(run.tools, fmt, snapshot_id, settings.backup_lock_wait_timeout,  # noqa: E731
-                                          settings.extra_dump_args, compress=transform.pg_dump_compress(), **kw)
+    dump_argv = partial(pg_dump_argv, run.tools, fmt, snapshot_id, settings.backup_lock_wait_timeout,
+                        settings.extra_dump_args, compress=transform.pg_dump_compress())
     progress = run.progress_for(name)
     if fmt != "directory" and not transform.encrypting:
         pipeline = Pipeline([("pg_dump", dump_argv()), *transform.compressor()], env=env, secrets=secrets)
@@ -384,7 +377,7 @@ def _dump(run: _Run, admin, transform: Transform, name: str, fmt: str, snapshot_
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_room(repo: Repository, admin, name: str, folder: Path) -> None:
+def _check_room(repo: Repository, admin: psycopg.Connection, name: str, folder: Path) -> None:
     """Refuse early a backup that clearly cannot fit: the size of the last backup must be free,
     or for a first one a quarter of the data the database holds beyond an empty database
     (its size on disk counts the system catalogs, about 7 MB, and data compresses)."""
@@ -403,7 +396,7 @@ def _check_room(repo: Repository, admin, name: str, folder: Path) -> None:
                         f"needed ({basis}), {free} are free")
 
 
-def _check_room_to_stage(admin, name: str, folder: Path, compressed: bool) -> None:
+def _check_room_to_stage(admin: psycopg.Connection, name: str, folder: Path, compressed: bool) -> None:
     """The staged folder and the file packed from it are on one disk until the folder goes:
     uncompressed, the folder alone takes about the database's size; compressed by pg_dump,
     both together take about half of it (a quarter each, as for a first backup)."""

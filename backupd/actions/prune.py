@@ -30,7 +30,6 @@ STALE_AFTER = 86400.0
 class PruneResult:
     decisions: list[tuple[Backup, Decision]] = field(default_factory=list)
     deleted: list[Backup] = field(default_factory=list)
-    leftovers_removed: list[Path] = field(default_factory=list)
 
 
 def run_prune(settings: Settings, dry_run: bool = False, database: str | None = None,
@@ -71,7 +70,7 @@ def run_prune(settings: Settings, dry_run: bool = False, database: str | None = 
         result.deleted.append(backup)
         log.info("deleted by retention", id=backup.id, database=backup.database,
                  reason="no retention rule keeps it")
-    result.leftovers_removed = remove_leftovers(repo)
+    remove_leftovers(repo)
     return result
 
 

@@ -17,35 +17,24 @@ there (now perhaps the only good one); the damage is remembered on the backup
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backupd import cancel, manifests, origin
-from backupd.documents import InvalidDocument
-from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, UsageError
+from backupd import cancel, origin
+from backupd.errors import Aborted, BackupdError, IntegrityError
 from backupd.logging import get_logger
-from backupd.origin import INSTANCE_PATTERN, Origin, check_fetched, instance_of, system_identifier_of
-from backupd.repository import (
-    Backup,
-    Repository,
-    decode_name,
-    encode_name,
-    iso,
-    parse_id,
-    utc_now,
-)
+from backupd.origin import Origin, instance_of, system_identifier_of
+from backupd.repository import Backup, Repository, iso, parse_id, utc_now
 from backupd.retention import Item, Policy, decide
-from backupd.stream import fsync_dir, sha256_of, write_json_atomically
-from backupd.targets import Target, TargetError, configured_targets
+from backupd.runs import record_runs
+from backupd.stream import sha256_of
+from backupd.targets import Target
 from backupd.targets.base import (
     LocalFile,
     LocalFileDamaged,
@@ -54,7 +43,11 @@ from backupd.targets.base import (
     unreadable_local_file,
     with_retries,
 )
-from backupd.targets.layout import RemoteBackup, on_target, remote_backups, split_instance
+from backupd.targets.fetch import read_remote_manifest, targets_for
+from backupd.targets.layout import RemoteBackup, on_target, remote_backups
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.replicate")
 
@@ -76,31 +69,26 @@ class TargetOutcome:
     # (id, why): not sent because a different file of that name is on the target (not ours)
     clashes: list[tuple[str, str]] = field(default_factory=list)
     counted: bool = False  # ``stored`` comes from the target's listing in this run
-    pitr_retention: tuple[int, int] = (14, 1)  # PITR_RETENTION_DAYS, BACKUP_MIN_KEEP
 
 
-def targets_for(settings, url: str | None = None) -> list[Target]:
-    targets = configured_targets(settings)
-    if url:
-        targets = [t for t in targets if t.url == url or t.url.rstrip("/") == url.rstrip("/")]
-        if not targets:
-            raise UsageError(f"{url!r} is not one of the configured replication targets")
-    if not targets:
-        raise UsageError("no replication targets are configured (REPLICATION_TARGETS)")
-    return targets
+# More to send to each target after the backups, and its retention there (point-in-time
+# recovery's files): given the target and its listing, returns (sent, deleted). Passed in
+# by the caller, so replication knows no other feature.
+AlsoSent = Callable[[Target, dict[str, RemoteFile]], tuple[list[str], list[str]]]
 
 
-def run_replicate(settings, url: str | None = None, budget: float | None = None) -> list[TargetOutcome]:
-    """Replicate to every target (or the one named) in parallel; each ends within ``budget`` seconds."""
+def run_replicate(settings: Settings, url: str | None = None, budget: float | None = None,
+                  also: Sequence[AlsoSent] = ()) -> list[TargetOutcome]:
+    """Replicate to every target (or the one named) in parallel; each ends within ``budget``
+    seconds. ``also``: what else each target gets, after the backups and their retention."""
     repo = Repository(settings.backup_dir)
     targets = targets_for(settings, url)
     mine = origin.this_origin(settings)
     days = settings.replication_retention_days
     policy = Policy.from_settings(settings).with_days(settings.backup_retention_days if days is None else days)
-    outcomes = [TargetOutcome(t.url, confirmed=t.confirms,
-                              pitr_retention=(settings.pitr_retention_days, settings.backup_min_keep))
-                for t in targets]
-    threads = [threading.Thread(target=_replicate_guarded, args=(t, o, repo, policy, mine), name=f"replicate {t.url}",
+    outcomes = [TargetOutcome(t.url, confirmed=t.confirms) for t in targets]
+    threads = [threading.Thread(target=_replicate_guarded, args=(t, o, repo, policy, mine, also),
+                                name=f"replicate {t.url}",
                                 daemon=True) for t, o in zip(targets, outcomes, strict=True)]
     for thread in threads:
         thread.start()
@@ -118,41 +106,10 @@ def run_replicate(settings, url: str | None = None, budget: float | None = None)
     return outcomes
 
 
-RUNS_FILE = ".replication.json"
-
-
-def record_runs(repo: Repository, outcomes: list[TargetOutcome]) -> None:
-    """Remember each target's newest run beside the backups, so metrics and /status show
-    runs of the CLI and of earlier processes too."""
-    runs = read_runs(repo)
-    for outcome in outcomes:
-        previous = runs.get(outcome.url, {})
-        runs[outcome.url] = {
-            "time": iso(outcome.finished or utc_now()), "ok": outcome.ok, "error": outcome.error,
-            "sent": len(outcome.sent), "deleted": len(outcome.deleted), "confirmed": outcome.confirmed,
-            "refused": [{"id": backup_id, "reason": why} for backup_id, why in outcome.refused],
-            "last_success": iso(outcome.finished or utc_now()) if outcome.ok else previous.get("last_success"),
-            "stored": outcome.stored if outcome.counted else previous.get("stored", {}),
-            "stored_bytes": outcome.stored_bytes if outcome.counted else previous.get("stored_bytes", 0),
-        }
-    repo.ensure_folder(repo.root)
-    write_json_atomically(repo.root / RUNS_FILE, json.dumps(runs, indent=2, sort_keys=True) + "\n")
-
-
-def read_runs(repo: Repository) -> dict[str, dict]:
-    try:
-        return manifests.read_runs(repo.root / RUNS_FILE)
-    except OSError:
-        return {}
-    except InvalidDocument as err:  # listed as invalid by the inventory; never a crash of a view
-        log.warning("ignoring an invalid run history", file=str(repo.root / RUNS_FILE), error=str(err))
-        return {}
-
-
 def _replicate_guarded(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy,
-                       mine: Origin) -> None:
+                       mine: Origin, also: Sequence[AlsoSent] = ()) -> None:
     try:
-        _replicate(target, outcome, repo, policy, mine)
+        _replicate(target, outcome, repo, policy, mine, also)
     except (BackupdError, OSError) as err:  # OSError: the local repository, read mid-run
         error = str(err) if isinstance(err, BackupdError) else f"reading the repository failed: {err.strerror or err}"
         outcome.ok, outcome.error = False, error
@@ -191,7 +148,8 @@ def _written_here(backup: Backup, me: str) -> bool:
     return written_by == me
 
 
-def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy, mine: Origin) -> None:
+def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy: Policy, mine: Origin,
+               also: Sequence[AlsoSent]) -> None:
     remote = with_retries(f"list {target.url}", target.list)
     refused: set[tuple[str, str]] = set()  # (kind, id): ids can repeat across kinds
     for backup in repo.backups(kind=None):  # newest first: the most valuable copy lands first
@@ -215,24 +173,16 @@ def _replicate(target: Target, outcome: TargetOutcome, repo: Repository, policy:
     if target.confirms:
         remote = with_retries(f"list {target.url}", target.list)
         outcome.deleted = _apply_retention(target, remote, repo, policy, mine, keep=refused)
-        _replicate_pitr(target, outcome, repo, remote)
+        for send_more in also:
+            sent, deleted = send_more(target, remote)
+            outcome.sent += sent
+            outcome.deleted += deleted
         for remote_backup in remote_backups(remote):  # this instance's, as retention sees them
             if remote_backup.in_space(mine.instance, mine.instance) and remote_backup.manifest not in outcome.deleted:
                 name = remote_backup.database
                 outcome.stored[name] = outcome.stored.get(name, 0) + 1
                 outcome.stored_bytes += remote_backup.size
         outcome.counted = True
-
-
-def _replicate_pitr(target: Target, outcome: TargetOutcome, repo: Repository, remote: dict[str, RemoteFile]) -> None:
-    """Base backups and archived WAL (point-in-time recovery), when there are any."""
-    from backupd.pitr.replicate import replicate_store
-    from backupd.pitr.store import Store
-
-    for store in Store.all(repo.root):
-        sent, deleted = replicate_store(target, remote, store, repo.root, outcome.pitr_retention)
-        outcome.sent += sent
-        outcome.deleted += deleted
 
 
 def _refuse(repo: Repository, outcome: TargetOutcome, target: Target, backup: Backup, why: str,
@@ -282,7 +232,7 @@ def _send(target: Target, outcome: TargetOutcome, repo: Repository, backup: Back
                                            partial(target.put, file, replace=file.relative in ours))
     record = {"time": iso(utc_now()), "confirmed": target.confirms, "files": sent}
 
-    def with_this_copy(replicas: Any) -> dict:
+    def with_this_copy(replicas: Any) -> dict[str, Any]:
         return {**(replicas if isinstance(replicas, dict) else {}), target.url: record}
 
     try:
@@ -294,7 +244,7 @@ def _send(target: Target, outcome: TargetOutcome, repo: Repository, backup: Back
     log.info("replicated", id=backup.id, target=target.url, confirmed=target.confirms)
 
 
-def _still_there(target: Target, files: list[LocalFile], remote: dict[str, RemoteFile], record: dict) -> bool:
+def _still_there(target: Target, files: list[LocalFile], remote: dict[str, RemoteFile], record: dict[str, Any]) -> bool:
     if not target.confirms:
         return True  # nothing to check: sent once is all backupd can know
     for file in files:
@@ -358,7 +308,7 @@ def _written_by(target: Target, copy: RemoteBackup, mine: Origin) -> bool:
     Its manifest must name this instance and this server; a manifest from before origins
     were recorded is this instance's. One of this name from another server (two hosts with
     the same compose project and service) or one that cannot be read is kept."""
-    manifest = _read_manifest(target, copy.manifest)
+    manifest = read_remote_manifest(target, copy.manifest)
     try:
         instance = instance_of(manifest, mine.instance) if manifest is not None else None
     except IntegrityError:
@@ -372,214 +322,3 @@ def _written_by(target: Target, copy: RemoteBackup, mine: Origin) -> bool:
     return ours
 
 
-def _read_manifest(target: Target, relative: str) -> dict | None:
-    """A manifest on the target, parsed; None when it cannot be fetched or is not an object."""
-    with tempfile.TemporaryDirectory(prefix="backupd-manifest-") as folder:
-        local = Path(folder) / "manifest.json"
-        try:
-            with_retries(f"fetch {relative}", partial(target.get, relative, local))
-            manifest = json.loads(local.read_text(encoding="utf-8"))
-        except (TargetError, OSError, ValueError) as err:
-            log.warning("a manifest on the target cannot be read", manifest=relative, target=target.url,
-                        error=str(err))
-            return None
-    return manifest if isinstance(manifest, dict) else None
-
-
-# Disaster recovery -------------------------------------------------------------------------
-FOREIGN = ".instances"  # BACKUP_DIR/.instances/<instance>/: another instance's backups, fetched to restore
-
-
-def foreign_repository(settings, instance: str) -> Repository:
-    """Where another instance's backups are fetched: never among this instance's own (an id
-    of the same second would collide, and retention or replication would take them for
-    this instance's). The folder is hidden, so the repository never lists it."""
-    holder = Path(settings.backup_dir) / FOREIGN
-    Repository(Path(settings.backup_dir)).ensure_folder(holder)
-    return Repository(holder / instance)
-
-
-def forget_foreign(settings) -> None:
-    """Remove what was fetched of other instances (after the restore that needed it)."""
-    shutil.rmtree(Path(settings.backup_dir) / FOREIGN, ignore_errors=True)
-
-
-def repository_holding(repo: Repository, backup: Backup) -> Repository:
-    """The repository a backup was found or fetched into (its roles dump is there too)."""
-    holder = repo.root / FOREIGN
-    if backup.folder.is_relative_to(holder) and backup.folder != holder:
-        return Repository(holder / backup.folder.relative_to(holder).parts[0])
-    return repo
-
-
-def list_remote(settings, url: str, instance: str | None = None) -> list[tuple[Backup, str]]:
-    """The backups on a target (every instance's, or ``instance``'s), with their manifests
-    read from there, each with the instance that made it."""
-    (target,) = targets_for(settings, url)
-    me = origin.this_instance_or_none(settings) or "-"
-    remote = with_retries(f"list {target.url}", target.list)
-    backups = []
-    for remote_backup in remote_backups(remote):
-        owner = remote_backup.instance or me
-        if remote_backup.kind == "volume" or (instance is not None and owner != instance):
-            continue
-        manifest = _read_manifest(target, remote_backup.manifest)
-        try:
-            written_by = instance_of(manifest, owner) if manifest is not None else None
-            backup = Backup(manifest=manifest, folder=Path(remote_backup.manifest).parent) if manifest else None
-            if backup is not None and (backup.id != remote_backup.id or written_by is None):
-                backup = None
-        except (IntegrityError, KeyError, TypeError, ValueError, UsageError):
-            backup = None
-        if backup is None or written_by is None:
-            log.warning("not listed: its manifest on the target is not valid", manifest=remote_backup.manifest,
-                        target=target.url)
-            continue
-        backups.append((backup, written_by))
-    backups.sort(key=lambda found: (found[0].time, found[0].id, found[1]), reverse=True)
-    return backups
-
-
-def _pick(copies: list[RemoteBackup], instance: str, me: str) -> RemoteBackup | None:
-    """``instance``'s copy, the one under its folder before an older top-level one."""
-    return next((b for b in sorted(copies, key=lambda b: b.instance is None) if b.in_space(instance, me)), None)
-
-
-def fetch(settings, repo: Repository, backup_id: str, targets: list[Target] | None = None,
-          kind: str = "database", instance: str | None = None) -> Backup:
-    """Bring a backup (and its roles dump) or a volume archive of this instance, or of
-    ``instance``, from the first target that has it into the local repository, checked
-    against its manifest; the local repository may be empty (a new machine). Another
-    instance's backup goes to a repository of its own (``foreign_repository``)."""
-    me = origin.this_instance(settings)
-    asked = instance or me
-    into = repo if asked == me else foreign_repository(settings, asked)
-    elsewhere: set[str] = set()
-    for target in targets if targets is not None else [t for t in configured_targets(settings) if t.confirms]:
-        try:
-            remote = with_retries(f"list {target.url}", target.list)
-        except TargetError as err:
-            log.warning("target not reachable", target=target.url, error=str(err))
-            continue
-        every = remote_backups(remote)
-        copies = [b for b in every
-                  if b.id == backup_id and (b.kind == kind or kind == "database" and b.kind == "globals")]
-        found = _pick(copies, asked, me)
-        if found is None:
-            elsewhere.update(b.instance for b in copies if b.instance and b.instance != asked)
-            continue
-        backup = _fetch_files(target, into, found, asked)
-        log.info("fetched from a target", id=backup_id, target=target.url, instance=asked)
-        globals_id = backup.manifest.get("globals_id")
-        if globals_id and globals_id != backup_id:
-            try:
-                into.find(globals_id, kind="globals")
-            except NotFoundError:
-                remote_globals = _pick([b for b in every if b.id == globals_id and b.kind == "globals"], asked, me)
-                if remote_globals:
-                    _fetch_files(target, into, remote_globals, asked)
-        return backup
-    hint = (f"; instance {', '.join(sorted(elsewhere))} has a backup of that id: name it with --instance"
-            if elsewhere else "")
-    raise NotFoundError(f"no backup with id {backup_id!r} of instance {asked!r} locally or on any replication "
-                        f"target{hint}")
-
-
-def newest_remote_id(settings, database: str | None, kind: str = "database", instance: str | None = None) -> str:
-    """The newest backup id of ``database`` (or volume) of this instance (or ``instance``) on
-    the targets (``latest`` on a new machine)."""
-    noun, option = ("volume", "--volume") if kind == "volume" else ("database", "--database")
-    me = origin.this_instance(settings)
-    asked = instance or me
-    ids = []
-    for target in (t for t in configured_targets(settings) if t.confirms):
-        try:
-            remote = with_retries(f"list {target.url}", target.list)
-        except TargetError:
-            continue
-        ids += [b for b in remote_backups(remote) if b.kind == kind and b.in_space(asked, me)
-                and (database is None or b.database == database)]
-    if not ids:
-        raise NotFoundError(f"no backups of {noun} {database or ''!r} of instance {asked!r} locally or on any "
-                            f"replication target")
-    if database is None and len({b.database for b in ids}) > 1:
-        raise UsageError(f"'latest' needs {option}: the targets hold backups of several")
-    return max(ids, key=lambda b: parse_id(b.id)[1]).id
-
-
-def _fetch_files(target: Target, repo: Repository, found: RemoteBackup, instance: str) -> Backup:
-    remote_folder = found.manifest.rpartition("/")[0]  # e.g. "site-a/shop", "shop" or "site-a/_volumes/uploads"
-    folder = repo.ensure_folder(repo.root / split_instance(found.manifest)[1].rpartition("/")[0])
-    with repo.lock(folder, "fetch"), tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as staging:
-        staged_manifest = Path(staging) / "manifest.json"
-        with_retries(f"fetch {found.manifest}", lambda: target.get(found.manifest, staged_manifest))
-        try:
-            manifest = json.loads(staged_manifest.read_text(encoding="utf-8"))
-        except ValueError:
-            manifest = None
-        if isinstance(manifest, dict):  # refused (exit 2) before anything of it is kept
-            check_fetched(manifest, instance, f"{target.url}/{found.manifest}")
-        if not isinstance(manifest, dict) or not _describes(manifest, found.id, folder):
-            raise IntegrityError(f"the manifest of {found.id} on {target.url} is not backupd's manifest of "
-                                 f"that backup (its id, file name, size or checksum); nothing was fetched")
-        data_name = manifest["file"]
-        staged_data = Path(staging) / data_name
-        with_retries(f"fetch {data_name}", lambda: target.get(f"{remote_folder}/{data_name}", staged_data))
-        if sha256_of(staged_data) != manifest["sha256"]:
-            raise IntegrityError(f"the copy of {found.id} on {target.url} does not match its manifest")
-        staged_data.chmod(0o600)
-        staged_manifest.chmod(0o600)
-        shutil.move(staged_data, folder / data_name)
-        shutil.move(staged_manifest, folder / f"{encode_name(manifest['id'])}.json")
-        fsync_dir(folder)
-    return repo.find(manifest["id"], kind="volume" if found.kind == "volume" else "database")
-
-
-def _describes(manifest: dict, backup_id: str, folder: Path) -> bool:
-    """A fetched manifest is believed only about the backup it was fetched as, and only about
-    a file of backupd's own name: it can never name, and so overwrite, anything else."""
-    try:
-        return manifest.get("id") == backup_id and Repository.accounts_for(
-            Backup(manifest=manifest, folder=folder), f"{encode_name(backup_id)}.json")
-    except (KeyError, TypeError, ValueError, UsageError):
-        return False
-
-
-def fetch_url(settings, repo: Repository, url: str) -> Backup:
-    """``backupd restore URL``: the URL of a backup file (or its manifest) on a target. The
-    path names the instance (its folder; the top level is this instance's): naming the
-    file is naming the instance."""
-    from backupd.redact import strip_url_credentials
-
-    shown = strip_url_credentials(url)
-    for target in configured_targets(settings):
-        if target.confirms and shown.startswith(target.url.rstrip("/") + "/"):
-            relative = shown[len(target.url.rstrip("/")) + 1:]
-            break
-    else:
-        target, relative = _unconfigured_target(settings, url)
-    match = _FILE_OF_BACKUP.match(relative.rpartition("/")[2])
-    if not match:
-        raise UsageError(f"{shown!r} does not name a backup file (<id>.<ext> or <id>.json)")
-    return fetch(settings, repo, decode_name(match.group(1)), [target], instance=split_instance(relative)[0])
-
-
-def _unconfigured_target(settings, url: str) -> tuple[Target, str]:
-    """Not a configured target: the layout is ``<root>/<instance>/<folder>/<file>``, or
-    ``<root>/<folder>/<file>`` from before instances; the first that the target has."""
-    from backupd.targets import make_target
-
-    parts = url.rsplit("/", 3)
-    if len(parts) == 4 and INSTANCE_PATTERN.fullmatch(parts[1]) and "://" in parts[0][:-1]:
-        target, relative = make_target(parts[0], settings), "/".join(parts[1:])
-        try:
-            if relative in with_retries(f"list {target.url}", target.list):
-                return target, relative
-        except TargetError:
-            pass  # perhaps not a root at all: the older layout below
-    root, folder, name = url.rsplit("/", 2)
-    return make_target(root, settings), f"{folder}/{name}"
-
-
-# "<encoded id>.<ext>": the id ends with its time, so a dot inside a database name is no trouble.
-_FILE_OF_BACKUP = re.compile(r"^(.+-\d{8}T\d{6}Z|globals@\d{8}T\d{6}Z)(?:\..*)?$")

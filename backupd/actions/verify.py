@@ -15,26 +15,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from backupd import cancel
-from backupd.actions.restore import (
-    DatabaseBuilder,
-    check_checksum,
-    check_database_option,
-    manifest_info,
-    read_decompressed,
-    resolve_source,
-    restore_roles,
-    restore_tools,
-)
 from backupd.dbnames import scratch_name, scratch_prefix
 from backupd.errors import Aborted, BackupdError, NotFoundError, RestoreError, StorageError
 from backupd.logging import get_logger
 from backupd.postgres import Server, advisory_lock, drop_database
 from backupd.repository import Backup, Problem, Repository, decode_name, iso, storage_error, utc_now
+from backupd.restoring.builder import DatabaseBuilder, manifest_info, read_decompressed, restore_roles, restore_tools
+from backupd.restoring.source import check_checksum, check_database_option, resolve_source
 from backupd.roles import create_missing_roles
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.verify")
 
@@ -55,7 +51,7 @@ class VerifyOutcome:
         return self.result == FAILED
 
 
-def run_verify(settings, source: str | None = None, database: str | None = None) -> list[VerifyOutcome]:
+def run_verify(settings: Settings, source: str | None = None, database: str | None = None) -> list[VerifyOutcome]:
     repo = Repository(settings.backup_dir)
     unreadable: list[tuple[Path, str, str]] = []
     if source:
@@ -95,7 +91,7 @@ def _cannot_read(path: Path, database: str, detail: str) -> VerifyOutcome:
     return VerifyOutcome(str(path), database, FAILED, detail, 0.0)
 
 
-def verify_backup(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
+def verify_backup(settings: Settings, repo: Repository, backup: Backup) -> VerifyOutcome:
     started = time.monotonic()
     try:
         result, reason = _verify(settings, repo, backup)
@@ -106,7 +102,7 @@ def verify_backup(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
     return _record(repo, backup, result, reason, started)
 
 
-def _verify(settings, repo: Repository, backup: Backup) -> tuple[str, str | None]:
+def _verify(settings: Settings, repo: Repository, backup: Backup) -> tuple[str, str | None]:
     check_checksum(backup)
     if backup.manifest.get("encryption") and not settings.identity:
         return UNVERIFIABLE, "encrypted, and BACKUP_ENCRYPTION_IDENTITY is not set: only the checksum was checked"
@@ -152,7 +148,7 @@ def _run_verify_sql(server: Server, scratch: str, query: str) -> None:
         raise RestoreError(f"VERIFY_SQL returned {row[0] if row else 'no row'!r}, not true")
 
 
-def verify_globals(settings, repo: Repository, backup: Backup) -> VerifyOutcome:
+def verify_globals(settings: Settings, repo: Repository, backup: Backup) -> VerifyOutcome:
     """The roles dump parses, and the roles it has that the server lacks could be created."""
     started = time.monotonic()
     try:

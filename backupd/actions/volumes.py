@@ -14,7 +14,9 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd import __version__, origin
 from backupd.archive import reader_stages
@@ -24,8 +26,14 @@ from backupd.errors import BackupdError, NotFoundError, RefusedError, RestoreErr
 from backupd.logging import get_logger
 from backupd.process import run
 from backupd.repository import Backup, Repository, encode_name, iso, looks_like_id, pending_path, utc_now
-from backupd.retention import Item, Policy, decide
+from backupd.restoring.source import check_checksum
+from backupd.retention import Decision, Item, Policy, decide
 from backupd.stream import Pipeline, stream_to_file
+from backupd.targets import configured_targets
+from backupd.targets.fetch import fetch, newest_remote_id
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.volumes")
 
@@ -42,21 +50,7 @@ class VolumeOutcome:
     size: int = 0
 
 
-def parse_volume_paths(text: str) -> dict[str, Path]:
-    """``name=/path,other=/path`` -> {name: path}; ValueError naming what is wrong."""
-    volumes = {}
-    for entry in (part.strip() for part in text.split(",") if part.strip()):
-        name, sep, path = entry.partition("=")
-        name = name.strip()
-        if not sep or not name or not path.strip().startswith("/"):
-            raise ValueError(f"{entry!r} is not name=/absolute/path")
-        if name in volumes:
-            raise ValueError(f"the name {name!r} is given twice")
-        volumes[name] = Path(path.strip())
-    return volumes
-
-
-def _selected(settings, names: list[str] | None) -> dict[str, Path]:
+def _selected(settings: Settings, names: list[str] | None) -> dict[str, Path]:
     volumes = dict(settings.volume_paths)
     if not volumes:
         raise UsageError("no volumes are configured (VOLUME_PATHS=name=/path,...)")
@@ -68,16 +62,14 @@ def _selected(settings, names: list[str] | None) -> dict[str, Path]:
     return volumes
 
 
-def run_volume_backup(settings, names: list[str] | None = None) -> list[VolumeOutcome]:
+def run_volume_backup(settings: Settings, names: list[str] | None = None) -> list[VolumeOutcome]:
     repo = Repository(settings.backup_dir)
     volumes = _selected(settings, names)
     with containers_stopped(settings, "archiving volumes"):
-        outcomes = [_guarded(settings, repo, name, path) for name, path in volumes.items()]
-    prune_volumes(settings)
-    return outcomes
+        return [_guarded(settings, repo, name, path) for name, path in volumes.items()]
 
 
-def _guarded(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome:
+def _guarded(settings: Settings, repo: Repository, name: str, path: Path) -> VolumeOutcome:
     try:
         outcome = _archive(settings, repo, name, path)
     except BackupdError as err:
@@ -101,7 +93,7 @@ def _count(path: Path) -> tuple[int, int]:
     return files, size
 
 
-def _archive(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome:
+def _archive(settings: Settings, repo: Repository, name: str, path: Path) -> VolumeOutcome:
     if not path.is_dir():
         raise BackupdError(f"volume {name!r}: {path} is not a folder (is it mounted into the sidecar?)")
     folder = repo.folder_for(name, "volume")
@@ -130,35 +122,45 @@ def _archive(settings, repo: Repository, name: str, path: Path) -> VolumeOutcome
     return VolumeOutcome(name, ok=True, backup_id=backup_id, warnings=warnings, size=stream.size)
 
 
-def prune_volumes(settings, now=None) -> list[str]:
-    """VOLUME_RETENTION_DAYS, the BACKUP_MIN_KEEP floor and pins, per volume."""
+@dataclass
+class VolumePrune:
+    decisions: list[tuple[Backup, Decision]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # ids
 
+
+def prune_volumes(settings: Settings, now: datetime | None = None, dry_run: bool = False) -> VolumePrune:
+    """VOLUME_RETENTION_DAYS, the BACKUP_MIN_KEEP floor and pins, per volume. A damaged
+    archive is no good one: it neither counts nor is deleted; it stays for a person."""
     repo = Repository(settings.backup_dir)
-    backups = [b for b in repo.backups(kind="volume") if not b.damaged]  # a damaged one is no good one
+    listed = repo.backups(kind="volume")
+    backups = [b for b in listed if not b.damaged]
     policy = Policy(days=settings.volume_retention_days, min_keep=settings.backup_min_keep,
                     timezone=settings.backup_timezone)
     by_id = {b.id: b for b in backups}
-    deleted = []
+    result = VolumePrune()
     for decision in decide((Item(b.id, b.database, b.time, b.pinned) for b in backups), now or utc_now(), policy):
-        if not decision.keep and repo.delete(by_id[decision.item.id]):
-            deleted.append(decision.item.id)
-            log.info("deleted by retention", id=decision.item.id, volume=by_id[decision.item.id].database)
-    return deleted
+        result.decisions.append((by_id[decision.item.id], decision))
+    result.decisions += [(b, Decision(Item(b.id, b.database, b.time, b.pinned),
+                                      [f"damaged, kept for a person to look at: {b.damaged}"]))
+                         for b in listed if b.damaged]
+    for backup, decision in result.decisions:
+        if not decision.keep and not dry_run and repo.delete(backup):
+            result.deleted.append(backup.id)
+            log.info("deleted by retention", id=backup.id, volume=backup.database)
+    return result
 
 
-def resolve_volume_backup(repo: Repository, source: str, name: str | None, settings=None) -> Backup:
+def resolve_volume_backup(repo: Repository, source: str, name: str | None, settings: Settings | None = None) -> Backup:
     """``latest`` or an id: looked up locally, then on the replication targets (a new machine)."""
-    from backupd.actions import replicate
-
     if source != "latest" and not looks_like_id(source):
         raise UsageError(f"{source!r} is neither 'latest' nor a volume backup id")
     try:
         return repo.latest(name, kind="volume") if source == "latest" else repo.find(source, kind="volume")
     except NotFoundError:
-        if settings is None or not replicate.configured_targets(settings):
+        if settings is None or not configured_targets(settings):
             raise
-    backup_id = replicate.newest_remote_id(settings, name, "volume") if source == "latest" else source
-    return replicate.fetch(settings, repo, backup_id, kind="volume")
+    backup_id = newest_remote_id(settings, name, "volume") if source == "latest" else source
+    return fetch(settings, repo, backup_id, kind="volume")
 
 
 def _refuse_overlap(destination: Path, repository: Path) -> None:
@@ -170,10 +172,8 @@ def _refuse_overlap(destination: Path, repository: Path) -> None:
                            f"backups; choose another destination. Nothing was touched")
 
 
-def run_volume_restore(settings, source: str, name: str | None = None, to: Path | None = None,
+def run_volume_restore(settings: Settings, source: str, name: str | None = None, to: Path | None = None,
                        yes: bool = False) -> tuple[Backup, Path]:
-    from backupd.actions.restore import check_checksum
-
     repo = Repository(settings.backup_dir)
     backup = resolve_volume_backup(repo, source, name, settings)
     destination = to or dict(settings.volume_paths).get(backup.database)
@@ -209,7 +209,7 @@ def run_volume_restore(settings, source: str, name: str | None = None, to: Path 
     return backup, destination
 
 
-def list_volume_backups(settings, name: str | None = None) -> list[Backup]:
+def list_volume_backups(settings: Settings, name: str | None = None) -> list[Backup]:
     backups = Repository(settings.backup_dir).backups(name, kind="volume")
     if name is not None and not backups:
         raise NotFoundError(f"no backups of volume {name!r}")

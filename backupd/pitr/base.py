@@ -9,7 +9,6 @@ consistent, to the microsecond (``consistent_time``), which is where its window 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -18,17 +17,23 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd import __version__, failures
 from backupd.artifact import Transform
+from backupd.documents import dump_json, parse
 from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
 from backupd.pitr import cluster, waldump
+from backupd.pitr.records import BaseManifest
 from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
 from backupd.stream import AtomicFile, Pipeline, stream_to_file, write_json_atomically
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("pitr")
 
@@ -43,7 +48,7 @@ def _relay_stage(scratch: Path) -> tuple[str, list[str]]:
     return "tar-relay", [sys.executable, "-m", "backupd.pitr.tarrelay", str(scratch)]
 
 
-def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_lsn: str) -> datetime:
+def consistent_time(settings: Settings, major: int, scratch: Path, start_lsn: str, stop_lsn: str) -> datetime:
     """The first moment a recovery from this base backup may stop at, to the microsecond:
     the newest commit in its own WAL before its end (the server's clock, as recovery
     targets are), else now (nothing committed while it ran: any later moment is fine;
@@ -58,7 +63,7 @@ def consistent_time(settings, major: int, scratch: Path, start_lsn: str, stop_ls
     return newest or utc_now()
 
 
-def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:
+def take_base_backup(settings: Settings, info: cluster.ClusterInfo, tools: Tools, reason: str = "manual") -> Base:
     """A base backup of the cluster ``info`` describes, now; returns it once its file and
     manifest are in place."""
     server = Server.from_settings(settings)
@@ -87,7 +92,7 @@ def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: 
             consistent = consistent_time(settings, info.major, scratch, start.group(1), stop.group(1))
             manifest_file = scratch / SERVER_MANIFEST
             server_manifest = manifest_file.read_bytes() if manifest_file.is_file() else None
-        base = Base({
+        base = Base(parse(BaseManifest, {
             "kind": "pitr-base", "id": backup_id, "reason": reason, "file": final.name,
             "system_identifier": info.system_identifier, "server_major": info.major,
             "wal_segment_size": info.segment_size, "timeline": int(start.group(2)),
@@ -96,10 +101,10 @@ def take_base_backup(settings, info: cluster.ClusterInfo, tools: Tools, reason: 
             "duration_seconds": round(time.monotonic() - clock, 3), "size": stream.size, "sha256": stream.sha256,
             **transform.manifest_fields(), "tools": tools.describe(), "backupd_version": __version__,
             "server_manifest": f"{backup_id}.{SERVER_MANIFEST}" if server_manifest else None,
-        }, store.base_dir)
+        }), store.base_dir)
         _keep_manifests(base, server_manifest)
-    log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.manifest["duration_seconds"],
-             start_lsn=base.manifest["start_lsn"], stop_lsn=base.manifest["stop_lsn"])
+    log.info("base backup taken", id=backup_id, size=stream.size, seconds=base.doc.duration_seconds,
+             start_lsn=base.doc.start_lsn, stop_lsn=base.doc.stop_lsn)
     return base
 
 
@@ -111,7 +116,7 @@ def _keep_manifests(base: Base, server_manifest: bytes | None) -> None:
             with AtomicFile(base.server_manifest_path) as out:
                 out.write(server_manifest)
                 out.commit()
-        write_json_atomically(base.manifest_path, _json(base.manifest))
+        write_json_atomically(base.manifest_path, dump_json(base.doc))
     except OSError as err:
         for path in (base.manifest_path, base.server_manifest_path, base.path):
             path.unlink(missing_ok=True)
@@ -126,7 +131,7 @@ def _remove_stale(store: Store) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run_base_backup(settings, reason: str = "manual") -> Base:
+def run_base_backup(settings: Settings, reason: str = "manual") -> Base:
     """``take_base_backup`` of the server's cluster, with its failure recorded for /healthz
     (and cleared by a success): as that cluster's, or as no cluster's when the server could
     not be asked which it is."""
@@ -165,7 +170,7 @@ class _only_one:
     def __init__(self, store: Store):
         self.path = store.root / ".base.lock"
 
-    def __enter__(self):
+    def __enter__(self) -> _only_one:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -174,12 +179,8 @@ class _only_one:
             raise RefusedError("a base backup of this cluster is already running") from None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
-
-
-def _json(data: dict) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def needs_base(store: Store | None) -> bool:

@@ -16,16 +16,14 @@ from backupd.stream import sha256_of
 
 def base_damage(base: Base) -> str | None:
     """Why ``base`` cannot be used, or None when its file matches its manifest."""
-    size, expected = base.manifest.get("size"), base.manifest.get("sha256")
+    size = base.doc.size
     try:
         actual = os.stat(base.path).st_size
     except OSError as err:
         return f"its file cannot be read ({err.strerror or err})"
-    if isinstance(size, int) and actual != size:
+    if actual != size:
         return f"its file is {actual} bytes, its manifest says {size}"
-    if not isinstance(expected, str):
-        return "its manifest records no sha256"
-    if sha256_of(base.path) != expected:
+    if sha256_of(base.path) != base.sha256:
         return "its file does not match the sha256 in its manifest"
     return None
 

@@ -62,6 +62,8 @@ class BaseManifest(Document):
     size: Count
     sha256: Sha256
     server_manifest: FileName | None = None
+    reason: str = ""  # what took it: the schedule, a gap, a person
+    duration_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
     @model_validator(mode="after")
     def _own_files(self) -> BaseManifest:
@@ -137,6 +139,12 @@ class ReplicatedFile(Document):
     size: Count
     mtime: float
     record: dict[str, Any]
+
+
+class ReplicatedTargets(Document):
+    """``.replicated.json``: per target URL, each file sent there by its path there."""
+
+    targets: dict[str, dict[str, ReplicatedFile]]
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ import tempfile
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from backupd.documents import InvalidDocument, parse
+from backupd.documents import InvalidDocument, decode, parse
 from backupd.logging import get_logger
 from backupd.pitr.integrity import base_damage
 from backupd.pitr.pruning import decide_bases, wal_to_delete
-from backupd.pitr.records import Invalid, ReplicatedFile, warn_invalid
+from backupd.pitr.records import Invalid, ReplicatedFile, ReplicatedTargets, warn_invalid
 from backupd.pitr.store import RECORD_SUFFIX, Base, Store
 from backupd.pitr.walfiles import ARCHIVED as _ARCHIVED
 from backupd.repository import PITR, utc_now
@@ -27,6 +27,9 @@ from backupd.retention import Policy
 from backupd.stream import sha256_of, write_json_atomically
 from backupd.targets import configured_targets
 from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError, with_retries
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("pitr")
 
@@ -38,15 +41,15 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def local_files(store: Store, root: Path, known: dict[str, dict[str, Any]]) -> list[LocalFile]:
+def local_files(store: Store, root: Path, known: dict[str, ReplicatedFile]) -> list[LocalFile]:
     """What goes to a target, the metadata first and each base backup's manifest last."""
     def described(path: Path, sha256: str | None = None) -> LocalFile:
         relative = _relative(path, root)
         stat = path.stat()
-        cached = known.get(relative, {})
+        cached = known.get(relative)
         if sha256 is None:
-            if cached.get("size") == stat.st_size and cached.get("mtime") == stat.st_mtime:
-                sha256 = cached["sha256"]
+            if cached is not None and cached.size == stat.st_size and cached.mtime == stat.st_mtime:
+                sha256 = cached.sha256
             else:
                 sha256 = sha256_of(path)
         return LocalFile(path, relative, sha256, stat.st_size)
@@ -59,7 +62,7 @@ def local_files(store: Store, root: Path, known: dict[str, dict[str, Any]]) -> l
         if (record := store.wal_dir / (name + RECORD_SUFFIX)).exists():
             files.append(described(record))
     for base in reversed(store.bases()):  # oldest first
-        files.append(described(base.path, base.manifest["sha256"]))
+        files.append(described(base.path, base.sha256))
         if base.server_manifest_path.exists():
             files.append(described(base.server_manifest_path))
         files.append(described(base.manifest_path))
@@ -72,44 +75,40 @@ def replicate_store(target: Target, remote: dict[str, RemoteFile], store: Store,
     PITR_RETENTION_DAYS, BACKUP_MIN_KEEP). Returns (sent, deleted)."""
     state_path = store.root / STATE
     state = _load_state(state_path)
-    known: dict[str, dict[str, Any]] = state.get(target.url, {})
+    known = dict(state.get(target.url, {}))
     sent = []
     for file in local_files(store, root, known):
         record = known.get(file.relative)
         copy = remote.get(file.relative)
-        if (record and record.get("sha256") == file.sha256 and copy is not None
-                and target.is_intact(file, copy, record.get("record", {}))):
+        if (record is not None and record.sha256 == file.sha256 and copy is not None
+                and target.is_intact(file, copy, record.record)):
             continue
         # Under this cluster's own folder; metadata and gaps change, and their copy follows.
         confirmation = with_retries(f"send {file.relative}", partial(target.put, file, replace=True))
-        known[file.relative] = {"sha256": file.sha256, "size": file.size, "mtime": file.path.stat().st_mtime,
-                                "record": confirmation}
+        known[file.relative] = ReplicatedFile(sha256=file.sha256, size=file.size, mtime=file.path.stat().st_mtime,
+                                              record=confirmation)
         sent.append(file.relative)
     present = {f.relative for f in local_files(store, root, known)}
     state[target.url] = {relative: value for relative, value in known.items() if relative in present}
-    write_json_atomically(state_path, json.dumps(state, indent=1, sort_keys=True))
+    stored = {url: {relative: sent.model_dump(mode="json") for relative, sent in files.items()}
+              for url, files in state.items()}
+    write_json_atomically(state_path, json.dumps(stored, indent=1, sort_keys=True))
     deleted = _retention(target, remote, store, root, retention)
     if sent or deleted:
         log.info("PITR files replicated", target=target.url, sent=len(sent), deleted=len(deleted))
     return sent, deleted
 
 
-def _load_state(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+def _load_state(path: Path) -> dict[str, dict[str, ReplicatedFile]]:
     """What was sent to each target; when it is invalid, nothing is known to be there, and
     every file is checked against the target again (costly once, never wrong)."""
     try:
-        state = json.loads(path.read_bytes())
-        if not isinstance(state, dict) or not all(isinstance(files, dict) for files in state.values()):
-            raise InvalidDocument("an object of targets, each an object of files, is expected")
-        for files in state.values():
-            for entry in files.values():
-                parse(ReplicatedFile, entry)
+        return parse(ReplicatedTargets, {"targets": decode(path.read_bytes())}).targets
     except OSError:
         return {}
-    except (ValueError, RecursionError, InvalidDocument) as err:
-        warn_invalid(Invalid(path.name, str(err) if isinstance(err, InvalidDocument) else "not JSON"))
+    except InvalidDocument as err:
+        warn_invalid(Invalid(path.name, str(err)))
         return {}
-    return state
 
 
 def _remote_bases(target: Target, remote: dict[str, RemoteFile], prefix: str) -> list[tuple[Base, str]]:
@@ -160,7 +159,7 @@ def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root
     return deleted
 
 
-def fetch_store(settings, into: Path, target_time: datetime | None, cluster: str | None) -> Store:
+def fetch_store(settings: Settings, into: Path, target_time: datetime | None, cluster: str | None) -> Store:
     """Bring the PITR files of ``cluster`` (a system identifier; None: the only cluster a
     target holds) from the first target that has them into ``into`` (laid out like
     BACKUP_DIR): the metadata, the WAL, every base backup's manifest, and the data of the
@@ -203,8 +202,8 @@ def _fetch_intact_base(target: Target, prefix: str, candidates: list[Base]) -> B
     manifest. A damaged copy is removed from the fetch folder and the next older one is
     fetched: its WAL reaches the same moments (pitr restore says which it took)."""
     for base in candidates:
-        with_retries(f"fetch {base.manifest['file']}",
-                     partial(target.get, f"{prefix}/base/{base.manifest['file']}", base.path))
+        with_retries(f"fetch {base.doc.file}",
+                     partial(target.get, f"{prefix}/base/{base.doc.file}", base.path))
         if (damage := base_damage(base)) is None:
             return base
         log.error("a base backup's copy on a target is damaged; trying an older one", target=target.url,
@@ -224,7 +223,7 @@ def _manifests(store: Store) -> list[Base]:
     return sorted(found, key=lambda b: b.order, reverse=True)
 
 
-def fetch_folder(backup_dir: Path) -> tempfile.TemporaryDirectory:
+def fetch_folder(backup_dir: Path) -> tempfile.TemporaryDirectory[str]:
     """Where fetched files wait for a restore: inside BACKUP_DIR (its disk), as backupd's own
     temporary folder (removed after, or by the next clean-up)."""
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)

@@ -60,7 +60,7 @@ def build_data_directory(settings, target: datetime | None, to: Path, yes: bool,
                      "window ends before the first of them (backupd pitr status)")
     if (encrypted := base.path.name.endswith(".age")) and not settings.identity:
         raise UsageError(f"base backup {base.id} is encrypted: restoring it needs BACKUP_ENCRYPTION_IDENTITY")
-    major = int(base.manifest["server_major"])
+    major = base.doc.server_major
     with staging.building() as folder:
         log.info("extracting the base backup", base=base.id, folder=str(folder))
         _extract(base, folder, settings.identity if encrypted else None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -44,17 +44,13 @@ class Base:
     """A base backup, by its manifest: validated when made (InvalidDocument), so every path
     it gives is inside its folder and names one of its own files."""
 
-    manifest: dict[str, Any]
+    doc: BaseManifest
     folder: Path
-    doc: BaseManifest = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.doc = parse(BaseManifest, self.manifest)
 
     @classmethod
     def load(cls, path: Path) -> Base:
         """The base backup whose manifest is ``path``; OSError, or InvalidDocument."""
-        base = cls(decode_object(path.read_bytes()), path.parent)
+        base = cls(parse(BaseManifest, decode_object(path.read_bytes())), path.parent)
         if f"{base.id}.json" != path.name:
             raise InvalidDocument(f"id: {base.id!r} is not this manifest's own name")
         return base

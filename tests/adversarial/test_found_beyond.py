@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from backupd.actions.restore import _create_database
+from backupd.restoring.builder import _create_database
 from backupd.errors import RestoreError
 from backupd.postgres import database_info
 from backupd.repository import Repository

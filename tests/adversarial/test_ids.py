@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings as hypothesis_setti
 from psycopg import sql
 
 from backupd.actions.backup import run_backup
-from backupd.actions.restore import resolve_source
+from backupd.restoring.source import resolve_source
 from backupd.repository import Repository, is_globals_id
 from backupd.settings import load_settings
 

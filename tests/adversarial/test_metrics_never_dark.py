@@ -179,13 +179,13 @@ def test_a_damaged_replication_record_leaves_the_rest_of_the_scrape(env, backupd
 def test_a_part_that_fails_is_logged_left_out_and_counted(tmp_path: Path, monkeypatch, capsys):
     """Pure logic: whatever goes wrong in one part of the scrape (a bug, a surprise), the
     other parts answer, and ``backupd_metrics_errors_total`` says which part was left out."""
-    from backupd import metrics
+    from backupd import metrics, view
     from backupd.repository import Repository
 
     def broken(repo):
         raise RuntimeError("a bug in reading replication runs")
 
-    monkeypatch.setattr(metrics, "read_runs", broken)
+    monkeypatch.setattr(view, "read_runs", broken)  # the one reading every output renders from
     text = metrics.Metrics(Repository(tmp_path / "backups")).render().decode()
     assert sample(text, "backupd_repository_readable") == 1
     assert sample(text, "backupd_metrics_errors_total", part="replication") == 1

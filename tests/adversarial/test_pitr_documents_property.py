@@ -22,8 +22,10 @@ from backupd.pitr import status
 from backupd.pitr.pruning import prune
 from backupd.pitr.replicate import _load_state
 from backupd.pitr.store import Store
+from backupd.repository import Repository
 from backupd.settings import load_settings
 from backupd.statuspage import _pitr
+from backupd.view import Live, build
 
 SYSID = "7400000000000000001"
 SHA = "0" * 64
@@ -104,7 +106,9 @@ def test_any_json_in_any_field_is_never_an_exception(edit):
         status.problems(config, receiver, now)
         status.problems(config, None, now)  # a one-shot command's
         guard = Guard(Counter("errors", "", ["part"], registry=CollectorRegistry()))
-        list(PitrCollector(config, lambda: receiver, guard)._collect())  # unguarded: an exception shows
+        reading = build(config, Repository(root), Live(now, receiver=receiver),
+                        attempt=lambda part, produce: produce())  # unguarded: an exception shows
+        list(PitrCollector(lambda: reading, guard)._collect())
         for store in Store.all(root):
             prune(config, store, now, dry_run=True)
         _load_state(store_dir / ".replicated.json")

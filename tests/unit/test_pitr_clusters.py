@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from backupd import failures
 from backupd.errors import NotFoundError, RefusedError, UsageError
 from backupd.pitr import clusters
-from backupd import failures
 from backupd.settings import load_settings
 from backupd.statuspage import _pitr
 from tests.pg import free_port

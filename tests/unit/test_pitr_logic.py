@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from backupd.documents import parse
 from backupd.pitr import wal
 from backupd.pitr.pruning import decide_bases, wal_to_delete
+from backupd.pitr.records import BaseManifest
 from backupd.pitr.store import Base
 from backupd.repository import iso
 from backupd.retention import Policy
@@ -35,11 +37,12 @@ def ident(day: int) -> str:
 
 def base(day: int, start_segno: int) -> Base:
     stop = NOW - timedelta(days=day)
-    return Base({"id": ident(day), "file": f"{ident(day)}.tar.zst", "system_identifier": "7400000000000000001",
-                 "server_major": 17, "wal_segment_size": SIZE, "timeline": 1,
-                 "start_lsn": wal.format_lsn(start_segno * SIZE), "stop_lsn": wal.format_lsn(start_segno * SIZE + 400),
-                 "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "size": 1, "sha256": "0" * 64},
-                Path("/nonexistent"))
+    doc = parse(BaseManifest, {
+        "id": ident(day), "file": f"{ident(day)}.tar.zst", "system_identifier": "7400000000000000001",
+        "server_major": 17, "wal_segment_size": SIZE, "timeline": 1,
+        "start_lsn": wal.format_lsn(start_segno * SIZE), "stop_lsn": wal.format_lsn(start_segno * SIZE + 400),
+        "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "size": 1, "sha256": "0" * 64})
+    return Base(doc, Path("/nonexistent"))
 
 
 def bases_to_keep(bases: list[Base], now: datetime, days: int, min_keep: int,
