@@ -39,9 +39,22 @@ def copy_of_fixture(tmp_path: Path) -> Path:
     return folder
 
 
+# ``prune`` lists more than that release did: volume archives, and each base backup with the
+# rules that keep it (one retention engine). Every row it showed is shown as it was.
+ADDED_ROWS = ("  volume ", "  (PITR ")
+
+
+def _prune_rows(view: list[Any], added: bool = False) -> list[Any]:
+    code, table = view
+    return [code, [line.split() for line in table.splitlines() if any(t in line for t in ADDED_ROWS) == added]]
+
+
 def test_every_view_of_the_previous_releases_repository_is_as_it_was(tmp_path):
     found = views(copy_of_fixture(tmp_path), RECORDED["env"])
-    assert differences(RECORDED["views"], found) == []
+    expected = {**RECORDED["views"], "prune": _prune_rows(RECORDED["views"]["prune"])}
+    assert differences(expected, {**found, "prune": _prune_rows(found["prune"])}) == []
+    (base,) = [row for row in _prune_rows(found["prune"], added=True)[1] if row[0].startswith("base-")]
+    assert base[3:7] == ["keep", "younger", "than", "36500"]
 
 
 def test_the_previous_releases_dump_verifies_and_its_pin_holds(cluster, tmp_path, capsys):
