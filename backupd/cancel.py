@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Protocol
 
 # A command that has not unwound this long after the signal exits anyway: its children die
@@ -78,7 +79,7 @@ def interrupted_by() -> int | None:
     return _signal
 
 
-def _on_signal(signum: int, frame) -> None:
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
     global _signal
     if _signal is not None:
         return  # already stopping

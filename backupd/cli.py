@@ -12,21 +12,24 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from backupd import __version__, cancel
+from backupd import cancel
+from backupd.cli_health import health_check
+from backupd.cli_parser import build_parser, ids_as_positionals
 from backupd.errors import BackupdError, ConfigError
 from backupd.progress import TerminalProgress, human_bytes
 
 if TYPE_CHECKING:
+    from backupd.repository import Backup, Problem
     from backupd.settings import Settings
 
 
 class _Log:
     """backupd.cli's logger, made on first use (structlog's import is the slow part)."""
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         from backupd.logging import get_logger
 
         return getattr(get_logger("backupd.cli"), name)
@@ -35,157 +38,12 @@ class _Log:
 log = _Log()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backupd", description="PostgreSQL backups for docker compose stacks.")
-    parser.add_argument("--version", action="version", version=f"backupd {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
-
-    backup = verbs.add_parser("backup", help="back up now; prints the new backup ids")
-    backup.add_argument("--database", action="append", metavar="NAME", help="only this database (repeatable)")
-    backup.add_argument("--label", metavar="TEXT", help="stored in the manifest, e.g. pre-deploy")
-    backup.add_argument("--pin", action="store_true", help="keep the new backups whatever retention says")
-
-    for verb, text in (("pin", "keep a backup whatever retention says"), ("unpin", "let retention decide again")):
-        pinning = verbs.add_parser(verb, help=text)
-        pinning.add_argument("id", metavar="ID", help="a backup id, or a base backup's (base-YYYYmmddTHHMMSSZ)")
-        pinning.add_argument("--cluster", metavar="ID", help="the cluster of a base backup, when several hold it")
-
-    prune = verbs.add_parser("prune", help="apply retention now; prints every backup with its decision")
-    prune.add_argument("--dry-run", action="store_true", help="delete nothing, say what would go and why")
-    prune.add_argument("--database", metavar="NAME")
-
-    listing = verbs.add_parser("list", help="list backups, newest first")
-    listing.add_argument("--database", metavar="NAME")
-    listing.add_argument("--target", metavar="URL", help="the backups on a replication target")
-    listing.add_argument("--instance", metavar="NAME", type=_instance_name,
-                         help="only the backups this instance (BACKUP_INSTANCE) made")
-    listing.add_argument("--json", action="store_true", help="a JSON document on stdout")
-
-    restore = verbs.add_parser(
-        "restore", help="restore a backup into its own database, a new one, or one you name",
-        description="Restore a backup. It goes to the backup's own database (created when it is gone), to a new "
-                    "database with --into, or over another existing database only with --over NAME. Replacing "
-                    "an existing database needs --yes (or FORCE_RESTORE=true, or a yes at a terminal).")
-    restore.add_argument("source", metavar="ID|latest|PATH|URL")
-    restore.add_argument("--database", metavar="NAME",
-                         help="selects backups: whose backup 'latest' means; never where the restore goes")
-    restore.add_argument("--into", metavar="NEWDB", help="create this new database and restore into it")
-    restore.add_argument("--over", metavar="NAME",
-                         help="replace this existing database with the backup's data, even when the backup is "
-                              "of another database (with --yes)")
-    restore.add_argument("--instance", metavar="NAME", type=_instance_name,
-                         help="another instance's backups on a shared target (by default only this instance's)")
-    restore.add_argument("--jobs", type=_positive, default=1, metavar="N", help="pg_restore workers")
-    restore.add_argument("--yes", action="store_true", help="restore over an existing database (FORCE_RESTORE=true)")
-    restore.add_argument("--drop-old", action="store_true", help="drop the replaced database after the swap")
-    restore.add_argument("--in-place", action="store_true",
-                         help="drop, recreate, restore: for disks without room for two copies")
-
-    verify = verbs.add_parser("verify", help="restore backups into a scratch database and compare them")
-    verify.add_argument("source", nargs="?", metavar="ID|latest|PATH", help="default: the newest of each database")
-    verify.add_argument("--database", metavar="NAME")
-
-    volumes = verbs.add_parser("volumes", help="archive, list and restore Docker volumes (VOLUME_PATHS)")
-    volume_verbs = volumes.add_subparsers(dest="volume_verb", required=True, metavar="COMMAND")
-    volume_backup = volume_verbs.add_parser("backup", help="archive volumes now")
-    volume_backup.add_argument("--volume", action="append", metavar="NAME")
-    volume_list = volume_verbs.add_parser("list", help="volume archives, newest first")
-    volume_list.add_argument("--volume", metavar="NAME")
-    volume_list.add_argument("--json", action="store_true")
-    volume_restore = volume_verbs.add_parser("restore", help="make a volume identical to an archive")
-    volume_restore.add_argument("source", metavar="ID|latest")
-    volume_restore.add_argument("--volume", metavar="NAME")
-    volume_restore.add_argument("--to", type=Path, metavar="PATH", help="restore here instead of the volume's path")
-    volume_restore.add_argument("--yes", action="store_true", help="a non-empty destination is replaced")
-
-    replicate = verbs.add_parser("replicate", help="copy backups to the replication targets now")
-    replicate.add_argument("--target", metavar="URL", help="only this target")
-
-    pitr = verbs.add_parser("pitr", help="point-in-time recovery: base backups, the recovery window, restores")
-    pitr_verbs = pitr.add_subparsers(dest="pitr_verb", required=True, metavar="COMMAND")
-    pitr_verbs.add_parser("base", help="a base backup now")
-    pitr_status = pitr_verbs.add_parser("status", help="the recovery window, the slot, the lag, the base backups")
-    pitr_status.add_argument("--json", action="store_true")
-    pitr_status.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
-    pitr_restore = pitr_verbs.add_parser(
-        "restore", help="build a data directory that PostgreSQL recovers to a moment, then promotes")
-    pitr_restore.add_argument("--time", required=True, metavar="TIME|latest",
-                              help="the moment to recover to (ISO 8601; UTC unless it has an offset), or latest")
-    pitr_restore.add_argument("--to", metavar="DIR",
-                              help="the data directory to build (the database server must be stopped)")
-    pitr_restore.add_argument("--database", metavar="NAME", help="one database as of TIME, into the running "
-                              "server (--into NEWDB or --over NAME), instead of --to")
-    pitr_restore.add_argument("--into", metavar="NEWDB", help="with --database: create this new database")
-    pitr_restore.add_argument("--over", metavar="NAME", help="with --database: replace this database (safe swap)")
-    pitr_restore.add_argument("--yes", action="store_true",
-                              help="a non-empty DIR is emptied first: its content is moved aside inside it, kept")
-    pitr_restore.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
-    pitr_verify = pitr_verbs.add_parser(
-        "verify", help="the PITR drill now: recover the newest base backup and WAL, check, remove")
-    pitr_verify.add_argument("--cluster", metavar="ID", help=CLUSTER_HELP)
-
-    verbs.add_parser("run", help="the daemon: scheduled jobs, /metrics, /healthz and /status")
-    verbs.add_parser("health", help="exit 0 when the daemon is healthy, 1 when not (Docker HEALTHCHECK)")
-    verbs.add_parser("config", help="print the effective configuration, secrets masked")
-    notify = verbs.add_parser("notify", help="notification channels (NOTIFICATION_URLS, e-mail, webhook)")
-    notify_verbs = notify.add_subparsers(dest="notify_verb", required=True, metavar="COMMAND")
-    notify_verbs.add_parser("test", help="send a test message to every channel; one line per channel")
-    return parser
-
-
-def _instance_name(text: str) -> str:
-    from backupd.origin import check_instance
-
-    try:
-        return check_instance(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
-def ids_as_positionals(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """A database may be called "-" or "--x", so an id may start with a dash, and argparse
-    would take it for an option: such an id (never the value of an option) goes after "--"."""
-    actions = _all_actions(parser)
-    options = {option for action in actions for option in action.option_strings}
-    if "--" in argv or not any(arg.startswith("-") and arg.split("=", 1)[0] not in options for arg in argv):
-        return argv  # nothing but options: no need to load the repository's id rules
-    from backupd.repository import looks_like_id
-
-    takes_value = {option for action in actions if action.nargs != 0 for option in action.option_strings}
-    dashed = [i for i, arg in enumerate(argv) if arg.startswith("-") and looks_like_id(arg)
-              and not (i and argv[i - 1] in takes_value)]
-    if not dashed or "--" in argv:
-        return argv
-    return [a for i, a in enumerate(argv) if i not in dashed] + ["--"] + [argv[i] for i in dashed]
-
-
-def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    found = list(parser._actions)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                found += _all_actions(sub)
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(ids_as_positionals(parser, sys.argv[1:] if argv is None else argv))
     os.umask(0o077)  # every file backupd writes is private
     if args.verb == "health":
         return health_check(os.environ)
-    import psycopg
-
     from backupd.logging import configure_logging
     from backupd.settings import load_settings
 
@@ -195,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in err.problems:
             print(f"backupd: configuration error: {problem}", file=sys.stderr)
         return err.exit_code
+    if args.verb == "backup":
+        from backupd import pgtools
+
+        pgtools.warm(settings.pg_bindir)
     configure_logging(settings.log_level, settings.log_format)
     if args.verb != "run":  # the daemon has its own graceful stop
         cancel.abort_on_signals()
@@ -203,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     except BackupdError as err:
         log.error(f"{args.verb} failed", error=str(err))
         code = err.exit_code
-    except psycopg.Error as err:  # a server that went away mid-way is a failure, not a crash
-        log.error(f"{args.verb} failed", error=f"the database connection failed: {str(err).strip()}")
-        code = 1
     except OSError as err:  # a disk, a folder or a file: one clear line, never a traceback
         where = f"{err.filename}: " if err.filename else ""
         log.error(f"{args.verb} failed", error=f"{where}{err.strerror or err}")
+        code = 1
+    except Exception as err:
+        if not _is_database_error(err):
+            raise
+        # A server that went away mid-way is a failure, not a crash.
+        log.error(f"{args.verb} failed", error=f"the database connection failed: {str(err).strip()}")
         code = 1
     if signum := cancel.interrupted_by():
         return _interrupted(args, signum, code)
@@ -217,10 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _is_database_error(err: Exception) -> bool:
+    """psycopg's errors, told apart without importing psycopg: a command that never
+    imported it (most do not need it before their work starts) cannot have raised one."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(err, psycopg.Error)
+
+
 REPORTED = {"backup", "verify", "replicate", "volumes"}
 
 
-def _interrupted(args, signum: int, code: int) -> int:
+def _interrupted(args: argparse.Namespace, signum: int, code: int) -> int:
     """Said last, after what did finish (ids on stdout, failures above): what really
     happened. A command whose work all finished before the signal took effect keeps its
     own exit code; otherwise the exit code is 128 + the signal (130 SIGINT, 143 SIGTERM)."""
@@ -233,7 +105,7 @@ def _interrupted(args, signum: int, code: int) -> int:
     return 128 + signum
 
 
-def _what_was_left(args) -> str:
+def _what_was_left(args: argparse.Namespace) -> str:
     if args.verb == "backup":
         finished = ", ".join(getattr(args, "finished", [])) or "none"
         names = ", ".join(repr(n) for n in getattr(args, "unfinished", [])) or "the run"
@@ -257,7 +129,7 @@ def _what_was_left(args) -> str:
     return "what it had not finished was not kept"
 
 
-def _report(settings) -> None:
+def _report(settings: Settings) -> None:
     """One-shot runs change health too: tell people what changed, as the daemon would."""
     from backupd.health import evaluate
     from backupd.notify import channels_configured, report_changes
@@ -272,7 +144,7 @@ def _report(settings) -> None:
         log.error("could not send notifications", error=str(err))
 
 
-def cmd_backup(settings, args) -> int:
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.coordinator import backup
 
     progress = lambda name: TerminalProgress(f"backing up {name}")  # noqa: E731
@@ -287,7 +159,7 @@ def cmd_backup(settings, args) -> int:
     return 0 if result.ok else 1
 
 
-def _listed(settings, args) -> tuple[list[dict], list[dict]]:
+def _listed(settings: Settings, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(backups, problems) of the repository or of a target, each backup with its instance."""
     from backupd import leftovers, origin
     from backupd.repository import Repository
@@ -297,7 +169,7 @@ def _listed(settings, args) -> tuple[list[dict], list[dict]]:
 
         found = [(b, i) for b, i in list_remote(settings, args.target, args.instance) if b.kind == "database"]
         return [{**b.summary(), "instance": instance, "status": "ok", "problem": None,
-                 "file": f"{args.target.rstrip('/')}/{b.folder.as_posix()}/{b.manifest['file']}"}
+                 "file": f"{args.target.rstrip('/')}/{b.folder.as_posix()}/{b.path.name}"}
                 for b, instance in found if args.database is None or b.database == args.database], []
     me = origin.this_instance_or_none(settings) or "-"
     listed, found_problems = Repository(settings.backup_dir).inventory(args.database)
@@ -315,7 +187,7 @@ def _listed(settings, args) -> tuple[list[dict], list[dict]]:
     return backups, problems
 
 
-def cmd_list(settings, args) -> int:
+def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     backups, problems = _listed(settings, args)
     if args.json:
         json.dump(backups + problems, sys.stdout, indent=2)
@@ -337,7 +209,7 @@ def cmd_list(settings, args) -> int:
     return _unreadable_exit(problems)
 
 
-def _unreadable_exit(problems: list[dict]) -> int:
+def _unreadable_exit(problems: list[dict[str, Any]]) -> int:
     """A folder or file the system will not let us read: the listing is not the whole truth."""
     unreadable = [p["file"] for p in problems if p["status"] == "unreadable"]
     if unreadable:
@@ -346,7 +218,7 @@ def _unreadable_exit(problems: list[dict]) -> int:
     return 0
 
 
-def _problem_summary(problem) -> dict:
+def _problem_summary(problem: Problem) -> dict[str, Any]:
     """A problem as a row of ``list --json``: no id, since no manifest vouches for one."""
     from backupd.repository import own_file_id, parse_id
 
@@ -355,7 +227,7 @@ def _problem_summary(problem) -> dict:
     return {"id": None, "kind": None, "database": database, **problem.summary()}
 
 
-def cmd_restore(settings, args) -> int:
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.actions.restore import run_restore
 
     try:
@@ -374,11 +246,11 @@ def cmd_restore(settings, args) -> int:
     return 0
 
 
-def _ask_at_terminal(backup, target: str) -> bool:
+def _ask_at_terminal(backup: Backup, target: str) -> bool:
     """Only a person at a terminal can say yes; anything else is a no."""
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return False
-    origin = backup.manifest.get("database")
+    origin = backup.database if backup.kind == "database" else None
     other = f" (a backup of database {origin!r})" if origin and origin != target else ""
     print(f"Restore {backup.id}{other} over the live database {target!r}? The current one is kept aside "
           f"unless --drop-old. Type the database name to confirm: ", end="", file=sys.stderr, flush=True)
@@ -422,7 +294,7 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(settings, args) -> int:
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.actions.verify import run_verify
 
     outcomes = run_verify(settings, args.source, database=args.database)
@@ -433,7 +305,7 @@ def cmd_verify(settings, args) -> int:
     return 1 if any(o.failed or o.unrecorded for o in outcomes) else 0
 
 
-def cmd_volumes(settings, args) -> int:
+def cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.actions import volumes
 
     if args.volume_verb == "backup":
@@ -460,13 +332,13 @@ def cmd_volumes(settings, args) -> int:
     return 0
 
 
-def _print_table(rows: list[tuple]) -> None:
+def _print_table(rows: Sequence[tuple[object, ...]]) -> None:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def cmd_replicate(settings, args) -> int:
+def cmd_replicate(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.coordinator import replicate
 
     outcomes = replicate(settings, url=args.target)
@@ -479,11 +351,7 @@ def cmd_replicate(settings, args) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-CLUSTER_HELP = ("the cluster (system identifier, a folder under BACKUP_DIR/_pitr); default: the connected "
-                "server's, or the only one")
-
-
-def cmd_pitr(settings, args) -> int:
+def cmd_pitr(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.pitr import status as pitr_status
 
     if args.pitr_verb == "base":
@@ -540,7 +408,7 @@ def cmd_pitr(settings, args) -> int:
     return 0
 
 
-def _print_pitr_cluster(entry: dict) -> None:
+def _print_pitr_cluster(entry: dict[str, Any]) -> None:
     """One cluster of ``pitr status``: each is about its own files alone."""
     print(f"\ncluster {entry['system_identifier']}" + (" (the connected server)" if entry["connected"] else ""))
     window = entry["window"]
@@ -561,48 +429,13 @@ def _print_pitr_cluster(entry: dict) -> None:
         print(f"last drill: {drill['time']}: " + ("ok" if drill["ok"] else f"FAILED: {drill.get('reason')}"))
 
 
-def cmd_run(settings, args) -> int:
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.daemon import Daemon
 
     return Daemon(settings).run()
 
 
-def health_check(environ) -> int:
-    """Asks the running daemon, so the answer includes whether its scheduler runs. It needs
-    only HTTP_HOST and HTTP_PORT, read here without the full settings: Docker runs it every
-    30 s, and loading every setting costs more than the question."""
-    import urllib.error
-    import urllib.request
-
-    def setting(name: str, default: str) -> str:
-        if name in environ or f"{name}_FILE" not in environ:
-            return (environ.get(name) or default).strip()
-        try:
-            return Path(environ[f"{name}_FILE"]).read_text(encoding="utf-8")[:256].strip() or default
-        except (OSError, UnicodeDecodeError):
-            return default
-
-    host = setting("HTTP_HOST", "0.0.0.0")
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    port_text = setting("HTTP_PORT", "9188")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        print(f"backupd: configuration error: HTTP_PORT={port_text!r}: must be a port number", file=sys.stderr)
-        return ConfigError.exit_code
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{int(port_text)}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body, healthy = response.read().decode(), True
-    except urllib.error.HTTPError as err:
-        body, healthy = err.read().decode(), False
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        body = json.dumps({"status": "unhealthy", "reasons": [f"the daemon does not answer at {url}: {reason}"]})
-        healthy = False
-    print(body.strip())
-    return 0 if healthy else 1
-
-
-def cmd_config(settings, args) -> int:
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     from backupd import pgtools
 
     for name, value in settings.effective().items():
@@ -633,7 +466,7 @@ def cmd_config(settings, args) -> int:
     return 0
 
 
-def cmd_notify(settings, args) -> int:
+def cmd_notify(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.notify_test import send_test
 
     return send_test(settings)

@@ -45,6 +45,9 @@ from backupd.view import render as render_view
 if TYPE_CHECKING:
     from backupd.settings import Settings
 
+if TYPE_CHECKING:
+    from backupd.settings import Settings
+
 log = get_logger("backupd.daemon")
 
 MISFIRE_GRACE = timedelta(hours=1)

@@ -24,12 +24,15 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from backupd.errors import BackupdError, DumpError
 from backupd.process import run
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from backupd.settings import Settings
 
 # The parameters that the restore scripts of a major (and every later one) set at their
 # start, that servers before that major lack (pg_backup_archiver.c, _doSetFixedOutputState).
@@ -99,9 +102,23 @@ def _tools_in(bindir: Path) -> Tools | None:
     return _probe(bindir.resolve(), mtime)
 
 
+_warming: threading.Thread | None = None
+
+
+def warm(pg_bindir: Path) -> None:
+    """Start asking the installed tools their versions in the background. A one-shot
+    ``backup`` calls this as soon as it has its settings: the ``pg_dump --version`` runs on
+    another CPU while Python imports the rest, instead of between the connection and the dump."""
+    global _warming
+    _warming = threading.Thread(target=installed, args=(pg_bindir,), name="probe-tools", daemon=True)
+    _warming.start()
+
+
 def installed(pg_bindir: Path) -> list[Tools]:
     """Every major's tools under ``pg_bindir`` and on PATH, oldest first, one per major
     (the one in ``pg_bindir`` wins over PATH's)."""
+    if (warming := _warming) is not None and warming is not threading.current_thread():
+        warming.join()  # its answers are remembered: the probes are not run twice
     found: dict[int, Tools] = {}
     on_path = shutil.which("pg_dump")
     folders = []
@@ -172,10 +189,12 @@ def for_server(pg_bindir: Path, server_major: int, server_text: str = "", archiv
                        f"(or use a backupd image that has it)")
 
 
-def servers_and_their_tools(settings) -> list[dict[str, Any]]:
+def servers_and_their_tools(settings: Settings) -> list[dict[str, Any]]:
     """For ``config`` and ``/status``: each configured server (DB_*, and VERIFY_DB_* where it
     differs) with its version and the tools it gets, or why that cannot be told now. One
     connection attempt each, never a wait: a server that is down is reported, not awaited."""
+    import psycopg
+
     from backupd.postgres import Server, server_version
 
     servers = {"database": Server.from_settings(settings), "verification": Server.for_verification(settings)}
@@ -200,6 +219,6 @@ def servers_and_their_tools(settings) -> list[dict[str, Any]]:
     return found
 
 
-def summary(settings) -> dict[str, Any]:
+def summary(settings: Settings) -> dict[str, Any]:
     return {"installed": [tools.describe() for tools in installed(settings.pg_bindir)],
             "servers": servers_and_their_tools(settings)}

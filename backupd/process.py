@@ -84,7 +84,7 @@ class Child:
     """A running child process whose stderr goes to an unnamed temporary file."""
 
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen[bytes]
     stderr_file: IO[bytes]
     secrets: tuple[str, ...] = ()
     killed_by_us: bool = field(default=False)

@@ -1,4 +1,4 @@
-"""Configuration from environment variables only (interface §1).
+"""Configuration from environment variables only: the typed ``Settings`` and ``load_settings``.
 
 Every field is read from the upper-cased field name, then from the libpq
 fallbacks in ``FALLBACKS``. Every variable ``X`` may be given as ``X_FILE``
@@ -9,271 +9,51 @@ every problem at once, one line each, naming the variable.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from backupd.errors import ConfigError
 from backupd.redact import MASK, is_secret_name, redact_text
-
-# Older names that existing setups use; the first one set wins.
-FALLBACKS: dict[str, tuple[str, ...]] = {
-    "db_host": ("PGHOST",),
-    "db_port": ("PGPORT",),
-    "db_user": ("PGUSER",),
-    "db_password": ("PGPASSWORD",),
-    "db_name": ("PGDATABASE",),
-    "db_sslmode": ("PGSSLMODE",),
-    "backup_timezone": ("TZ",),
-}
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-MAX_DURATION_SECONDS = 100 * 365 * 86400.0
-MAX_SECRET_FILE_BYTES = 64 * 1024
-
-
-def parse_duration(value: Any) -> float:
-    """``90`` / ``90s`` / ``15m`` / ``26h`` / ``7d`` -> seconds."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError("must be seconds or a number with a unit s, m, h, d or w (e.g. 90, 15m, 7d)")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds < 0:
-        raise ValueError("must not be negative")
-    if seconds > MAX_DURATION_SECONDS:  # beyond this, timers and dates overflow
-        raise ValueError("must be at most 100 years")
-    return seconds
-
-
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be more than 0 (a time limit of 0 fails every run)")
-    return seconds
-
-
-def _split_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    return tuple(part.strip() for part in str(value).split(",") if part.strip())
-
-
-def _check_timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError("must be an IANA time zone such as UTC or Europe/Berlin") from None
-    return value
-
-
-def _check_cron(value: str) -> str:
-    from apscheduler.triggers.cron import CronTrigger
-
-    if len(value.split()) != 5:
-        raise ValueError("must be a 5-field cron expression such as '0 2 * * *'")
-    try:
-        CronTrigger.from_crontab(value, timezone="UTC")
-    except ValueError as err:
-        raise ValueError(f"is not a valid cron expression ({err})") from None
-    return value
-
-
-# pg_dump options that would change where or how the output is written, or the
-# connection: backupd owns those.
-_FORBIDDEN_DUMP_OPTIONS = (
-    "-f", "--file", "-F", "--format", "-Z", "--compress", "-j", "--jobs", "--snapshot",
-    "-d", "--dbname", "-h", "--host", "-p", "--port", "-U", "--username", "-w", "--no-password",
-    "-W", "--password", "-v", "--verbose", "-V", "--version", "-?", "--help", "--lock-wait-timeout",
+from backupd.settings_checks import (
+    check_cron,
+    check_extra_opts,
+    check_identity,
+    check_instance,
+    check_notification_urls,
+    check_recipients,
+    check_repository_path,
+    check_slot_name,
+    check_targets,
+    check_timezone,
+    check_tools_path,
+    check_webhook,
+    parse_duration,
+    parse_volumes,
+    positive,
+    split_list,
 )
-
-
-def _check_extra_opts(value: str) -> str:
-    try:
-        args = shlex.split(value)
-    except ValueError as err:
-        raise ValueError(f"cannot be split into arguments ({err})") from None
-    for arg in args:
-        for name in _option_names(arg):
-            if name in _FORBIDDEN_DUMP_OPTIONS:
-                raise ValueError(f"may not contain {name}: backupd sets the output, format and connection itself")
-    return value
-
-
-# pg_dump's short options that take a value: in a cluster such as "-Of/x", the rest is the value.
-_SHORT_WITH_VALUE = frozenset("fFZjdhpUnNtTESe")
-
-
-def _option_names(arg: str) -> list[str]:
-    """The options one argument sets, as pg_dump's getopt reads it: "--file=x" -> ["--file"],
-    "-Of/tmp/x" -> ["-O", "-f"]."""
-    if arg.startswith("--"):
-        return [arg.split("=", 1)[0]]
-    if not arg.startswith("-") or arg == "-":
-        return []
-    names = []
-    for char in arg[1:]:
-        names.append(f"-{char}")
-        if char in _SHORT_WITH_VALUE:
-            break
-    return names
-
-
-def _check_targets(urls: tuple[str, ...]) -> tuple[str, ...]:
-    from backupd.targets import check_target_url
-
-    for url in urls:
-        check_target_url(url)
-    return urls
-
-
-def _parse_volumes(value: Any) -> tuple[tuple[str, Path], ...]:
-    if isinstance(value, tuple):
-        return value
-    from backupd.volume_paths import parse_volume_paths
-
-    return tuple(parse_volume_paths(str(value)).items())
-
-
-def _check_webhook(url: SecretStr | None) -> SecretStr | None:
-    if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
-    return url
-
-
-def _check_notification_urls(urls: SecretStr | None) -> SecretStr | None:
-    from backupd.channels import check_urls
-
-    if urls is not None and (problems := check_urls(urls.get_secret_value())):
-        raise ValueError("; ".join(problems))
-    return urls
-
-
-def _check_recipients(recipients: tuple[str, ...]) -> tuple[str, ...]:
-    from backupd.encryption import check_recipient
-
-    return tuple(check_recipient(r) for r in recipients)
-
-
-def _check_identity(identity: SecretStr | None) -> SecretStr | None:
-    from backupd.encryption import check_identity
-
-    if identity is not None:
-        check_identity(identity.get_secret_value())
-    return identity
-
-
-def _absolute_path(value: Any, example: str) -> Path:
-    text = str(value).strip() if value is not None else ""
-    if not text:
-        raise ValueError(f"is empty; give an absolute path, e.g. {example}")
-    if not text.startswith("/"):
-        raise ValueError(f"must be an absolute path (starting with /), e.g. {example}")
-    return Path(text)
-
-
-def _check_repository_path(value: Any) -> Path:
-    # An empty value would mean the current folder, and a relative one a folder that moves
-    # with it: backupd deletes files in BACKUP_DIR, so it must be one fixed place.
-    path = _absolute_path(value, "/backups")
-    if path.resolve() == Path("/"):  # backupd writes lock files in the folders it finds there
-        raise ValueError("must not be the root folder /; give a folder of its own, e.g. /backups")
-    return path
-
-
-def _check_tools_path(value: Any) -> Path:
-    # A relative folder would pick tools by the current folder: whatever sits there would run.
-    return _absolute_path(value, "/usr/lib/postgresql")
-
-
-def _check_instance(value: str | None) -> str | None:
-    from backupd.origin import check_instance
-
-    return check_instance(value) if value else None  # empty: unset, as compose passes ${VAR:-}
-
-
-def _check_slot_name(value: str) -> str:
-    # PostgreSQL's own rule for replication slot names.
-    if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
-        raise ValueError("a replication slot name has 1 to 63 lower-case letters, digits and underscores")
-    return value
-
+from backupd.settings_source import FALLBACKS as FALLBACKS
+from backupd.settings_source import EnvWithFilesSource
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_list)]
-Timezone = Annotated[str, AfterValidator(_check_timezone)]
-Cron = Annotated[str, AfterValidator(_check_cron)]
+CommaList = Annotated[tuple[str, ...], BeforeValidator(split_list)]
+Timezone = Annotated[str, AfterValidator(check_timezone)]
+Cron = Annotated[str, AfterValidator(check_cron)]
 
 COMPRESSION_LEVELS = {"zstd": (1, 19), "gzip": (1, 9), "bzip2": (1, 9), "xz": (0, 9), "none": (0, 0)}
-
-
-class EnvWithFilesSource(PydanticBaseSettingsSource):
-    """Reads ``NAME`` or ``NAME_FILE`` (never both) for each field and its fallbacks."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
-        super().__init__(settings_cls)
-        self.environ = environ
-        self.problems: list[str] = []
-        self.origin: dict[str, str] = {}  # field name -> the variable that supplied it
-
-    def _read(self, name: str) -> str | None:
-        direct = self.environ.get(name)
-        file_name = self.environ.get(f"{name}_FILE")
-        if direct is not None and file_name is not None:
-            self.problems.append(f"{name}: both {name} and {name}_FILE are set; give only one")
-            return None
-        if file_name is not None:
-            try:
-                with open(file_name, "rb") as source:  # at most 64 KiB: /dev/zero must not hang the start
-                    data = source.read(MAX_SECRET_FILE_BYTES + 1)
-            except OSError as err:
-                self.problems.append(f"{name}_FILE={file_name!r}: cannot be read ({err.strerror})")
-                return None
-            if len(data) > MAX_SECRET_FILE_BYTES:
-                self.problems.append(f"{name}_FILE={file_name!r}: is larger than 64 KiB; give a file with the value")
-                return None
-            try:
-                return data.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                self.problems.append(f"{name}_FILE={file_name!r}: is not UTF-8 text")
-                return None
-        return direct
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        for name in (field_name.upper(), *FALLBACKS.get(field_name, ())):
-            value = self._read(name)
-            if value is not None:
-                self.origin[field_name] = name
-                return value, field_name, False
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        values = {}
-        for field_name, field in self.settings_cls.model_fields.items():
-            value, _, _ = self.get_field_value(field, field_name)
-            if value is not None:
-                values[field_name] = value
-        return values
 
 
 class Settings(BaseSettings):
     """The whole configuration. Field ``x_y`` is the variable ``X_Y``."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # The defaults are known good: checking them would only cost start-up time (validators that
+    # import the scheduler, the targets, Apprise), on every command, for nothing.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, validate_default=False)
 
     # Connection
     db_host: str = Field("localhost",
@@ -296,7 +76,7 @@ class Settings(BaseSettings):
         description=("how long a job waits (with backoff) for the server before it fails; a wrong password "
         "or a missing database fails at once"))
 
-    pg_bindir: Annotated[Path, BeforeValidator(_check_tools_path)] = Field(Path("/usr/lib/postgresql"),
+    pg_bindir: Annotated[Path, BeforeValidator(check_tools_path)] = Field(Path("/usr/lib/postgresql"),
         description=("where the client tools of each major live, as `<PG_BINDIR>/<major>/bin`; for each "
         "server backupd uses its own major's tools, or the nearest newer ones where their "
         "restore works on that server (see [PostgreSQL "
@@ -309,7 +89,7 @@ class Settings(BaseSettings):
         description="zone the cron expressions are read in")
     backup_on_start: bool = Field(False,
         description="run one backup as soon as the daemon is up")
-    backup_dir: Annotated[Path, BeforeValidator(_check_repository_path)] = Field(Path("/backups"),
+    backup_dir: Annotated[Path, BeforeValidator(check_repository_path)] = Field(Path("/backups"),
         description="local repository (a volume in compose); an absolute path, never `/` itself")
     backup_format: Literal["custom", "directory", "tar", "plain"] = Field("custom",
         description="`custom`, `directory`, `tar`, `plain` (pg_dump formats); always stored as one file")
@@ -336,16 +116,16 @@ class Settings(BaseSettings):
         "planner estimates; `off`"))
     backup_lock_wait_timeout: Duration = Field(300.0,
         description="pg_dump `--lock-wait-timeout`: never queue behind a migration forever")
-    backup_timeout: Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)] = Field(6 * 3600.0,
+    backup_timeout: Annotated[float, BeforeValidator(parse_duration), AfterValidator(positive)] = Field(6 * 3600.0,
         description="a backup running longer is aborted and fails; more than 0")
-    backup_extra_opts: Annotated[str, AfterValidator(_check_extra_opts)] = Field("",
+    backup_extra_opts: Annotated[str, AfterValidator(check_extra_opts)] = Field("",
         description=("extra pg_dump arguments, split like a shell would but run without one; options that "
         "change the output, format or connection are refused"))
-    backup_encryption_recipients: Annotated[tuple[str, ...], BeforeValidator(_split_list),
-                                            AfterValidator(_check_recipients)] = Field((),
+    backup_encryption_recipients: Annotated[tuple[str, ...], BeforeValidator(split_list),
+                                            AfterValidator(check_recipients)] = Field((),
         description=("comma-separated age recipients (`age1...` or ssh public keys): when set, every "
         "artifact is encrypted in the stream"))
-    backup_encryption_identity: Annotated[SecretStr | None, AfterValidator(_check_identity)] = Field(None,
+    backup_encryption_identity: Annotated[SecretStr | None, AfterValidator(check_identity)] = Field(None,
         description=("age identity (secret key); needed by verify and restore of encrypted backups, and "
         "only by them"))
 
@@ -369,8 +149,8 @@ class Settings(BaseSettings):
         "least 1)"))
 
     # Replication
-    replication_targets: Annotated[tuple[str, ...], BeforeValidator(_split_list),
-                                   AfterValidator(_check_targets)] = Field((),
+    replication_targets: Annotated[tuple[str, ...], BeforeValidator(split_list),
+                                   AfterValidator(check_targets)] = Field((),
         description=("comma-separated URLs: `file:///mnt/offsite`, `s3://bucket/prefix`, "
         "`ssh://user@host[:port]/path` (rsync over SSH); see [Replication](replication.md)"))
     replication_interval: Duration = Field(3600.0,
@@ -413,7 +193,7 @@ class Settings(BaseSettings):
         description="for `ssh://` targets; with a known-hosts file the host key is checked strictly")
 
     # Volumes
-    volume_paths: Annotated[tuple[tuple[str, Path], ...], BeforeValidator(_parse_volumes)] = Field((),
+    volume_paths: Annotated[tuple[tuple[str, Path], ...], BeforeValidator(parse_volumes)] = Field((),
         description="comma-separated `name=/path` of directories mounted into the sidecar")
     volume_schedule: Cron = Field("0 3 * * 0",
         description="cron of the volume archives")
@@ -459,14 +239,14 @@ class Settings(BaseSettings):
     pitr_enabled: bool = Field(False,
         description=("keep a WAL stream and take base backups of the whole cluster (in the daemon); see "
         "[Point-in-time recovery](pitr.md)"))
-    pitr_slot: Annotated[str, AfterValidator(_check_slot_name)] = Field("backupd",
+    pitr_slot: Annotated[str, AfterValidator(check_slot_name)] = Field("backupd",
         description="the physical replication slot's name; created when missing")
     pitr_base_schedule: Cron = Field("0 3 * * 0",
         description=("cron for base backups (read in `BACKUP_TIMEZONE`); one is also taken at start when "
         "none recovers to the newest WAL"))
     pitr_retention_days: int = Field(14, ge=0, le=36500,
         description="the recovery window to keep ([retention](pitr.md#pitr-retention))")
-    pitr_max_lag: Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)] = Field(300.0,
+    pitr_max_lag: Annotated[float, BeforeValidator(parse_duration), AfterValidator(positive)] = Field(300.0,
         description=("`/healthz` is unhealthy when the stream has been down, or WAL the server wrote has "
         "not reached `BACKUP_DIR`, for longer than this"))
     pitr_verify_schedule: Cron | None = Field(None,
@@ -510,7 +290,7 @@ class Settings(BaseSettings):
         description="sender address of the e-mails")
     smtp_starttls: bool = Field(True,
         description="STARTTLS to the SMTP server")
-    notify_webhook_url: Annotated[SecretStr | None, AfterValidator(_check_webhook)] = Field(None,
+    notify_webhook_url: Annotated[SecretStr | None, AfterValidator(check_webhook)] = Field(None,
         description=("JSON POST (works with Slack-style incoming webhooks: a `text` field, plus "
         "`severity`, `events` (each with `kind`, `key`, `message`, and `since` or `lasted`), "
         "`status`, `host`, `instance`)"))
@@ -518,7 +298,7 @@ class Settings(BaseSettings):
         description=("`failure` (failures, warnings and the recovery after them), `always` (also every "
         "job's result), `never`"))
     # This sidecar's name on a shared target (backupd/origin.py); unset: a stable default
-    backup_instance: Annotated[str | None, AfterValidator(_check_instance)] = Field(None,
+    backup_instance: Annotated[str | None, AfterValidator(check_instance)] = Field(None,
         description=("this sidecar's name: recorded in every manifest with the server's system identifier "
         "and the host name; shown by `list`, `config`, `/status` and the status page; the "
         "folder of everything it writes on a replication target, which keeps several sidecars "
@@ -529,7 +309,7 @@ class Settings(BaseSettings):
         json_schema_extra={"shown_default": ("the compose project and service (`<project>.<service>`, read "
         "from the labels of backupd's own container when the Docker "
         "socket is mounted), else the server's system identifier")})
-    notification_urls: Annotated[SecretStr | None, AfterValidator(_check_notification_urls)] = Field(None,
+    notification_urls: Annotated[SecretStr | None, AfterValidator(check_notification_urls)] = Field(None,
         description=("[Apprise](https://github.com/caronc/apprise/wiki) URLs, separated by spaces or "
         "commas: `tgram://…`, `discord://…`, `slack://…`, `ntfy://…`, `gotify://…`, "
         "`matrix://…`, `pover://…`, `msteams://…`, `mailto://…`, `json://…` and a hundred "
@@ -574,16 +354,21 @@ class Settings(BaseSettings):
         return self
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
-        # Only explicit values: load_settings hands the environment in itself.
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only explicit values: load_settings hands the environment in itself. pydantic-settings
+        # passes the other sources by name, so they keep their names here, unused.
+        del env_settings, dotenv_settings, file_secret_settings
         return (init_settings,)
 
     # Derived views -----------------------------------------------------------------
     @property
     def databases(self) -> tuple[str, ...] | None:
         """The named databases, or None for ``all``."""
-        names = _split_list(self.db_name)
+        names = split_list(self.db_name)
         return None if names == ("all",) else names
 
     @property

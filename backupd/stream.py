@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import IO, Any, BinaryIO
 
 from backupd import cancel
 from backupd.errors import Aborted, DumpError
@@ -165,7 +166,8 @@ class AtomicFile:
             self.partial.unlink(missing_ok=True)  # renamed already where links are not supported
         fsync_dir(self.final.parent)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, _exc: BaseException | None,
+                 _tb: TracebackType | None) -> None:
         if self.file is not None and not self.file.closed:
             self.file.close()
         if exc_type is not None or not self.final.exists():
@@ -214,14 +216,14 @@ class Pipeline:
     stage; the reader then sees EOF and ``finish`` raises ``Aborted``.
     """
 
-    def __init__(self, stages: Sequence[tuple], env: dict[str, str] | None = None,
-                 secrets: Sequence[str] = (), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                 cwd: str | None = None):
+    def __init__(self, stages: Sequence[tuple[Any, ...]], env: dict[str, str] | None = None,
+                 secrets: Sequence[str] = (), stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+                 stdout: int | IO[bytes] | None = subprocess.PIPE, cwd: str | None = None) -> None:
         self.children: list[Child] = []
         self.abort_reason: str | None = None
         self.abort_error: type[Exception] = Aborted
         self._lock = threading.Lock()
-        source = stdin
+        source: Any = stdin  # a pipe, or what the first stage reads
         try:
             for index, stage in enumerate(stages):
                 name, argv, *rest = stage
@@ -247,8 +249,12 @@ class Pipeline:
         cancel.register(self)
 
     @property
-    def output(self):
-        return self.children[-1].popen.stdout
+    def output(self) -> IO[bytes]:
+        """The last stage's stdout: only a pipeline made with ``stdout=PIPE`` (the default) has one."""
+        out = self.children[-1].popen.stdout
+        if out is None:
+            raise ValueError("this pipeline writes its output elsewhere")
+        return out
 
     def kill(self) -> None:
         for child in self.children:
@@ -264,8 +270,8 @@ class Pipeline:
 
     def finish(self, ignore_sigpipe_upstream: bool = False) -> None:
         """Wait for every stage; raise on the first one that failed (upstream first)."""
-        if self.output is not None:
-            self.output.close()
+        if (out := self.children[-1].popen.stdout) is not None:
+            out.close()
         try:
             for child in self.children:
                 child.popen.wait()
@@ -291,13 +297,13 @@ class Pipeline:
                 child.close()
 
 
-def pump(source, sink: AtomicFile | None, progress: Progress | None = None) -> tuple[int, str]:
+def pump(source: IO[bytes], sink: AtomicFile | None, progress: Progress | None = None) -> tuple[int, str]:
     """Copy ``source`` (a pipe) into ``sink`` in large blocks, hashing in the same pass."""
     digest = hashlib.sha256()
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
     total = 0
-    raw = getattr(source, "raw", source)
+    raw: Any = getattr(source, "raw", source)  # unbuffered: readinto fills the whole block
     while True:
         if reason := cancel.requested():  # a copy or a checksum of a large file stops at once too
             raise Aborted(reason)

@@ -27,8 +27,11 @@ import psycopg
 from backupd import leftovers, pgtools
 from backupd.archive import inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform
+from backupd.documents import parse
 from backupd.errors import NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
+from backupd.manifests import DumpManifest
+from backupd.naming import make_id, utc_now
 from backupd.pitr import clusters, room
 from backupd.pitr.private_server import server_binary, serving
 from backupd.pitr.restore import restore
@@ -102,12 +105,14 @@ def restore_database(settings: Settings, target: datetime | None, database: str,
 
 def _planned(database: str, target: datetime | None) -> Backup:
     """What the dump will be, for the checks made before it exists."""
-    return Backup(manifest={"id": _dump_id(database, target), "kind": "database", "database": database,
-                            "file": "", "format": "custom", "size_bytes": 0}, folder=Path("."))
+    dump_id = _dump_id(database, target)
+    planned = parse(DumpManifest, {"id": dump_id, "kind": "database", "database": database, "file": f"{dump_id}.dump",
+                                   "format": "custom", "size_bytes": 0, "sha256": "0" * 64})
+    return Backup(planned, Path("."))  # its checksum is never read: the checks need only its name
 
 
 def _dump_id(database: str, target: datetime | None) -> str:
-    return f"{database}-{(target.strftime('%Y%m%dT%H%M%SZ') if target else 'latest')}"
+    return make_id(database, target or utc_now())  # "latest": the moment it is taken
 
 
 def _check_live(settings: Settings, backup: Backup, destination: str, into: str | None, over: str | None,
@@ -186,7 +191,7 @@ def _dump(settings: Settings, private: Server, database: str, folder: Path, targ
                 "database_info": {**info.to_json(), "grants": grants}, "row_counts": settings.backup_row_counts,
                 "tables": [c.to_json() for c in counts if contents.holds(c.schema, c.name, c.oid)],
                 "globals_id": None}
-    return _Dump(Backup(manifest=manifest, folder=folder), _roles(private, tools))
+    return _Dump(Backup(parse(DumpManifest, manifest), folder), _roles(private, tools))
 
 
 def _roles(private: Server, tools: Tools) -> str:
