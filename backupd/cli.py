@@ -12,14 +12,13 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from backupd import cancel
 from backupd.cli_health import health_check
 from backupd.cli_parser import build_parser, ids_as_positionals
 from backupd.errors import BackupdError, ConfigError
-from backupd.progress import TerminalProgress, human_bytes
+from backupd.progress import TerminalProgress, human_bytes, print_table
 
 if TYPE_CHECKING:
     from backupd.repository import Backup, Problem
@@ -198,7 +197,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         fmt = b["format"] + ("" if b["compression"] == "none" else f"+{b['compression']}")
         rows.append((b["id"], b["database"], b["instance"] or "-", b["time"], human_bytes(b["size_bytes"]), fmt,
                      b["verified"] or "-", b["status"], b["label"] or ""))
-    _print_table(rows)
+    print_table(rows)
     for b in backups:
         if b["problem"]:
             print(f"DAMAGED {b['id']}: {b['problem']}; `backupd verify {b['id']}` checks it in full")
@@ -261,11 +260,15 @@ def _ask_at_terminal(backup: Backup, target: str) -> bool:
 
 
 def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
+    from backupd.pitr.pins import pin_base
     from backupd.repository import Repository
 
-    repo = Repository(settings.backup_dir)
-    repo.update_state(repo.find(args.id), "pinned", args.verb == "pin")
-    print(f"{args.id} {'pinned' if args.verb == 'pin' else 'unpinned'}")
+    store = pin_base(settings, args.id, args.cluster, args.verb == "pin")
+    if store is None:  # not a base backup: a database backup, roles dump or volume archive
+        repo = Repository(settings.backup_dir)
+        repo.update_state(repo.find(args.id), "pinned", args.verb == "pin")
+    where = f" (cluster {store.system_identifier})" if store else ""
+    print(f"{args.id} {'pinned' if args.verb == 'pin' else 'unpinned'}{where}")
     return 0
 
 
@@ -278,10 +281,14 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
         verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
         name = backup.database if backup.kind != "volume" else f"volume {backup.database}"
         rows.append((backup.id, name, verdict, "; ".join(decision.reasons) or "no rule keeps it"))
-    _print_table(rows)
-    for cluster, gone in result.pitr:
+    for cluster, pitr in result.pitr:
+        for base, decision in pitr.decisions:
+            verdict = "keep" if decision.keep else ("would delete" if args.dry_run else "deleted")
+            rows.append((base.id, f"(PITR {cluster})", verdict, "; ".join(decision.reasons) or "no rule keeps it"))
+    print_table(rows)
+    for cluster, pitr in result.pitr:
         verdict = "would delete" if args.dry_run else "deleted"
-        print(f"point-in-time recovery ({cluster}): {verdict} {len(gone)} files "
+        print(f"point-in-time recovery ({cluster}): {verdict} {len(pitr.files)} files "
               f"(PITR_RETENTION_DAYS={settings.pitr_retention_days})")
     return 0
 
@@ -316,18 +323,12 @@ def cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
             json.dump(found, sys.stdout, indent=2)
             print()
         else:
-            _print_table([("ID", "VOLUME", "TIME", "SIZE", "FILES")] + [
+            print_table([("ID", "VOLUME", "TIME", "SIZE", "FILES")] + [
                 (b["id"], b["volume"], b["time"], human_bytes(b["size_bytes"]), str(b["file_count"])) for b in found])
         return 0
     backup, destination = volumes.run_volume_restore(settings, args.source, args.volume, args.to, args.yes)
     print(f"restored {backup.id} into {destination}")
     return 0
-
-
-def _print_table(rows: Sequence[tuple[object, ...]]) -> None:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_replicate(settings: Settings, args: argparse.Namespace) -> int:
@@ -344,91 +345,9 @@ def cmd_replicate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_pitr(settings: Settings, args: argparse.Namespace) -> int:
-    from backupd.pitr import status as pitr_status
+    from backupd.pitr.commands import run
 
-    if args.pitr_verb == "base":
-        from backupd.coordinator import base_backup
-
-        print(base_backup(settings, "manual").id, flush=True)
-        return 0
-    if args.pitr_verb == "verify":
-        from backupd.pitr.clusters import choose
-        from backupd.pitr.drill import run_drill
-
-        result = run_drill(settings, choose(settings, args.cluster))
-        if result["ok"] is None:
-            print(f"unverifiable: {result['reason']}", flush=True)
-            return 0
-        print(f"{result['base']}: ok in {result['seconds']:.1f}s, recovered to {result['replayed_to']}", flush=True)
-        return 0
-    if args.pitr_verb == "restore" and (args.database is not None or args.to is None):
-        from backupd.pitr.onedb_cli import restore_one_database
-
-        return restore_one_database(settings, args)
-    if args.pitr_verb == "restore":
-        from backupd.pitr.moment import parse_target, understood
-        from backupd.pitr.restore import restore
-
-        moment = parse_target(args.time)
-        print(understood(args.time, moment), flush=True)
-        if args.dry_run:
-            from backupd.pitr.preview import preview
-
-            return preview(settings, moment, args.to, args.yes, args.cluster)
-        built = restore(settings, moment, args.to, args.yes, args.cluster)
-        for note in built.notes:
-            print(f"note: {note}")
-        if built.moved_aside:
-            print(f"the folder's old content is in {built.moved_aside}")
-        target = built.recovery_target_time or "the end of the WAL received"
-        print(f"{built.directory} holds base backup {built.base.id} of cluster {built.base.doc.system_identifier} "
-              f"and {built.wal_files} WAL files; "
-              f"a PostgreSQL {built.major} server started on it recovers to {target}, then promotes")
-        return 0
-    report = pitr_status.describe(settings, ask_server=True, cluster=args.cluster)
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
-        return 0
-    server = report.get("server") or {}
-    if server.get("reachable"):
-        lag = f", {server['lag_bytes']} bytes behind" if server["lag_bytes"] is not None else ""
-        print(f"slot {settings.pitr_slot}: {server['slot']}{lag}")
-    else:
-        print(f"server: not reachable ({server.get('error')})")
-    for job, failure in report["failures"].items():
-        if failure.get("cluster") is None:  # before the server said which cluster it is
-            print(f"last {job} failed at {failure.get('time')}: {failure.get('error')}")
-    if not report["clusters"]:
-        print("no point-in-time recovery files yet")
-    for entry in report["clusters"]:
-        _print_pitr_cluster(entry)
-    return 0
-
-
-def _print_pitr_cluster(entry: dict[str, Any]) -> None:
-    """One cluster of ``pitr status``: each is about its own files alone."""
-    print(f"\ncluster {entry['system_identifier']}" + (" (the connected server)" if entry["connected"] else ""))
-    window = entry["window"]
-    print(f"recovery window: {window['start']} to {window['end']}" if window else "recovery window: none")
-    for job, failure in entry["failures"].items():
-        print(f"last {job} failed at {failure.get('time')}: {failure.get('error')}")
-    for gap in entry["gaps"]:
-        print(f"gap at {gap['time']}: {gap['reason']}")
-    rows = [("BASE BACKUP", "STARTED", "ENDED", "SIZE", "USABLE")]
-    rows += [(b["id"], b["start_time"], b["stop_time"], human_bytes(b["size"]),
-              "damaged" if b["damaged"] else "yes" if b["usable"] else "no") for b in entry["base_backups"]]
-    _print_table(rows)
-    from backupd.pitr.chains import describe
-    print(*filter(None, map(describe, entry.get("chains") or [])), sep="\n")
-    for name in entry.get("damaged_wal") or []:
-        print(f"damaged WAL file: {name} (not the size its record says)")
-    for item in entry["invalid"]:
-        print(f"invalid: {item['file']}: {item['reason']} (ignored)")
-    if drill := entry["last_drill"]:
-        print(f"last drill: {drill['time']}: " + ("ok" if drill["ok"] else f"FAILED: {drill.get('reason')}"))
-    if entry.get("restore_estimate"):
-        print(entry["restore_estimate"])
+    return run(settings, args)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:

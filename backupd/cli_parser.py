@@ -33,7 +33,8 @@ def _add_backup_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
 
     for verb, text in (("pin", "keep a backup whatever retention says"), ("unpin", "let retention decide again")):
         pinning = verbs.add_parser(verb, help=text)
-        pinning.add_argument("id", metavar="ID")
+        pinning.add_argument("id", metavar="ID", help="a backup id, or a base backup's (base-YYYYmmddTHHMMSSZ)")
+        pinning.add_argument("--cluster", metavar="ID", help="the cluster of a base backup, when several hold it")
 
     prune = verbs.add_parser("prune", help="apply retention now; prints every backup with its decision")
     prune.add_argument("--dry-run", action="store_true", help="delete nothing, say what would go and why")

@@ -33,6 +33,7 @@ from backupd.targets import Target, target_urls
 from backupd.targets.base import RemoteFile
 
 if TYPE_CHECKING:
+    from backupd.pitr.pruning import Pruned as PitrPruned
     from backupd.pitr.store import Base
     from backupd.settings import Settings
 
@@ -79,7 +80,7 @@ def base_backup(settings: Settings, reason: str, then_replicate: Replicate | Non
     retention of its cluster's archive (once: the daily prune does every cluster), then a
     replication."""
     from backupd.pitr.base import run_base_backup
-    from backupd.pitr.retention import prune as prune_pitr
+    from backupd.pitr.pruning import prune as prune_pitr
     from backupd.pitr.store import Store
 
     base = run_base_backup(settings, reason, incremental)
@@ -96,11 +97,12 @@ def _replicate_after(settings: Settings, made: bool, then_replicate: Replicate |
 @dataclass
 class Pruned:
     """What one ``prune`` decided: the database backups (and roles dumps), the volume
-    archives, and each cluster's PITR files (system identifier, files)."""
+    archives, and each cluster's PITR files (system identifier, its base backups' decisions
+    and the files)."""
 
     dumps: PruneResult
     volumes: VolumePrune = field(default_factory=VolumePrune)
-    pitr: list[tuple[str, list[Path]]] = field(default_factory=list)
+    pitr: list[tuple[str, PitrPruned]] = field(default_factory=list)
 
     @property
     def deleted(self) -> int:
@@ -117,7 +119,7 @@ def prune(settings: Settings, dry_run: bool = False, database: str | None = None
         return result
     result.volumes = prune_volumes(settings, dry_run=dry_run)
     if settings.pitr_enabled:
-        from backupd.pitr.retention import prune as prune_pitr
+        from backupd.pitr.pruning import prune as prune_pitr
         from backupd.pitr.store import Store
 
         result.pitr = [(store.system_identifier, prune_pitr(settings, store, utc_now(), dry_run=dry_run))

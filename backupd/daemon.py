@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backupd import cancel, coordinator, origin, pgtools, statuspage
+from backupd import cancel, coordinator, failures, origin, pgtools, statuspage
 from backupd.actions.verify import run_verify
 from backupd.channels import configured as configured_channels
 from backupd.errors import BackupdError, NotFoundError, UsageError
@@ -36,7 +36,6 @@ from backupd.pitr.base import needs_base
 from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.store import Store
-from backupd.pitr.store import failures as pitr_failures
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.schedule import previous_run, trigger
 from backupd.view import Job, Live
@@ -228,7 +227,7 @@ class Daemon:
             # cluster's base backups in the same folder.
             server = self.pitr_cluster() or pitr_clusters.connected(self.settings)
             store = Store(self.settings.backup_dir, server) if server else None
-            if not needs_base(store) and "base" not in pitr_failures(self.settings.backup_dir, server):
+            if not needs_base(store) and "base" not in failures.of_cluster(self.settings.backup_dir, server):
                 return True
         if not self.receiver.wait_streaming(self.settings.db_wait_timeout + 60):
             log.warning("taking the base backup although the WAL stream is not running yet",
@@ -250,7 +249,7 @@ class Daemon:
     def pitr_base_soon(self) -> None:
         """After a gap, or while no base backup recovers to the stream; a failed one is tried
         again after PITR_BASE_RETRY, not at every check."""
-        failed = pitr_failures(self.settings.backup_dir, self.pitr_cluster()).get("base")
+        failed = failures.of_cluster(self.settings.backup_dir, self.pitr_cluster()).get("base")
         if failed and (utc_now() - (parse_iso(failed["time"]) or utc_now())).total_seconds() < PITR_BASE_RETRY:
             return
         state = self.jobs["pitr-base"]

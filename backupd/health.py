@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backupd import failures
 from backupd.errors import RepositoryUnreadable
 from backupd.leftovers import Leftover
 from backupd.repository import Backup, Problem, Repository, iso
@@ -107,7 +108,7 @@ def evaluate(settings: Settings, repo: Repository, now: datetime, started_at: da
     except RepositoryUnreadable as err:
         facts: Facts | str = str(err)
     else:
-        facts = Facts(repo.root, backups, problems, repo.failures(), read_runs(repo))
+        facts = Facts(repo.root, backups, problems, failures.of_repository(repo.root), read_runs(repo))
     return judge(settings, facts, now, started_at, scheduler_running, pitr_receiver, leftovers)
 
 

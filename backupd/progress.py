@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 
 def human_bytes(count: float) -> str:
@@ -46,3 +47,10 @@ class TerminalProgress:
         if self.enabled and self._drawn:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+def print_table(rows: Sequence[tuple[object, ...]]) -> None:
+    """Rows as aligned columns on stdout; the first row is the header."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

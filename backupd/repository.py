@@ -13,11 +13,9 @@ into place first and the manifest last, so a crash in between leaves nothing lis
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +29,7 @@ from backupd.documents import Document, InvalidDocument, dump_json, parse
 from backupd.errors import StorageError, UsageError
 from backupd.listing import Listing, invalid_bookkeeping, os_reason
 from backupd.logging import get_logger
-from backupd.manifests import BackupState, FailureRecord, Manifest, as_dict, parse_manifest, read_as, read_manifest
+from backupd.manifests import BackupState, Manifest, as_dict, parse_manifest, read_as, read_manifest
 from backupd.naming import (
     BOOKKEEPING,
     FORMAT_SUFFIXES,
@@ -203,61 +201,6 @@ class Repository(Listing):
                 removed.append(Path(entry.path))
         return removed
 
-    # Failures ------------------------------------------------------------------------
-    # The newest failure of each database is kept beside its backups until the next
-    # success, so health sees failures of CLI runs and of runs before a restart. When it
-    # cannot be written (the disk is full, the folder read-only: often the very cause),
-    # this process keeps it in memory, so a daemon still reports it.
-    FAILURE_FILE = ".last-failure.json"
-
-    def _failure_folder(self, name: str | None, kind: str) -> Path:
-        return self.root if name is None else self.folder_for(name, kind)
-
-    def _failure_key(self, name: str | None, kind: str) -> tuple[str, str, str | None]:
-        return str(self.root), kind, name
-
-    def record_failure(self, name: str | None, error: str, kind: str = "database") -> None:
-        """``name`` None records a failure of a whole run (the server was unreachable)."""
-        record = {"database": name, "kind": kind, "time": iso(utc_now()), "error": error}
-        try:
-            folder = self.ensure_folder(self._failure_folder(name, kind))
-            write_json_atomically(folder / self.FAILURE_FILE, json.dumps(record, sort_keys=True) + "\n")
-        except OSError as err:
-            log.warning("could not write the failure into the repository; it is kept in memory",
-                        database=name, error=_reason(err))
-            with _UNWRITTEN_LOCK:
-                _UNWRITTEN_FAILURES[self._failure_key(name, kind)] = record
-            return
-        with _UNWRITTEN_LOCK:
-            _UNWRITTEN_FAILURES.pop(self._failure_key(name, kind), None)
-
-    def clear_failure(self, name: str | None, kind: str = "database") -> None:
-        with _UNWRITTEN_LOCK:
-            _UNWRITTEN_FAILURES.pop(self._failure_key(name, kind), None)
-        try:
-            (self._failure_folder(name, kind) / self.FAILURE_FILE).unlink(missing_ok=True)
-        except OSError as err:
-            log.warning("could not clear a recorded failure", database=name, error=_reason(err))
-
-    def failures(self) -> list[dict[str, Any]]:
-        """Every remembered failure: {"database" (None for a whole run), "kind", "time", "error"}"""
-        found: list[dict[str, Any]] = []
-        with _UNWRITTEN_LOCK:
-            unwritten = {key: record for key, record in _UNWRITTEN_FAILURES.items() if key[0] == str(self.root)}
-        if self.root.is_dir():
-            for path in [self.root / self.FAILURE_FILE, *self.root.glob(f"*/{self.FAILURE_FILE}"),
-                         *self.root.glob(f"{VOLUMES}/*/{self.FAILURE_FILE}")]:
-                try:
-                    record = as_dict(read_as(FailureRecord, path))
-                except OSError:
-                    continue
-                except InvalidDocument as err:
-                    log.warning("ignoring an invalid failure record", file=str(path), error=str(err))
-                    continue
-                if self._failure_key(record.get("database"), record.get("kind", "database")) not in unwritten:
-                    found.append(record)
-        return found + list(unwritten.values())
-
     # Manifests -----------------------------------------------------------------------
     def write_manifest(self, folder: Path, manifest: dict[str, Any] | Manifest) -> Path:
         """Write a manifest once, through its model: what is written is what listing reads
@@ -301,10 +244,6 @@ class Repository(Listing):
         except OSError:
             return
         self.update_state(backup, "integrity", {"time": iso(utc_now()), "reason": reason, "mtime": mtime})
-
-# Failures this process could not write into the repository: (root, kind, name) -> record.
-_UNWRITTEN_FAILURES: dict[tuple[str, str, str | None], dict[str, Any]] = {}
-_UNWRITTEN_LOCK = threading.Lock()
 
 
 _reason = os_reason

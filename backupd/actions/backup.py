@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from backupd import __version__, cancel, origin, pgtools
+from backupd import __version__, cancel, failures, origin, pgtools
 from backupd.archive import ArchiveContents, StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.artifact import Transform, commit_manifest
 from backupd.errors import Aborted, BackupdError, DumpError, UsageError
@@ -174,7 +174,7 @@ def run_backup(settings: Settings, databases: list[str] | None = None, label: st
         result.globals = roles_outcome()
     result.outcomes += [_guarded(repo, live, "database", partial(_stranded, live, now_named))
                         for live, now_named in stranded]
-    repo.clear_failure(None)  # the server answered: a run-level failure is over
+    failures.clear(repo.root, failures.database(None))  # the server answered: a run-level failure is over
     return result
 
 
@@ -197,7 +197,7 @@ def _record_run_failure(repo: Repository, names: Sequence[str] | None, error: st
         known = []
     chosen: list[str | None] = [*(names or known)] or [None]  # None: the run as a whole
     for name in chosen:
-        repo.record_failure(name, error)
+        failures.record(repo.root, failures.database(name), error)
 
 
 def _guarded(repo: Repository, name: str, kind: str, work: Callable[[], Outcome]) -> Outcome:
@@ -217,12 +217,12 @@ def _guarded(repo: Repository, name: str, kind: str, work: Callable[[], Outcome]
             log.warning("backup not finished: nothing of it is kept", database=name, reason=stop)
         else:
             log.error("backup failed", database=name, error=str(err), duration_seconds=round(seconds, 3))
-            repo.record_failure(name, str(err), kind)
+            failures.record(repo.root, failures.database(name, kind), str(err))
         return Outcome(database=name, ok=False, error=str(err), seconds=seconds)
     if outcome.skipped:
         log.info("backup skipped", database=name, reason=outcome.skipped)
         return outcome
-    repo.clear_failure(name, kind)
+    failures.clear(repo.root, failures.database(name, kind))
     log.info("backup finished", database=name, id=outcome.backup_id, duration_seconds=round(outcome.seconds, 3),
              size_bytes=outcome.size)
     return outcome

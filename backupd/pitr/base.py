@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backupd import __version__
+from backupd import __version__, failures
 from backupd.artifact import Transform
 from backupd.documents import dump_json, parse
 from backupd.errors import BackupdError, DumpError, RefusedError
@@ -28,7 +28,7 @@ from backupd.pgtools import Tools
 from backupd.pitr import cluster, waldump
 from backupd.pitr.incremental import incremental_parent
 from backupd.pitr.records import BaseManifest
-from backupd.pitr.store import Base, Store, clear_failure, record_failure
+from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
 from backupd.stream import AtomicFile, Pipeline, stream_to_file, write_json_atomically
@@ -149,14 +149,14 @@ def run_base_backup(settings: Settings, reason: str = "manual", incremental: boo
             parent = incremental_parent(conn, info, Store(settings.backup_dir, info.system_identifier)) \
                 if incremental else None
     except BackupdError as err:
-        record_failure(settings.backup_dir, "base", str(err), utc_now())
+        failures.record(settings.backup_dir, failures.pitr("base", None), str(err), utc_now())
         raise
     try:
         base = _take(settings, info, tools, reason, parent)
     except BackupdError as err:
-        record_failure(settings.backup_dir, "base", str(err), utc_now(), info.system_identifier)
+        failures.record(settings.backup_dir, failures.pitr("base", info.system_identifier), str(err), utc_now())
         raise
-    clear_failure(settings.backup_dir, "base", info.system_identifier)
+    failures.clear(settings.backup_dir, failures.pitr("base", info.system_identifier))
     return base
 
 

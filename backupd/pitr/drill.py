@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from backupd import failures
 from backupd.errors import BackupdError, RefusedError, RestoreError
 from backupd.logging import get_logger
 from backupd.pgtools import installed
 from backupd.pitr import cluster, wal
 from backupd.pitr.restore import build_data_directory
-from backupd.pitr.store import Base, Store, clear_failure, record_failure
+from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
 from backupd.process import dies_with_parent
 from backupd.repository import iso, utc_now
@@ -52,11 +53,11 @@ def run_drill(settings: Settings, store: Store) -> dict[str, Any]:
             return result
         result.update(_drill(settings, store))
         result["ok"] = True
-        clear_failure(settings.backup_dir, "verify", store.system_identifier)
+        failures.clear(settings.backup_dir, failures.pitr("verify", store.system_identifier))
     except (BackupdError, OSError) as err:
         reason = str(err) if isinstance(err, BackupdError) else f"{err.filename or ''}: {err.strerror or err}"
         result["reason"] = reason
-        record_failure(settings.backup_dir, "verify", reason, utc_now(), store.system_identifier)
+        failures.record(settings.backup_dir, failures.pitr("verify", store.system_identifier), reason, utc_now())
         raise
     finally:
         result["seconds"] = round(time.monotonic() - clock, 1)

@@ -23,13 +23,14 @@ from typing import Any
 
 import psycopg
 
+from backupd import failures
 from backupd.artifact import Transform
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
 from backupd.pitr import cluster, diverged, wal, waldump, walrecords
 from backupd.pitr.archiver import archive_completed, archive_partial, remove_stale_temporaries
 from backupd.pitr.records import LiveProof
-from backupd.pitr.store import Store, clear_failure, failures, record_failure
+from backupd.pitr.store import Store
 from backupd.postgres import Server
 from backupd.process import Child, spawn
 from backupd.repository import iso, utc_now
@@ -125,7 +126,8 @@ class Receiver:
             if self.stopping.is_set():
                 break
             if self.error:
-                record_failure(self.settings.backup_dir, "receiver", self.error, utc_now(), self._cluster_now)
+                failures.record(self.settings.backup_dir, failures.pitr("receiver", self._cluster_now), self.error,
+                                utc_now())
             backoff = 1.0 if time.monotonic() - started > STEADY_SECONDS else min(backoff * 2, MAX_BACKOFF)
             log.warning("the WAL receiver stopped; starting it again", error=self.error, retry_in=backoff)
             self.restarts += 1
@@ -154,13 +156,13 @@ class Receiver:
                 if self.streaming_since is None and self._attached:
                     with self._lock:
                         self.streaming_since, self.down_since, self.error = utc_now(), None, None
-                    clear_failure(self.settings.backup_dir, "receiver", store.system_identifier)
+                    failures.clear(self.settings.backup_dir, failures.pitr("receiver", store.system_identifier))
                     log.info("WAL stream is running")
                 if time.monotonic() - checked > WINDOW_CHECK_SECONDS:
                     checked, self._backfilled = time.monotonic(), False
                     if store.window() is None:  # a segment went missing, or the base backup failed
                         self.on_gap("no base backup recovers to the newest WAL")
-                    elif "base" in failures(self.settings.backup_dir, store.system_identifier):
+                    elif "base" in failures.of_cluster(self.settings.backup_dir, store.system_identifier):
                         self.on_gap("the last base backup failed")
                 self.stopping.wait(1.0)
         finally:

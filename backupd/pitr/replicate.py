@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 from backupd.documents import InvalidDocument, decode, parse
 from backupd.logging import get_logger
 from backupd.pitr.chains import fetch_chain
+from backupd.pitr.pruning import decide_bases, wal_to_delete
 from backupd.pitr.records import Invalid, ReplicatedFile, ReplicatedTargets, warn_invalid
-from backupd.pitr.retention import bases_to_keep, wal_to_delete
-from backupd.pitr.store import _ARCHIVED, RECORD_SUFFIX, Base, Store
+from backupd.pitr.store import RECORD_SUFFIX, Base, Store
+from backupd.pitr.walfiles import ARCHIVED as _ARCHIVED
 from backupd.repository import PITR, utc_now
+from backupd.retention import Policy
 from backupd.stream import sha256_of, write_json_atomically
 from backupd.targets import configured_targets
 from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError, with_retries
@@ -133,7 +135,9 @@ def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root
     bases = _remote_bases(target, remote, prefix)
     if not bases:
         return []
-    keep = bases_to_keep([b for b, _ in bases], utc_now(), settings_days, min_keep)
+    decided = decide_bases([b for b, _ in bases], utc_now(), Policy.recovery_window(settings_days, min_keep),
+                           store.pinned())
+    keep = {base.id for base, decision in decided if decision.keep}
     deleted = []
     for base, manifest in bases:
         if base.id in keep:

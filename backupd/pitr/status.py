@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from backupd import failures
 from backupd.pitr import chains, cluster, clusters, estimate
 from backupd.pitr.records import to_json
-from backupd.pitr.store import Store, failures, own_failures
+from backupd.pitr.store import Store
 from backupd.postgres import Server
 from backupd.repository import iso, parse_iso
 
@@ -37,7 +38,8 @@ def describe(settings: Settings, receiver: dict[str, Any] | None = None, ask_ser
     entries = [_cluster(Store(backup_dir, name), settings, name == server) for name in names]
     report: dict[str, Any] = {"enabled": settings.pitr_enabled, "slot": settings.pitr_slot, "system_identifier": None,
                               "window": None, "base_backups": [], "gaps": [], "last_drill": None, "invalid": [],
-                              "failures": failures(backup_dir, current.system_identifier if current else None),
+                              "failures": failures.of_cluster(backup_dir,
+                                                              current.system_identifier if current else None),
                               "receiver": receiver, "clusters": entries}
     for entry in entries:
         if current is not None and entry["system_identifier"] == current.system_identifier:
@@ -61,7 +63,7 @@ def _cluster(store: Store, settings: Settings, connected: bool) -> dict[str, Any
         "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
         **_estimate(store),
         "invalid": [item.describe() for item in store.invalid()],
-        "failures": own_failures(Path(settings.backup_dir), store.system_identifier)}
+        "failures": failures.own(Path(settings.backup_dir), store.system_identifier)}
 
 
 def _estimate(store: Store) -> dict[str, Any]:
@@ -94,7 +96,7 @@ def problems(settings: Settings, receiver: dict[str, Any] | None, now: datetime)
     warns: list[tuple[str, str]] = []
     limit = settings.pitr_max_lag
     store = clusters.current(settings, receiver)
-    for job, record in failures(settings.backup_dir, store.system_identifier if store else None).items():
+    for job, record in failures.of_cluster(settings.backup_dir, store.system_identifier if store else None).items():
         if job == "receiver":
             continue  # judged below by how long the stream has been down
         what = {"base": "the newest base backup", "verify": "the last PITR drill"}[job]

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from backupd.documents import Document, InvalidDocument, decode_object, parse, read
 from backupd.pitr import wal
+from backupd.pitr.doccache import cached, listing
 from backupd.pitr.records import (
     BaseManifest,
     ClusterDoc,
     DrillRecord,
-    FailureRecord,
     Gap,
     Invalid,
     LiveProof,
@@ -28,17 +28,15 @@ from backupd.pitr.records import (
     to_json,
     warn_invalid,
 )
+from backupd.pitr.walfiles import ARCHIVED, WalFiles
+from backupd.pitr.walfiles import RECORD_SUFFIX as RECORD_SUFFIX
 from backupd.repository import PITR, iso
 from backupd.stream import AtomicFile, fsync_dir, write_json_atomically
 
-# An archived WAL file: the segment (or history file) name, then the transform's suffixes;
-# never its record (``<name>.json``).
-_ARCHIVED = re.compile(r"(?P<name>[0-9A-F]{24}(?:\.partial)?|[0-9A-F]{8}\.history)"
-                       r"(?P<suffix>(?:\.(?!json$)[a-z0-9]+)*)")
+BASE_ID = re.compile(r"base-\d{8}T\d{6}Z")
 _BASE_MANIFEST = re.compile(r"base-\d{8}T\d{6}Z\.json")
-RECORD_SUFFIX = ".json"  # wal/<name>.json beside each archived WAL file
+PIN_SUFFIX = ".pinned"  # base/<id>.pinned: kept whatever retention says
 LIVE = "received.json"
-MAX_DOCUMENT_BYTES = 16 << 20
 
 
 @dataclass
@@ -135,7 +133,7 @@ class Window:
     base: Base  # the oldest base backup the window starts from
 
 
-class Store:
+class Store(WalFiles):
     def __init__(self, backup_dir: Path, system_identifier: str):
         self.system_identifier = system_identifier
         self.root = Path(backup_dir) / PITR / system_identifier
@@ -162,28 +160,14 @@ class Store:
     def _load(self, model: type[D], path: Path) -> D | None:
         """The document at ``path``; None when it is absent, unreadable or invalid (warned
         about once, listed by ``invalid``)."""
-        return self._try(path, partial(read, model, path))
-
-    def _try(self, path: Path, load: Any) -> Any:
-        """``load()`` (cached, see _cached); None when it is absent, unreadable or invalid.
-        Each path is always read by the same loader: the cache holds its checked answer."""
-        try:
-            return _cached(path, load)
-        except OSError:
-            return None
-        except InvalidDocument as err:
-            warn_invalid(Invalid(self._relative(path), str(err)))
-            return None
-
-    def _relative(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+        return cast("D | None", self._try(path, partial(read, model, path)))
 
     def invalid(self) -> list[Invalid]:
         """Every stored document of this cluster that does not validate."""
         found = []
         for path, check in self._documents():
             try:
-                _cached(path, check)
+                cached(path, check)
             except OSError:
                 continue
             except InvalidDocument as err:
@@ -198,8 +182,8 @@ class Store:
             (self.root / "gaps.json", partial(read_list, Gap, self.root / "gaps.json")),
             (self.root / "verify.json", partial(read, DrillRecord, self.root / "verify.json")),
             (self.root / LIVE, partial(read, LiveProof, self.root / LIVE))]
-        docs += [(p, partial(self._load_base, p)) for p in _listing(self.base_dir) if _BASE_MANIFEST.fullmatch(p.name)]
-        docs += [(p, partial(self._load_record, p)) for p in _listing(self.wal_dir) if _is_record(p.name)]
+        docs += [(p, partial(self._load_base, p)) for p in listing(self.base_dir) if _BASE_MANIFEST.fullmatch(p.name)]
+        docs += [(p, partial(self._load_record, p)) for p in self.record_paths()]
         return docs
 
     # What the cluster is -----------------------------------------------------------
@@ -236,55 +220,36 @@ class Store:
         """Complete base backups (a valid manifest and its file), newest first; a damaged
         one too (``intact_by_size``), so that it is shown."""
         found = []
-        for path in _listing(self.base_dir):
+        for path in listing(self.base_dir):
             if not _BASE_MANIFEST.fullmatch(path.name):
                 continue
             if (base := self._try(path, partial(self._load_base, path))) is not None and base.path.exists():
                 found.append(base)
         return sorted(found, key=lambda b: b.order, reverse=True)
 
-    # WAL ---------------------------------------------------------------------------
-    def archived(self) -> dict[str, Path]:
-        """Archived WAL files by their own name (``0000000100000000000000A2``, ``….partial``,
-        ``00000002.history``)."""
-        found: dict[str, Path] = {}
-        try:
-            entries = list(os.scandir(self.wal_dir))
-        except FileNotFoundError:
-            return found
-        for entry in entries:
-            if match := _ARCHIVED.fullmatch(entry.name):
-                found[match.group("name")] = Path(entry.path)
-        return found
+    def base(self, base_id: str) -> Base | None:
+        """The complete base backup ``base_id`` (``BASE_ID``), if this cluster holds it."""
+        path = self.base_dir / f"{base_id}.json"
+        if not BASE_ID.fullmatch(base_id) or not path.is_file():
+            return None
+        base: Base | None = self._try(path, partial(self._load_base, path))
+        return base if base is not None and base.path.exists() else None
 
-    def _load_record(self, path: Path) -> WalRecord:
-        record = read(WalRecord, path)
-        if record.name + RECORD_SUFFIX != path.name:
-            raise InvalidDocument(f"name: {record.name!r} is not this record's own name")
-        return record
+    def pin_path(self, base_id: str) -> Path:
+        return self.base_dir / f"{base_id}{PIN_SUFFIX}"
 
-    def records(self) -> dict[str, WalRecord]:
-        """The valid records of archived WAL files, by the file's own name."""
-        found = {}
-        for path in _listing(self.wal_dir):
-            if _is_record(path.name) and (record := self._try(path, partial(self._load_record, path))) is not None:
-                found[record.name] = record
-        return found
+    def pinned(self) -> set[str]:
+        """The ids of the pinned base backups (a pin of one that is gone pins nothing)."""
+        return {p.name.removesuffix(PIN_SUFFIX) for p in listing(self.base_dir)
+                if p.name.endswith(PIN_SUFFIX) and BASE_ID.fullmatch(p.name.removesuffix(PIN_SUFFIX))}
 
-    def record(self, name: str) -> WalRecord | None:
-        """The valid record of the archived WAL file ``name``, if it has one."""
-        path = self.wal_dir / (name + RECORD_SUFFIX)
-        return self._try(path, partial(self._load_record, path)) if path.exists() else None
-
-    def damaged_wal(self) -> list[str]:
-        """Archived WAL files whose size is not what their record says (a stat each); their
-        sha256 (``records()[name].sha256``) is for a full check."""
-        records = self.records()
-        damaged = []
-        for name, path in self.archived().items():
-            if (record := records.get(name)) is not None and _size(path) != record.size:
-                damaged.append(name)
-        return sorted(damaged)
+    def pin(self, base_id: str, pinned: bool) -> None:
+        """An empty file beside the base backup's manifest, which is written once."""
+        if pinned:
+            self.pin_path(base_id).touch(mode=0o600)
+        else:
+            self.pin_path(base_id).unlink(missing_ok=True)
+        fsync_dir(self.base_dir)
 
     def live(self) -> LiveProof | None:
         """What the segment the receiver is writing proves, when that segment is still there."""
@@ -296,18 +261,6 @@ class Store:
 
     def remember_record(self, record: WalRecord) -> None:
         write_json_atomically(self.wal_dir / (record.name + RECORD_SUFFIX), record.model_dump_json(indent=2))
-
-    def received(self) -> dict[str, Path]:
-        """What the receiver's folder holds: completed files not yet archived, and the partial."""
-        found: dict[str, Path] = {}
-        try:
-            entries = list(os.scandir(self.spool))
-        except FileNotFoundError:
-            return found
-        for entry in entries:
-            if wal.is_wal_name(entry.name) or wal.PARTIAL.fullmatch(entry.name):
-                found[entry.name] = Path(entry.path)
-        return found
 
     # Timelines ----------------------------------------------------------------------------
     def remember_history(self, name: str, text: bytes) -> None:
@@ -378,7 +331,7 @@ class Store:
         records, live = self.records(), self.live()
         found: dict[int, WalProof] = {}
         for segno, (_, file, stored) in segments.items():
-            own = file.name if not stored else _ARCHIVED.fullmatch(file.name).group("name")  # type: ignore[union-attr]
+            own = file.name if not stored else ARCHIVED.fullmatch(file.name).group("name")  # type: ignore[union-attr]
             proof = records.get(own) if stored else (live if live is not None and live.name == own else None)
             if proof is not None:
                 found[segno] = proof
@@ -401,7 +354,7 @@ class Store:
 
     def _load_list(self, model: type[Gap], path: Path) -> list[Gap]:
         try:
-            return _cached(path, partial(read_list, model, path))
+            return cast(list[Gap], cached(path, partial(read_list, model, path)))
         except OSError:
             return []
         except InvalidDocument as err:
@@ -463,27 +416,6 @@ class Store:
 
 
 D = TypeVar("D", bound=Document)
-_CACHE: dict[Path, tuple[tuple[int, int, int], Any]] = {}
-
-
-def _cached(path: Path, load: Any) -> Any:
-    """``load()``'s answer for ``path``, remembered while the file is unchanged (the status
-    page reads every record every few seconds). Raises what ``load`` raises."""
-    stat = path.stat()
-    if stat.st_size > MAX_DOCUMENT_BYTES:  # not read at all: no document of ours is near this
-        raise InvalidDocument(f"{stat.st_size} bytes: far larger than any document backupd writes")
-    key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if (known := _CACHE.get(path)) is not None and known[0] == key:
-        if isinstance(known[1], InvalidDocument):
-            raise known[1]
-        return known[1]
-    try:
-        value = load()
-    except InvalidDocument as err:
-        _CACHE[path] = (key, err)
-        raise
-    _CACHE[path] = (key, value)
-    return value
 
 
 def _later(when: datetime, by: timedelta) -> datetime:
@@ -494,99 +426,9 @@ def _later(when: datetime, by: timedelta) -> datetime:
         return datetime.max.replace(tzinfo=UTC)
 
 
-def _listing(folder: Path) -> list[Path]:
-    try:
-        found = [Path(entry.path) for entry in os.scandir(folder)]
-    except FileNotFoundError:
-        found = []
-    present = set(found)
-    for gone in [p for p in _CACHE if p.parent == folder and p not in present]:  # deleted: forgotten
-        _CACHE.pop(gone, None)
-    return found
-
-
-def _is_record(name: str) -> bool:
-    return name.endswith(RECORD_SUFFIX) and wal.is_archived_name(name.removesuffix(RECORD_SUFFIX))
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
 def remove_files(paths: list[Path]) -> None:
     folders = {p.parent for p in paths}
     for path in paths:
         path.unlink(missing_ok=True)
     for folder in folders:
         fsync_dir(folder)
-
-
-# Failures of the PITR jobs (the receiver, base backups, the drill). Each cluster's in its own
-# folder; one that happens before the cluster is known (the server is down) beside the
-# clusters' folders, shown as no cluster's. Kept in memory as well, so a full disk still
-# shows in /healthz.
-_FAILURES_IN_MEMORY: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-
-
-def _failure_file(backup_dir: Path, job: str, cluster: str | None) -> Path:
-    folder = Path(backup_dir) / PITR
-    return (folder / cluster if cluster else folder) / f".last-failure-{job}.json"
-
-
-def record_failure(backup_dir: Path, job: str, error: str, when: datetime, cluster: str | None = None) -> None:
-    """``cluster``: the system identifier of the cluster the job was working on; None when
-    it failed before it knew (the server could not be asked)."""
-    record = {"job": job, "time": iso(when), "error": error, "cluster": cluster}
-    key = (str(backup_dir), cluster, job)
-    try:
-        _failure_file(backup_dir, job, cluster).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_json_atomically(_failure_file(backup_dir, job, cluster), json.dumps(record))
-    except OSError:
-        _FAILURES_IN_MEMORY[key] = record  # shown until it can be written
-        return
-    _FAILURES_IN_MEMORY.pop(key, None)
-
-
-def clear_failure(backup_dir: Path, job: str, cluster: str | None = None) -> None:
-    """A success of ``job`` on ``cluster``: its failure is over, and so is one recorded
-    before any cluster was known (the server answered this time)."""
-    for owner in {cluster, None}:
-        _FAILURES_IN_MEMORY.pop((str(backup_dir), owner, job), None)
-        try:
-            _failure_file(backup_dir, job, owner).unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def failures(backup_dir: Path, cluster: str | None = None) -> dict[str, dict[str, Any]]:
-    """The recorded failures by job: ``cluster``'s own, and those of no cluster (a job that
-    failed before it could ask the server); never another cluster's. Of two for one job,
-    the newer. ``cluster`` None: those of no cluster only."""
-    found: dict[str, dict[str, Any]] = {}
-    for owner in dict.fromkeys([None, cluster]):
-        for job, record in own_failures(Path(backup_dir), owner).items():
-            if job not in found or (record.get("time") or "") >= (found[job].get("time") or ""):
-                found[job] = record
-    return found
-
-
-def own_failures(backup_dir: Path, cluster: str | None) -> dict[str, dict[str, Any]]:
-    """The failures recorded as ``cluster``'s (None: as no cluster's) alone. A file (another
-    process's record, or its success that removed it) is newer than a record this process
-    could not write."""
-    found = {job: record for (root, owner, job), record in _FAILURES_IN_MEMORY.items()
-             if root == str(backup_dir) and owner == cluster}
-    for job in ("base", "verify", "receiver"):
-        path = _failure_file(backup_dir, job, cluster)
-        try:
-            found[job] = {**to_json(read(FailureRecord, path)), "cluster": cluster}
-        except OSError:
-            pass
-        except InvalidDocument as err:  # still a failure of that job, of which little is known
-            warn_invalid(Invalid(path.name, str(err)))
-            found[job] = {"job": job, "time": None, "error": f"its record {path.name} is invalid ({err})",
-                          "cluster": cluster}
-    return found

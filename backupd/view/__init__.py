@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from backupd import failures as failure_records
 from backupd import origin
 from backupd.errors import RepositoryUnreadable
 from backupd.health import Facts, Health, judge
@@ -129,7 +130,7 @@ def build(settings: Settings | None, repo: Repository, live: Live, attempt: Atte
     (a /metrics without ``backupd_healthy``)."""
     now = utc_now()
     inventory = attempt("repository", lambda: read_inventory(repo))
-    failures = attempt("health", repo.failures)
+    failures = attempt("health", lambda: failure_records.of_repository(repo.root))
     runs = attempt("replication", lambda: read_runs(repo))
     described: dict[str, Any] | None = None
     if settings is not None and settings.pitr_enabled and pitr is not None:

@@ -187,6 +187,7 @@ def test_a_backup_on_a_read_only_repository_fails_in_one_clear_line(env, read_on
 def test_a_failure_kept_in_memory_clears_on_the_next_success(tmp_path):
     """The daemon's memory of a failure it could not write goes like the file would: on the
     database's next success (pure logic, on a real full tmpfs)."""
+    from backupd import failures
     from backupd.actions.backup import Outcome, _guarded
     from backupd.errors import StorageError
     from backupd.repository import Repository
@@ -202,11 +203,11 @@ def test_a_failure_kept_in_memory_clears_on_the_next_success(tmp_path):
             raise StorageError("cannot write the backup of 'shop': No space left on device")
 
         assert not _guarded(repo, "shop", "database", no_space).ok
-        assert [f["error"] for f in repo.failures() if f["database"] == "shop"] == [
+        assert [f["error"] for f in failures.of_repository(repo.root) if f["database"] == "shop"] == [
             "cannot write the backup of 'shop': No space left on device"]
         (mount / "filler").unlink()
         assert _guarded(repo, "shop", "database", lambda: Outcome("shop", ok=True, backup_id="shop-x")).ok
-        assert repo.failures() == []
+        assert failures.of_repository(repo.root) == []
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 

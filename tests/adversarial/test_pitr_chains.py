@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from backupd.documents import InvalidDocument
+from backupd.documents import InvalidDocument, parse
 from backupd.pitr import chains, wal
-from backupd.pitr.retention import bases_to_keep
+from backupd.pitr.pruning import decide_bases
+from backupd.pitr.records import BaseManifest
 from backupd.pitr.store import Base
 from backupd.repository import iso
+from backupd.retention import Policy
 
 SIZE = 16 * 1024 * 1024
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -29,12 +31,18 @@ def ident(day: int) -> str:
 def base(day: int, parent: int | None = None, folder: Path = Path("/nonexistent"), content: bytes = b"x") -> Base:
     stop = NOW - timedelta(days=day)
     segno = 1000 - day
-    return Base({"id": ident(day), "file": f"{ident(day)}.tar.zst", "system_identifier": "7400000000000000001",
+    return Base(parse(BaseManifest, {
+                 "id": ident(day), "file": f"{ident(day)}.tar.zst", "system_identifier": "7400000000000000001",
                  "server_major": 17, "wal_segment_size": SIZE, "timeline": 1,
                  "start_lsn": wal.format_lsn(segno * SIZE), "stop_lsn": wal.format_lsn(segno * SIZE + 400),
                  "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "size": len(content),
                  "sha256": hashlib.sha256(content).hexdigest(),
-                 "parent": ident(parent) if parent is not None else None}, folder)
+                 "parent": ident(parent) if parent is not None else None}), folder)
+
+
+def bases_to_keep(bases: list[Base], now: datetime, days: int, min_keep: int, proven: datetime) -> set[str]:
+    policy = Policy.recovery_window(days, min_keep, proven)
+    return {base.id for base, decision in decide_bases(bases, now, policy) if decision.keep}
 
 
 def test_retention_keeps_the_whole_chain_of_a_kept_incremental():

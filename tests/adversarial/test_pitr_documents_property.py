@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from backupd.metrics import Guard, PitrCollector
 from backupd.pitr import status
+from backupd.pitr.pruning import prune
 from backupd.pitr.replicate import _load_state
-from backupd.pitr.retention import prune
 from backupd.pitr.store import Store
 from backupd.repository import Repository
 from backupd.settings import load_settings

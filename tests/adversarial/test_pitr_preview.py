@@ -11,7 +11,6 @@ import re
 import shutil
 import tempfile
 import time
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -149,9 +148,23 @@ def test_the_estimate_is_within_a_factor_of_two_of_a_real_restore(repo, copy, ho
     assert measured / 2 <= estimate <= measured * 2, (estimate, measured)
 
 
+def scrape_pitr(settings, receiver: dict) -> list:
+    """The PITR part of a scrape, in process, over a one-shot view of the folder."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import Counter as Errors
+
+    from backupd import metrics
+    from backupd.repository import Repository, utc_now
+    from backupd.view import Live, build
+
+    guard = metrics.Guard(Errors("errors", "", ["part"], registry=CollectorRegistry()))
+    reading = build(settings, Repository(settings.backup_dir), Live(utc_now(), receiver=receiver), pitr="streamed",
+                    attempt=lambda part, produce: produce())
+    return list(metrics.PitrCollector(lambda: reading, guard).collect())
+
+
 def test_the_drill_figures_are_exported_and_an_older_drill_record_still_reads(copy):
     """Metrics, in process: the collector of a one-shot view of the folder."""
-    from backupd import metrics
     from backupd.settings import load_settings
 
     backupd, backup_dir = copy
@@ -159,7 +172,7 @@ def test_the_drill_figures_are_exported_and_an_older_drill_record_still_reads(co
     folder = next(p for p in (backup_dir / "_pitr").iterdir() if p.is_dir())
     record, streaming = folder / "verify.json", {"system_identifier": folder.name}
     record.write_text(json.dumps({"time": "2026-12-01T00:00:00Z", "ok": True, "last_success": "2026-12-01T00:00:00Z"}))
-    names = [m.name for m in metrics.PitrCollector(settings, lambda: streaming, metrics.Guard(Counter())).collect()]
+    names = [m.name for m in scrape_pitr(settings, streaming)]
     assert "backupd_pitr_verify_last_success_timestamp_seconds" in names
     assert "backupd_pitr_drill_seconds" not in names and "backupd_pitr_restore_estimate_seconds" not in names
     status = window(backupd)
@@ -167,6 +180,5 @@ def test_the_drill_figures_are_exported_and_an_older_drill_record_still_reads(co
 
     record.write_text(json.dumps({"time": "2026-12-01T00:00:00Z", "ok": True, "last_success": "2026-12-01T00:00:00Z",
                                   "seconds": 4.5, "base_bytes_per_second": 1e6, "wal_bytes_per_second": 1e7}))
-    found = {m.name: m.samples[0].value for m in
-             metrics.PitrCollector(settings, lambda: streaming, metrics.Guard(Counter())).collect()}
+    found = {m.name: m.samples[0].value for m in scrape_pitr(settings, streaming)}
     assert found["backupd_pitr_drill_seconds"] == 4.5 and found["backupd_pitr_restore_estimate_seconds"] > 0

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from backupd import failures
 from backupd.errors import NotFoundError, RefusedError, UsageError
 from backupd.pitr import clusters
-from backupd.pitr.store import failures, record_failure
 from backupd.settings import load_settings
 from backupd.statuspage import _pitr
 from tests.pg import free_port
@@ -58,11 +58,11 @@ def test_the_only_cluster_is_the_default_and_none_is_not_found(offline):
 
 def test_a_failure_is_its_own_clusters_and_one_of_no_cluster_is_everyones(offline):
     folders(offline, OLD, NEW)
-    record_failure(offline.backup_dir, "verify", "the drill failed", WHEN, OLD)
-    record_failure(offline.backup_dir, "base", "the server is down", WHEN)
-    assert set(failures(offline.backup_dir, OLD)) == {"verify", "base"}
-    assert set(failures(offline.backup_dir, NEW)) == {"base"}
-    assert failures(offline.backup_dir, NEW)["base"]["cluster"] is None
+    failures.record(offline.backup_dir, failures.pitr("verify", OLD), "the drill failed", WHEN)
+    failures.record(offline.backup_dir, failures.pitr("base", None), "the server is down", WHEN)
+    assert set(failures.of_cluster(offline.backup_dir, OLD)) == {"verify", "base"}
+    assert set(failures.of_cluster(offline.backup_dir, NEW)) == {"base"}
+    assert failures.of_cluster(offline.backup_dir, NEW)["base"]["cluster"] is None
 
 
 def test_the_status_page_names_the_cluster_and_the_others_beside_it():

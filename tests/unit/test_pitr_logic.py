@@ -7,10 +7,11 @@ from pathlib import Path
 
 from backupd.documents import parse
 from backupd.pitr import wal
+from backupd.pitr.pruning import decide_bases, wal_to_delete
 from backupd.pitr.records import BaseManifest
-from backupd.pitr.retention import bases_to_keep, wal_to_delete
 from backupd.pitr.store import Base
 from backupd.repository import iso
+from backupd.retention import Policy
 
 SIZE = 16 * 1024 * 1024
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -42,6 +43,12 @@ def base(day: int, start_segno: int) -> Base:
         "start_lsn": wal.format_lsn(start_segno * SIZE), "stop_lsn": wal.format_lsn(start_segno * SIZE + 400),
         "start_time": iso(stop - timedelta(minutes=5)), "stop_time": iso(stop), "size": 1, "sha256": "0" * 64})
     return Base(doc, Path("/nonexistent"))
+
+
+def bases_to_keep(bases: list[Base], now: datetime, days: int, min_keep: int,
+                  proven: datetime | None = None) -> set[str]:
+    policy = Policy.recovery_window(days, min_keep, proven)
+    return {b.id for b, decision in decide_bases(bases, now, policy) if decision.keep}
 
 
 def test_retention_keeps_the_window_and_the_base_it_starts_from():

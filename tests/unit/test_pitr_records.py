@@ -12,7 +12,8 @@ import pytest
 from backupd.documents import InvalidDocument, parse
 from backupd.pitr import wal, waldump
 from backupd.pitr.records import BaseManifest, Gap
-from backupd.pitr.store import _ARCHIVED, Store
+from backupd.pitr.store import Store
+from backupd.pitr.walfiles import ARCHIVED as _ARCHIVED
 from backupd.pitr.walrecords import _LONG_HEADER, check_identity
 
 SYSID = "7400000000000000001"

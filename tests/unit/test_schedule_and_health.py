@@ -1,6 +1,7 @@
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from backupd import failures
 from backupd.health import describe_age, evaluate, max_age
 from backupd.repository import Repository
 from backupd.schedule import longest_gap, previous_run
@@ -50,10 +51,10 @@ def test_an_empty_repository_is_healthy_until_the_first_backup_is_due_plus_the_m
 def test_a_recorded_failure_is_unhealthy_until_cleared(tmp_path: Path):
     settings = load_settings({"BACKUP_DIR": str(tmp_path)})
     repo = Repository(tmp_path)
-    repo.record_failure("shop", "pg_dump exited with 1: boom")
+    failures.record(tmp_path, failures.database("shop"), "pg_dump exited with 1: boom")
     health = evaluate(settings, repo, NOW, NOW)
     assert health.reasons and "'shop'" in health.reasons[0] and "boom" in health.reasons[0]
-    repo.clear_failure("shop")
+    failures.clear(tmp_path, failures.database("shop"))
     assert evaluate(settings, repo, NOW, NOW).healthy
 
 
