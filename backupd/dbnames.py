@@ -1,4 +1,4 @@
-"""Names of the databases backupd creates itself (interface §3): side and old databases
+"""Names of the databases backupd creates itself: the side and old databases
 of a restore, scratch databases of a verification. Each fits PostgreSQL's 63 bytes,
 never equals the live name, and is recognised by ``postgres.is_scratch_database``."""
 

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO
 
 from backupd import cancel
@@ -87,7 +87,6 @@ class Child:
     popen: subprocess.Popen[bytes]
     stderr_file: IO[bytes]
     secrets: tuple[str, ...] = ()
-    killed_by_us: bool = field(default=False)
     ok_codes: tuple[int, ...] = (0,)
     tail: str = ""  # the stderr tail, kept when the child is closed
 
@@ -115,7 +114,6 @@ class Child:
         """Kill the child and whatever it started (a user's script, ssh under rsync): each
         child leads a process group of its own."""
         if self.popen.poll() is None:
-            self.killed_by_us = True
             try:
                 os.killpg(self.popen.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -1,6 +1,6 @@
 """Which values are secret, and how to show them without revealing them.
 
-Names follow the interface: *PASSWORD*, *PASS, *SECRET*, *IDENTITY*, *TOKEN*,
+Names follow the settings' own: *PASSWORD*, *PASS, *SECRET*, *IDENTITY*, *TOKEN*,
 NOTIFY_WEBHOOK_URL, NOTIFICATION_URLS, and credentials inside any URL.
 """
 

@@ -1,4 +1,4 @@
-"""Cron arithmetic on the interface's 5-field expressions, read in BACKUP_TIMEZONE."""
+"""Cron arithmetic on the 5-field expressions of the *_SCHEDULE settings, read in BACKUP_TIMEZONE."""
 
 from __future__ import annotations
 

@@ -204,7 +204,7 @@ class _only_one:
             raise RefusedError("a base backup of this cluster is already running") from None
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *_: object) -> None:
         os.close(self.fd)
 
 

@@ -59,9 +59,3 @@ def to_now(store: Store) -> float | None:
         return None
     base = bases[0]
     return seconds(last_drill(store), base.doc.size, wal_bytes(store, base, segments_to_copy(store, base, None)))
-
-
-def drill_seconds(store: Store) -> float | None:
-    """How long the last drill took (a record of an older backupd may not say)."""
-    drill = last_drill(store)
-    return drill.seconds if drill is not None else None
