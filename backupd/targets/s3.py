@@ -170,8 +170,8 @@ class S3Target(Target):
             raise self._fail("listing", err) from None
         return found
 
-    def _extra_args(self, sha256: str) -> dict[str, Any]:
-        extra: dict[str, Any] = {"Metadata": {"sha256": sha256}}
+    def _extra_args(self, sha256: str) -> dict[str, str | dict[str, str]]:
+        extra: dict[str, str | dict[str, str]] = {"Metadata": {"sha256": sha256}}
         if self.settings.aws_s3_storage_class:
             extra["StorageClass"] = self.settings.aws_s3_storage_class
         if self.settings.aws_s3_sse:
@@ -268,8 +268,8 @@ class S3Target(Target):
                 log.warning("could not abort an unfinished upload", key=key, error=str(err))
             raise
 
-    def _upload_parts(self, file: LocalFile, key: str, part: int, upload_id: str) -> tuple[dict[str, Any], ...]:
-        def send(number: int) -> dict[str, Any]:
+    def _upload_parts(self, file: LocalFile, key: str, part: int, upload_id: str) -> tuple[dict[str, int | str], ...]:
+        def send(number: int) -> dict[str, int | str]:
             with open(file.path, "rb") as source:
                 source.seek((number - 1) * part)
                 body = source.read(part)
