@@ -12,8 +12,10 @@ import os
 import re
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TypeAlias
 
 from backupd import encryption
 from backupd.errors import DumpError
@@ -21,6 +23,9 @@ from backupd.pgtools import Tools
 from backupd.process import run
 from backupd.repository import PENDING_SUFFIX
 from backupd.stream import Compression, Pipeline, compression_for_suffix
+
+# A stage of a reading pipeline: (name, argv), or with the descriptors it inherits (age's identity).
+ReadStage: TypeAlias = tuple[str, list[str]] | tuple[str, list[str], tuple[int, ...]]
 
 # A TABLE DATA line of ``pg_restore -l``: "<dumpId>; <tableoid> <oid> TABLE DATA <schema> <name> <owner>".
 # For table data pg_dump stores the table's own oid, which identifies it without
@@ -80,11 +85,11 @@ def is_transformed(path: Path) -> bool:
     return encrypted or compression.decompress_argv() is not None
 
 
-def reader_stages(path: Path, identity: str | None = None) -> list[tuple]:
+def reader_stages(path: Path, identity: str | None = None) -> list[ReadStage]:
     """The stages that turn a stored file back into the dump: decrypt (``.age``), then decompress."""
     name = path.name
     encrypted, compression, _ = stored_transforms(name)
-    stages: list[tuple] = []
+    stages: list[ReadStage] = []
     if encrypted:
         stages.append(encryption.decrypt_stage(identity, name))
     if argv := compression.decompress_argv():
@@ -92,8 +97,8 @@ def reader_stages(path: Path, identity: str | None = None) -> list[tuple]:
     return stages
 
 
-def _reading(path: Path, identity: str | None, consumer: tuple, env=None, secrets=(),
-             stdout=subprocess.PIPE) -> Pipeline:
+def _reading(path: Path, identity: str | None, consumer: tuple[str, list[str]], env: dict[str, str] | None = None,
+             secrets: Sequence[str] = (), stdout: int | IO[bytes] | None = subprocess.PIPE) -> Pipeline:
     """A pipeline that feeds the stored file, decrypted and decompressed, to ``consumer``'s stdin."""
     with open(path, "rb") as source:
         return Pipeline([*reader_stages(path, identity), consumer], env=env, secrets=secrets, stdin=source,
@@ -196,7 +201,8 @@ def restore_consumer(tools: Tools, fmt: str, dbname: str, jobs: int = 1, source:
     return "pg_restore", argv
 
 
-def run_consumer_on_stdin(path: Path, identity: str | None, consumer, env, secrets) -> None:
+def run_consumer_on_stdin(path: Path, identity: str | None, consumer: tuple[str, list[str]], env: dict[str, str],
+                          secrets: Sequence[str]) -> None:
     _reading(path, identity, consumer, env=env, secrets=secrets).finish()
 
 

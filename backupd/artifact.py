@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from backupd import cancel, encryption
 from backupd.errors import Aborted
@@ -83,29 +83,29 @@ class Transform:
     def encrypting(self) -> bool:
         return bool(self.recipients)
 
-    def compressor(self) -> list[tuple]:
+    def compressor(self) -> list[tuple[str, list[str]]]:
         if self.inside:
             return []
         argv = self.compression.compress_argv(self.level, self.settings.backup_compression_threads)
         return [(argv[0], argv)] if argv else []
 
-    def encryptor(self) -> list[tuple]:
+    def encryptor(self) -> list[tuple[str, list[str]]]:
         return [encryption.encrypt_stage(self.recipients)] if self.encrypting else []
 
-    def stages(self) -> list[tuple]:
+    def stages(self) -> list[tuple[str, list[str]]]:
         return [*self.compressor(), *self.encryptor()]
 
     def suffix(self, format_suffix: str) -> str:
         return format_suffix + self.stream_compression.suffix + (encryption.SUFFIX if self.encrypting else "")
 
-    def manifest_fields(self) -> dict:
+    def manifest_fields(self) -> dict[str, Any]:
         """Compression and encryption as the manifest records them: public recipients, never a secret."""
         return {"compression": self.compression.name, "compression_level": self.level,
                 "compressed_by": "pg_dump" if self.inside else "stream",
                 "encryption": {"tool": "age", "recipients": list(self.recipients)} if self.encrypting else None}
 
 
-def commit_manifest(repo: Repository, folder: Path, final: Path, manifest: dict) -> None:
+def commit_manifest(repo: Repository, folder: Path, final: Path, manifest: dict[str, Any]) -> None:
     """Move the pending file to ``final`` and write its manifest right after; without a
     manifest the file is removed, so it never lingers as an orphan."""
     pending = pending_path(final)

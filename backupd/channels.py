@@ -19,10 +19,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from backupd.redact import MASK
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 TIMEOUT = 10.0  # seconds for one connection attempt or one answer
 
@@ -77,7 +80,7 @@ def check_urls(text: str) -> list[str]:
     return problems
 
 
-def check_email(settings) -> str | None:
+def check_email(settings: Settings) -> str | None:
     """Why Apprise could not send the NOTIFICATION_EMAIL mail, or None."""
     from apprise.utils.parse import is_email
 
@@ -90,7 +93,7 @@ def check_email(settings) -> str | None:
     return None
 
 
-def configured(settings) -> list[Channel]:
+def configured(settings: Settings) -> list[Channel]:
     """Every channel the settings name, in the order given."""
     channels = []
     if settings.notification_email:
@@ -105,7 +108,7 @@ def configured(settings) -> list[Channel]:
     return channels
 
 
-def _email_details(settings) -> dict[str, Any]:
+def _email_details(settings: Settings) -> dict[str, Any]:
     # Built from parts, never as a URL string: a password may hold any character.
     user = settings.smtp_user
     sender = settings.smtp_from or (user if user and "@" in user else _default_sender())

@@ -16,9 +16,16 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+    from backupd.settings import Settings
 
 log = get_logger("backupd.docker")
 
@@ -30,11 +37,11 @@ class DockerError(BackupdError):
     """The Docker engine is needed for the stop label and cannot be used."""
 
 
-def in_use(settings) -> bool:
+def in_use(settings: Settings) -> bool:
     return bool(settings.docker_host) or DEFAULT_SOCKET.exists()
 
 
-def _client(settings):
+def _client(settings: Settings) -> DockerClient:
     import docker
 
     try:
@@ -60,20 +67,21 @@ def own_container_id() -> str | None:
     return match.group(1) if match else None
 
 
-def _own_project(client) -> str | None:
+def _own_project(client: DockerClient) -> str | None:
     if name := os.environ.get("COMPOSE_PROJECT_NAME"):
         return name
     for candidate in (own_container_id(), socket.gethostname()):
         if not candidate:
             continue
         try:
-            return client.containers.get(candidate).labels.get(PROJECT_LABEL)
+            project: str | None = client.containers.get(candidate).labels.get(PROJECT_LABEL)
+            return project
         except Exception:
             continue
     return None
 
 
-def labelled_running(settings, client) -> list:
+def labelled_running(settings: Settings, client: DockerClient) -> list[Container]:
     labels = [f"{settings.docker_stop_label}=true"]
     if settings.docker_stop_scope == "project":
         project = _own_project(client)
@@ -88,13 +96,13 @@ def labelled_running(settings, client) -> list:
 
 
 @contextmanager
-def containers_stopped(settings, why: str) -> Iterator[list[str]]:
+def containers_stopped(settings: Settings, why: str) -> Iterator[list[str]]:
     """Stop the labelled containers for the ``with`` block; start them again in any case."""
     if not in_use(settings):
         yield []
         return
     client = _client(settings)
-    stopped = []
+    stopped: list[Container] = []
     try:
         for container in labelled_running(settings, client):
             log.info("stopping container", container=container.name, reason=why)

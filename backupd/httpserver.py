@@ -96,7 +96,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
         path = self.path.split("?", 1)[0]
         if path == "/" and self.endpoints.page is not None:
-            return self._page()
+            return self._page(self.endpoints.page)
         route = self.endpoints.routes.get(path)
         if route is None:
             return self._send(*json_response(404, {"error": f"no such endpoint: {path}"}))
@@ -126,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._redirect_signed_in()
         self._send(401, HTML, statuspage.login_form(failed=True).encode(), PAGE_HEADERS)
 
-    def _page(self) -> None:
+    def _page(self, page: Callable[[], str]) -> None:
         query = parse_qs(urlsplit(self.path).query)
         if "token" in query:  # a link with the token: set the cookie, drop the token from the address
             if not self.endpoints.token:
@@ -137,7 +137,7 @@ class Handler(BaseHTTPRequestHandler):
         if not self.endpoints.allowed(self.headers.get("Authorization"), self.headers.get("Cookie")):
             return self._send(401, HTML, statuspage.login_form().encode(), PAGE_HEADERS)
         try:
-            body = self.endpoints.page().encode("utf-8")  # type: ignore[misc]
+            body = page().encode("utf-8")
         except Exception as err:  # the page failing must not take the daemon down
             log.error("endpoint failed", path="/", error=str(err))
             return self._send(500, "text/plain; charset=utf-8", b"internal error; see the logs\n", PAGE_HEADERS)

@@ -108,7 +108,7 @@ def drop_for(admin: psycopg.Connection, live: str) -> list[str]:
     return dropped
 
 
-def look(settings) -> list[Leftover]:
+def look(settings: Settings) -> list[Leftover]:
     """The leftovers on the configured server, for ``list``; none when it cannot be reached
     (list is about the repository, and says nothing false about the server)."""
     try:

@@ -51,5 +51,5 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     )
 
 
-def get_logger(name: str = "backupd"):
-    return structlog.get_logger(name)
+def get_logger(name: str = "backupd") -> structlog.stdlib.BoundLogger:
+    return structlog.stdlib.get_logger(name)

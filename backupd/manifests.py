@@ -92,7 +92,7 @@ class Manifest(Document):
     id: BackupId
     file: FileName
     size_bytes: Count
-    sha256: Sha256
+    sha256: Sha256 | None  # each stored kind requires it; only an UnlistedFile has none
     format: Literal["custom", "directory", "tar", "plain"]
     compression: Literal["zstd", "gzip", "bzip2", "xz", "none"] = "none"
     compression_level: int = 0
@@ -133,6 +133,7 @@ class TableRecord(Document):
 
 
 class DumpManifest(Manifest):
+    sha256: Sha256
     kind: Literal["database"] = "database"
     database: str
     database_info: DatabaseInfoRecord | None = None
@@ -157,6 +158,7 @@ def _id_names(backup_id: str, name: str) -> None:
 
 
 class RolesManifest(Manifest):
+    sha256: Sha256
     kind: Literal["globals"]
     id: GlobalsId
     database: None = None
@@ -167,6 +169,7 @@ class RolesManifest(Manifest):
 
 
 class VolumeManifest(Manifest):
+    sha256: Sha256
     kind: Literal["volume"]
     volume: str = Field(min_length=1)
     database: None = None
@@ -187,7 +190,7 @@ class UnlistedFile(Manifest):
 
     kind: Literal["database"] = "database"
     database: None = None
-    sha256: None = None  # type: ignore[assignment]
+    sha256: None = None
 
 
 StoredManifest = DumpManifest | RolesManifest | VolumeManifest

@@ -41,7 +41,7 @@ LOCAL = "local"
 PARTS = ("repository", "backups", "verification", "replication", "volumes", "disk", "settings", "pitr", "health")
 
 log = get_logger("backupd.metrics")
-disable_created_metrics()  # type: ignore[no-untyped-call, unused-ignore]  # *_created series only confuse dashboards here
+disable_created_metrics()  # *_created series only confuse dashboards here
 
 Sample = tuple[str, list[str], float]  # (family, label values, value)
 T = TypeVar("T")

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from backupd.channels import configured
 from backupd.delivery import Outcome, deliver_all
@@ -26,6 +27,9 @@ from backupd.manifests import Notified, read_as
 from backupd.redact import redact_text
 from backupd.repository import Repository, iso, parse_iso, utc_now
 from backupd.stream import write_json_atomically
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.notify")
 
@@ -44,7 +48,7 @@ class Event:
 @dataclass
 class Report:
     events: list[Event] = field(default_factory=list)
-    status: dict = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
     instance: str = field(default_factory=socket.gethostname)
     backup_dir: str = "/backups"
 
@@ -95,11 +99,11 @@ def more_command(key: str, backup_dir: str) -> str:
     return "backupd list"
 
 
-def channels_configured(settings) -> bool:
+def channels_configured(settings: Settings) -> bool:
     return bool(configured(settings)) and settings.notify_on != "never"
 
 
-def report_changes(settings, health: Health, job: str | None = None, result: str | None = None,
+def report_changes(settings: Settings, health: Health, job: str | None = None, result: str | None = None,
                    error: str | None = None, count_failure: Callable[[str], None] | None = None) -> Report | None:
     """Compare the health found now with what was reported before; send what changed."""
     if not channels_configured(settings):
@@ -133,7 +137,7 @@ def report_changes(settings, health: Health, job: str | None = None, result: str
     return report
 
 
-def instance_name(settings) -> str:
+def instance_name(settings: Settings) -> str:
     """This sidecar's instance name as far as it is known without asking the server (a
     notification must not wait for it), else the host name."""
     from backupd import origin
@@ -162,7 +166,7 @@ def _read_state(repo: Repository) -> dict[str, dict[str, str | None]]:
             else {"message": value, "since": iso(state.time)} for key, value in state.active.items()}
 
 
-def _secrets(settings) -> list[str]:
+def _secrets(settings: Settings) -> list[str]:
     values = [settings.password, settings.identity, settings.auth_token]
     for secret in (settings.smtp_pass, settings.notify_webhook_url, settings.aws_secret_access_key,
                    settings.notification_urls):
@@ -170,7 +174,7 @@ def _secrets(settings) -> list[str]:
     return [v for v in values if v]
 
 
-def send(settings, report: Report, count_failure: Callable[[str], None] | None = None) -> list[Outcome]:
+def send(settings: Settings, report: Report, count_failure: Callable[[str], None] | None = None) -> list[Outcome]:
     """Every configured channel at once, each with bounded retries; failures are logged and
     counted, never raised."""
     secrets = _secrets(settings)
@@ -182,7 +186,7 @@ def send(settings, report: Report, count_failure: Callable[[str], None] | None =
                        count_failure)
 
 
-def _event_json(event: Event, secrets: list[str]) -> dict:
+def _event_json(event: Event, secrets: list[str]) -> dict[str, str | None]:
     message = redact_text(event.message, secrets)
     shown: dict[str, str | None] = {"kind": event.kind, "key": event.key, "message": message}
     if event.since:

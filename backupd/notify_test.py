@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from backupd.channels import configured
 from backupd.errors import ConfigError
 from backupd.notify import Event, Report, instance_name, send
 
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
-def send_test(settings) -> int:
+
+def send_test(settings: Settings) -> int:
     """0 when every channel took the message, 1 when any did not, 2 when none is configured."""
     channels = configured(settings)
     if not channels:

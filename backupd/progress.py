@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 
 def human_bytes(count: float) -> str:
@@ -20,7 +21,7 @@ def human_bytes(count: float) -> str:
 class TerminalProgress:
     """``progress(total_bytes)`` callbacks, redrawn at most 4 times a second."""
 
-    def __init__(self, label: str, stream=None, enabled: bool | None = None):
+    def __init__(self, label: str, stream: TextIO | None = None, enabled: bool | None = None) -> None:
         self.label = label
         self.stream = stream or sys.stderr
         self.enabled = sys.stdout.isatty() and self.stream.isatty() if enabled is None else enabled

@@ -76,7 +76,7 @@ def take_base_backup(settings: Settings, info: cluster.ClusterInfo, tools: Tools
     with _only_one(store):
         backup_id, started = _free_second(store)
         clock = time.monotonic()
-        transform = Transform(settings)  # type: ignore[no-untyped-call, unused-ignore]  # artifact.py is not typed yet
+        transform = Transform(settings)
         final = store.base_dir / f"{backup_id}{transform.suffix('.tar')}"
         argv = [tools.path("pg_basebackup"), "--pgdata=-", "--format=tar", "--wal-method=fetch",
                 "--checkpoint=fast", "--no-password", "--verbose", f"--label=backupd {backup_id}"]

@@ -7,7 +7,7 @@ there is; with several and no server to ask, the command is refused and names th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -16,13 +16,16 @@ from backupd.pitr.store import Store
 from backupd.postgres import Server
 from backupd.repository import PITR
 
+if TYPE_CHECKING:
+    from backupd.settings import Settings
+
 
 def known(backup_dir: Path) -> list[str]:
     """The system identifiers with a folder in BACKUP_DIR, sorted."""
     return [store.system_identifier for store in Store.all(Path(backup_dir))]
 
 
-def connected(settings) -> str | None:
+def connected(settings: Settings) -> str | None:
     """The system identifier of the configured server; None when it cannot be asked now
     (one attempt: a command without a server goes on without waiting for one)."""
     try:
@@ -43,7 +46,7 @@ def named(backup_dir: Path, system_identifier: str) -> Store:
     return Store(Path(backup_dir), system_identifier)
 
 
-def choose(settings, requested: str | None = None, server: str | None = None) -> Store:
+def choose(settings: Settings, requested: str | None = None, server: str | None = None) -> Store:
     """The cluster a command works on: ``requested`` (``--cluster``), else the connected
     server's (``server``, or asked now), else the only one in the folder."""
     backup_dir = Path(settings.backup_dir)
@@ -66,7 +69,7 @@ def choose(settings, requested: str | None = None, server: str | None = None) ->
     return Store(backup_dir, clusters[0])
 
 
-def current(settings, receiver: dict[str, Any] | None) -> Store | None:
+def current(settings: Settings, receiver: dict[str, Any] | None) -> Store | None:
     """The cluster /healthz, the metrics and the status page are about. In the daemon
     (``receiver``: its WAL stream's state), the cluster it streams from, and none before its
     server first answered: never a guess from the folder, which may hold another server's

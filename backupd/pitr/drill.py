@@ -149,10 +149,11 @@ def _recover(postgres: Path, scratch: Path, user: str, timeout: float) -> int:
             "-c", "cluster_name=backupd-drill"]
     log_path = scratch / "server.log"
     with open(log_path, "wb") as server_log:
-        as_user = {"user": uid, "group": gid, "extra_groups": []} if os.geteuid() == 0 else {}
+        root = os.geteuid() == 0  # then the server runs as the data directory's owner
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
         server = subprocess.Popen(dies_with_parent(argv), stdin=subprocess.DEVNULL, stdout=server_log,
-                                  stderr=server_log, env=env, process_group=0, **as_user)  # type: ignore[call-overload]
+                                  stderr=server_log, env=env, process_group=0, user=uid if root else None,
+                                  group=gid if root else None, extra_groups=[] if root else None)
     try:
         return _wait_for_promotion(server, socket_dir, user, timeout, log_path)
     finally:

@@ -192,7 +192,7 @@ def _dump(settings: Settings, private: Server, database: str, folder: Path, targ
         info, access = database_info(admin, database), database_access(admin, database)
     with private.wait_connect(database) as conn:  # nobody writes there: the counts are the dump's
         counts = list(count_rows(conn, settings.backup_row_counts))
-    transform = Transform(settings).for_dump("custom", tools)  # type: ignore[no-untyped-call, unused-ignore]
+    transform = Transform(settings).for_dump("custom", tools)
     file = folder / f"dump{FORMAT_SUFFIXES['custom']}{transform.stream_compression.suffix}"
     argv = pg_dump_argv(tools, "custom", None, settings.backup_lock_wait_timeout, settings.extra_dump_args,
                         compress=transform.pg_dump_compress())

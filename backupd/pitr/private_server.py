@@ -80,11 +80,12 @@ def serving(settings: Settings, scratch: Path, major: int) -> Iterator[Server]:
             os.chown(path, uid, gid)
     log_path = scratch / "server.log"
     with open(log_path, "wb") as server_log:
-        as_user = {"user": uid, "group": gid, "extra_groups": []} if os.geteuid() == 0 else {}
+        root = os.geteuid() == 0  # then the server runs as the data directory's owner
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
         server = subprocess.Popen(dies_with_parent(_argv(postgres, data, socket_dir, hba)), stdin=subprocess.DEVNULL,
                                   stdout=server_log, stderr=server_log, env=env, process_group=0,
-                                  **as_user)  # type: ignore[call-overload]
+                                  user=uid if root else None, group=gid if root else None,
+                                  extra_groups=[] if root else None)
     killer = _Killer(server)
     cancel.register(killer)
     try:

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -35,6 +35,9 @@ from backupd.postgres import Server
 from backupd.process import Child, spawn
 from backupd.repository import iso, utc_now
 
+if TYPE_CHECKING:
+    from backupd.settings import Settings
+
 log = get_logger("pitr")
 
 WINDOW_CHECK_SECONDS = 60.0  # how often the stream checks that a base backup recovers to it
@@ -45,7 +48,7 @@ BACKFILL_PER_TURN = 2  # archived files without a record, read each second: the 
 
 
 class Receiver:
-    def __init__(self, settings, on_gap: Callable[[str], None] = lambda reason: None):
+    def __init__(self, settings: Settings, on_gap: Callable[[str], None] = lambda reason: None) -> None:
         self.settings = settings
         self.server = Server.from_settings(settings)
         self.transform = Transform(settings)

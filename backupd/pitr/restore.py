@@ -81,7 +81,7 @@ def build_data_directory(settings: Settings, target: datetime | None, to: Path, 
     return built
 
 
-def _choose_recovery_target(settings, folder: Path, target: datetime, built: Built) -> None:
+def _choose_recovery_target(settings: Settings, folder: Path, target: datetime, built: Built) -> None:
     log.info("finding the newest commit in the WAL", target=iso(target))
     newest_commit = _newest_commit(settings.pg_bindir, built.major, folder / WAL_FOLDER, built)
     if newest_commit is None or target < newest_commit:
@@ -91,7 +91,7 @@ def _choose_recovery_target(settings, folder: Path, target: datetime, built: Bui
                            f"{iso(newest_commit)}): recovering all of it gives that moment")
 
 
-def _note_prepared(settings, folder: Path, built: Built) -> None:
+def _note_prepared(settings: Settings, folder: Path, built: Built) -> None:
     """A note when the recovery leaves a two-phase transaction prepared (it holds its locks)."""
     tool = waldump.tool(settings.pg_bindir, built.major)
     if tool is None:
@@ -101,7 +101,8 @@ def _note_prepared(settings, folder: Path, built: Built) -> None:
         built.notes.append(prepared.note(pending))
 
 
-def restore(settings, target: datetime | None, to: Path | str, yes: bool, cluster: str | None = None) -> Built:
+def restore(settings: Settings, target: datetime | None, to: Path | str, yes: bool,
+            cluster: str | None = None) -> Built:
     """The cluster ``cluster`` (``--cluster``; else the connected server's, else the only
     one), from the local archive; when it cannot reach ``target`` (or is gone), from the
     first replication target that has the files. ``to`` is checked before anything else."""

@@ -157,9 +157,10 @@ class Staging:
         except OSError:
             for name in reversed(moved_new):
                 os.rename(self.to / name, self.folder / name)
-            for name in moved_old:
-                os.rename(aside / name, self.to / name)  # type: ignore[operator]
-            if aside and aside.exists():
-                aside.rmdir()
+            if aside is not None:  # ``moved_old`` is only ever filled once ``aside`` was made
+                for name in moved_old:
+                    os.rename(aside / name, self.to / name)
+                if aside.exists():
+                    aside.rmdir()
             raise
         return aside

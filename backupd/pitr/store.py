@@ -331,7 +331,8 @@ class Store(WalFiles):
         records, live = self.records(), self.live()
         found: dict[int, WalProof] = {}
         for segno, (_, file, stored) in segments.items():
-            own = file.name if not stored else ARCHIVED.fullmatch(file.name).group("name")  # type: ignore[union-attr]
+            archived = ARCHIVED.fullmatch(file.name) if stored else None
+            own = archived.group("name") if archived else file.name
             proof = records.get(own) if stored else (live if live is not None and live.name == own else None)
             if proof is not None:
                 found[segno] = proof

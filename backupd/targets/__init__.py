@@ -4,11 +4,15 @@ all turned into the same list."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from backupd.errors import UsageError
 from backupd.redact import strip_url_credentials
 from backupd.targets.base import Target, TargetError
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 __all__ = ["Target", "TargetError", "configured_targets", "make_target", "target_urls", "check_target_url"]
 
@@ -34,7 +38,7 @@ def check_target_url(url: str) -> str:
     return url
 
 
-def target_urls(settings) -> list[str]:
+def target_urls(settings: Settings) -> list[str]:
     """Every configured target URL, old and new forms alike, without duplicates."""
     urls = list(settings.replication_targets)
     kind, target = settings.replication_type, settings.replication_target
@@ -60,7 +64,7 @@ def _scp_to_ssh_url(target: str) -> str:
     return f"ssh://{login}/{path.lstrip('/')}"
 
 
-def make_target(url: str, settings) -> Target:
+def make_target(url: str, settings: Settings) -> Target:
     check_target_url(url)
     parts = urlsplit(url)
     shown = strip_url_credentials(url)
@@ -77,7 +81,7 @@ def make_target(url: str, settings) -> Target:
     return SshTarget(shown, parts.username, parts.hostname or "", parts.port, unquote(parts.path), settings)
 
 
-def configured_targets(settings) -> list[Target]:
+def configured_targets(settings: Settings) -> list[Target]:
     targets = [make_target(url, settings) for url in target_urls(settings)]
     if settings.replication_enabled and settings.replication_type == "custom":
         from backupd.targets.command import CommandTarget

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from backupd import cancel
 from backupd.errors import Aborted, BackupdError
@@ -16,6 +16,10 @@ from backupd.logging import get_logger
 log = get_logger("backupd.targets")
 
 T = TypeVar("T")
+
+# What ``put`` returns to recognise a copy later ({"mtime": ...} or {"etag": ...}), kept as
+# JSON in the backup's state and given back to ``is_intact``.
+CopyRecord: TypeAlias = dict[str, Any]
 
 
 class TargetError(BackupdError):
@@ -102,7 +106,7 @@ class Target:
     def list(self) -> dict[str, RemoteFile]:
         raise NotImplementedError
 
-    def put(self, file: LocalFile, replace: bool = False) -> dict:
+    def put(self, file: LocalFile, replace: bool = False) -> CopyRecord:
         """Send and confirm the copy by checksum; TargetError when it does not match.
         Returns what to remember to recognise the copy later (e.g. its ETag).
 
@@ -112,7 +116,7 @@ class Target:
         there is the copy."""
         raise NotImplementedError
 
-    def is_intact(self, file: LocalFile, remote: RemoteFile, record: dict) -> bool:
+    def is_intact(self, file: LocalFile, remote: RemoteFile, record: CopyRecord) -> bool:
         """Is a copy confirmed earlier unchanged? ``record`` is what ``put`` returned then.
         A copy modified after it was confirmed counts as damaged and is sent again."""
         if remote.size != file.size:

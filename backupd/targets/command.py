@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from backupd.process import run
-from backupd.targets.base import LocalFile, RemoteFile, Target, TargetError, check_local_file
+from backupd.targets.base import CopyRecord, LocalFile, RemoteFile, Target, TargetError, check_local_file
 
 
 class CommandTarget(Target):
@@ -22,7 +22,7 @@ class CommandTarget(Target):
     def list(self) -> dict[str, RemoteFile]:
         return {}
 
-    def put(self, file: LocalFile, replace: bool = False) -> dict:  # the command decides
+    def put(self, file: LocalFile, replace: bool = False) -> CopyRecord:  # the command decides
         check_local_file(file)
         code, _, err = run(self.argv[0], [*self.argv, str(file.path), f"{self.destination}/{file.relative}"],
                            timeout=3600, user_command=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from backupd.stream import AtomicFile, fsync_dir, pump
 from backupd.targets.base import (
+    CopyRecord,
     LocalFile,
     LocalFileDamaged,
     NotReplaced,
@@ -41,7 +42,7 @@ class FileTarget(Target):
                 found[relative] = RemoteFile(relative, stat.st_size, stat.st_mtime)
         return found
 
-    def put(self, file: LocalFile, replace: bool = False) -> dict:
+    def put(self, file: LocalFile, replace: bool = False) -> CopyRecord:
         """The copy is written beside the destination and renamed into place only when its
         sha256 matches the manifest, so a damaged local file never replaces a good copy;
         without ``replace`` it is linked into place, which never replaces another's file."""
@@ -72,7 +73,7 @@ class FileTarget(Target):
             raise TargetError(f"the copy of {file.relative} at {self.url} does not match its checksum")
         return {"mtime": destination.stat().st_mtime}
 
-    def _already_there(self, file: LocalFile, destination: Path) -> dict:
+    def _already_there(self, file: LocalFile, destination: Path) -> CopyRecord:
         """The file of that name on the target: the copy when identical, else not ours."""
         if self._sha256(destination) != file.sha256:
             raise NotReplaced(file.relative, self.url)

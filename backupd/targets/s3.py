@@ -22,11 +22,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backupd.logging import get_logger
 from backupd.stream import BLOCK
 from backupd.targets.base import (
+    CopyRecord,
     LocalFile,
     LocalFileDamaged,
     NotReplaced,
@@ -36,6 +37,9 @@ from backupd.targets.base import (
     check_size,
     unreadable_local_file,
 )
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 log = get_logger("backupd.s3")
 
@@ -82,9 +86,10 @@ def part_size(size: int) -> int:
 class _Hasher(threading.Thread):
     """Feeds chunks to one hash on its own thread (hashlib releases the GIL on big buffers)."""
 
-    def __init__(self, update):
+    def __init__(self, update: Callable[[bytes], None]) -> None:
         super().__init__(daemon=True)
-        self.update, self.chunks = update, queue.Queue(maxsize=8)
+        self.update = update
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
 
     def run(self) -> None:
         while (chunk := self.chunks.get()) is not None:
@@ -125,7 +130,7 @@ def sha256_and_etag(path: Path, part: int) -> tuple[str, str]:
 
 
 class S3Target(Target):
-    def __init__(self, url: str, bucket: str, prefix: str, settings):
+    def __init__(self, url: str, bucket: str, prefix: str, settings: Settings):
         import boto3
         from botocore.config import Config
 
@@ -165,8 +170,8 @@ class S3Target(Target):
             raise self._fail("listing", err) from None
         return found
 
-    def _extra_args(self, sha256: str) -> dict:
-        extra = {"Metadata": {"sha256": sha256}}
+    def _extra_args(self, sha256: str) -> dict[str, str | dict[str, str]]:
+        extra: dict[str, str | dict[str, str]] = {"Metadata": {"sha256": sha256}}
         if self.settings.aws_s3_storage_class:
             extra["StorageClass"] = self.settings.aws_s3_storage_class
         if self.settings.aws_s3_sse:
@@ -175,7 +180,7 @@ class S3Target(Target):
                 extra["SSEKMSKeyId"] = self.settings.aws_s3_sse_kms_key_id
         return extra
 
-    def put(self, file: LocalFile, replace: bool = False) -> dict:
+    def put(self, file: LocalFile, replace: bool = False) -> CopyRecord:
         """The local file is hashed before it is uploaded: an upload replaces the object, so a
         file that no longer matches its manifest must never start one (a good copy there would
         be lost). The ETag computed in the same pass then confirms the upload. Without
@@ -207,11 +212,12 @@ class S3Target(Target):
             raise TargetError(f"the copy of {file.relative} at {self.url} does not match its checksum")
         return {"etag": etag}
 
-    def _head(self, key: str) -> dict | None:
+    def _head(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=key)
+            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
+            return head
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -219,7 +225,7 @@ class S3Target(Target):
         except Exception as err:
             raise self._fail(f"checking {key}", err) from None
 
-    def _already_there(self, file: LocalFile, head: dict, expected_etag: str) -> dict:
+    def _already_there(self, file: LocalFile, head: dict[str, Any], expected_etag: str) -> CopyRecord:
         """The object of that name: the copy when it is the same file (its sha256 recorded
         by backupd, or its ETag), else someone else's, never replaced."""
         etag = str(head.get("ETag", "")).strip('"')
@@ -243,7 +249,7 @@ class S3Target(Target):
                         target=self.url)
             self._upload_with(file, key, part, {})
 
-    def _upload_with(self, file: LocalFile, key: str, part: int, condition: dict) -> None:
+    def _upload_with(self, file: LocalFile, key: str, part: int, condition: dict[str, str]) -> None:
         extra = self._extra_args(file.sha256)
         if file.size < part:
             with open(file.path, "rb") as body:
@@ -262,8 +268,8 @@ class S3Target(Target):
                 log.warning("could not abort an unfinished upload", key=key, error=str(err))
             raise
 
-    def _upload_parts(self, file: LocalFile, key: str, part: int, upload_id: str) -> tuple[dict, ...]:
-        def send(number: int) -> dict:
+    def _upload_parts(self, file: LocalFile, key: str, part: int, upload_id: str) -> tuple[dict[str, int | str], ...]:
+        def send(number: int) -> dict[str, int | str]:
             with open(file.path, "rb") as source:
                 source.seek((number - 1) * part)
                 body = source.read(part)
@@ -281,7 +287,7 @@ class S3Target(Target):
             self.get(relative, copy)
             return sha256_and_etag(copy, MIN_PART)[0]
 
-    def is_intact(self, file: LocalFile, remote: RemoteFile, record: dict) -> bool:
+    def is_intact(self, file: LocalFile, remote: RemoteFile, record: CopyRecord) -> bool:
         return remote.size == file.size and remote.etag is not None and remote.etag == record.get("etag")
 
     def get(self, relative: str, destination: Path) -> None:

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupd.process import run
-from backupd.targets.base import LocalFile, NotReplaced, RemoteFile, Target, TargetError, check_local_file
+from backupd.targets.base import CopyRecord, LocalFile, NotReplaced, RemoteFile, Target, TargetError, check_local_file
+
+if TYPE_CHECKING:
+    from backupd.settings import Settings
 
 TIMEOUT = 3600.0
 
 
 class SshTarget(Target):
-    def __init__(self, url: str, user: str | None, host: str, port: int | None, path: str, settings):
+    def __init__(self, url: str, user: str | None, host: str, port: int | None, path: str, settings: Settings):
         self.url, self.host, self.path = url, host, path.rstrip("/") or "/"
         self.login = f"{user}@{host}" if user else host
         options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15",
@@ -69,7 +73,7 @@ class SshTarget(Target):
         out = self._run_remote("checking a copy", f"if [ -e {quoted} ]; then sha256sum {quoted}; fi").split()
         return out[0] if out else None
 
-    def put(self, file: LocalFile, replace: bool = False) -> dict:
+    def put(self, file: LocalFile, replace: bool = False) -> CopyRecord:
         check_local_file(file)  # rsync would replace a good copy there with a damaged one
         if not replace and (existing := self._existing_sha256(file.relative)) is not None:
             if existing != file.sha256:
