@@ -7,9 +7,7 @@ base backup fails the drill (a restore would fall back to an older one; the dril
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,9 +19,9 @@ import psycopg
 from backupd import failures
 from backupd.errors import BackupdError, RefusedError, RestoreError
 from backupd.logging import get_logger
-from backupd.pgtools import installed
 from backupd.pitr import cluster, wal
 from backupd.pitr.restore import build_data_directory
+from backupd.pitr.scratch_server import postgres_binary, server_user, stop, wait_for_promotion
 from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
 from backupd.process import dies_with_parent
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
 log = get_logger("pitr")
 
 DRILL_PREFIX = ".backupd-pitr-drill-"
-STOP_SECONDS = 60.0
 
 
 def run_drill(settings: Settings, store: Store) -> dict[str, Any]:
@@ -80,7 +77,7 @@ def _drill(settings: Settings, store: Store) -> dict[str, Any]:
     scratch.mkdir(mode=0o700)
     try:
         built = build_data_directory(settings, None, scratch / "data", yes=False, store=store, strict=True)
-        postgres = _server_binary(settings.pg_bindir, built.major)
+        postgres = postgres_binary(settings.pg_bindir, built.major)
         replay_clock = time.monotonic()
         replayed = _recover(postgres, scratch, settings.db_user, settings.backup_timeout)
         replay_seconds = time.monotonic() - replay_clock
@@ -124,14 +121,6 @@ def _flushed_position(settings: Settings, system_identifier: str) -> int | None:
     return found.restart_lsn if found else None
 
 
-def _server_binary(pg_bindir: Path, major: int) -> Path:
-    for tools in installed(pg_bindir):
-        if tools.major == major and (tools.bindir / "postgres").exists():
-            return tools.bindir / "postgres"
-    raise RefusedError(f"the PITR drill needs the PostgreSQL {major} server (postgres) under PG_BINDIR={pg_bindir}: "
-                       f"install postgresql-{major}")
-
-
 def _recover(postgres: Path, scratch: Path, user: str, timeout: float) -> int:
     """Start the server on the scratch data directory, wait for its promotion; returns the
     last WAL position it replayed."""
@@ -139,7 +128,7 @@ def _recover(postgres: Path, scratch: Path, user: str, timeout: float) -> int:
     data, hba = scratch / "data", scratch / "hba.conf"
     socket_dir = Path(tempfile.mkdtemp(prefix="backupd-", dir="/tmp"))
     hba.write_text("local all all trust\n")  # the socket's folder is private to the server's user
-    uid, gid = _server_user(data)
+    uid, gid = server_user(data)
     for path in (scratch, socket_dir, hba):
         if os.geteuid() == 0:
             os.chown(path, uid, gid)
@@ -155,60 +144,7 @@ def _recover(postgres: Path, scratch: Path, user: str, timeout: float) -> int:
                                   stderr=server_log, env=env, process_group=0, user=uid if root else None,
                                   group=gid if root else None, extra_groups=[] if root else None)
     try:
-        return _wait_for_promotion(server, socket_dir, user, timeout, log_path)
+        return wait_for_promotion(server, socket_dir, user, timeout, log_path)
     finally:
-        _stop(server)
+        stop(server)
         shutil.rmtree(socket_dir, ignore_errors=True)
-
-
-def _wait_for_promotion(server: subprocess.Popen[bytes], socket_dir: Path, user: str, timeout: float,
-                        log_path: Path) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RestoreError(f"the recovering server stopped (exit {server.returncode}): {_tail(log_path)}")
-        try:
-            with psycopg.connect(host=str(socket_dir), port=5432, user=user, dbname="postgres",
-                                 connect_timeout=5, autocommit=True) as conn:
-                row = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
-                if row and not row[0]:
-                    return wal.parse_lsn(row[1]) if row[1] else 0
-        except psycopg.OperationalError:
-            pass  # not accepting connections until recovery ends (hot_standby=off)
-        time.sleep(0.5)
-    raise RestoreError(f"the recovering server did not finish within {timeout:g}s: {_tail(log_path)}")
-
-
-def _server_user(data: Path) -> tuple[int, int]:
-    """The server runs as the data's owner; never as root (postgres refuses), so data that
-    root owns is handed to the ``postgres`` user, or ``nobody``."""
-    owner = (data / "PG_VERSION").stat()
-    if owner.st_uid != 0 or os.geteuid() != 0:
-        return owner.st_uid, owner.st_gid
-    try:
-        account = pwd.getpwnam("postgres")
-    except KeyError:
-        account = pwd.getpwnam("nobody")
-    for folder, _, files in os.walk(data):
-        os.chown(folder, account.pw_uid, account.pw_gid)
-        for name in files:
-            os.chown(os.path.join(folder, name), account.pw_uid, account.pw_gid)
-    return account.pw_uid, account.pw_gid
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    if server.poll() is not None:
-        return
-    os.kill(server.pid, signal.SIGINT)  # fast shutdown
-    try:
-        server.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
-def _tail(path: Path, size: int = 2000) -> str:
-    try:
-        return " ".join(path.read_bytes()[-size:].decode("utf-8", "replace").split())
-    except OSError:
-        return "(no server log)"

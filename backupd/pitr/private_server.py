@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from backupd import cancel
 from backupd.errors import RefusedError, UsageError
 from backupd.logging import get_logger
-from backupd.pitr.drill import _server_binary, _server_user, _stop, _wait_for_promotion
+from backupd.pitr.scratch_server import postgres_binary, server_user, stop, wait_for_promotion
 from backupd.postgres import Server
 from backupd.process import dies_with_parent
 
@@ -57,7 +57,7 @@ def _argv(postgres: Path, data: Path, socket_dir: Path, hba: Path) -> list[str]:
 def server_binary(settings: Settings, major: int) -> Path:
     """That major's ``postgres``, or a refusal that says what to install."""
     try:
-        return _server_binary(settings.pg_bindir, major)
+        return postgres_binary(settings.pg_bindir, major)
     except RefusedError:
         raise RefusedError(f"restoring one database needs the PostgreSQL {major} server (postgres) under "
                            f"PG_BINDIR={settings.pg_bindir}: install postgresql-{major}; nothing was touched") from None
@@ -74,7 +74,7 @@ def serving(settings: Settings, scratch: Path, major: int) -> Iterator[Server]:
                          "shorter folder")
     socket_dir.mkdir(mode=0o700)
     hba.write_text("local all all trust\n")  # the socket's folder is private to the server's user
-    uid, gid = _server_user(data)
+    uid, gid = server_user(data)
     if os.geteuid() == 0:
         for path in (scratch, socket_dir, hba):
             os.chown(path, uid, gid)
@@ -92,11 +92,11 @@ def serving(settings: Settings, scratch: Path, major: int) -> Iterator[Server]:
         if reason := cancel.requested():  # the signal came while it started
             killer.abort(reason)
         log.info("recovering the cluster in a private server", folder=str(scratch), pid=server.pid)
-        _wait_for_promotion(server, socket_dir, settings.db_user, settings.backup_timeout, log_path)
+        wait_for_promotion(server, socket_dir, settings.db_user, settings.backup_timeout, log_path)
         yield _superuser(settings, socket_dir)
     finally:
         cancel.unregister(killer)
-        _stop(server)
+        stop(server)
         log.info("the private server stopped", pid=server.pid)
 
 
