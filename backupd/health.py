@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from backupd import failures
 from backupd.errors import RepositoryUnreadable
 from backupd.leftovers import Leftover
+from backupd.manifests import Verification, as_dict
 from backupd.repository import Backup, Problem, Repository, iso
 from backupd.schedule import longest_gap, next_runs
 
@@ -252,12 +253,12 @@ def free_ratio(root: Path) -> float | None:
 def newest_verifications(backups: Iterable[Backup]) -> dict[str, dict[str, Any]]:
     """database -> the most recent verification of any of ``backups``, with the backup's id
     (from a listing the caller made already: reading the repository costs a scan)."""
-    newest: dict[str, dict[str, Any]] = {}
+    newest: dict[str, tuple[Verification, str]] = {}
     for backup in backups:
-        verification = backup.state.get("verification")
-        if not verification:
+        verification = backup.state_doc.verification
+        if verification is None:
             continue
         current = newest.get(backup.database)
-        if current is None or verification["time"] > current["time"]:
-            newest[backup.database] = {**verification, "id": backup.id}
-    return newest
+        if current is None or verification.time.replace(microsecond=0) > current[0].time.replace(microsecond=0):
+            newest[backup.database] = (verification, backup.id)
+    return {name: {**as_dict(verification), "id": backup_id} for name, (verification, backup_id) in newest.items()}

@@ -213,9 +213,8 @@ def _families(samples: list[Sample]) -> Iterator[Metric]:
 def _database_samples(name: str, backups: list[Backup]) -> list[Sample]:
     """The newest backup of one database (``backups`` newest first)."""
     newest = backups[0]
-    finished = parse_iso(newest.manifest.get("finished")) or newest.time
-    return [("backupd_backup_last_success_timestamp_seconds", [name], finished.timestamp()),
-            ("backupd_backup_last_duration_seconds", [name], float(newest.manifest.get("duration_seconds", 0))),
+    return [("backupd_backup_last_success_timestamp_seconds", [name], newest.finished.timestamp()),
+            ("backupd_backup_last_duration_seconds", [name], newest.doc.duration_seconds),
             ("backupd_backup_last_size_bytes", [name], float(newest.size))]
 
 
@@ -230,9 +229,9 @@ def _local_totals(backups: list[Backup]) -> list[Sample]:
 def _verified_samples(backups: list[Backup]) -> list[Sample]:
     verified_at: dict[str, float] = {}
     for backup in backups:
-        verification = backup.state.get("verification") or {}
-        if verification.get("result") == "passed":
-            at = _seconds(verification["time"])
+        verification = backup.state_doc.verification
+        if verification is not None and verification.result == "passed":
+            at = verification.time.replace(microsecond=0).timestamp()
             verified_at[backup.database] = max(at, verified_at.get(backup.database, 0.0))
     return [("backupd_verify_last_success_timestamp_seconds", [name], at) for name, at in sorted(verified_at.items())]
 
@@ -243,9 +242,8 @@ def _volume_samples(backups: list[Backup]) -> list[Sample]:
     for backup in backups:
         if backup.kind == "volume" and backup.database not in seen:
             seen.add(backup.database)
-            finished = parse_iso(backup.manifest.get("finished")) or backup.time
             samples.append(("backupd_volume_backup_last_success_timestamp_seconds", [backup.database],
-                            finished.timestamp()))
+                            backup.finished.timestamp()))
     return samples
 
 

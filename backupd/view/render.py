@@ -45,8 +45,8 @@ def status_json(view: View, tools: dict[str, Any]) -> dict[str, Any]:
         found["backups"] += 1
         if found["newest_backup"] is None:
             found["newest_backup"] = {"id": backup.id, "time": iso(backup.time), "size_bytes": backup.size,
-                                      "duration_seconds": backup.manifest.get("duration_seconds"),
-                                      "label": backup.manifest.get("label")}
+                                      "duration_seconds": backup.doc.recorded_duration,
+                                      "label": backup.doc.label}
     for name, verification in newest_verifications(view.backups).items():
         entry(name)["newest_verification"] = verification
     for failure in view.failures or []:
@@ -87,10 +87,10 @@ def _page_databases(view: View) -> dict[str, dict[str, Any]]:
         found = databases.setdefault(backup.database, {"name": backup.database, "history": [], "count": 0})
         found["count"] += 1
         found["history"].append({"time": backup.time, "size": backup.size,
-                                 "duration": backup.manifest.get("duration_seconds")})
+                                 "duration": backup.doc.recorded_duration})
         found.setdefault("newest", {"id": backup.id, "time": backup.time, "size": backup.size,
-                                    "duration": backup.manifest.get("duration_seconds"),
-                                    "replicas": sorted(backup.state.get("replicas", {})),
+                                    "duration": backup.doc.recorded_duration,
+                                    "replicas": sorted(backup.state_doc.replicas),
                                     "damaged": backup.damaged})
     for name, verification in newest_verifications(view.backups).items():
         if name in databases:
