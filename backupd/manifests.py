@@ -327,7 +327,6 @@ def read_as(model: type[M], path: Path) -> M:
     return parse(model, decode(path.read_bytes()))
 
 
-def read_runs(path: Path) -> dict[str, dict[str, Any]]:
+def read_runs(path: Path) -> dict[str, TargetRun]:
     """``.replication.json`` (target URL -> its newest run)."""
-    runs = parse(ReplicationRuns, {"runs": decode(path.read_bytes())}).runs
-    return {url: as_dict(run) for url, run in runs.items()}
+    return parse(ReplicationRuns, {"runs": decode(path.read_bytes())}).runs

@@ -30,6 +30,7 @@ from prometheus_client.metrics_core import Metric
 from backupd import __version__, origin
 from backupd.health import free_ratio, max_age
 from backupd.logging import get_logger
+from backupd.manifests import TargetRun
 from backupd.repository import PITR, Backup, Repository, parse_iso, utc_now
 from backupd.view import Inventory, Live, View, build, read_inventory
 
@@ -247,16 +248,15 @@ def _volume_samples(backups: list[Backup]) -> list[Sample]:
     return samples
 
 
-def _replication_samples(runs: dict[str, dict[str, Any]]) -> list[Sample]:
+def _replication_samples(runs: dict[str, TargetRun]) -> list[Sample]:
     samples: list[Sample] = []
     for url, run in sorted(runs.items()):
-        if run.get("last_success"):
+        if run.last_success:
             samples.append(("backupd_replication_last_success_timestamp_seconds", [url],
-                            _seconds(run["last_success"])))
-        samples += [("backupd_stored_backups", [url, name], float(count))
-                    for name, count in sorted((run.get("stored") or {}).items())]
-        if run.get("confirmed", True):
-            samples.append(("backupd_stored_bytes", [url], float(run.get("stored_bytes", 0))))
+                            run.last_success.replace(microsecond=0).timestamp()))
+        samples += [("backupd_stored_backups", [url, name], float(count)) for name, count in sorted(run.stored.items())]
+        if run.confirmed:
+            samples.append(("backupd_stored_bytes", [url], float(run.stored_bytes)))
     return samples
 
 

@@ -38,8 +38,8 @@ def describe(settings: Settings, receiver: dict[str, Any] | None = None, ask_ser
     entries = [_cluster(Store(backup_dir, name), settings, name == server) for name in names]
     report: dict[str, Any] = {"enabled": settings.pitr_enabled, "slot": settings.pitr_slot, "system_identifier": None,
                               "window": None, "base_backups": [], "gaps": [], "last_drill": None, "invalid": [],
-                              "failures": failures.of_cluster(backup_dir,
-                                                              current.system_identifier if current else None),
+                              "failures": failures.shown(failures.of_cluster(
+                                  backup_dir, current.system_identifier if current else None)),
                               "receiver": receiver, "clusters": entries}
     for entry in entries:
         if current is not None and entry["system_identifier"] == current.system_identifier:
@@ -63,7 +63,7 @@ def _cluster(store: Store, settings: Settings, connected: bool) -> dict[str, Any
         "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
         **_estimate(store),
         "invalid": [item.describe() for item in store.invalid()],
-        "failures": failures.own(Path(settings.backup_dir), store.system_identifier)}
+        "failures": failures.shown(failures.own(Path(settings.backup_dir), store.system_identifier))}
 
 
 def _estimate(store: Store) -> dict[str, Any]:
@@ -100,8 +100,8 @@ def problems(settings: Settings, receiver: dict[str, Any] | None, now: datetime)
         if job == "receiver":
             continue  # judged below by how long the stream has been down
         what = {"base": "the newest base backup", "verify": "the last PITR drill"}[job]
-        when = f" at {record['time']}" if record.get("time") else ""
-        fails.append((f"pitr-{job}", f"{what} failed{when}: {record.get('error')}"))
+        when = f" at {iso(record.time)}" if record.time else ""
+        fails.append((f"pitr-{job}", f"{what} failed{when}: {record.error}"))
     if receiver is not None:
         down_since = parse_iso(receiver.get("down_since"))
         down_for = receiver.get("down_seconds")  # by a clock that never jumps, when known
