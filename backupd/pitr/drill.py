@@ -13,7 +13,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,10 +211,3 @@ def _tail(path: Path, size: int = 2000) -> str:
         return " ".join(path.read_bytes()[-size:].decode("utf-8", "replace").split())
     except OSError:
         return "(no server log)"
-
-
-def drill_age(store: Store, now: datetime) -> float | None:
-    last = store.last_drill()
-    if not last or not last.get("last_success"):
-        return None
-    return (now - datetime.fromisoformat(last["last_success"]).astimezone(UTC)).total_seconds()
