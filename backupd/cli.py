@@ -174,12 +174,9 @@ def _listed(settings: Settings, args: argparse.Namespace) -> tuple[list[dict[str
     listed, found_problems = Repository(settings.backup_dir).inventory(args.database)
     backups = []
     for b in listed:
-        try:
-            summary = {**b.summary(), "instance": origin.instance_of(b.doc, me)}
-        except BackupdError as err:
-            summary = {**b.summary(), "instance": None, "status": "invalid", "problem": str(err)}
-        if args.instance is None or summary["instance"] == args.instance:
-            backups.append(summary)
+        instance = origin.instance_of(b.doc, me)
+        if args.instance is None or instance == args.instance:
+            backups.append({**b.summary(), "instance": instance})
     problems = [_problem_summary(p) for p in found_problems]
     problems += [left.summary() for left in leftovers.look(settings)
                  if args.database is None or left.live == args.database]
