@@ -6,20 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from backupd.documents import InvalidDocument, parse
 from backupd.manifests import (
     BackupState,
     DumpManifest,
+    RolesManifest,
     StoredManifest,
     UnlistedFile,
     VolumeManifest,
-    as_dict,
     iso_text,
-    parse_manifest,
 )
 from backupd.naming import GLOBALS, encode_name, iso, parse_id
 
@@ -29,28 +26,13 @@ AnyManifest = StoredManifest | UnlistedFile
 class Backup:
     """One complete backup: its manifest, where its file is, and its later state."""
 
-    def __init__(self, doc: AnyManifest | None = None, folder: Path | None = None,
-                 state_doc: BackupState | None = None, *, manifest: dict[str, Any] | None = None) -> None:
-        if doc is None and manifest is not None:
-            doc = _compat_manifest(manifest)
-        if doc is None or folder is None:
-            raise TypeError("a Backup is made of its manifest and its folder")
+    def __init__(self, doc: AnyManifest, folder: Path, state_doc: BackupState | None = None) -> None:
         self.doc: AnyManifest = doc
         self.folder = folder
         self.state_doc = state_doc if state_doc is not None else BackupState()
         self.stored_size: int | None = None  # the file's size and modification time on disk when it was listed
         self.stored_mtime: float | None = None
         self.state_problem: str | None = None  # why its state file is not valid (it is kept, and not followed)
-
-    @cached_property
-    def manifest(self) -> dict[str, Any]:
-        """The manifest as the dict it was read from: for callers not yet converted."""
-        return as_dict(self.doc)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        """The state as the dict it was read from: for callers not yet converted."""
-        return as_dict(self.state_doc)
 
     @property
     def id(self) -> str:
@@ -66,6 +48,28 @@ class Backup:
         if isinstance(self.doc, VolumeManifest):
             return self.doc.volume
         return self.doc.database if isinstance(self.doc, DumpManifest) else GLOBALS
+
+    @property
+    def volume_counts(self) -> dict[str, int | None]:
+        """A volume archive's file count and source bytes (None for what it does not record)."""
+        if isinstance(self.doc, VolumeManifest):
+            return self.doc.counts()
+        return {"file_count": None, "source_bytes": None}
+
+    @property
+    def finished(self) -> datetime:
+        """When it finished; the time of its id for a manifest that does not say."""
+        return self.doc.recorded_finish or self.time
+
+    @property
+    def globals_id(self) -> str | None:
+        """The roles dump a database backup was made with."""
+        return self.doc.globals_id if isinstance(self.doc, DumpManifest) else None
+
+    @property
+    def pg_dump_version(self) -> str:
+        """The pg_dump (or pg_dumpall) that wrote it; empty when that is not known."""
+        return self.doc.pg_dump_version if isinstance(self.doc, DumpManifest | RolesManifest) else ""
 
     @property
     def time(self) -> datetime:
@@ -123,17 +127,6 @@ class Backup:
             "status": "damaged" if self.damaged else "ok", "problem": self.damaged,
             "file": str(self.path),
         }
-
-
-def _compat_manifest(manifest: dict[str, Any]) -> AnyManifest:
-    """A manifest given as a dict (for callers not yet converted), validated like one read
-    from a file; one without a sha256 is a file restored without its manifest."""
-    try:
-        return parse_manifest(manifest)
-    except InvalidDocument:
-        if manifest.get("sha256") is not None:
-            raise
-        return parse(UnlistedFile, manifest)
 
 
 @dataclass

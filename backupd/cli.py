@@ -174,12 +174,9 @@ def _listed(settings: Settings, args: argparse.Namespace) -> tuple[list[dict[str
     listed, found_problems = Repository(settings.backup_dir).inventory(args.database)
     backups = []
     for b in listed:
-        try:
-            summary = {**b.summary(), "instance": origin.instance_of(b.manifest, me)}
-        except BackupdError as err:
-            summary = {**b.summary(), "instance": None, "status": "invalid", "problem": str(err)}
-        if args.instance is None or summary["instance"] == args.instance:
-            backups.append(summary)
+        instance = origin.instance_of(b.doc, me)
+        if args.instance is None or instance == args.instance:
+            backups.append({**b.summary(), "instance": instance})
     problems = [_problem_summary(p) for p in found_problems]
     problems += [left.summary() for left in leftovers.look(settings)
                  if args.database is None or left.live == args.database]
@@ -316,8 +313,7 @@ def cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
                 print(outcome.backup_id, flush=True)
         return 0 if all(o.ok for o in outcomes) else 1
     if args.volume_verb == "list":
-        found = [b.summary() | {"volume": b.database, "file_count": b.manifest.get("file_count"),
-                                "source_bytes": b.manifest.get("source_bytes")}
+        found = [b.summary() | {"volume": b.database, **b.volume_counts}
                  for b in volumes.list_volume_backups(settings, args.volume)]
         if args.json:
             json.dump(found, sys.stdout, indent=2)

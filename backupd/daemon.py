@@ -36,7 +36,7 @@ from backupd.pitr.base import needs_base
 from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.store import Store
-from backupd.repository import Repository, iso, parse_iso, utc_now
+from backupd.repository import Repository, iso, utc_now
 from backupd.schedule import previous_run, trigger
 from backupd.view import Job, Live
 from backupd.view import build as build_view
@@ -250,7 +250,7 @@ class Daemon:
         """After a gap, or while no base backup recovers to the stream; a failed one is tried
         again after PITR_BASE_RETRY, not at every check."""
         failed = failures.of_cluster(self.settings.backup_dir, self.pitr_cluster()).get("base")
-        if failed and (utc_now() - (parse_iso(failed["time"]) or utc_now())).total_seconds() < PITR_BASE_RETRY:
+        if failed and (utc_now() - (failed.time or utc_now())).total_seconds() < PITR_BASE_RETRY:
             return
         state = self.jobs["pitr-base"]
         self.scheduler.add_job(self._wrap(state, self._pitr_base, scheduled=False), id="pitr-base-after-gap",

@@ -127,16 +127,16 @@ def clear(backup_dir: Path, job: Job) -> None:
                             error=err.strerror or str(err))
 
 
-def of_repository(backup_dir: Path) -> list[dict[str, Any]]:
-    """Every failure of dumps, roles dumps, volumes and whole runs: {"database" (None for a
-    whole run), "kind", "time", "error"}."""
+def of_repository(backup_dir: Path) -> list[Failure]:
+    """Every failure of dumps, roles dumps, volumes and whole runs (``job.name`` None: a
+    whole run)."""
     root = Path(backup_dir)
     paths = [root / REPOSITORY_FILE, *root.glob(f"*/{REPOSITORY_FILE}"), *root.glob(f"{VOLUMES}/*/{REPOSITORY_FILE}")]
     on_disk = [found for path in paths if (found := _read_repository(path)) is not None] if root.is_dir() else []
-    return [failure.shown() for failure in _with_unwritten(root, on_disk, lambda job: not job.pitr)]
+    return _with_unwritten(root, on_disk, lambda job: not job.pitr)
 
 
-def of_cluster(backup_dir: Path, cluster: str | None) -> dict[str, dict[str, Any]]:
+def of_cluster(backup_dir: Path, cluster: str | None) -> dict[str, Failure]:
     """The PITR failures by job: ``cluster``'s own, and those of no cluster (a job that
     failed before it could ask the server); never another cluster's. Of two for one job,
     the newer. ``cluster`` None: those of no cluster only."""
@@ -145,12 +145,17 @@ def of_cluster(backup_dir: Path, cluster: str | None) -> dict[str, dict[str, Any
         for failure in _own(Path(backup_dir), owner):
             if failure.job.kind not in found or not found[failure.job.kind].newer_than(failure):
                 found[failure.job.kind] = failure
-    return {kind: failure.shown() for kind, failure in found.items()}
+    return found
 
 
-def own(backup_dir: Path, cluster: str | None) -> dict[str, dict[str, Any]]:
+def shown(by_job: dict[str, Failure]) -> dict[str, dict[str, Any]]:
+    """Failures by job as ``pitr status`` and /status show them."""
+    return {kind: failure.shown() for kind, failure in by_job.items()}
+
+
+def own(backup_dir: Path, cluster: str | None) -> dict[str, Failure]:
     """The PITR failures recorded as ``cluster``'s (None: as no cluster's) alone, by job."""
-    return {failure.job.kind: failure.shown() for failure in _own(Path(backup_dir), cluster)}
+    return {failure.job.kind: failure for failure in _own(Path(backup_dir), cluster)}
 
 
 def _own(backup_dir: Path, cluster: str | None) -> list[Failure]:

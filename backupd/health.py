@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from backupd import failures
 from backupd.errors import RepositoryUnreadable
+from backupd.failures import Failure
 from backupd.leftovers import Leftover
+from backupd.manifests import TargetRun, Verification, iso_text
 from backupd.repository import Backup, Problem, Repository, iso
 from backupd.schedule import longest_gap, next_runs
 
@@ -75,8 +77,8 @@ class Facts:
     root: Path
     backups: list[Backup]  # newest first
     problems: list[Problem]
-    failures: list[dict[str, Any]]  # the repository's failure records
-    runs: dict[str, dict[str, Any]]  # replication target -> its newest run
+    failures: list[Failure]  # the repository's failure records
+    runs: dict[str, TargetRun]  # replication target -> its newest run
 
 
 def max_age(settings: Settings, now: datetime) -> timedelta:
@@ -195,21 +197,21 @@ def _damage(health: Health, by_database: dict[str, list[Backup]], problems: list
 
 
 def _verifications(health: Health, backups: list[Backup]) -> None:
-    for name, verification in sorted(newest_verifications(backups).items()):
-        if verification["result"] == "failed":
-            health.fail(f"verify:{name}", f"the newest verification of {name!r} ({verification['id']}) failed: "
-                                          f"{verification['reason']}")
-        elif verification["result"] == "unverifiable":
+    for name, (verification, backup_id) in sorted(newest_verifications(backups).items()):
+        if verification.result == "failed":
+            health.fail(f"verify:{name}", f"the newest verification of {name!r} ({backup_id}) failed: "
+                                          f"{verification.reason}")
+        elif verification.result == "unverifiable":
             health.warn(f"unverifiable:{name}", f"the newest backup of {name!r} is unverifiable: "
-                                                f"{verification['reason']}")
+                                                f"{verification.reason}")
 
 
-def _failures(health: Health, failures: list[dict[str, Any]], by_database: dict[str, list[Backup]]) -> None:
-    for failure in sorted(failures, key=lambda f: (f.get("database") or "", f.get("time") or "")):
-        name, kind = failure.get("database"), failure.get("kind", "database")
-        when, error = failure["time"], failure["error"]
+def _failures(health: Health, failures: list[Failure], by_database: dict[str, list[Backup]]) -> None:
+    for failure in sorted(failures, key=lambda f: (f.job.name or "", iso(f.time) or "")):
+        name, kind = failure.job.name, failure.job.kind
+        when, error = iso(failure.time) or "", failure.error
         newest = by_database.get(name) if kind == "database" and name else None
-        if newest and iso(newest[0].time) > when:
+        if newest and failure.time and newest[0].time > failure.time.replace(microsecond=0):
             continue  # a later backup (another process's, say) succeeded: the failure is over
         if name is None:
             health.fail("run", f"the last backup run failed at {when}: {error}")
@@ -219,11 +221,11 @@ def _failures(health: Health, failures: list[dict[str, Any]], by_database: dict[
             health.fail(f"backup:{name}", f"the newest backup of {name!r} failed at {when}: {error}")
 
 
-def _replication(health: Health, runs: dict[str, dict[str, Any]]) -> None:
+def _replication(health: Health, runs: dict[str, TargetRun]) -> None:
     for url, run in sorted(runs.items()):
-        if not run.get("ok"):
-            health.warn(f"replication:{url}", f"the newest replication to {url} failed at {run.get('time')}: "
-                                              f"{run.get('error')}")
+        if not run.ok:
+            health.warn(f"replication:{url}", f"the newest replication to {url} failed at {iso_text(run.time)}: "
+                                              f"{run.error}")
 
 
 def _sizes(settings: Settings, health: Health, by_database: dict[str, list[Backup]]) -> None:
@@ -249,15 +251,15 @@ def free_ratio(root: Path) -> float | None:
     return usage.free / usage.total if usage.total else None
 
 
-def newest_verifications(backups: Iterable[Backup]) -> dict[str, dict[str, Any]]:
+def newest_verifications(backups: Iterable[Backup]) -> dict[str, tuple[Verification, str]]:
     """database -> the most recent verification of any of ``backups``, with the backup's id
     (from a listing the caller made already: reading the repository costs a scan)."""
-    newest: dict[str, dict[str, Any]] = {}
+    newest: dict[str, tuple[Verification, str]] = {}
     for backup in backups:
-        verification = backup.state.get("verification")
-        if not verification:
+        verification = backup.state_doc.verification
+        if verification is None:
             continue
         current = newest.get(backup.database)
-        if current is None or verification["time"] > current["time"]:
-            newest[backup.database] = {**verification, "id": backup.id}
+        if current is None or verification.time.replace(microsecond=0) > current[0].time.replace(microsecond=0):
+            newest[backup.database] = (verification, backup.id)
     return newest

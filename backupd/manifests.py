@@ -106,6 +106,16 @@ class Manifest(Document):
     backupd_version: str = ""
     origin: OriginRecord | None = None  # absent in manifests from before origins were recorded
 
+    @property
+    def recorded_duration(self) -> float | None:
+        """How long it took; None when the manifest does not say."""
+        return self.duration_seconds if "duration_seconds" in self.model_fields_set else None
+
+    @property
+    def recorded_finish(self) -> datetime | None:
+        """When it finished, to the second as it is shown; None when the manifest does not say."""
+        return self.finished.replace(microsecond=0) if "finished" in self.model_fields_set else None
+
 
 class Grant(Document):
     grantee: str | None
@@ -124,6 +134,17 @@ class DatabaseInfoRecord(Document):
     acl: list[str] = []
     connection_limit: Annotated[int, Field(ge=-1)] = -1
     grants: list[Grant] | None = None  # absent in backups made before grants were recorded
+
+    @property
+    def grants_recorded(self) -> bool:
+        """Grants are recorded (None among them: the defaults, no ACL); backups made before
+        backupd recorded grants have none, not even None."""
+        return "grants" in self.model_fields_set
+
+    @property
+    def limit_recorded(self) -> int | None:
+        """The connection limit, when the manifest has one."""
+        return self.connection_limit if "connection_limit" in self.model_fields_set else None
 
 
 class TableRecord(Document):
@@ -177,6 +198,11 @@ class VolumeManifest(Manifest):
     file_count: Count = 0
     source_bytes: Count = 0
     warnings: list[str] = []
+
+    def counts(self) -> dict[str, int | None]:
+        """What it holds, as ``volumes list`` shows it: None for a count the manifest lacks."""
+        return {name: getattr(self, name) if name in self.model_fields_set else None
+                for name in ("file_count", "source_bytes")}
 
     @model_validator(mode="after")
     def _names_its_own_volume(self) -> VolumeManifest:
@@ -304,7 +330,6 @@ def read_as(model: type[M], path: Path) -> M:
     return parse(model, decode(path.read_bytes()))
 
 
-def read_runs(path: Path) -> dict[str, dict[str, Any]]:
+def read_runs(path: Path) -> dict[str, TargetRun]:
     """``.replication.json`` (target URL -> its newest run)."""
-    runs = parse(ReplicationRuns, {"runs": decode(path.read_bytes())}).runs
-    return {url: as_dict(run) for url, run in runs.items()}
+    return parse(ReplicationRuns, {"runs": decode(path.read_bytes())}).runs

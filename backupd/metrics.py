@@ -30,6 +30,7 @@ from prometheus_client.metrics_core import Metric
 from backupd import __version__, origin
 from backupd.health import free_ratio, max_age
 from backupd.logging import get_logger
+from backupd.manifests import TargetRun
 from backupd.repository import PITR, Backup, Repository, parse_iso, utc_now
 from backupd.view import Inventory, Live, View, build, read_inventory
 
@@ -213,9 +214,8 @@ def _families(samples: list[Sample]) -> Iterator[Metric]:
 def _database_samples(name: str, backups: list[Backup]) -> list[Sample]:
     """The newest backup of one database (``backups`` newest first)."""
     newest = backups[0]
-    finished = parse_iso(newest.manifest.get("finished")) or newest.time
-    return [("backupd_backup_last_success_timestamp_seconds", [name], finished.timestamp()),
-            ("backupd_backup_last_duration_seconds", [name], float(newest.manifest.get("duration_seconds", 0))),
+    return [("backupd_backup_last_success_timestamp_seconds", [name], newest.finished.timestamp()),
+            ("backupd_backup_last_duration_seconds", [name], newest.doc.duration_seconds),
             ("backupd_backup_last_size_bytes", [name], float(newest.size))]
 
 
@@ -230,9 +230,9 @@ def _local_totals(backups: list[Backup]) -> list[Sample]:
 def _verified_samples(backups: list[Backup]) -> list[Sample]:
     verified_at: dict[str, float] = {}
     for backup in backups:
-        verification = backup.state.get("verification") or {}
-        if verification.get("result") == "passed":
-            at = _seconds(verification["time"])
+        verification = backup.state_doc.verification
+        if verification is not None and verification.result == "passed":
+            at = verification.time.replace(microsecond=0).timestamp()
             verified_at[backup.database] = max(at, verified_at.get(backup.database, 0.0))
     return [("backupd_verify_last_success_timestamp_seconds", [name], at) for name, at in sorted(verified_at.items())]
 
@@ -243,22 +243,20 @@ def _volume_samples(backups: list[Backup]) -> list[Sample]:
     for backup in backups:
         if backup.kind == "volume" and backup.database not in seen:
             seen.add(backup.database)
-            finished = parse_iso(backup.manifest.get("finished")) or backup.time
             samples.append(("backupd_volume_backup_last_success_timestamp_seconds", [backup.database],
-                            finished.timestamp()))
+                            backup.finished.timestamp()))
     return samples
 
 
-def _replication_samples(runs: dict[str, dict[str, Any]]) -> list[Sample]:
+def _replication_samples(runs: dict[str, TargetRun]) -> list[Sample]:
     samples: list[Sample] = []
     for url, run in sorted(runs.items()):
-        if run.get("last_success"):
+        if run.last_success:
             samples.append(("backupd_replication_last_success_timestamp_seconds", [url],
-                            _seconds(run["last_success"])))
-        samples += [("backupd_stored_backups", [url, name], float(count))
-                    for name, count in sorted((run.get("stored") or {}).items())]
-        if run.get("confirmed", True):
-            samples.append(("backupd_stored_bytes", [url], float(run.get("stored_bytes", 0))))
+                            run.last_success.replace(microsecond=0).timestamp()))
+        samples += [("backupd_stored_backups", [url, name], float(count)) for name, count in sorted(run.stored.items())]
+        if run.confirmed:
+            samples.append(("backupd_stored_bytes", [url], float(run.stored_bytes)))
     return samples
 
 

@@ -9,7 +9,7 @@ it is never the container's host name: it is the compose project and service (la
 backupd's own container, through the Docker API), else the server's system identifier.
 
 A manifest written before origins were recorded has none: it reads as the instance
-reading it. One whose origin is not a well-formed object is invalid, never anybody's.
+reading it. One whose origin is not a well-formed object is an invalid manifest, never anybody's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from backupd.logging import get_logger
 if TYPE_CHECKING:
     from psycopg import Connection
 
-    from backupd.manifests import Manifest, OriginRecord
+    from backupd.manifests import Manifest
     from backupd.settings import Settings
 
 log = get_logger("backupd.origin")
@@ -179,49 +179,21 @@ def manifest_fields(settings: Settings, conn: Connection[Any] | None = None) -> 
         return {}
 
 
-def instance_of(manifest: Manifest | dict[str, Any], reader: str) -> str:
+def instance_of(manifest: Manifest, reader: str) -> str:
     """The instance that wrote the backup: ``reader`` for a manifest from before origins
-    were recorded. Raises IntegrityError for an origin that is not well-formed (only a
-    manifest given as a dict can have one: a model has validated its own)."""
-    origin = origin_of(manifest)
-    return reader if origin is None else origin.instance
+    were recorded (a manifest's model has validated its origin already)."""
+    return reader if manifest.origin is None else manifest.origin.instance
 
 
-def system_identifier_of(manifest: Manifest | dict[str, Any]) -> str | None:
-    try:
-        origin = origin_of(manifest)
-    except IntegrityError:
-        return None
-    return origin.system_identifier if origin else None
+def system_identifier_of(manifest: Manifest) -> str | None:
+    return manifest.origin.system_identifier if manifest.origin else None
 
 
-def origin_of(manifest: Manifest | dict[str, Any]) -> OriginRecord | None:
-    """A manifest's origin, typed. A dict is for callers not yet converted: its origin is
-    validated here, IntegrityError when it is not well-formed."""
-    from backupd.documents import InvalidDocument, parse
-    from backupd.manifests import Manifest, OriginRecord
-
-    if isinstance(manifest, Manifest):
-        return manifest.origin
-    try:
-        found = manifest.get("origin")
-        return None if found is None else parse(OriginRecord, found)
-    except InvalidDocument:
-        raise IntegrityError(f"the manifest of {_id_of(manifest)!r} has an origin that is not valid") from None
-
-
-def _id_of(manifest: Manifest | dict[str, Any]) -> object:
-    return manifest.id if not isinstance(manifest, dict) else manifest.get("id")
-
-
-def check_fetched(manifest: Manifest | dict[str, Any], asked: str, where: str) -> None:
+def check_fetched(manifest: Manifest, asked: str, where: str) -> None:
     """A manifest fetched for instance ``asked`` must be that instance's; refused (exit 2)
     otherwise, naming both, before anything of it is kept."""
-    try:
-        found = instance_of(manifest, asked)  # one from before origins: the instance whose folder holds it
-    except IntegrityError as err:
-        raise RefusedError(f"{err} ({where}); nothing was fetched") from None
+    found = instance_of(manifest, asked)  # one from before origins: the instance whose folder holds it
     if found != asked:
-        raise RefusedError(f"the manifest of {_id_of(manifest)!r} at {where} was written by instance {found!r}, "
+        raise RefusedError(f"the manifest of {manifest.id!r} at {where} was written by instance {found!r}, "
                            f"not by {asked!r} as asked; nothing was fetched (another instance's backup is "
                            f"restored only with --instance {found})")

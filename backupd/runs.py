@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from backupd import manifests
 from backupd.documents import InvalidDocument
@@ -52,23 +52,25 @@ class TargetRun(Protocol):
 def record_runs(repo: Repository, outcomes: Iterable[TargetRun]) -> None:
     """Remember each target's newest run; what a run did not count (a target that could
     not be listed) keeps the previous run's numbers."""
-    runs = read_runs(repo)
+    previous = read_runs(repo)
+    runs = {url: manifests.as_dict(run) for url, run in previous.items()}
     for outcome in outcomes:
-        previous = runs.get(outcome.url, {})
+        before = previous.get(outcome.url)
         finished = iso(outcome.finished or utc_now())
+        last_success = before.last_success if before else None
         runs[outcome.url] = {
             "time": finished, "ok": outcome.ok, "error": outcome.error,
             "sent": len(outcome.sent), "deleted": len(outcome.deleted), "confirmed": outcome.confirmed,
             "refused": [{"id": backup_id, "reason": why} for backup_id, why in outcome.refused],
-            "last_success": finished if outcome.ok else previous.get("last_success"),
-            "stored": outcome.stored if outcome.counted else previous.get("stored", {}),
-            "stored_bytes": outcome.stored_bytes if outcome.counted else previous.get("stored_bytes", 0),
+            "last_success": finished if outcome.ok else last_success and manifests.iso_text(last_success),
+            "stored": outcome.stored if outcome.counted else before.stored if before else {},
+            "stored_bytes": outcome.stored_bytes if outcome.counted else before.stored_bytes if before else 0,
         }
     repo.ensure_folder(repo.root)
     write_json_atomically(repo.root / RUNS_FILE, json.dumps(runs, indent=2, sort_keys=True) + "\n")
 
 
-def read_runs(repo: Repository) -> dict[str, dict[str, Any]]:
+def read_runs(repo: Repository) -> dict[str, manifests.TargetRun]:
     """Target URL -> its newest run; empty when there is none or it cannot be used."""
     try:
         return manifests.read_runs(repo.root / RUNS_FILE)

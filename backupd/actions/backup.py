@@ -295,7 +295,7 @@ def _backup_database(run: _Run, name: str, label: str | None, scheduled_for: dat
     with advisory_lock(server, "backup", name, wait) as admin, repo.lock(folder, "backup"):
         if admin is None:
             return Outcome(database=name, ok=True, skipped="another backupd is backing up this database")
-        if scheduled_for and any(b.manifest.get("scheduled_for") == iso(scheduled_for) for b in repo.backups(name)):
+        if scheduled_for and any(iso(b.doc.scheduled_for) == iso(scheduled_for) for b in repo.backups(name)):
             return Outcome(database=name, ok=True, skipped=f"the backup scheduled for {iso(scheduled_for)} exists")
         info, access = database_info(admin, name), database_access(admin, name)
         _check_room(repo, admin, name, folder)
@@ -418,7 +418,7 @@ def _backup_globals(run: _Run, superuser: bool, label: str | None, scheduled_for
         # Two daemons on one repository: the second finds the first one's roles dump for
         # this scheduled time and links its backups to it instead of writing another.
         existing = scheduled_for and next((b for b in repo.backups(kind="globals")
-                                           if b.manifest.get("scheduled_for") == iso(scheduled_for)), None)
+                                           if iso(b.doc.scheduled_for) == iso(scheduled_for)), None)
         if existing:
             return Outcome(database=GLOBALS, ok=True, backup_id=existing.id, path=existing.path,
                            skipped=f"the roles dump scheduled for {iso(scheduled_for)} exists")

@@ -79,7 +79,7 @@ def _globals_decisions(repo: Repository, database_backups: list[Backup], kept_da
     """A globals dump is kept while a kept database backup (of ``database_backups``, the whole
     repository's) refers to it; the newest always. ``keep_all``: a folder cannot be read, so
     its backups' needs are unknown: every one stays."""
-    wanted = {backup.manifest.get("globals_id") for backup in database_backups if backup.id in kept_database_ids}
+    wanted = {backup.globals_id for backup in database_backups if backup.id in kept_database_ids}
     decisions = []
     for index, backup in enumerate(repo.backups(kind="globals")):
         decision = Decision(Item(backup.id, GLOBALS, backup.time, backup.pinned))

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backupd import cancel, origin
-from backupd.errors import Aborted, BackupdError, IntegrityError
+from backupd.errors import Aborted, BackupdError
 from backupd.logging import get_logger
+from backupd.manifests import Replica, as_dict
 from backupd.origin import Origin, instance_of, system_identifier_of
 from backupd.repository import Backup, Repository, iso, parse_id, utc_now
 from backupd.retention import Item, Policy, decide
@@ -138,10 +139,7 @@ def relative_paths(backup: Backup, root: Path, instance: str) -> tuple[str, str]
 def _written_here(backup: Backup, me: str) -> bool:
     """A local backup of another instance (a BACKUP_DIR moved, BACKUP_INSTANCE changed) is
     not sent: under this instance's name it would be refused on every fetch."""
-    try:
-        written_by = instance_of(backup.manifest, me)
-    except IntegrityError:
-        written_by = "(an origin that is not valid)"
+    written_by = instance_of(backup.doc, me)
     if written_by != me:
         log.warning("not replicated: the backup was made by another instance", id=backup.id, instance=written_by,
                     this_instance=me)
@@ -210,7 +208,7 @@ def _local_files(backup: Backup, root: Path, instance: str) -> list[LocalFile]:
         manifest_sha, manifest_size = sha256_of(backup.manifest_path), backup.manifest_path.stat().st_size
     except OSError as err:
         raise unreadable_local_file(manifest_rel, err) from None
-    return [LocalFile(backup.path, data_rel, backup.manifest["sha256"], backup.size),
+    return [LocalFile(backup.path, data_rel, backup.sha256 or "", backup.size),
             LocalFile(backup.manifest_path, manifest_rel, manifest_sha, manifest_size)]
 
 
@@ -220,20 +218,20 @@ def _send(target: Target, outcome: TargetOutcome, repo: Repository, backup: Back
     ``put`` checks the local file against the manifest before a copy can replace anything,
     and raises LocalFileDamaged: a damaged file never replaces a good copy on the target."""
     files = _local_files(backup, repo.root, instance)
-    record = backup.state.get("replicas", {}).get(target.url)
+    record = backup.state_doc.replicas.get(target.url)
     if record and _still_there(target, files, remote, record):
         return
     # Only a copy this instance confirmed at that very name before may be replaced (it
     # changed or was damaged there); any other file of that name is someone else's.
-    ours = record.get("files", {}) if isinstance(record, dict) and isinstance(record.get("files"), dict) else {}
+    ours = record.files if record else {}
     sent = {}
     for file in files:  # the data file first, the manifest last
         sent[file.relative] = with_retries(f"send {file.relative}",
                                            partial(target.put, file, replace=file.relative in ours))
-    record = {"time": iso(utc_now()), "confirmed": target.confirms, "files": sent}
+    this_copy = {"time": iso(utc_now()), "confirmed": target.confirms, "files": sent}
 
     def with_this_copy(replicas: Any) -> dict[str, Any]:
-        return {**(replicas if isinstance(replicas, dict) else {}), target.url: record}
+        return {**(replicas if isinstance(replicas, dict) else {}), target.url: this_copy}
 
     try:
         repo.change_state(backup, "replicas", with_this_copy)
@@ -244,12 +242,13 @@ def _send(target: Target, outcome: TargetOutcome, repo: Repository, backup: Back
     log.info("replicated", id=backup.id, target=target.url, confirmed=target.confirms)
 
 
-def _still_there(target: Target, files: list[LocalFile], remote: dict[str, RemoteFile], record: dict[str, Any]) -> bool:
+def _still_there(target: Target, files: list[LocalFile], remote: dict[str, RemoteFile], record: Replica) -> bool:
     if not target.confirms:
         return True  # nothing to check: sent once is all backupd can know
     for file in files:
         copy = remote.get(file.relative)
-        if copy is None or not target.is_intact(file, copy, record.get("files", {}).get(file.relative, {})):
+        sent = record.files.get(file.relative)
+        if copy is None or not target.is_intact(file, copy, as_dict(sent) if sent else {}):
             log.warning("the copy on the target is missing or changed; sending it again", file=file.relative,
                         target=target.url)
             return False
@@ -297,9 +296,8 @@ def _confirmed_copies(local: list[Backup], url: str) -> set[str]:
     an upload never replaces another's file."""
     paths: set[str] = set()
     for backup in local:
-        record = backup.state.get("replicas", {}).get(url)
-        files = record.get("files") if isinstance(record, dict) else None
-        paths.update(files if isinstance(files, dict) else ())
+        record = backup.state_doc.replicas.get(url)
+        paths.update(record.files if record else ())
     return paths
 
 
@@ -309,10 +307,7 @@ def _written_by(target: Target, copy: RemoteBackup, mine: Origin) -> bool:
     were recorded is this instance's. One of this name from another server (two hosts with
     the same compose project and service) or one that cannot be read is kept."""
     manifest = read_remote_manifest(target, copy.manifest)
-    try:
-        instance = instance_of(manifest, mine.instance) if manifest is not None else None
-    except IntegrityError:
-        instance = None
+    instance = instance_of(manifest, mine.instance) if manifest is not None else None
     server = system_identifier_of(manifest) if manifest is not None else None
     ours = instance == mine.instance and (server is None or server == mine.system_identifier)
     if not ours:

@@ -69,7 +69,7 @@ def run_verify(settings: Settings, source: str | None = None, database: str | No
             raise NotFoundError(f"no backups to verify in {repo.root}" + (f" for {database!r}" if database else ""))
     outcomes = [verify_backup(settings, repo, backup) for backup in backups]
     outcomes += [_cannot_read(path, name, detail) for path, name, detail in unreadable]
-    for globals_id in sorted({b.manifest["globals_id"] for b in backups if b.manifest.get("globals_id")}):
+    for globals_id in sorted({b.globals_id for b in backups if b.globals_id}):
         try:
             outcomes.append(verify_globals(settings, repo, repo.find(globals_id, kind="globals")))
         except NotFoundError:
@@ -104,7 +104,7 @@ def verify_backup(settings: Settings, repo: Repository, backup: Backup) -> Verif
 
 def _verify(settings: Settings, repo: Repository, backup: Backup) -> tuple[str, str | None]:
     check_checksum(backup)
-    if backup.manifest.get("encryption") and not settings.identity:
+    if backup.doc.encryption and not settings.identity:
         return UNVERIFIABLE, "encrypted, and BACKUP_ENCRYPTION_IDENTITY is not set: only the checksum was checked"
     server = Server.for_verification(settings)
     with advisory_lock(server, "verify", backup.database) as locked:
@@ -114,7 +114,7 @@ def _verify(settings: Settings, repo: Repository, backup: Backup) -> tuple[str, 
         scratch = scratch_name(backup.database)
         builder = DatabaseBuilder(settings, repo, backup, server, no_owner=True)
         try:
-            if backup.manifest.get("format") == "plain":
+            if backup.doc.format == "plain":
                 with server.wait_connect("postgres") as admin:
                     restore_tools(settings, admin, backup)  # refused before any role is made
                 restore_roles(repo, backup, server, settings.identity)  # a plain dump sets owners itself
@@ -153,7 +153,7 @@ def verify_globals(settings: Settings, repo: Repository, backup: Backup) -> Veri
     started = time.monotonic()
     try:
         check_checksum(backup)
-        if backup.manifest.get("encryption") and not settings.identity:
+        if backup.doc.encryption and not settings.identity:
             return _record(repo, backup, UNVERIFIABLE, "encrypted, and BACKUP_ENCRYPTION_IDENTITY is not set: "
                            "only the checksum was checked", started)
         script = read_decompressed(backup, settings.identity)
@@ -179,7 +179,7 @@ def _record(repo: Repository, backup: Backup, result: str, reason: str | None, s
         try:
             repo.update_state(backup, "verification", {"time": iso(utc_now()), "result": result, "reason": reason,
                                                        "duration_seconds": round(seconds, 3)})
-            if result == PASSED and backup.state.get("integrity"):  # restored and checked in full: it is good
+            if result == PASSED and backup.state_doc.integrity:  # restored and checked in full: it is good
                 repo.update_state(backup, "integrity", None)
         except (OSError, StorageError) as err:  # a full disk, a read-only repository, an invalid state file
             unrecorded = (storage_error(err, f"record the verification of {backup.id}") if isinstance(err, OSError)

@@ -10,21 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backupd.documents import InvalidDocument, parse
 from backupd.pitr import wal
 from backupd.pitr.reach import segments_to_copy
 from backupd.pitr.records import DrillRecord
 from backupd.pitr.store import Base, Store
-
-
-def last_drill(store: Store) -> DrillRecord | None:
-    """The last drill's record, typed; None when there is none (or it is invalid: that is
-    listed by ``pitr status`` already)."""
-    found = store.last_drill()
-    try:
-        return parse(DrillRecord, found) if found is not None else None
-    except InvalidDocument:
-        return None
 
 
 def seconds(drill: DrillRecord | None, base_bytes: int, wal_bytes: int) -> float | None:
@@ -58,4 +47,4 @@ def to_now(store: Store) -> float | None:
     if not bases:
         return None
     base = bases[0]
-    return seconds(last_drill(store), base.doc.size, wal_bytes(store, base, segments_to_copy(store, base, None)))
+    return seconds(store.last_drill(), base.doc.size, wal_bytes(store, base, segments_to_copy(store, base, None)))

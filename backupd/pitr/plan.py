@@ -77,7 +77,7 @@ def make_plan(settings: Settings, store: Store, target: datetime | None, strict:
     wal_room = len(segments) * base.doc.wal_segment_size
     plan = Plan(store.system_identifier, target, base, notes, segments, _stored_bytes(segments), replay,
                 (unpacked or base.doc.size) + wal_room, unpacked is not None, skipped=skipped)
-    plan.estimate_seconds = estimate.seconds(estimate.last_drill(store), base.doc.size, replay)
+    plan.estimate_seconds = estimate.seconds(store.last_drill(), base.doc.size, replay)
     return plan
 
 

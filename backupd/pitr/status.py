@@ -11,7 +11,7 @@ import psycopg
 
 from backupd import failures
 from backupd.pitr import chains, cluster, clusters, estimate
-from backupd.pitr.records import to_json
+from backupd.pitr.records import DrillRecord, to_json
 from backupd.pitr.store import Store
 from backupd.postgres import Server
 from backupd.repository import iso, parse_iso
@@ -38,8 +38,8 @@ def describe(settings: Settings, receiver: dict[str, Any] | None = None, ask_ser
     entries = [_cluster(Store(backup_dir, name), settings, name == server) for name in names]
     report: dict[str, Any] = {"enabled": settings.pitr_enabled, "slot": settings.pitr_slot, "system_identifier": None,
                               "window": None, "base_backups": [], "gaps": [], "last_drill": None, "invalid": [],
-                              "failures": failures.of_cluster(backup_dir,
-                                                              current.system_identifier if current else None),
+                              "failures": failures.shown(failures.of_cluster(
+                                  backup_dir, current.system_identifier if current else None)),
                               "receiver": receiver, "clusters": entries}
     for entry in entries:
         if current is not None and entry["system_identifier"] == current.system_identifier:
@@ -60,10 +60,14 @@ def _cluster(store: Store, settings: Settings, connected: bool) -> dict[str, Any
         "wal_files": len(store.archived()), "damaged_wal": store.damaged_wal(),
         "base_backups": [{**b.summary(), "usable": b.id in usable} for b in store.bases()],
         "chains": chains.summary(store.bases()),  # full base backups and the incrementals on them
-        "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": store.last_drill(),
+        "gaps": [to_json(gap) for gap in store.gaps()], "last_drill": _shown(store.last_drill()),
         **_estimate(store),
         "invalid": [item.describe() for item in store.invalid()],
-        "failures": failures.own(Path(settings.backup_dir), store.system_identifier)}
+        "failures": failures.shown(failures.own(Path(settings.backup_dir), store.system_identifier))}
+
+
+def _shown(drill: DrillRecord | None) -> dict[str, Any] | None:
+    return to_json(drill) if drill is not None else None
 
 
 def _estimate(store: Store) -> dict[str, Any]:
@@ -100,8 +104,8 @@ def problems(settings: Settings, receiver: dict[str, Any] | None, now: datetime)
         if job == "receiver":
             continue  # judged below by how long the stream has been down
         what = {"base": "the newest base backup", "verify": "the last PITR drill"}[job]
-        when = f" at {record['time']}" if record.get("time") else ""
-        fails.append((f"pitr-{job}", f"{what} failed{when}: {record.get('error')}"))
+        when = f" at {iso(record.time)}" if record.time else ""
+        fails.append((f"pitr-{job}", f"{what} failed{when}: {record.error}"))
     if receiver is not None:
         down_since = parse_iso(receiver.get("down_since"))
         down_for = receiver.get("down_seconds")  # by a clock that never jumps, when known
@@ -125,8 +129,8 @@ def problems(settings: Settings, receiver: dict[str, Any] | None, now: datetime)
     if store is None:
         return fails, warns
     drill = store.last_drill()
-    if drill and drill.get("ok") is None:
-        warns.append(("pitr-verify", f"the PITR drill is not possible here: {drill.get('reason')}"))
+    if drill and drill.ok is None:
+        warns.append(("pitr-verify", f"the PITR drill is not possible here: {drill.reason}"))
     warns += _stored_problems(store)
     if store.window() is None:
         warns.append(("pitr-window", "no base backup recovers to the newest WAL yet (a new one is being taken "

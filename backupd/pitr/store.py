@@ -405,13 +405,15 @@ class Store(WalFiles):
         return Window(oldest.first_target, max(proven, newest_base) if proven else newest_base, oldest)
 
     # The drill ------------------------------------------------------------------------
-    def last_drill(self) -> dict[str, Any] | None:
-        drill = self._load(DrillRecord, self.root / "verify.json")
-        return to_json(drill) if drill is not None else None
+    def last_drill(self) -> DrillRecord | None:
+        """The last drill's record; None when there is none (or it is invalid: that is
+        listed by ``pitr status``)."""
+        return self._load(DrillRecord, self.root / "verify.json")
 
     def record_drill(self, result: dict[str, Any]) -> None:
-        drills = self.last_drill() or {}
-        drills = {**result, "last_success": result["time"] if result["ok"] else drills.get("last_success")}
+        previous = self.last_drill()
+        earlier = iso(previous.last_success) if previous and previous.last_success else None
+        drills = {**result, "last_success": result["time"] if result["ok"] else earlier}
         self._keep_invalid_aside("verify.json")
         write_json_atomically(self.root / "verify.json", json.dumps(drills, indent=2))
 

@@ -26,6 +26,7 @@ from backupd.archive import (
 )
 from backupd.errors import BackupdError, NotFoundError, RestoreError
 from backupd.logging import get_logger
+from backupd.manifests import DumpManifest
 from backupd.pgtools import Tools
 from backupd.postgres import (
     DatabaseAccess,
@@ -104,7 +105,7 @@ class DatabaseBuilder:
 def restore_tools(settings: Settings, admin: psycopg.Connection, backup: Backup) -> Tools:
     """The tools of the server restored into, and at least as new as the pg_dump that wrote
     the archive; chosen before the database is created, so a refusal leaves nothing behind."""
-    archive_major = pgtools.version_major(str(backup.manifest.get("pg_dump_version") or "")) or 0
+    archive_major = pgtools.version_major(backup.pg_dump_version) or 0
     return pgtools.for_connection(settings.pg_bindir, admin, archive_major)
 
 
@@ -125,27 +126,32 @@ def backup_access(backup: Backup, live: DatabaseAccess | None) -> DatabaseAccess
     """The grants and connection limit the backed-up database had. A backup made before
     backupd recorded grants keeps what a restore gave before: the replaced database's grants
     (``live``), or a new database's defaults; the connection limit it recorded still counts."""
-    recorded = backup.manifest.get("database_info") or {}
-    if "grants" in recorded:
-        grants = recorded["grants"]
+    recorded = backup.doc.database_info if isinstance(backup.doc, DumpManifest) else None
+    if recorded is not None and recorded.grants_recorded:
+        grants = recorded.grants
         return DatabaseAccess(None if grants is None else tuple(
-                                  Grant(g["grantee"], g["privilege"], g.get("grantable", False)) for g in grants),
-                              recorded.get("connection_limit", -1), recorded.get("owner"))
+                                  Grant(g.grantee, g.privilege, g.grantable) for g in grants),
+                              recorded.connection_limit, recorded.owner)
     kept = live or DatabaseAccess(None)
     log.warning("this backup did not record the database's grants: they are "
                 + ("the replaced database's" if live else "a new database's defaults"), id=backup.id)
-    return DatabaseAccess(kept.grants, recorded.get("connection_limit", kept.connection_limit), kept.owner)
+    limit = recorded.limit_recorded if recorded is not None else None
+    return DatabaseAccess(kept.grants, kept.connection_limit if limit is None else limit, kept.owner)
 
 
 
 def manifest_info(backup: Backup) -> DatabaseInfo | None:
-    info = backup.manifest.get("database_info")
-    return DatabaseInfo.from_json(info) if info else None
+    info = backup.doc.database_info if isinstance(backup.doc, DumpManifest) else None
+    if info is None:
+        return None
+    return DatabaseInfo(owner=info.owner, encoding=info.encoding, collate=info.collate, ctype=info.ctype,
+                        locale_provider=info.locale_provider, icu_locale=info.icu_locale,
+                        settings=list(info.settings), acl=list(info.acl), connection_limit=info.connection_limit)
 
 
 
 def restore_roles(repo: Repository, backup: Backup, server: Server, identity: str | None) -> list[str]:
-    globals_id = backup.manifest.get("globals_id")
+    globals_id = backup.globals_id
     if not globals_id:
         return []
     try:
@@ -193,7 +199,7 @@ def _create_database(admin: psycopg.Connection, name: str, info: DatabaseInfo | 
 
 def _restore_data(settings: Settings, repo: Repository, backup: Backup, server: Server, tools: Tools, target: str,
                   jobs: int, no_owner: bool = False) -> None:
-    fmt = backup.manifest["format"]
+    fmt = backup.doc.format
     identity = settings.identity
     env, secrets = server.libpq_env(target), (*server.secrets, *((identity,) if identity else ()))
     transformed = is_transformed(backup.path)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backupd.archive import stored_transforms
-from backupd.documents import InvalidDocument
+from backupd.documents import InvalidDocument, parse
 from backupd.errors import IntegrityError, NotFoundError, RefusedError, UsageError
 from backupd.logging import get_logger
-from backupd.manifests import as_dict, read_manifest
+from backupd.manifests import UnlistedFile, read_manifest
 from backupd.origin import this_instance
 from backupd.repository import FORMAT_SUFFIXES, Backup, Repository, looks_like_id
 from backupd.stream import Progress, sha256_of
@@ -81,23 +81,23 @@ def backup_from_path(path: Path) -> Backup:
     manifest_path = path.with_name(f"{stem}.json")
     if manifest_path.is_file():
         try:
-            manifest = as_dict(read_manifest(manifest_path))
-            if manifest.get("file") == path.name:
-                return Backup(manifest=manifest, folder=path.parent)
+            found = read_manifest(manifest_path)
+            if found.file == path.name:
+                return Backup(found, path.parent)
         except (OSError, InvalidDocument) as err:
             log.warning("ignoring a manifest beside the file that cannot be used", manifest=str(manifest_path),
                         error=str(err))
     log.warning("restoring a file without its manifest: no checksum to check", file=str(path))
-    manifest = {"id": stem if looks_like_id(stem) else f"{stem}-00000000T000000Z", "kind": "database",
+    unlisted = {"id": stem if looks_like_id(stem) else f"{stem}-00000000T000000Z", "kind": "database",
                 "database": None, "file": path.name, "format": fmt, "compression": compression.name,
                 "encryption": {"tool": "age"} if encrypted else None,
                 "size_bytes": path.stat().st_size, "sha256": None}
-    return Backup(manifest=manifest, folder=path.parent)
+    return Backup(parse(UnlistedFile, unlisted), path.parent)
 
 
 
 def check_checksum(backup: Backup, progress: Progress | None = None) -> None:
-    expected = backup.manifest.get("sha256")
+    expected = backup.sha256
     if not expected:
         return
     actual = sha256_of(backup.path, progress)
@@ -109,7 +109,7 @@ def check_checksum(backup: Backup, progress: Progress | None = None) -> None:
 def check_database_option(backup: Backup, database: str | None, advice: str) -> None:
     """``--database NAME`` with a backup of another database is a contradiction: say so
     (exit 2) instead of guessing which of the two the user meant."""
-    own = backup.manifest.get("database")
+    own = backup.doc.database
     if database is not None and own is not None and database != own:
         raise RefusedError(f"backup {backup.id} is of database {own!r}, not {database!r}: --database selects "
                            f"backups (whose backup 'latest' means), it is never where a restore goes; {advice}; "

@@ -92,7 +92,7 @@ def restore_destination(backup: Backup, database: str | None, into: str | None, 
     """Where the data goes: ``--into`` or ``--over`` when given, else the backup's own
     database. ``--database`` says whose backups are meant; a backup of another database
     is refused rather than restored over the one it names."""
-    own: str | None = backup.manifest.get("database")
+    own = backup.doc.database
     check_database_option(backup, database, f"to restore {own}'s data over {database}, give "
                                             f"--over {shlex.quote(database or '')} --yes; into a new database, "
                                             f"--into NEWDB")
@@ -137,7 +137,7 @@ def check_replaceable(admin: psycopg.Connection, target: str) -> None:
 
 
 def _over_advice(backup: Backup, target: str) -> str:
-    if target == backup.manifest.get("database"):
+    if target == backup.doc.database:
         return "--yes"
     return f"--over {shlex.quote(target)} --yes"
 

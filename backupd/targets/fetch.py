@@ -9,17 +9,18 @@ another verb for it.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from backupd import origin
+from backupd.documents import InvalidDocument
 from backupd.errors import IntegrityError, NotFoundError, UsageError
 from backupd.logging import get_logger
+from backupd.manifests import StoredManifest, read_manifest
 from backupd.origin import INSTANCE_PATTERN, check_fetched, instance_of
 from backupd.repository import Backup, Repository, decode_name, encode_name, parse_id
 from backupd.stream import fsync_dir, sha256_of
@@ -44,18 +45,18 @@ def targets_for(settings: Settings, url: str | None = None) -> list[Target]:
     return targets
 
 
-def read_remote_manifest(target: Target, relative: str) -> dict[str, Any] | None:
-    """A manifest on the target, parsed; None when it cannot be fetched or is not an object."""
+def read_remote_manifest(target: Target, relative: str) -> StoredManifest | None:
+    """A manifest on the target, validated; None when it cannot be fetched or is not a
+    manifest of backupd's."""
     with tempfile.TemporaryDirectory(prefix="backupd-manifest-") as folder:
         local = Path(folder) / "manifest.json"
         try:
             with_retries(f"fetch {relative}", partial(target.get, relative, local))
-            manifest = json.loads(local.read_text(encoding="utf-8"))
-        except (TargetError, OSError, ValueError) as err:
+            return read_manifest(local)
+        except (TargetError, OSError, InvalidDocument) as err:
             log.warning("a manifest on the target cannot be read", manifest=relative, target=target.url,
                         error=str(err))
             return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 FOREIGN = ".instances"  # BACKUP_DIR/.instances/<instance>/: another instance's backups, fetched to restore
@@ -95,18 +96,11 @@ def list_remote(settings: Settings, url: str, instance: str | None = None) -> li
         if remote_backup.kind == "volume" or (instance is not None and owner != instance):
             continue
         manifest = read_remote_manifest(target, remote_backup.manifest)
-        try:
-            written_by = instance_of(manifest, owner) if manifest is not None else None
-            backup = Backup(manifest=manifest, folder=Path(remote_backup.manifest).parent) if manifest else None
-            if backup is not None and (backup.id != remote_backup.id or written_by is None):
-                backup = None
-        except (IntegrityError, KeyError, TypeError, ValueError, UsageError):
-            backup = None
-        if backup is None or written_by is None:
+        if manifest is None or manifest.id != remote_backup.id:
             log.warning("not listed: its manifest on the target is not valid", manifest=remote_backup.manifest,
                         target=target.url)
             continue
-        backups.append((backup, written_by))
+        backups.append((Backup(manifest, Path(remote_backup.manifest).parent), instance_of(manifest, owner)))
     backups.sort(key=lambda found: (found[0].time, found[0].id, found[1]), reverse=True)
     return backups
 
@@ -141,7 +135,7 @@ def fetch(settings: Settings, repo: Repository, backup_id: str, targets: list[Ta
             continue
         backup = _fetch_files(target, into, found, asked)
         log.info("fetched from a target", id=backup_id, target=target.url, instance=asked)
-        globals_id = backup.manifest.get("globals_id")
+        globals_id = backup.globals_id
         if globals_id and globals_id != backup_id:
             try:
                 into.find(globals_id, kind="globals")
@@ -186,35 +180,32 @@ def _fetch_files(target: Target, repo: Repository, found: RemoteBackup, instance
         staged_manifest = Path(staging) / "manifest.json"
         with_retries(f"fetch {found.manifest}", lambda: target.get(found.manifest, staged_manifest))
         try:
-            manifest = json.loads(staged_manifest.read_text(encoding="utf-8"))
-        except ValueError:
+            manifest: StoredManifest | None = read_manifest(staged_manifest)
+        except InvalidDocument:
             manifest = None
-        if isinstance(manifest, dict):  # refused (exit 2) before anything of it is kept
+        if manifest is not None:  # refused (exit 2) before anything of it is kept
             check_fetched(manifest, instance, f"{target.url}/{found.manifest}")
-        if not isinstance(manifest, dict) or not _describes(manifest, found.id, folder):
+        if manifest is None or not _describes(manifest, found.id, folder):
             raise IntegrityError(f"the manifest of {found.id} on {target.url} is not backupd's manifest of "
                                  f"that backup (its id, file name, size or checksum); nothing was fetched")
-        data_name = manifest["file"]
+        data_name = manifest.file
         staged_data = Path(staging) / data_name
         with_retries(f"fetch {data_name}", lambda: target.get(f"{remote_folder}/{data_name}", staged_data))
-        if sha256_of(staged_data) != manifest["sha256"]:
+        if sha256_of(staged_data) != manifest.sha256:
             raise IntegrityError(f"the copy of {found.id} on {target.url} does not match its manifest")
         staged_data.chmod(0o600)
         staged_manifest.chmod(0o600)
         shutil.move(staged_data, folder / data_name)
-        shutil.move(staged_manifest, folder / f"{encode_name(manifest['id'])}.json")
+        shutil.move(staged_manifest, folder / f"{encode_name(manifest.id)}.json")
         fsync_dir(folder)
-    return repo.find(manifest["id"], kind="volume" if found.kind == "volume" else "database")
+    return repo.find(manifest.id, kind="volume" if found.kind == "volume" else "database")
 
 
-def _describes(manifest: dict[str, Any], backup_id: str, folder: Path) -> bool:
+def _describes(manifest: StoredManifest, backup_id: str, folder: Path) -> bool:
     """A fetched manifest is believed only about the backup it was fetched as, and only about
     a file of backupd's own name: it can never name, and so overwrite, anything else."""
-    try:
-        return manifest.get("id") == backup_id and Repository.accounts_for(
-            Backup(manifest=manifest, folder=folder), f"{encode_name(backup_id)}.json")
-    except (KeyError, TypeError, ValueError, UsageError):
-        return False
+    return manifest.id == backup_id and Repository.accounts_for(Backup(manifest, folder),
+                                                                f"{encode_name(backup_id)}.json")
 
 
 def fetch_url(settings: Settings, repo: Repository, url: str) -> Backup:

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from backupd import failures as failure_records
 from backupd import origin
 from backupd.errors import RepositoryUnreadable
+from backupd.failures import Failure
 from backupd.health import Facts, Health, judge
 from backupd.leftovers import Leftover
 from backupd.logging import get_logger
+from backupd.manifests import TargetRun
 from backupd.repository import PITR, Backup, Problem, Repository, utc_now
 from backupd.runs import read_runs
 
@@ -93,8 +95,8 @@ class View:
     root: Path
     live: Live
     inventory: Inventory | None
-    failures: list[dict[str, Any]] | None  # the repository's failure records
-    runs: dict[str, dict[str, Any]] | None  # replication target -> its newest run
+    failures: list[Failure] | None  # the repository's failure records
+    runs: dict[str, TargetRun] | None  # replication target -> its newest run
     pitr: dict[str, Any] | None  # pitr.status.describe: every cluster, this server's at the top
     health: Health | None
     instance: str | None
@@ -156,7 +158,7 @@ def _describe_pitr(settings: Settings, receiver: dict[str, Any] | None, streamed
 
 
 def _judge(settings: Settings, now: datetime, root: Path, inventory: Inventory | None,
-           failures: list[dict[str, Any]] | None, runs: dict[str, dict[str, Any]] | None, live: Live) -> Health:
+           failures: list[Failure] | None, runs: dict[str, TargetRun] | None, live: Live) -> Health:
     if inventory is None:
         raise RuntimeError("the repository's reading failed (see the log)")
     facts: Facts | str = inventory.unreadable or Facts(root, inventory.backups, inventory.problems,

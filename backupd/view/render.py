@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from backupd import __version__
 from backupd.health import newest_verifications
+from backupd.manifests import as_dict
 from backupd.redact import strip_url_credentials
-from backupd.repository import iso, parse_iso
+from backupd.repository import iso
 from backupd.targets import target_urls
 from backupd.view import View
 
@@ -25,12 +26,9 @@ def _health(view: View) -> dict[str, Any]:
     return view.health.to_json() if view.health is not None else UNREADABLE_HEALTH
 
 
-def _parse_time(text: Any) -> datetime | None:
-    """``parse_iso`` for a value read from a file a person may have edited: None, not an error."""
-    try:
-        return parse_iso(text)
-    except (TypeError, ValueError):
-        return None
+def _to_second(when: datetime | None) -> datetime | None:
+    """A stored time as the page shows it, to the second."""
+    return when.replace(microsecond=0) if when else None
 
 
 def status_json(view: View, tools: dict[str, Any]) -> dict[str, Any]:
@@ -45,16 +43,17 @@ def status_json(view: View, tools: dict[str, Any]) -> dict[str, Any]:
         found["backups"] += 1
         if found["newest_backup"] is None:
             found["newest_backup"] = {"id": backup.id, "time": iso(backup.time), "size_bytes": backup.size,
-                                      "duration_seconds": backup.manifest.get("duration_seconds"),
-                                      "label": backup.manifest.get("label")}
-    for name, verification in newest_verifications(view.backups).items():
-        entry(name)["newest_verification"] = verification
+                                      "duration_seconds": backup.doc.recorded_duration,
+                                      "label": backup.doc.label}
+    for name, (verification, backup_id) in newest_verifications(view.backups).items():
+        entry(name)["newest_verification"] = {**as_dict(verification), "id": backup_id}
     for failure in view.failures or []:
-        entry(failure.get("database") or "all")["last_error"] = {"time": failure["time"], "error": failure["error"]}
+        entry(failure.job.name or "all")["last_error"] = {"time": iso(failure.time), "error": failure.error}
     jobs = {job.name: {"schedule": job.schedule, "next_run": iso(job.next_run), "running": job.running,
                        "last_run": job.last} for job in view.live.jobs}
+    targets = {url: as_dict(run) for url, run in (view.runs or {}).items()}
     return {"started": iso(view.live.started_at), "instance": view.instance, "health": _health(view),
-            "databases": databases, "jobs": jobs, "targets": view.runs or {}, "postgresql": tools,
+            "databases": databases, "jobs": jobs, "targets": targets, "postgresql": tools,
             "leftovers": [leftover.summary() for leftover in view.live.leftovers], "pitr": view.pitr}
 
 
@@ -71,8 +70,8 @@ def page_model(settings: Settings, view: View) -> dict[str, Any]:
         found["anchor"] = hashlib.sha256(found["name"].encode()).hexdigest()[:16]
         found["targets"] = urls
     runs = view.runs or {}
-    targets = [{"url": url, **runs.get(url, {"ok": None}), "time": _parse_time(runs.get(url, {}).get("time"))}
-               for url in urls]
+    targets = [{"url": url, **(as_dict(runs[url]) if url in runs else {"ok": None}),
+                "time": _to_second(runs[url].time) if url in runs else None} for url in urls]
     jobs = {job.name: {"schedule": job.schedule, "next_run": job.next_run, "running": job.running}
             for job in view.live.jobs}
     title = "needs attention" if health.get("status") != "ok" else "warnings" if health.get("warnings") else "ok"
@@ -87,27 +86,27 @@ def _page_databases(view: View) -> dict[str, dict[str, Any]]:
         found = databases.setdefault(backup.database, {"name": backup.database, "history": [], "count": 0})
         found["count"] += 1
         found["history"].append({"time": backup.time, "size": backup.size,
-                                 "duration": backup.manifest.get("duration_seconds")})
+                                 "duration": backup.doc.recorded_duration})
         found.setdefault("newest", {"id": backup.id, "time": backup.time, "size": backup.size,
-                                    "duration": backup.manifest.get("duration_seconds"),
-                                    "replicas": sorted(backup.state.get("replicas", {})),
+                                    "duration": backup.doc.recorded_duration,
+                                    "replicas": sorted(backup.state_doc.replicas),
                                     "damaged": backup.damaged})
-    for name, verification in newest_verifications(view.backups).items():
+    for name, (verification, backup_id) in newest_verifications(view.backups).items():
         if name in databases:
-            databases[name]["verification"] = {**verification, "time": _parse_time(verification.get("time"))}
+            databases[name]["verification"] = {**as_dict(verification), "id": backup_id,
+                                               "time": _to_second(verification.time)}
     return databases
 
 
 def _page_failures(view: View, databases: dict[str, dict[str, Any]], volumes: dict[str, dict[str, Any]]) -> None:
     """Each failure record on its volume's row or its database's section."""
     for failure in view.failures or []:
-        if failure.get("kind") == "volume" and failure.get("database"):
-            volume = volumes.setdefault(failure["database"], {"name": failure["database"], "time": None,
-                                                              "size": None})
-            volume["failure"] = {"time": _parse_time(failure.get("time")) or view.now, "error": failure.get("error")}
-        if failure.get("kind", "database") != "database":
+        name, when = failure.job.name, _to_second(failure.time) or view.now
+        if failure.job.kind == "volume" and name:
+            volume = volumes.setdefault(name, {"name": name, "time": None, "size": None})
+            volume["failure"] = {"time": when, "error": failure.error}
+        if failure.job.kind != "database":
             continue
-        name = failure.get("database") or "all"  # None: the whole run (the server could not be reached)
-        found = databases.setdefault(name, {"name": name, "history": [], "count": 0})
-        found["failure"] = {"time": _parse_time(failure.get("time")) or view.now, "error": failure.get("error")}
-        found["whole_run"] = failure.get("database") is None
+        found = databases.setdefault(name or "all", {"name": name or "all", "history": [], "count": 0})
+        found["failure"] = {"time": when, "error": failure.error}
+        found["whole_run"] = name is None  # the server could not be reached

@@ -203,7 +203,7 @@ def test_a_failure_kept_in_memory_clears_on_the_next_success(tmp_path):
             raise StorageError("cannot write the backup of 'shop': No space left on device")
 
         assert not _guarded(repo, "shop", "database", no_space).ok
-        assert [f["error"] for f in failures.of_repository(repo.root) if f["database"] == "shop"] == [
+        assert [f.error for f in failures.of_repository(repo.root) if f.job.name == "shop"] == [
             "cannot write the backup of 'shop': No space left on device"]
         (mount / "filler").unlink()
         assert _guarded(repo, "shop", "database", lambda: Outcome("shop", ok=True, backup_id="shop-x")).ok

@@ -25,11 +25,11 @@ def test_failure_files_written_by_older_backupd_are_read(tmp_path: Path):
         {"job": "base", "time": "2026-12-01T04:00:00Z", "error": "pg_basebackup exited with 1"}))
     (tmp_path / "_pitr" / ".last-failure-receiver.json").write_text(json.dumps(
         {"job": "receiver", "time": "2026-12-01T05:00:00Z", "error": "connection refused", "cluster": None}))
-    listed = sorted(failures.of_repository(tmp_path), key=lambda f: f["database"] or "")
+    listed = sorted((f.shown() for f in failures.of_repository(tmp_path)), key=lambda f: f["database"] or "")
     assert [(f["database"], f["kind"], f["time"], f["error"]) for f in listed] == [
         (None, "database", "2026-12-01T02:00:00Z", "the server is down"),
         ("shop", "database", "2026-12-01T03:00:00Z", "pg_dump exited with 1")]
-    assert failures.of_cluster(tmp_path, CLUSTER) == {
+    assert failures.shown(failures.of_cluster(tmp_path, CLUSTER)) == {
         "base": {"job": "base", "time": "2026-12-01T04:00:00Z", "error": "pg_basebackup exited with 1",
                  "cluster": CLUSTER},
         "receiver": {"job": "receiver", "time": "2026-12-01T05:00:00Z", "error": "connection refused",
@@ -37,7 +37,7 @@ def test_failure_files_written_by_older_backupd_are_read(tmp_path: Path):
     failures.clear(tmp_path, failures.pitr("receiver", CLUSTER))  # the server answered: no cluster's is over too
     failures.clear(tmp_path, failures.database("shop"))
     assert set(failures.of_cluster(tmp_path, CLUSTER)) == {"base"}
-    assert [f["database"] for f in failures.of_repository(tmp_path)] == [None]
+    assert [f.job.name for f in failures.of_repository(tmp_path)] == [None]
 
 
 def test_written_records_keep_the_layout(tmp_path: Path):
@@ -69,5 +69,5 @@ def _no_space(path: Path, text: str) -> None:
 
 def _errors(backup_dir: Path, job: failures.Job) -> list[str]:
     if job.pitr:
-        return [f["error"] for f in failures.of_cluster(backup_dir, job.cluster).values()]
-    return [f["error"] for f in failures.of_repository(backup_dir) if f["database"] == job.name]
+        return [f.error for f in failures.of_cluster(backup_dir, job.cluster).values()]
+    return [f.error for f in failures.of_repository(backup_dir) if f.job.name == job.name]

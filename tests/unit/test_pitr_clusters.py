@@ -62,7 +62,7 @@ def test_a_failure_is_its_own_clusters_and_one_of_no_cluster_is_everyones(offlin
     failures.record(offline.backup_dir, failures.pitr("base", None), "the server is down", WHEN)
     assert set(failures.of_cluster(offline.backup_dir, OLD)) == {"verify", "base"}
     assert set(failures.of_cluster(offline.backup_dir, NEW)) == {"base"}
-    assert failures.of_cluster(offline.backup_dir, NEW)["base"]["cluster"] is None
+    assert failures.of_cluster(offline.backup_dir, NEW)["base"].job.cluster is None
 
 
 def test_the_status_page_names_the_cluster_and_the_others_beside_it():

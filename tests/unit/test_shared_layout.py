@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from backupd.errors import IntegrityError
+from backupd.documents import InvalidDocument, parse
+from backupd.manifests import DumpManifest
 from backupd.origin import check_instance, instance_of
 from backupd.targets.base import RemoteFile
 from backupd.targets.layout import remote_backups, split_instance
@@ -40,11 +41,16 @@ def test_an_instance_name_is_one_safe_path_component(name):
         check_instance(name)
 
 
+def _manifest(**fields):
+    return parse(DumpManifest, {"id": "a-20261201T020000Z", "database": "a", "file": "a-20261201T020000Z.dump",
+                                "size_bytes": 1, "sha256": "0" * 64, "format": "custom", **fields})
+
+
 def test_an_origin_missing_reads_as_the_reader_and_a_malformed_one_is_invalid():
-    assert instance_of({"id": "a-20261201T020000Z"}, "me") == "me"
-    assert instance_of({"origin": {"instance": "site-b", "system_identifier": "1"}}, "me") == "site-b"
+    assert instance_of(_manifest(), "me") == "me"
+    assert instance_of(_manifest(origin={"instance": "site-b", "system_identifier": "1"}), "me") == "site-b"
     malformed = ("site-b", ["site-b"], {"instance": 3}, {"instance": "../x"},
                  {"instance": "ok", "system_identifier": 7})
     for origin in malformed:
-        with pytest.raises(IntegrityError):
-            instance_of({"id": "a-20261201T020000Z", "origin": origin}, "me")
+        with pytest.raises(InvalidDocument):
+            _manifest(origin=origin)
