@@ -33,9 +33,9 @@ from backupd.metrics import LOCAL, Metrics
 from backupd.notify import report_changes
 from backupd.pitr import clusters as pitr_clusters
 from backupd.pitr.base import needs_base
-from backupd.pitr.drill import run_drill
 from backupd.pitr.receiver import Receiver
 from backupd.pitr.store import Store
+from backupd.pitr.verify import verify_cluster
 from backupd.repository import Repository, iso, utc_now
 from backupd.schedule import previous_run, trigger
 from backupd.view import Job, Live
@@ -105,7 +105,7 @@ class Daemon:
             if settings.pitr_incremental_schedule:
                 self.add_job("pitr-incremental", settings.pitr_incremental_schedule, self._pitr_incremental)
             if settings.verify_enabled:
-                self.add_job("pitr-verify", settings.pitr_drill_schedule, self._pitr_verify)
+                self.add_job("pitr-verify", settings.pitr_verify_cron, self._pitr_verify)
         self.replicating = coordinator.replication_follows(settings)
         if self.replicating:
             self.add_job("replicate", None, self._replicate, every=settings.replication_interval)
@@ -265,7 +265,7 @@ class Daemon:
             log.info("no base backup to drill yet")
             return True
         try:
-            run_drill(self.settings, store)
+            verify_cluster(self.settings, store)
         except NotFoundError:
             log.info("no base backup to drill yet")
         return True

@@ -385,7 +385,7 @@ class Settings(BaseSettings):
         return self.backup_encryption_identity.get_secret_value() if self.backup_encryption_identity else None
 
     @property
-    def pitr_drill_schedule(self) -> str:
+    def pitr_verify_cron(self) -> str:
         return self.pitr_verify_schedule or self.verify_schedule
 
     @property

@@ -22,8 +22,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from backupd import __version__, cancel, failures, origin, pgtools
-from backupd.archive import ArchiveContents, StreamInspector, inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
-from backupd.artifact import Transform, commit_manifest
+from backupd.dump_formats import (
+    ArchiveContents,
+    StreamInspector,
+    inspect_archive,
+    pg_dump_argv,
+    pg_dumpall_globals_argv,
+)
 from backupd.errors import Aborted, BackupdError, DumpError, UsageError
 from backupd.logging import get_logger
 from backupd.pgtools import Tools
@@ -43,6 +48,7 @@ from backupd.postgres import (
 )
 from backupd.repository import FORMAT_SUFFIXES, GLOBALS, Repository, iso, pending_path, storage_error, utc_now
 from backupd.stream import Pipeline, StreamResult, stream_to_file
+from backupd.transforms import Transform, commit_manifest
 
 if TYPE_CHECKING:
     from backupd.settings import Settings

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backupd import __version__, origin
-from backupd.archive import reader_stages
-from backupd.artifact import Transform, commit_manifest
 from backupd.docker_ctl import containers_stopped
+from backupd.dump_formats import reader_stages
 from backupd.errors import BackupdError, NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
 from backupd.process import run
@@ -31,6 +30,7 @@ from backupd.retention import Decision, Item, Policy, decide
 from backupd.stream import Pipeline, stream_to_file
 from backupd.targets import configured_targets
 from backupd.targets.fetch import fetch, newest_remote_id
+from backupd.transforms import Transform, commit_manifest
 
 if TYPE_CHECKING:
     from backupd.settings import Settings

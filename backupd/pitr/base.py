@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backupd import __version__, failures
-from backupd.artifact import Transform
 from backupd.documents import dump_json, parse
 from backupd.errors import BackupdError, DumpError, RefusedError
 from backupd.logging import get_logger
@@ -32,6 +31,7 @@ from backupd.pitr.store import Base, Store
 from backupd.postgres import Server
 from backupd.repository import iso, make_id, utc_now
 from backupd.stream import AtomicFile, Pipeline, stream_to_file, write_json_atomically
+from backupd.transforms import Transform
 
 if TYPE_CHECKING:
     from backupd.settings import Settings

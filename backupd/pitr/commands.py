@@ -1,5 +1,5 @@
 """``backupd pitr base|verify|restore|status``: what each takes from the command line and
-prints. The work is done where each verb lives (``coordinator.base_backup``, ``drill``,
+prints. The work is done where each verb lives (``coordinator.base_backup``, ``verify``,
 ``restore``, ``onedb``, ``preview``, ``status``)."""
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from backupd.pitr.clusters import choose
-    from backupd.pitr.drill import run_drill
+    from backupd.pitr.verify import verify_cluster
 
-    result = run_drill(settings, choose(settings, args.cluster))
+    result = verify_cluster(settings, choose(settings, args.cluster))
     if result["ok"] is None:
         print(f"unverifiable: {result['reason']}", flush=True)
         return 0

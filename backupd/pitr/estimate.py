@@ -1,6 +1,6 @@
 """How long a restore takes, from what the last drill measured: the drill restores the
 newest base backup and replays the WAL after it, as a restore does, and records its two
-rates (DrillRecord): base backup bytes restored per second (extracting it and copying the
+rates (VerifyRecord): base backup bytes restored per second (extracting it and copying the
 WAL beside it) and WAL bytes replayed per second (the server's recovery, start to
 promotion). A restore of ``b`` base bytes and ``w`` WAL bytes then takes about
 b / base rate + w / replay rate. WAL bytes are positions apart (LSNs), as the drill counts
@@ -12,11 +12,11 @@ from pathlib import Path
 
 from backupd.pitr import wal
 from backupd.pitr.reach import segments_to_copy
-from backupd.pitr.records import DrillRecord
+from backupd.pitr.records import VerifyRecord
 from backupd.pitr.store import Base, Store
 
 
-def seconds(drill: DrillRecord | None, base_bytes: int, wal_bytes: int) -> float | None:
+def seconds(drill: VerifyRecord | None, base_bytes: int, wal_bytes: int) -> float | None:
     """The estimate, or None when no successful drill measured the rates it needs."""
     if drill is None or not drill.base_bytes_per_second:
         return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backupd.archive import reader_stages
+from backupd.dump_formats import reader_stages
 from backupd.pitr.store import Store
 from backupd.process import run
 from backupd.stream import Pipeline, stream_to_file

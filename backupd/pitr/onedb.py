@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from backupd import leftovers, pgtools
-from backupd.archive import inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
-from backupd.artifact import Transform
 from backupd.documents import parse
+from backupd.dump_formats import inspect_archive, pg_dump_argv, pg_dumpall_globals_argv
 from backupd.errors import NotFoundError, RefusedError, RestoreError, UsageError
 from backupd.logging import get_logger
 from backupd.manifests import DumpManifest
@@ -49,6 +48,7 @@ from backupd.restoring.swap import (
 )
 from backupd.roles import create_missing_roles
 from backupd.stream import Pipeline, stream_to_file
+from backupd.transforms import Transform
 
 if TYPE_CHECKING:
     from backupd.pgtools import Tools

@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from backupd import failures
-from backupd.artifact import Transform
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
 from backupd.pitr import cluster, diverged, wal, waldump, walrecords
-from backupd.pitr.archiver import archive_completed, archive_partial, remove_stale_temporaries
 from backupd.pitr.records import LiveProof
 from backupd.pitr.store import Store
+from backupd.pitr.wal_archiving import archive_completed, archive_partial, remove_stale_temporaries
 from backupd.postgres import Server
 from backupd.process import Child, spawn
 from backupd.repository import iso, utc_now
+from backupd.transforms import Transform
 
 if TYPE_CHECKING:
     from backupd.settings import Settings

@@ -93,7 +93,7 @@ class Gap(Document):
     reason: str
 
 
-class DrillRecord(Document):
+class VerifyRecord(Document):
     """``verify.json``: the last drill, and when one last succeeded."""
 
     time: Moment

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from backupd.archive import reader_stages
+from backupd.dump_formats import reader_stages
 from backupd.errors import Aborted, BackupdError, IntegrityError, NotFoundError, RefusedError
 from backupd.logging import get_logger
 from backupd.pitr import chains, prepared, wal, waldump

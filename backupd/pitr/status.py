@@ -11,7 +11,7 @@ import psycopg
 
 from backupd import failures
 from backupd.pitr import chains, cluster, clusters, estimate
-from backupd.pitr.records import DrillRecord, to_json
+from backupd.pitr.records import VerifyRecord, to_json
 from backupd.pitr.store import Store
 from backupd.postgres import Server
 from backupd.repository import iso, parse_iso
@@ -66,7 +66,7 @@ def _cluster(store: Store, settings: Settings, connected: bool) -> dict[str, Any
         "failures": failures.shown(failures.own(Path(settings.backup_dir), store.system_identifier))}
 
 
-def _shown(drill: DrillRecord | None) -> dict[str, Any] | None:
+def _shown(drill: VerifyRecord | None) -> dict[str, Any] | None:
     return to_json(drill) if drill is not None else None
 
 

@@ -18,10 +18,10 @@ from backupd.pitr.doccache import cached, listing
 from backupd.pitr.records import (
     BaseManifest,
     ClusterDoc,
-    DrillRecord,
     Gap,
     Invalid,
     LiveProof,
+    VerifyRecord,
     WalProof,
     WalRecord,
     read_list,
@@ -180,7 +180,7 @@ class Store(WalFiles):
         docs: list[tuple[Path, Any]] = [
             (self.root / "cluster.json", partial(read, ClusterDoc, self.root / "cluster.json")),
             (self.root / "gaps.json", partial(read_list, Gap, self.root / "gaps.json")),
-            (self.root / "verify.json", partial(read, DrillRecord, self.root / "verify.json")),
+            (self.root / "verify.json", partial(read, VerifyRecord, self.root / "verify.json")),
             (self.root / LIVE, partial(read, LiveProof, self.root / LIVE))]
         docs += [(p, partial(self._load_base, p)) for p in listing(self.base_dir) if _BASE_MANIFEST.fullmatch(p.name)]
         docs += [(p, partial(self._load_record, p)) for p in self.record_paths()]
@@ -405,12 +405,12 @@ class Store(WalFiles):
         return Window(oldest.first_target, max(proven, newest_base) if proven else newest_base, oldest)
 
     # The drill ------------------------------------------------------------------------
-    def last_drill(self) -> DrillRecord | None:
+    def last_drill(self) -> VerifyRecord | None:
         """The last drill's record; None when there is none (or it is invalid: that is
         listed by ``pitr status``)."""
-        return self._load(DrillRecord, self.root / "verify.json")
+        return self._load(VerifyRecord, self.root / "verify.json")
 
-    def record_drill(self, result: dict[str, Any]) -> None:
+    def record_verify(self, result: dict[str, Any]) -> None:
         previous = self.last_drill()
         earlier = iso(previous.last_success) if previous and previous.last_success else None
         drills = {**result, "last_success": result["time"] if result["ok"] else earlier}

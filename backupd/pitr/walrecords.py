@@ -12,7 +12,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from backupd.archive import reader_stages
+from backupd.dump_formats import reader_stages
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
 from backupd.pitr import wal, waldump

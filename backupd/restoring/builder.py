@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from backupd import leftovers, pgtools
-from backupd.archive import (
+from backupd.dump_formats import (
     decompress_to,
     is_transformed,
     read_small,

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backupd.archive import stored_transforms
 from backupd.documents import InvalidDocument, parse
+from backupd.dump_formats import stored_transforms
 from backupd.errors import IntegrityError, NotFoundError, RefusedError, UsageError
 from backupd.logging import get_logger
 from backupd.manifests import UnlistedFile, read_manifest

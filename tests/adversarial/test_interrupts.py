@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backupd import cancel
-from backupd.artifact import commit_manifest
+from backupd.transforms import commit_manifest
 from backupd.errors import Aborted
 from backupd.repository import Repository, pending_path
 from tests.conftest import log_lines

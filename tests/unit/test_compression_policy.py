@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from backupd.artifact import Transform
+from backupd.transforms import Transform
 from backupd.pgtools import Tools
 from backupd.settings import load_settings
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from backupd.archive import dbname_conninfo, pg_dump_argv, restore_consumer
+from backupd.dump_formats import dbname_conninfo, pg_dump_argv, restore_consumer
 from backupd.pgtools import Tools
 from backupd.postgres import split_setting
 from backupd.roles import parse_globals

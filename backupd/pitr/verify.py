@@ -1,5 +1,5 @@
-"""The PITR drill: the newest base backup and all the WAL received are recovered in a
-scratch data directory by a temporary server on a Unix socket (no TCP), which must reach
+"""The PITR verification (``backupd pitr verify``; the docs call what it runs the PITR
+drill): the newest base backup and all the WAL received are recovered in a scratch data directory by a temporary server on a Unix socket (no TCP), which must reach
 the newest WAL position the receiver had flushed, and promote. Then everything goes.
 The base backup's full sha256 and every WAL file are checked on the way: a damaged newest
 base backup fails the drill (a restore would fall back to an older one; the drill says why)."""
@@ -35,7 +35,7 @@ log = get_logger("pitr")
 DRILL_PREFIX = ".backupd-pitr-drill-"
 
 
-def run_drill(settings: Settings, store: Store) -> dict[str, Any]:
+def verify_cluster(settings: Settings, store: Store) -> dict[str, Any]:
     """Recover ``store``'s cluster, check, clean up; the result is recorded (its verify.json,
     its failure file)."""
     started, clock = utc_now(), time.monotonic()
@@ -47,7 +47,7 @@ def run_drill(settings: Settings, store: Store) -> dict[str, Any]:
             result.update(ok=None, reason="the base backups are encrypted and BACKUP_ENCRYPTION_IDENTITY is not "
                                           "set here: the drill needs it")
             return result
-        result.update(_drill(settings, store))
+        result.update(_verify(settings, store))
         result["ok"] = True
         failures.clear(settings.backup_dir, failures.pitr("verify", store.system_identifier))
     except (BackupdError, OSError) as err:
@@ -58,14 +58,14 @@ def run_drill(settings: Settings, store: Store) -> dict[str, Any]:
     finally:
         result["seconds"] = round(time.monotonic() - clock, 1)
         try:
-            store.record_drill(result)
+            store.record_verify(result)
         except OSError as err:
             log.error("could not record the PITR drill", error=str(err))
         log.info("PITR drill finished", **result)
     return result
 
 
-def _drill(settings: Settings, store: Store) -> dict[str, Any]:
+def _verify(settings: Settings, store: Store) -> dict[str, Any]:
     # Everything but the replay counts for the base rate, the cleaning up too: on a test
     # cluster the drill's whole duration is closest to a restore run as a command.
     clock = time.monotonic()

@@ -11,7 +11,6 @@ import os
 import shutil
 from pathlib import Path
 
-from backupd.artifact import Transform
 from backupd.errors import BackupdError
 from backupd.logging import get_logger
 from backupd.pitr import wal, walrecords
@@ -19,6 +18,7 @@ from backupd.pitr.records import WalProof
 from backupd.pitr.store import Store, remove_files
 from backupd.repository import utc_now
 from backupd.stream import Pipeline, StreamResult, stream_to_file
+from backupd.transforms import Transform
 
 log = get_logger("pitr")
 
