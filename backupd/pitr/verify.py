@@ -1,8 +1,9 @@
 """The PITR verification (``backupd pitr verify``; the docs call what it runs the PITR
-drill): the newest base backup and all the WAL received are recovered in a scratch data directory by a temporary server on a Unix socket (no TCP), which must reach
-the newest WAL position the receiver had flushed, and promote. Then everything goes.
-The base backup's full sha256 and every WAL file are checked on the way: a damaged newest
-base backup fails the drill (a restore would fall back to an older one; the drill says why)."""
+drill): the newest base backup and all the WAL received are recovered in a scratch data
+directory by a temporary server on a Unix socket (no TCP), which must reach the newest WAL
+position the receiver had flushed, and promote. Then everything goes. The base backup's
+full sha256 and every WAL file are checked on the way: a damaged newest base backup fails
+the drill (a restore would fall back to an older one; the drill says why)."""
 
 from __future__ import annotations
 
