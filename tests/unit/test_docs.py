@@ -73,6 +73,19 @@ def test_the_module_map_names_every_module_and_package():
         assert named - modules == set(), f"docs/architecture.md names modules {package} does not have"
 
 
+def test_the_readmes_code_map_names_every_module_in_its_package():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    top, inside = backupd_modules()
+    named = set(re.findall(r"`([\w/]+(?:\.py|/))`", section))
+    modules = {m for m in top if m.endswith(".py") and m != "__init__.py"}
+    assert modules - named == set(), "modules missing from the README's code map"
+    for package, members in inside.items():
+        lines = [line for line in section.splitlines() if f"`{package}`" in line]
+        listed = {name for line in lines for name in re.findall(r"`(\w+\.py)`", line.split(f"`{package}`", 1)[1])}
+        assert lines and members - listed == set(), f"modules of {package} missing from the README's code map"
+
+
 def test_the_readme_is_short_and_its_settings_are_real_with_their_defaults():
     generator = load_generator()
     readme = (REPO / "README.md").read_text(encoding="utf-8")
