@@ -69,7 +69,10 @@ def volume_backup(settings: Settings, names: list[str] | None = None,
                   then_replicate: Replicate | None = None) -> list[VolumeOutcome]:
     """Archive the volumes, then retention of the volumes, then a replication."""
     outcomes = run_volume_backup(settings, names)
-    prune_volumes(settings)
+    try:
+        prune_volumes(settings)
+    except (OSError, BackupdError) as err:  # the archives are made and kept: retention runs again daily
+        log.error("the volume archives were made, but the retention after them failed", error=str(err))
     _replicate_after(settings, any(o.ok for o in outcomes), then_replicate)
     return outcomes
 
@@ -84,7 +87,10 @@ def base_backup(settings: Settings, reason: str, then_replicate: Replicate | Non
     from backupd.pitr.store import Store
 
     base = run_base_backup(settings, reason, incremental)
-    prune_pitr(settings, Store(settings.backup_dir, base.doc.system_identifier), utc_now())
+    try:
+        prune_pitr(settings, Store(settings.backup_dir, base.doc.system_identifier), utc_now())
+    except (OSError, BackupdError) as err:  # the base backup is made and kept: retention runs again daily
+        log.error("the base backup was made, but the retention after it failed", id=base.id, error=str(err))
     _replicate_after(settings, True, then_replicate)
     return base
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from backupd.pitr.store import Base, Store
     from backupd.settings import Settings
 
+Leftover = Callable[[str], bool]  # whether any file of the base backup with this id is left
 log = get_logger("pitr")
 
 WORK = ".backupd-chain"  # inside the staging folder: removed with it on failure
@@ -104,7 +105,7 @@ def fetch_chain(base: Base, manifests: list[Base], get: Callable[[Base], None]) 
     return chain_damage(base, manifests)
 
 
-def with_parents(keep: set[str], bases: list[Base]) -> set[str]:
+def with_parents(keep: set[str], bases: list[Base], left: Leftover | None = None) -> set[str]:
     """Retention: ``keep`` with every kept base backup's whole chain. An incremental whose
     chain is incomplete can never be restored: it is not kept once nothing of the missing
     member is left; while a file of it is (a manifest that does not validate, a data file
@@ -114,7 +115,7 @@ def with_parents(keep: set[str], bases: list[Base]) -> set[str]:
     for base_id in keep & set(known):
         if (chain := chain_of(known[base_id], known)) is not None:
             kept |= {member.id for member in chain}
-        elif _leftovers(known[base_id], known):
+        elif has_leftovers(known[base_id], known, left):
             kept.add(base_id)
         else:
             log.warning("an incremental base backup whose chain is incomplete is not kept", base=base_id,
@@ -122,11 +123,14 @@ def with_parents(keep: set[str], bases: list[Base]) -> set[str]:
     return kept
 
 
-def _leftovers(base: Base, known: dict[str, Base]) -> bool:
-    """Whether a file of the first missing member of ``base``'s chain is still in its folder."""
+def has_leftovers(base: Base, known: dict[str, Base], left: Leftover | None = None) -> bool:
+    """Whether a file of the first missing member of ``base``'s chain is still there: in
+    its folder, or as ``left(id)`` says (a replication target's listing)."""
     while (parent := parent_of(base)) is not None and parent in known:
         base = known[parent]
-    return parent is not None and any(base.folder.glob(f"{parent}.*"))
+    if parent is None:
+        return False
+    return left(parent) if left is not None else any(base.folder.glob(f"{parent}.*"))
 
 
 def summary(bases: list[Base]) -> list[dict[str, Any]]:

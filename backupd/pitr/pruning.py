@@ -29,16 +29,32 @@ class Pruned:
 
 
 def decide_bases(bases: list[Base], now: datetime, policy: Policy,
-                 pinned: frozenset[str] | set[str] = frozenset()) -> list[tuple[Base, Decision]]:
-    """Each base backup with its decision, newest first."""
-    by_id = {base.id: base for base in bases}
-    items = (Item(base.id, "base backups", base.stop_time, base.id in pinned, base.doc.parent) for base in bases)
-    decided = [(by_id[decision.item.id], decision) for decision in decide(items, now, policy)]
-    restorable = chains.with_parents({base.id for base, decision in decided if decision.keep}, bases)
-    for base, decision in decided:
-        if decision.keep and base.id not in restorable:  # its chain is gone: it can never be restored
-            decision.reasons.clear()
-    return decided
+                 pinned: frozenset[str] | set[str] = frozenset(),
+                 left: chains.Leftover | None = None) -> list[tuple[Base, Decision]]:
+    """Each base backup with its decision, newest first. Only base backups that can be
+    restored (whole chains) are judged by the rules, so the start of the recovery window and
+    the BACKUP_MIN_KEEP floor always fall on one that restores. An incremental whose chain is
+    incomplete is kept only while pinned, or while a file of its missing member is left
+    (``left``: a replication target's listing says; else its folder), for repair by hand."""
+    known = chains.by_id(bases)
+    whole = [base for base in bases if chains.chain_of(base, known) is not None]
+    items = (Item(base.id, "base backups", base.stop_time, base.id in pinned, base.doc.parent) for base in whole)
+    decided = [(known[decision.item.id], decision) for decision in decide(items, now, policy)]
+    for base in (b for b in bases if b.id not in {w.id for w in whole}):
+        decided.append((base, Decision(Item(base.id, "base backups", base.stop_time, base.id in pinned),
+                                       _broken_chain_reasons(base, known, pinned, left))))
+    return sorted(decided, key=lambda pair: pair[0].order, reverse=True)
+
+
+def _broken_chain_reasons(base: Base, known: dict[str, Base], pinned: frozenset[str] | set[str],
+                          left: chains.Leftover | None) -> list[str]:
+    missing = chains.missing_member(base, known)
+    if base.id in pinned:
+        return [f"pinned (it cannot be restored: {missing})"]
+    if chains.has_leftovers(base, known, left):
+        return [f"a file of the missing member of its chain is left, for repair ({missing})"]
+    log.warning("an incremental base backup whose chain is incomplete is not kept", base=base.id, reason=missing)
+    return []
 
 
 def wal_to_delete(names: list[str], kept: list[Base], segment_size: int) -> list[str]:
@@ -54,7 +70,8 @@ def prune(settings: Settings, store: Store, now: datetime, dry_run: bool = False
     """Retention on ``store``'s cluster. A base backup pinned after it was judged is kept."""
     policy = Policy.recovery_window(settings.pitr_retention_days, settings.backup_min_keep,
                                     store.newest_received_time())
-    result = Pruned(decide_bases(store.bases(), now, policy, store.pinned()))
+    pins = store.pinned()
+    result = Pruned(decide_bases(store.bases(), now, policy, pins))
     if not result.decisions:
         return result
     doomed = [base for base, decision in result.decisions if not decision.keep]
@@ -67,7 +84,7 @@ def prune(settings: Settings, store: Store, now: datetime, dry_run: bool = False
     result.files = gone + old_wal
     if dry_run:
         return result
-    if {base.id for base in doomed} & store.pinned():  # pinned meanwhile: judged again
+    if {base.id for base in doomed} & (store.pinned() - pins):  # pinned meanwhile: judged again, with them
         return prune(settings, store, now, dry_run)
     remove_files(gone)  # the manifest first: a base without one is never listed
     remove_files(old_wal)

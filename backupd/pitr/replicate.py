@@ -135,8 +135,11 @@ def _retention(target: Target, remote: dict[str, RemoteFile], store: Store, root
     bases = _remote_bases(target, remote, prefix)
     if not bases:
         return []
+    def left(base_id: str) -> bool:  # what the target still holds of a base its listing skipped
+        return any(r.startswith(f"{prefix}/base/{base_id}.") for r in remote)
+
     decided = decide_bases([b for b, _ in bases], utc_now(), Policy.recovery_window(settings_days, min_keep),
-                           store.pinned())
+                           store.pinned(), left)
     keep = {base.id for base, decision in decided if decision.keep}
     deleted = []
     for base, manifest in bases:

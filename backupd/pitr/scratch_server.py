@@ -40,8 +40,10 @@ def wait_for_promotion(server: subprocess.Popen[bytes], socket_dir: Path, user: 
                 row = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
                 if row and not row[0]:
                     return wal.parse_lsn(row[1]) if row[1] else 0
-        except psycopg.OperationalError:
-            pass  # not accepting connections until recovery ends (hot_standby=off)
+        except psycopg.OperationalError as err:
+            if "does not exist" in str(err):  # it has promoted, and the role or database is not there: final
+                raise RestoreError(f"the recovered server cannot be used: {str(err).strip()}") from None
+            # else: not accepting connections until recovery ends (hot_standby=off)
         time.sleep(0.5)
     raise RestoreError(f"the recovering server did not finish within {timeout:g}s: {log_tail(log_path)}")
 

@@ -163,5 +163,10 @@ def _judge(settings: Settings, now: datetime, root: Path, inventory: Inventory |
         raise RuntimeError("the repository's reading failed (see the log)")
     facts: Facts | str = inventory.unreadable or Facts(root, inventory.backups, inventory.problems,
                                                        failures or [], runs or {})
-    return judge(settings, facts, now, live.started_at, live.scheduler_running, live.receiver,
-                 live.leftovers)
+    health = judge(settings, facts, now, live.started_at, live.scheduler_running, live.receiver, live.leftovers)
+    # A part that could not be read is no evidence that nothing failed (the log says why)
+    if failures is None:
+        health.fail("failures", "the records of failed jobs could not be read")
+    if runs is None:
+        health.fail("replication", "the replication history could not be read")
+    return health

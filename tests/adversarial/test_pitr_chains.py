@@ -87,3 +87,25 @@ def test_a_damaged_member_makes_the_chain_unusable(tmp_path):
     bases[2].path.write_bytes(b"longer")
     assert not chains.complete(bases[0], bases)
     assert chains.summary(bases) == [{"full": ident(3), "incrementals": [ident(2), ident(1)], "complete": False}]
+
+
+def test_a_pinned_incremental_whose_parent_is_gone_stays_pinned_and_is_never_doomed():
+    bases = [base(2, parent=9), base(30)]  # day 9 was deleted by hand
+    decided = {b.id: d for b, d in decide_bases(bases, NOW, Policy.recovery_window(14, 1, NOW), {ident(2)})}
+    assert decided[ident(2)].keep and decided[ident(2)].reasons[0].startswith("pinned (it cannot be restored")
+
+
+def test_the_window_starts_on_a_base_that_restores_never_on_an_orphan():
+    # A full base 50 days old, an orphaned incremental 40 days old, a full one a day old, a
+    # window of 7 days: the window starts from the 50-day-old full base, which is kept.
+    bases = [base(1), base(40, parent=45), base(50)]
+    assert bases_to_keep(bases, NOW, days=7, min_keep=1, proven=NOW) == {ident(1), ident(50)}
+
+
+def test_on_a_target_an_orphan_stays_while_the_listing_holds_a_file_of_its_parent():
+    bases = [base(2, parent=9), base(30)]
+    held = {ident(9)}  # its manifest there does not validate, its data file is there
+    decided = decide_bases(bases, NOW, Policy.recovery_window(14, 2, NOW), left=held.__contains__)
+    assert {b.id for b, d in decided if d.keep} == {ident(2), ident(30)}
+    decided = decide_bases(bases, NOW, Policy.recovery_window(14, 2, NOW), left=set().__contains__)
+    assert {b.id for b, d in decided if d.keep} == {ident(30)}
