@@ -99,6 +99,11 @@ def test_chain_restores_exactly_and_a_broken_one_is_passed_over(pitr_cluster, pi
     # The middle incremental is deleted: the second cannot be restored without it.
     for path in (backup_dir / "_pitr").glob(f"*/base/{first}.*"):
         path.unlink()
+    preview = pitr_backupd.ok("pitr", "restore", "--time", "latest", "--to", str(data_home / "b"), "--dry-run")
+    assert f"skipped base backup {second}: it is incremental: base backup {first}, of its chain, is gone" \
+        in preview.stdout and f"took base backup {full}" in preview.stdout, preview.stdout
+    assert "is not the size" not in preview.stdout and "WAL after it is incomplete" not in preview.stdout, \
+        preview.stdout
     fallback = pitr_backupd.ok("pitr", "restore", "--time", "latest", "--to", str(data_home / "b"))
     assert f"skipped base backup {second}: it is incremental: base backup {first}, of its chain, is gone" \
         in fallback.stdout, fallback.stdout
