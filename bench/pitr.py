@@ -1,7 +1,7 @@
 """Point-in-time recovery: a base backup against bare pg_basebackup, and the time to bring
 the cluster back (RTO), in one run.
 
-    python bench/pitr.py [--major 17] [--size-mb 1024] [--runs 3] [--updates 5000]
+    python bench/pitr.py [--major 17] [--size-mb 1024] [--runs 3] [--updates 5000] [--changed 5]
 
 Starts a throwaway server of ``--major`` from the test matrix (scripts/bootstrap installs
 14 to 18 in /opt/backupd-test/postgresql), fills a database with bench/generate.py, and
@@ -17,12 +17,20 @@ until /status shows a recovery window. Then, beside the running daemon:
    ``--changed`` percent of every table's pages rewritten, then an incremental base backup
    against the newest full one, and a full one of the same state: time and size, and the
    ratios;
-2. ``--updates`` single-row updates, each its own transaction, so there is WAL to replay;
-   once the stream has it (the slot and the window's end are past it) the daemon stops;
-3. the RTO, the minimum of ``--runs``: "build" is ``backupd pitr restore --time latest
-   --to DIR``; "recovery" is a stock postgres started on DIR (as the postgres user) until
-   ``SELECT pg_is_in_recovery()`` says it promoted. Each run checks the restored cluster
-   has the last update.
+2. a stretch of work after the newest full base backup (the "week-old full base and a day
+   of WAL", in small): about ``--changed`` percent of the pages rewritten (other pages than
+   in 1b) and ``--updates`` single-row updates, each its own transaction, until the stream
+   has it all (the slot and the window's end are past it);
+3. the RTO to latest, the minimum of ``--runs``: "build" is ``backupd pitr restore --time
+   latest --to DIR``; "recovery" is a stock postgres started on DIR (as the postgres user)
+   until ``SELECT pg_is_in_recovery()`` says it promoted. Each run checks the restored
+   cluster has the last write. (a) from the full base backup and all the WAL after it; (b)
+   on 17 and newer, the same state through a chain: an incremental base backup is taken
+   after the work and streamed past its end, and the restore combines the full one and the
+   incremental and replays little. Both, and the ratio b/a;
+4. single-database PITR to the same moment, ``backupd pitr restore --time latest --database
+   bench_pitr --into bench_pitr_back`` into the running server (checked, then dropped),
+   against the whole cluster's build plus recovery of 3 (b, else a).
 
 Everything (server, daemon, folders) is removed at the end, also on failure. The work
 folder (in BENCH_DIR, else TMPDIR) must be one the postgres user can enter.
@@ -47,8 +55,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, backupd, print_table, shell, timed  # noqa: E402
-
-DATABASE = "bench_pitr"
+from pitr_restore import DATABASE, print_rto, rto, single_database  # noqa: E402
 
 
 def wait_for(predicate, timeout: float, what: str, alive=None):
@@ -95,38 +102,6 @@ class Daemon:
             raise SystemExit("backupd run did not stop within 60 s of SIGTERM") from None
 
 
-def as_postgres(argv: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-class Recovered:
-    """A stock postgres on a data directory built by ``pitr restore``, on its own port."""
-
-    def __init__(self, bindir: Path, data: Path, port: int):
-        self.bindir, self.data, self.port = bindir, data, port
-        self.log = data / "bench-server.log"
-        self.started = False
-
-    def start(self) -> None:
-        """Returns at once (``-W``): the caller polls for the promotion."""
-        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.data}"
-        subprocess.run(as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
-                                    "-o", options, "-W", "start"]), check=True, capture_output=True)
-        self.started = True
-
-    def stop(self) -> None:
-        if self.started:
-            subprocess.run(as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
-                                        "-t", "60", "stop"]), capture_output=True)
-            self.started = False
-
-    def log_tail(self) -> str:
-        try:
-            return self.log.read_text()[-3000:]
-        except OSError:
-            return ""
-
-
 def cluster_bytes(cluster) -> int:
     with cluster.connect() as conn:
         return int(conn.execute("SELECT sum(pg_database_size(datname)) FROM pg_database").fetchone()[0])
@@ -157,8 +132,10 @@ INCREMENTAL = ("from backupd.settings import load_settings; from backupd.pitr.ba
                "print(run_base_backup(load_settings(), 'bench', incremental=True).doc.parent)")
 
 
-def change_pages(cluster, percent: float) -> None:
-    """Every row of about ``percent`` of each table's pages rewritten (by block number)."""
+def change_pages(cluster, percent: float, phase: int = 0) -> None:
+    """Every row of about ``percent`` of each table's pages rewritten (by block number).
+    Another ``phase`` picks other pages: the rows of the ones picked before have moved (to
+    the end of the table, as the pages are full), so picking them again would change little."""
     every = max(1, round(100 / percent))
     with cluster.connect(DATABASE) as conn:
         tables = [t for (t,) in conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND "
@@ -167,7 +144,7 @@ def change_pages(cluster, percent: float) -> None:
             column = conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum = 1",
                                   (table,)).fetchone()[0]
             conn.execute(f'UPDATE "{table}" SET "{column}" = "{column}" '
-                         f"WHERE ((ctid::text::point)[0])::bigint % {every} = 0")
+                         f"WHERE ((ctid::text::point)[0])::bigint % {every} = {phase % every}")
         conn.execute("CHECKPOINT")
 
 
@@ -198,38 +175,46 @@ def slot_has(cluster, lsn: str, slot: str = "backupd") -> bool:
     return bool(row and row[0])
 
 
-def recover(bindir: Path, data: Path, cluster, marker: int, timeout: float) -> float:
-    """Seconds from starting postgres on ``data`` to its promotion; checks the marker is there."""
-    import psycopg
+def current_lsn(cluster) -> str:
+    with cluster.connect() as conn:
+        return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
 
-    from tests.pg import free_port
 
-    if os.geteuid() == 0:  # pitr restore already gives the files to the data's owner; made sure of here
-        subprocess.run(["chown", "-R", "postgres:postgres", str(data)], check=True)
-    data.chmod(0o700)
-    server = Recovered(bindir, data, free_port())
-    connect = dict(host="127.0.0.1", port=server.port, user=cluster.user, password=cluster.password,
-                   dbname=DATABASE, autocommit=True, connect_timeout=5)
-    try:
-        started = time.monotonic()
-        server.start()
-        deadline = started + timeout
-        while True:
-            try:
-                with psycopg.connect(**connect) as conn:
-                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                        seconds = time.monotonic() - started
-                        (found,) = conn.execute("SELECT marker FROM bench_marker").fetchone()
-                        if found != marker:
-                            raise SystemExit(f"the restored cluster has marker {found}, not {marker}")
-                        return seconds
-            except psycopg.OperationalError:
-                pass  # starting up, or not yet consistent
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the recovered server did not promote within {timeout:.0f}s:\n{server.log_tail()}")
-            time.sleep(0.05)
-    finally:
-        server.stop()
+def wal_between(cluster, start: str, end: str) -> int:
+    with cluster.connect() as conn:
+        return int(conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (end, start)).fetchone()[0])
+
+
+def generate_wal(cluster, updates: int, percent: float) -> tuple[int, int, str]:
+    """A stretch of work after the newest full base backup: about ``percent`` of the pages
+    rewritten, then ``updates`` single-row updates and the marker. Returns (the marker, WAL
+    bytes written, the WAL position after them)."""
+    start = current_lsn(cluster)
+    change_pages(cluster, percent, phase=1)  # not the pages changed before the incremental of 1b
+    marker, _, end = write_wal(cluster, updates)
+    return marker, wal_between(cluster, start, end), end
+
+
+def streamed(daemon: Daemon, cluster, lsn: str, since: datetime, what: str, timeout: float) -> None:
+    """The stream has the WAL up to ``lsn``, and the window reaches ``since`` (a commit or a
+    usable base backup at or after it)."""
+    wait_for(lambda: slot_has(cluster, lsn), timeout, f"the slot to confirm {what}", daemon.alive)
+    wait_for(lambda: (w := daemon.window()) and datetime.fromisoformat(w["end"]) >= since, timeout,
+             f"the window's end to pass {what}", daemon.alive)
+
+
+def incremental_after_work(env: dict[str, str], repo: Path, daemon: Daemon, cluster, timeout: float) -> float:
+    """An incremental base backup of the state after the work, streamed past its end; its time."""
+    before = datetime.now(UTC)
+    seconds, _ = timed([sys.executable, "-c", INCREMENTAL], env)
+    part = newest_base_manifest(repo)
+    if not part.get("parent"):
+        raise SystemExit(f"the base backup was not incremental: {part['id']} (is summarize_wal on?)")
+    end = current_lsn(cluster)
+    streamed(daemon, cluster, end, before, "the incremental base backup", timeout)
+    print(f"incremental base backup {part['id']} against {part['parent']}: {seconds:.2f} s, "
+          f"{part['size'] / 1e6:.1f} MB, streamed past its end", flush=True)
+    return seconds
 
 
 def compressor_argv() -> list[str]:
@@ -341,44 +326,33 @@ def main() -> None:
         if args.major >= 17:
             incremental_against_full(env, repo, cluster, args.changed)
 
-        # 2. WAL to replay, until the stream has it all; then the daemon stops.
-        marker, wal_bytes, end_lsn = write_wal(cluster, args.updates)
-        written_at = datetime.now(UTC)
-        wait_for(lambda: slot_has(cluster, end_lsn), 60, "the slot to confirm the new WAL", daemon.alive)
-        wait_for(lambda: (w := daemon.window()) and datetime.fromisoformat(w["end"]) >= written_at, 60,
-                 "the window's end to pass the new WAL", daemon.alive)
-        daemon.stop()
-        print(f"{args.updates} updates after the last base backup: {wal_bytes / 1e6:.1f} MB of WAL, streamed; "
-              "daemon stopped", flush=True)
+        # 2. A stretch of WAL after the newest full base backup ("a day of work"), streamed.
+        marker, wal_bytes, end_lsn = generate_wal(cluster, args.updates, args.changed)
+        streamed(daemon, cluster, end_lsn, datetime.now(UTC), "the new WAL", bound)
+        print(f"after the newest full base backup: {args.changed:g}% of the pages rewritten and {args.updates} "
+              f"updates, {wal_bytes / 1e6:.1f} MB of WAL, streamed", flush=True)
 
-        # 3. RTO: build the data directory, then recover it until it promotes.
-        builds: list[float] = []
-        recoveries: list[float] = []
-        totals: list[float] = []
-        build_rss = 0
-        wal_files = 0
-        for run in range(args.runs):
-            data = work / f"restored-{run}"
-            seconds, peak = timed(backupd("pitr", "restore", "--time", "latest", "--to", str(data)), env)
-            build_rss = max(build_rss, peak)
-            wal_files = len(list((data / "backupd_wal").iterdir()))
-            recovery = recover(bindir, data, cluster, marker, bound)
-            builds.append(seconds)
-            recoveries.append(recovery)
-            totals.append(seconds + recovery)
-            shutil.rmtree(data)
+        # 3a. RTO from that full base backup and all the WAL after it. The stream keeps running
+        # beside every restore (idle: the same conditions for a, b and the single database).
+        full_base = newest_base_manifest(repo)
+        full = rto(env, work, bindir, cluster, marker, args.runs, bound)
+        whole, chain = full, None
+        if args.major >= 17:  # 3b. the same state through a chain: an incremental taken after the work
+            chain_seconds = incremental_after_work(env, repo, daemon, cluster, bound)
+            chain = whole = rto(env, work, bindir, cluster, marker, args.runs, bound)
         gb = size / 1e9
-        print(f"\nRTO of a {gb:.2f} GB cluster ({stored / 1e6:.1f} MB stored, {wal_files} WAL files copied, "
-              f"{wal_bytes / 1e6:.1f} MB of WAL written after the base backup), minimum of {args.runs} runs\n")
-        print("| what | time | per GB of cluster |")
-        print("|---|---|---|")
-        for name, values in (("build: backupd pitr restore --time latest --to DIR", builds),
-                             ("recovery: postgres start to promotion (pg_is_in_recovery() false)", recoveries),
-                             ("RTO: build + recovery", totals)):
-            print(f"| {name} | {min(values):.2f} s | {min(values) / gb:.2f} s/GB |")
-        listed = lambda values: ", ".join(f"{t:.2f}" for t in values)  # noqa: E731
-        print(f"\nbuild peak RSS {build_rss / 1024:.0f} MB; every run: build {listed(builds)} s, "
-              f"recovery {listed(recoveries)} s", flush=True)
+        print_rto(f"RTO of a {gb:.2f} GB cluster from the full base backup ({full_base['size'] / 1e6:.1f} MB "
+                  f"stored) and the {wal_bytes / 1e6:.1f} MB of WAL written after it", full, gb, args.runs)
+        if chain is not None:
+            print_rto(f"RTO of the same state through a chain: the full base backup, then an incremental taken "
+                      f"after the work ({chain_seconds:.2f} s to take)",
+                      chain, gb, args.runs)
+            ratio = lambda pick: min(pick(chain)) / min(pick(full))  # noqa: E731
+            print(f"\nchain / full base plus WAL (b/a): build {ratio(lambda r: r.builds):.2f}x, recovery "
+                  f"{ratio(lambda r: r.recoveries):.2f}x, RTO {ratio(lambda r: r.totals):.2f}x", flush=True)
+
+        # 4. One database to the same moment, into the live server, against the whole cluster.
+        single_database(env, cluster, marker, args.runs, work, whole, bound)
         print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     finally:
         if daemon is not None:
