@@ -105,16 +105,14 @@ def _newer_than_the_target(store: Store, target: datetime | None) -> list[str]:
 
 
 def _not_usable(store: Store) -> list[str]:
-    usable, known = {b.id for b in store.usable_bases()}, chains.by_id(store.bases())
-    return [f"skipped base backup {b.id}: {_why_not_usable(b, known)}" for b in store.bases() if b.id not in usable]
-
-
-def _why_not_usable(base: Base, known: dict[str, Base]) -> str:
-    if chains.chain_of(base, known) is None:
-        return chains.missing_member(base, known) or "its chain is incomplete"
-    if not base.intact_by_size():
-        return "its file is not the size its manifest records"
-    return "the WAL after it is incomplete (a gap or a missing segment) or it lies on an abandoned timeline"
+    """Base backups left out for their file or their WAL; one whose chain is incomplete is
+    already in the notes (``chains.broken_notes``, as the restore says it)."""
+    usable, bases = {b.id for b in store.usable_bases()}, store.bases()
+    return [f"skipped base backup {b.id}: " + ("its file is not the size its manifest records" if not
+                                               b.intact_by_size() else
+                                               "the WAL after it is incomplete (a gap or a missing segment) "
+                                               "or it lies on an abandoned timeline")
+            for b in bases if b.id not in usable and (chains.parent_of(b) is None or chains.complete(b, bases))]
 
 
 def _stored_bytes(segments: Segments) -> int:
